@@ -1,0 +1,3 @@
+from stmflash.cli import main
+
+main()

@@ -1,0 +1,404 @@
+"""The STM32 device table: facts as data, read by the client and the virtual STM32 alike.
+
+The facts live in ``stmflash/data/devices.toml`` (sources and disagreements noted there).
+Code never branches on a family name to decide protocol or geometry: it asks a
+:class:`Device` for its erase units, alignment, timings and regions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+import sys
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclass(frozen=True)
+class Region:
+    """A half-open address range ``[start, end)``."""
+
+    start: int
+    end: int
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+    def __contains__(self, address: object) -> bool:
+        return isinstance(address, int) and self.start <= address < self.end
+
+    def contains_range(self, start: int, length: int) -> bool:
+        return self.start <= start and start + length <= self.end
+
+    def to_dict(self) -> dict[str, int]:
+        return {"start": self.start, "end": self.end, "size": self.size}
+
+
+@dataclass(frozen=True)
+class EraseUnit:
+    """One page or sector, numbered as the ROM's erase commands number it."""
+
+    index: int
+    address: int
+    size: int
+    bank: int = 1
+
+    @property
+    def end(self) -> int:
+        return self.address + self.size
+
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*x\s*(\d+)\s*([KkMm]?)\s*$")
+
+
+def parse_layout(text: str) -> list[tuple[int, int]]:
+    """Parse ``"4x16K,1x64K,7x128K"`` into ``[(count, size), ...]``."""
+    groups = []
+    for part in text.split(","):
+        m = _SIZE_RE.match(part)
+        if not m:
+            raise ValueError(f"bad flash layout group {part!r} in {text!r}")
+        count, size, unit = int(m.group(1)), int(m.group(2)), m.group(3).upper()
+        size *= {"": 1, "K": 1024, "M": 1024 * 1024}[unit]
+        groups.append((count, size))
+    return groups
+
+
+def _bank_units(layout: list[tuple[int, int]], start: int, size: int) -> list[tuple[int, int]]:
+    """Expand a layout over ``size`` bytes; the last group repeats (sector parts)."""
+    units: list[tuple[int, int]] = []
+    addr, end = start, start + size
+    for count, usize in layout:
+        for _ in range(count):
+            if addr >= end:
+                return units
+            units.append((addr, usize))
+            addr += usize
+    last = layout[-1][1]
+    while addr < end:
+        units.append((addr, last))
+        addr += last
+    return units
+
+
+@dataclass(frozen=True)
+class Device:
+    """Everything stmflash knows about one STM32 product (and bootloader variant)."""
+
+    pid: int
+    name: str
+    family: str
+    bl_ids: tuple[int, ...] = ()
+    aliases: tuple[str, ...] = ()
+    flash_start: int = 0x08000000
+    flash_size: int = 0
+    flash_layout: str = "1x2K"
+    banks: int = 1
+    ram: tuple[Region, ...] = ()
+    ram_usable: Region | None = None
+    system_memory: Region | None = None
+    bl_id_address: int | None = None
+    option_bytes: Region | None = None
+    otp: Region | None = None
+    flash_size_reg: int | None = None
+    uid_reg: int | None = None
+    write_align: int = 4
+    empty_check: bool = False
+    mass_erase: bool = True
+    usart_protocol: int = 0x31
+    usart_commands: tuple[int, ...] | None = None
+    interfaces: tuple[str, ...] = ("usart",)
+    startup_ms: float = 1.0
+    page_erase_ms: tuple[float, float] | None = None
+    sector_erase_ms: dict[int, tuple[float, float]] = field(default_factory=dict)
+    mass_erase_ms: tuple[float, float] | None = None
+    program_ms_per_256: tuple[float, float] = (3.0, 10.0)
+    dfu: dict[str, Any] = field(default_factory=dict)
+    note: str = ""
+    generic: bool = False
+
+    # ---- geometry -------------------------------------------------------------------
+    @property
+    def flash(self) -> Region:
+        return Region(self.flash_start, self.flash_start + self.flash_size)
+
+    @functools.cached_property
+    def erase_units(self) -> tuple[EraseUnit, ...]:
+        layout = parse_layout(self.flash_layout)
+        bank_size = self.flash_size // max(self.banks, 1)
+        units: list[EraseUnit] = []
+        for bank in range(max(self.banks, 1)):
+            start = self.flash_start + bank * bank_size
+            for addr, size in _bank_units(layout, start, bank_size):
+                units.append(EraseUnit(len(units), addr, size, bank + 1))
+        return tuple(units)
+
+    @property
+    def uniform_pages(self) -> bool:
+        """True when every erase unit has the same size (page parts)."""
+        return len({u.size for u in self.erase_units}) <= 1
+
+    def unit_at(self, address: int) -> EraseUnit | None:
+        units = self.erase_units
+        lo, hi = 0, len(units)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            u = units[mid]
+            if address < u.address:
+                hi = mid
+            elif address >= u.end:
+                lo = mid + 1
+            else:
+                return u
+        return None
+
+    def units_covering(self, start: int, end: int) -> list[EraseUnit]:
+        """Erase units that intersect ``[start, end)``."""
+        return [u for u in self.erase_units if u.address < end and start < u.end]
+
+    def bank_units(self, bank: int) -> list[EraseUnit]:
+        return [u for u in self.erase_units if u.bank == bank]
+
+    # ---- timings --------------------------------------------------------------------
+    def unit_erase_ms(self, unit: EraseUnit) -> tuple[float, float]:
+        if unit.size in self.sector_erase_ms:
+            return self.sector_erase_ms[unit.size]
+        if self.page_erase_ms is not None:
+            return self.page_erase_ms
+        return (50.0, 5000.0)
+
+    def mass_erase_time_ms(self) -> tuple[float, float]:
+        if self.mass_erase_ms is not None:
+            return self.mass_erase_ms
+        typ = sum(self.unit_erase_ms(u)[0] for u in self.erase_units)
+        mx = sum(self.unit_erase_ms(u)[1] for u in self.erase_units)
+        return (typ, mx)
+
+    def program_time_ms(self, nbytes: int) -> tuple[float, float]:
+        typ, mx = self.program_ms_per_256
+        return (typ * nbytes / 256.0, mx * nbytes / 256.0)
+
+    # ---- AN3155 -----------------------------------------------------------------------
+    @property
+    def erase_command(self) -> int:
+        """0x44 (Extended Erase) from protocol v3.0 on, 0x43 before: never both."""
+        return 0x44 if self.usart_protocol >= 0x30 else 0x43
+
+    @property
+    def commands(self) -> tuple[int, ...]:
+        """The command codes Get lists for this bootloader version."""
+        if self.usart_commands is not None:
+            return self.usart_commands
+        cmds = [0x00, 0x01, 0x02, 0x11, 0x21, 0x31, self.erase_command, 0x63, 0x73, 0x82, 0x92]
+        if self.usart_protocol >= 0x33:
+            cmds.append(0xA1)
+        return tuple(cmds)
+
+    # ---- misc -------------------------------------------------------------------------
+    def with_flash_size(self, size: int) -> Device:
+        """A copy for a part whose flash-size register reports less than the maximum."""
+        if size <= 0 or size == self.flash_size:
+            return self
+        return dataclasses.replace(self, flash_size=size)
+
+    def ram_region_of(self, address: int) -> Region | None:
+        for r in self.ram:
+            if address in r:
+                return r
+        return None
+
+    @property
+    def short_name(self) -> str:
+        return self.aliases[0] if self.aliases else self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        def reg(r: Region | None) -> dict[str, int] | None:
+            return r.to_dict() if r else None
+
+        return {
+            "pid": self.pid,
+            "pid_hex": f"0x{self.pid:03X}",
+            "bl_ids": list(self.bl_ids),
+            "name": self.name,
+            "family": self.family,
+            "aliases": list(self.aliases),
+            "flash": {
+                "start": self.flash_start,
+                "size": self.flash_size,
+                "layout": self.flash_layout,
+                "banks": self.banks,
+                "units": len(self.erase_units),
+            },
+            "ram": [r.to_dict() for r in self.ram],
+            "ram_usable": reg(self.ram_usable),
+            "system_memory": reg(self.system_memory),
+            "bl_id_address": self.bl_id_address,
+            "option_bytes": reg(self.option_bytes),
+            "otp": reg(self.otp),
+            "flash_size_reg": self.flash_size_reg,
+            "uid_reg": self.uid_reg,
+            "write_align": self.write_align,
+            "empty_check": self.empty_check,
+            "mass_erase": self.mass_erase,
+            "erase_command": self.erase_command,
+            "usart_protocol": self.usart_protocol,
+            "interfaces": list(self.interfaces),
+            "startup_ms": self.startup_ms,
+            "page_erase_ms": list(self.page_erase_ms) if self.page_erase_ms else None,
+            "sector_erase_ms": {str(k): list(v) for k, v in self.sector_erase_ms.items()},
+            "mass_erase_ms": list(self.mass_erase_time_ms()),
+            "program_ms_per_256": list(self.program_ms_per_256),
+            "note": self.note,
+        }
+
+
+class UnknownDeviceWarning(UserWarning):
+    pass
+
+
+def _region(value: Any) -> Region | None:
+    if value is None:
+        return None
+    if len(value) != 2:
+        raise ValueError(f"bad region {value!r}")
+    a, b = value
+    return Region(int(a), int(b))
+
+
+def _sized_region(value: Any) -> Region | None:
+    """``[start, size]`` (option bytes, OTP) into a Region."""
+    if value is None:
+        return None
+    a, n = value
+    return Region(int(a), int(a) + int(n))
+
+
+def _pair(value: Any) -> tuple[float, float] | None:
+    if value is None:
+        return None
+    return (float(value[0]), float(value[1]))
+
+
+def _build(entry: dict[str, Any]) -> Device:
+    kw: dict[str, Any] = {}
+    for key, value in entry.items():
+        if key in ("ram",):
+            kw[key] = tuple(Region(int(a), int(b)) for a, b in value)
+        elif key in ("ram_usable", "system_memory"):
+            kw[key] = _region(value)
+        elif key in ("option_bytes", "otp"):
+            kw[key] = _sized_region(value)
+        elif key in ("page_erase_ms", "mass_erase_ms", "program_ms_per_256"):
+            kw[key] = _pair(value)
+        elif key == "sector_erase_ms":
+            kw[key] = {int(k): _pair(v) for k, v in value.items()}
+        elif key in ("bl_ids", "aliases", "interfaces", "usart_commands"):
+            kw[key] = tuple(value)
+        else:
+            kw[key] = value
+    return Device(**kw)
+
+
+@functools.lru_cache(maxsize=1)
+def _table() -> tuple[Device, ...]:
+    text = resources.files("stmflash").joinpath("data/devices.toml").read_text(encoding="utf-8")
+    data = tomllib.loads(text)
+    families: dict[str, dict[str, Any]] = data.get("family", {})
+    devices = []
+    for raw in data.get("device", []):
+        merged = dict(families.get(raw.get("family", ""), {}))
+        merged.update(raw)
+        devices.append(_build(merged))
+    return tuple(devices)
+
+
+def all_devices() -> tuple[Device, ...]:
+    """Every entry of the table, in table order."""
+    return _table()
+
+
+def lookup(pid: int, bl_id: int | None = None, *, warn: bool = True) -> Device:
+    """The device for a product ID (and bootloader ID when known).
+
+    Exact (pid, bl_id) first, then the first entry with that pid (bootloader IDs change
+    between AN2606 revisions), then a generic profile with a warning.
+    """
+    candidates = [d for d in _table() if d.pid == pid]
+    if bl_id is not None:
+        for d in candidates:
+            if bl_id in d.bl_ids:
+                return d
+    if candidates:
+        return candidates[0]
+    if warn:
+        warnings.warn(
+            f"product ID 0x{pid:03X} is not in stmflash's device table; using a generic "
+            "profile (mass erase only, 16-byte write alignment)",
+            UnknownDeviceWarning,
+            stacklevel=2,
+        )
+    return generic(pid)
+
+
+def generic(pid: int) -> Device:
+    """A conservative profile for a product ID the table does not know."""
+    return Device(
+        pid=pid,
+        name=f"unknown STM32 (PID 0x{pid:03X})",
+        family="generic",
+        flash_start=0x08000000,
+        flash_size=0x200000,
+        flash_layout="1x2K",
+        ram=(Region(0x20000000, 0x20004000),),
+        ram_usable=Region(0x20002000, 0x20004000),
+        write_align=16,
+        mass_erase=True,
+        generic=True,
+    )
+
+
+def _norm(text: str) -> str:
+    t = text.strip().upper().replace(" ", "")
+    if t.startswith("STM32"):
+        t = t[5:]
+    return t
+
+
+def find(query: str) -> Device:
+    """Resolve a user's device name: PID (``0x413``/``413``), alias (``F407``), or name.
+
+    Raises :class:`KeyError` with the close matches when nothing or several things match.
+    """
+    q = _norm(query)
+    table = _table()
+    pid: int | None = None
+    if re.fullmatch(r"(0X)?[0-9A-F]{3}", q):
+        pid = int(q, 16)
+        hits = [d for d in table if d.pid == pid]
+        if hits:
+            return hits[0]
+    for d in table:
+        if any(_norm(a) == q for a in d.aliases) or _norm(d.name) == q:
+            return d
+    partial = [d for d in table if any(_norm(a).startswith(q) for a in d.aliases) or q in _norm(d.name)]
+    unique = {d.pid: d for d in partial}
+    if len(unique) == 1:
+        return next(iter(unique.values()))
+    if unique:
+        names = ", ".join(sorted(d.short_name for d in unique.values()))
+        raise KeyError(f"device {query!r} is ambiguous: {names}")
+    raise KeyError(f"unknown device {query!r} (see 'stmflash devices')")
+
+
+def families(devices: Iterable[Device] | None = None) -> list[str]:
+    return sorted({d.family for d in (devices or _table())})
