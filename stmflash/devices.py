@@ -104,12 +104,14 @@ class Device:
     flash_size: int = 0
     flash_layout: str = "1x2K"
     banks: int = 1
+    bank_size: int | None = None
     ram: tuple[Region, ...] = ()
     ram_usable: Region | None = None
     system_memory: Region | None = None
     bl_id_address: int | None = None
     option_bytes: Region | None = None
     otp: Region | None = None
+    eeprom: Region | None = None
     flash_size_reg: int | None = None
     uid_reg: int | None = None
     write_align: int = 4
@@ -134,14 +136,72 @@ class Device:
 
     @functools.cached_property
     def erase_units(self) -> tuple[EraseUnit, ...]:
+        """Units in address order, numbered 0.. across banks as the ROM's Extended Erase
+        numbers them (bank 2 continues where bank 1 ends: F42x sectors 12..23).
+
+        ``bank_size`` fixes where bank 2 starts (F42x: 1 MiB, whatever the part's size, so a
+        1 MiB F42x is single-bank); without it the flash splits evenly (L4/G4 halves).
+        """
         layout = parse_layout(self.flash_layout)
-        bank_size = self.flash_size // max(self.banks, 1)
+        nbanks = max(self.banks, 1)
+        bank_size = self.bank_size or self.flash_size // nbanks
         units: list[EraseUnit] = []
-        for bank in range(max(self.banks, 1)):
+        remaining = self.flash_size
+        for bank in range(nbanks):
+            size = min(bank_size, remaining)
+            if size <= 0:
+                break
             start = self.flash_start + bank * bank_size
-            for addr, size in _bank_units(layout, start, bank_size):
-                units.append(EraseUnit(len(units), addr, size, bank + 1))
+            for addr, usize in _bank_units(layout, start, size):
+                units.append(EraseUnit(len(units), addr, usize, bank + 1))
+            remaining -= size
         return tuple(units)
+
+    @property
+    def bank_count(self) -> int:
+        """Banks actually present (a reduced-size F42x has one)."""
+        return len({u.bank for u in self.erase_units})
+
+    @property
+    def layout_summary(self) -> str:
+        """Short human form: ``64x1K`` or ``2 banks x (4x16K,1x64K,7x128K)``."""
+        def groups(units: list[EraseUnit]) -> str:
+            out: list[list[int]] = []
+            for u in units:
+                if out and out[-1][1] == u.size:
+                    out[-1][0] += 1
+                else:
+                    out.append([1, u.size])
+            return ",".join(f"{n}x{_fmt_size(sz)}" for n, sz in out)
+
+        banks = sorted({u.bank for u in self.erase_units})
+        if len(banks) <= 1:
+            return groups(list(self.erase_units))
+        per_bank = [groups(self.bank_units(b)) for b in banks]
+        if len(set(per_bank)) == 1:
+            return f"{len(banks)} banks x ({per_bank[0]})"
+        return " | ".join(per_bank)
+
+    def dfu_flash_layout(self) -> str:
+        """The erase units as a DfuSe memory-layout string (``04*016Kg,01*064Kg,07*128Kg``)."""
+        out: list[list[int]] = []
+        for u in self.erase_units:
+            if out and out[-1][1] == u.size:
+                out[-1][0] += 1
+            else:
+                out.append([1, u.size])
+        parts = []
+        for n, sz in out:
+            if sz % 1024 == 0:
+                parts.append(f"{n:02d}*{sz // 1024:03d}Kg")
+            else:
+                parts.append(f"{n:02d}*{sz:03d} g")
+        return ",".join(parts)
+
+    def dfu_alts(self) -> list[str]:
+        """The ROM's DfuSe alternate-setting strings, ``{flash}`` filled in."""
+        layout = self.dfu_flash_layout()
+        return [a.replace("{flash}", layout) for a in self.dfu.get("alts", [])]
 
     @property
     def uniform_pages(self) -> bool:
@@ -209,7 +269,11 @@ class Device:
         """A copy for a part whose flash-size register reports less than the maximum."""
         if size <= 0 or size == self.flash_size:
             return self
-        return dataclasses.replace(self, flash_size=size)
+        smaller = dataclasses.replace(self, flash_size=size)
+        if smaller.bank_count < smaller.banks:
+            # a 1 MiB F42x is single-bank: keep ``banks`` truthful for bank-erase logic
+            smaller = dataclasses.replace(smaller, banks=smaller.bank_count)
+        return smaller
 
     def ram_region_of(self, address: int) -> Region | None:
         for r in self.ram:
@@ -236,8 +300,10 @@ class Device:
                 "start": self.flash_start,
                 "size": self.flash_size,
                 "layout": self.flash_layout,
-                "banks": self.banks,
+                "banks": self.bank_count,
+                "bank_size": self.bank_size,
                 "units": len(self.erase_units),
+                "summary": self.layout_summary,
             },
             "ram": [r.to_dict() for r in self.ram],
             "ram_usable": reg(self.ram_usable),
@@ -245,6 +311,7 @@ class Device:
             "bl_id_address": self.bl_id_address,
             "option_bytes": reg(self.option_bytes),
             "otp": reg(self.otp),
+            "eeprom": reg(self.eeprom),
             "flash_size_reg": self.flash_size_reg,
             "uid_reg": self.uid_reg,
             "write_align": self.write_align,
@@ -252,14 +319,25 @@ class Device:
             "mass_erase": self.mass_erase,
             "erase_command": self.erase_command,
             "usart_protocol": self.usart_protocol,
+            "usart_commands": list(self.commands),
             "interfaces": list(self.interfaces),
             "startup_ms": self.startup_ms,
             "page_erase_ms": list(self.page_erase_ms) if self.page_erase_ms else None,
             "sector_erase_ms": {str(k): list(v) for k, v in self.sector_erase_ms.items()},
             "mass_erase_ms": list(self.mass_erase_time_ms()),
             "program_ms_per_256": list(self.program_ms_per_256),
+            "dfu": ({**self.dfu, "alts": self.dfu_alts()} if "dfu" in self.interfaces and self.dfu else None),
+            "generic": self.generic,
             "note": self.note,
         }
+
+
+def _fmt_size(n: int) -> str:
+    if n % (1024 * 1024) == 0:
+        return f"{n // (1024 * 1024)}M"
+    if n % 1024 == 0:
+        return f"{n // 1024}K"
+    return str(n)
 
 
 class UnknownDeviceWarning(UserWarning):
@@ -289,14 +367,23 @@ def _pair(value: Any) -> tuple[float, float] | None:
     return (float(value[0]), float(value[1]))
 
 
+_NULLABLE = frozenset(
+    {"ram_usable", "system_memory", "bl_id_address", "option_bytes", "otp", "eeprom",
+     "flash_size_reg", "uid_reg", "bank_size", "usart_commands", "page_erase_ms", "mass_erase_ms"}
+)
+
+
 def _build(entry: dict[str, Any]) -> Device:
     kw: dict[str, Any] = {}
     for key, value in entry.items():
-        if key in ("ram",):
+        if value is False and key in _NULLABLE:
+            # ``key = false`` in a device entry removes a family default (no such register)
+            kw[key] = None
+        elif key in ("ram",):
             kw[key] = tuple(Region(int(a), int(b)) for a, b in value)
         elif key in ("ram_usable", "system_memory"):
             kw[key] = _region(value)
-        elif key in ("option_bytes", "otp"):
+        elif key in ("option_bytes", "otp", "eeprom"):
             kw[key] = _sized_region(value)
         elif key in ("page_erase_ms", "mass_erase_ms", "program_ms_per_256"):
             kw[key] = _pair(value)

@@ -44,6 +44,7 @@ class Image:
     alts: dict[int, int] = field(default_factory=dict)  # segment address -> DfuSe alt setting
     alt_names: dict[int, str] = field(default_factory=dict)  # alt setting -> target name
     dfu_ids: tuple[int, int, int] | None = None  # (vid, pid, bcdDevice) of a .dfu suffix
+    entry: int | None = None  # start/entry address a HEX (03/05), S-record (S7-S9) or ELF file names
 
     # ---- construction -----------------------------------------------------------------
     @classmethod
@@ -187,7 +188,9 @@ class Image:
         return out
 
     def copy(self) -> Image:
-        return Image(list(self.segments), self.source, self.format, dict(self.alts), dict(self.alt_names), self.dfu_ids)
+        return Image(
+            list(self.segments), self.source, self.format, dict(self.alts), dict(self.alt_names), self.dfu_ids, self.entry
+        )
 
     def relocated(self, offset: int) -> Image:
         img = Image(source=self.source, format=self.format, alt_names=dict(self.alt_names), dfu_ids=self.dfu_ids)

@@ -1,0 +1,162 @@
+"""Click options and the run-and-report glue shared by ``uart``, ``dfu`` and ``batch``.
+
+One place decides how numbers, ranges and erase/verify/after options are spelled and how
+a result or an error is reported (human line on stderr, or JSON events on stdout), so the
+transports stay consistent with each other. Kept import-light: heavy modules are imported
+inside functions.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_NUM_RE = re.compile(r"^\s*(0[xX][0-9a-fA-F_]+|0[bB][01_]+|\d[\d_]*)\s*([kKmM]?)(?:[iI]?[bB])?\s*$")
+
+
+def parse_int(text: str | int, what: str = "number") -> int:
+    """``0x08000000``, ``4096``, ``16K``, ``1M`` (K/M are binary multiples)."""
+    from stmflash.errors import UsageError
+
+    if isinstance(text, int):
+        return text
+    m = _NUM_RE.match(text)
+    if not m:
+        raise UsageError(f"bad {what} {text!r} (e.g. 0x08000000, 4096, 16K)")
+    value = int(m.group(1).replace("_", ""), 0)
+    return value * {"": 1, "K": 1024, "M": 1024 * 1024}[m.group(2).upper()]
+
+
+def parse_range(text: str, default_start: int | None = None) -> tuple[int, int]:
+    """``START:LENGTH``, ``START+LENGTH`` or ``START..END`` (END exclusive) → (start, length)."""
+    from stmflash.errors import UsageError
+
+    t = text.strip()
+    for sep in ("..", ":", "+"):
+        if sep in t:
+            a, b = t.split(sep, 1)
+            start = parse_int(a, "start address") if a.strip() else default_start
+            if start is None:
+                raise UsageError(f"range {text!r} needs a start address")
+            if sep == "..":
+                end = parse_int(b, "end address")
+                if end <= start:
+                    raise UsageError(f"range {text!r} is empty (end must be above start)")
+                return start, end - start
+            length = parse_int(b, "length")
+            if length <= 0:
+                raise UsageError(f"range {text!r} has no length")
+            return start, length
+    raise UsageError(f"bad range {text!r} (use START:LENGTH, START+LENGTH or START..END)")
+
+
+class IntParam(click.ParamType):
+    """A click type for addresses and sizes (hex, decimal, K/M suffixes)."""
+
+    name = "ADDR"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        from stmflash.errors import UsageError
+
+        try:
+            return parse_int(value, param.name if param and param.name else "number")
+        except UsageError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+INT = IntParam()
+
+
+def output_options(f: F) -> F:
+    """``--json`` and ``--quiet``."""
+    f = click.option("--quiet", "-q", is_flag=True, help="No progress bars, only errors.")(f)
+    f = click.option(
+        "--json", "json_", is_flag=True, help="One JSON event per line on stdout (phase, progress, result)."
+    )(f)
+    return f
+
+
+def program_options(f: F) -> F:
+    """``--address``, ``--erase``, ``--verify/--no-verify``, ``--after``."""
+    f = click.option(
+        "--after",
+        type=click.Choice(["go", "reset", "stay"]),
+        default="go",
+        show_default=True,
+        help="After programming: run the application (Go), reset the chip, or stay in the bootloader.",
+    )(f)
+    f = click.option(
+        "--verify/--no-verify", default=True, show_default=True, help="Check the flash against the image."
+    )(f)
+    f = click.option(
+        "--erase",
+        default="auto",
+        show_default=True,
+        metavar="auto|all|none|RANGE",
+        help="auto: only the pages/sectors the image covers; all: whole flash; none: no erase. "
+        "With --erase-only also a RANGE (START:LENGTH).",
+    )(f)
+    f = click.option(
+        "--address",
+        "-a",
+        type=INT,
+        default=None,
+        help="Load address for raw .bin files (default: the flash start).",
+    )(f)
+    return f
+
+
+def load_image(path: str, *, address: int | None, device: Any = None) -> Any:
+    """Load a firmware file; every failure is an ImageError naming the file."""
+    import os
+
+    from stmflash.errors import ImageError
+    from stmflash.image import load
+
+    if path != "-" and not os.path.exists(path):
+        raise ImageError(f"{path}: no such file")
+    return load(path, address=address, device=device)
+
+
+def describe_result(result: Any) -> str:
+    """The one human summary line of a programming run."""
+    d = result.to_dict()
+    speed = d["bytes_written"] / result.duration_s / 1024 if result.duration_s > 0 else 0.0
+    verified = f"verified ({d['verify_method']})" if d["verified"] else "NOT verified (--no-verify)"
+    return (
+        f"wrote {d['bytes_written']} bytes to {d['device']} in {d['duration_s']:.2f}s "
+        f"({speed:.1f} KiB/s), {verified}, image CRC32 {d['image_crc32']}"
+    )
+
+
+def run_and_report(reporter: Any, fn: Callable[[], Any]) -> Any:
+    """Run ``fn``; errors become a JSON ``error`` event (when --json) and propagate to the CLI,
+    which prints the one-line message and exits with the error's code."""
+    from stmflash.errors import EXIT_INTERRUPTED, StmflashError
+
+    try:
+        return fn()
+    except StmflashError as exc:
+        _close_quietly(reporter)
+        if hasattr(reporter, "error"):
+            reporter.error(str(exc), exc.exit_code)
+        raise
+    except KeyboardInterrupt:
+        _close_quietly(reporter)
+        if hasattr(reporter, "error"):
+            reporter.error("interrupted", EXIT_INTERRUPTED)
+        raise
+    finally:
+        _close_quietly(reporter)
+
+
+def _close_quietly(reporter: Any) -> None:
+    try:
+        reporter.close()
+    except Exception:  # pragma: no cover - reporting must never hide the real error
+        pass

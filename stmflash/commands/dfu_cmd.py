@@ -1,0 +1,331 @@
+"""``stmflash dfu``: program, read or inspect a chip through its ROM USB DFU (DfuSe) bootloader.
+
+The image is loaded and checked before the device is touched; flashing goes through the
+same pipeline as ``uart`` (erase plan, write, read-back verify, start), so progress, JSON
+events and exit codes are the same.  Multi-target ``.dfu`` files put each target into its
+own alternate setting (flash and OTP through the pipeline, option bytes through their alt).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from stmflash.commands.common import INT, describe_result, load_image, output_options, run_and_report
+
+
+def _option_bytes_arg(text: str) -> bytes:
+    import os
+
+    from stmflash.errors import UsageError
+
+    if os.path.exists(text):
+        with open(text, "rb") as f:
+            return f.read()
+    cleaned = text.replace(" ", "").replace(":", "").replace("0x", "")
+    try:
+        return bytes.fromhex(cleaned)
+    except ValueError:
+        raise UsageError(f"--write-option-bytes: {text!r} is neither a file nor hex bytes") from None
+
+
+def _needs_device(path: str, address: int | None) -> bool:
+    """A raw binary without --address goes to the flash start of the device we find."""
+    if address is not None:
+        return False
+    from stmflash.image.loaders import format_from_extension, sniff
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    return (sniff(head) or format_from_extension(path) or "bin") in ("bin", "dfu-bin")
+
+
+@click.command("dfu", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("file", required=False)
+@click.option("--address", "-a", type=INT, default=None, help="Load address for raw .bin files (default: flash start).")
+@click.option("--leave", is_flag=True, help="Start the application afterwards (leave DFU mode).")
+@click.option("--serial", "-S", metavar="SN", help="Select the device by USB serial number.")
+@click.option("--path", "-p", "port_path", metavar="BUS-PORT[.PORT]", help="Select the device by USB port path.")
+@click.option("--vid-pid", "-d", metavar="VID:PID", default=None, help="USB ids in DFU mode [default: 0483:df11].")
+@click.option("--device", "device_name", metavar="NAME", help="Assume this device (e.g. F407) instead of recognising it.")
+@click.option("--alt", metavar="NAME", help="Alternate setting for a raw FILE or --read (e.g. 'OTP Memory').")
+@click.option("--erase", type=click.Choice(["auto", "all", "none"]), default="auto", show_default=True,
+              help="auto: only the pages/sectors the image covers; all: whole flash; none: no erase.")
+@click.option("--verify/--no-verify", default=True, show_default=True, help="Read the flash back and compare.")
+@click.option("--mass-erase", is_flag=True, help="Mass-erase the flash (alone, or before writing FILE).")
+@click.option("--unprotect", is_flag=True, help="Remove readout protection first (Read Unprotect: erases the flash).")
+@click.option("--read", "read_out", metavar="OUT", help="Read memory into OUT (.bin/.hex/.srec...).")
+@click.option("--start", type=INT, default=None, help="Start address for --read (default: start of the alt).")
+@click.option("--length", type=INT, default=None, help="Length for --read (default: to the end of the alt).")
+@click.option("--read-option-bytes", is_flag=True, help="Print the option bytes (read through their alt).")
+@click.option("--write-option-bytes", metavar="FILE|HEX", help="Write the whole option-byte area (the chip resets).")
+@output_options
+def dfu(**kw: Any) -> None:
+    """Program FILE through the ROM USB DFU bootloader (DfuSe, 0483:df11).
+
+    \b
+    Without FILE or actions: show the device, its alternate settings and memory layout.
+    FILE: .hex, .srec, .elf, .bin (at --address or the flash start) or .dfu (each
+    target goes to its own alternate setting).
+
+    \b
+    Examples:
+      stmflash dfu firmware.hex --leave
+      stmflash dfu app.bin --address 0x08004000 --serial 3677345D3236
+      stmflash dfu --path 1-4.2 --read dump.bin --start 0x08000000 --length 64K
+      stmflash dfu --read-option-bytes
+      STMFLASH_USB_SIM=F407 stmflash dfu fw.hex --leave    (virtual chip)
+    """
+    from stmflash.progress import make_reporter
+
+    reporter = make_reporter(json=kw["json_"], quiet=kw["quiet"])
+    run_and_report(reporter, lambda: _run(reporter, **kw))
+
+
+def _run(reporter: Any, **kw: Any) -> None:
+    import os
+
+    from stmflash.errors import ImageError, UsageError
+
+    file: str | None = kw["file"]
+    if kw["serial"] and kw["port_path"]:
+        raise UsageError("use either --serial or --path")
+    if (kw["start"] is not None or kw["length"] is not None) and not kw["read_out"]:
+        raise UsageError("--start/--length apply to --read")
+    if kw["mass_erase"] and kw["erase"] == "none":
+        raise UsageError("--mass-erase contradicts --erase none")
+    ob_data = _option_bytes_arg(kw["write_option_bytes"]) if kw["write_option_bytes"] else None
+    vid_pid = None
+    if kw["vid_pid"]:
+        from stmflash.dfu.usb import parse_vid_pid
+
+        vid_pid = parse_vid_pid(kw["vid_pid"])
+    forced = None
+    if kw["device_name"]:
+        from stmflash.devices import find
+
+        try:
+            forced = find(kw["device_name"])
+        except KeyError as exc:
+            raise UsageError(str(exc.args[0])) from None
+    image = None
+    if file:
+        if not os.path.exists(file):
+            raise ImageError(f"{file}: no such file")
+        if not _needs_device(file, kw["address"]):
+            image = load_image(file, address=kw["address"])
+
+    from stmflash.dfu.link import connect
+
+    reporter.phase("connect")
+    link = connect(serial=kw["serial"], path=kw["port_path"], vid_pid=vid_pid, device=forced)
+    try:
+        _session(link, reporter, kw, image, file, ob_data)
+    finally:
+        link.close()
+
+
+def _split_option_bytes(image: Any, link: Any) -> tuple[Any, list[tuple[int, bytes]]]:
+    """(image without option-byte data, [(address, bytes)] for the option-bytes alt).
+
+    A segment belongs to the option bytes when its DfuSe target names that alt, or when
+    its address lies in the device's option-bytes alt.
+    """
+    from stmflash.dfu.link import OPTION_BYTES
+    from stmflash.image.model import Image
+
+    ob_alt = link.find_alt(OPTION_BYTES)
+    rest = Image(source=image.source, format=image.format, alt_names=dict(image.alt_names), dfu_ids=image.dfu_ids)
+    obs: list[tuple[int, bytes]] = []
+    for seg in image.segments:
+        alt = image.alts.get(seg.address)
+        name = image.alt_names.get(alt, "") if alt is not None else ""
+        is_ob = ob_alt is not None and (
+            ob_alt.layout.contains(seg.address, len(seg.data))
+            or (alt is not None and alt == ob_alt.alt and "flash" not in name.lower())
+        )
+        if is_ob:
+            obs.append((seg.address, seg.data))
+        else:
+            rest.add(seg.address, seg.data, alt=alt)
+    return rest, obs
+
+
+def _session(link: Any, reporter: Any, kw: dict[str, Any], image: Any, file: str | None, ob_data: bytes | None) -> None:
+    from stmflash.errors import UsageError
+    from stmflash.pipeline import program, start_address
+
+    device = link.device
+    info = link.info
+    reporter.info(f"{device.name} (PID 0x{device.pid:03X}) at USB {info.path}, serial {info.serial or '?'}")
+    if image is not None and image.dfu_ids is not None:
+        vid, pid, _bcd = image.dfu_ids
+        if (vid not in (0xFFFF, info.vid)) or (pid not in (0xFFFF, info.pid)):
+            reporter.warn(f"{file}: DFU suffix is for {vid:04x}:{pid:04x}, the device is {info.vid:04x}:{info.pid:04x}")
+    did = False
+    result = None
+    fields: dict[str, Any] = {"usb": info.to_dict()}
+
+    if kw["unprotect"]:
+        reporter.phase("unprotect")
+        link.read_unprotect()
+        reporter.info("readout protection removed (the device erased its flash and reset)")
+        did = True
+
+    if kw["mass_erase"] and not file:
+        reporter.phase("erase", device.flash_size)
+        link.mass_erase()
+        reporter.advance(device.flash_size)
+        did = True
+
+    if file:
+        if image is None:
+            image = load_image(file, address=kw["address"], device=device)
+        if kw["alt"]:
+            alt = link.select(kw["alt"])
+            if not all(alt.layout.contains(s.address, len(s.data)) for s in image.segments):
+                raise UsageError(f"{file}: data lies outside alternate setting {alt.name!r} ({alt.layout.describe()})")
+        image, ob_segments = _split_option_bytes(image, link)
+        leave_after = kw["leave"] and not ob_segments and not ob_data and not kw["read_out"]
+        if image:
+            result = program(
+                link,
+                image,
+                erase="all" if kw["mass_erase"] else kw["erase"],
+                verify=kw["verify"],
+                after="go" if leave_after else "stay",
+                reporter=reporter,
+            )
+        for address, data in ob_segments:
+            reporter.phase("options")
+            link.write_option_bytes(data, address)
+            if kw["verify"]:
+                _verify_ob(link, address, data)
+            reporter.info(f"option bytes at 0x{address:08X} written ({len(data)} bytes)")
+        did = True
+
+    if ob_data is not None:
+        reporter.phase("options")
+        alt = link.option_bytes_alt()
+        start, end = alt.layout.regions()[0]
+        if len(ob_data) != end - start:
+            raise UsageError(
+                f"option bytes: {len(ob_data)} bytes given; the option-bytes alt takes the whole area "
+                f"of {end - start} bytes at 0x{start:08X}"
+            )
+        link.write_option_bytes(ob_data)
+        _verify_ob(link, start, ob_data)
+        reporter.info("option bytes written and verified (the device reset)")
+        did = True
+
+    if kw["read_out"]:
+        start, length = _read_range(kw, link)
+        reporter.phase("read", length)
+        data = link.read(start, length, reporter.advance)
+        _save_read(kw["read_out"], start, data)
+        reporter.info(f"read {length} bytes from 0x{start:08X} into {kw['read_out']}")
+        fields["read"] = {"start": start, "length": length, "file": kw["read_out"]}
+        did = True
+
+    ob_read: list[tuple[int, bytes]] | None = None
+    if kw["read_option_bytes"]:
+        ob_read = link.read_option_bytes()
+        fields["option_bytes"] = [{"address": a, "data": d.hex()} for a, d in ob_read]
+        did = True
+
+    if kw["leave"] and (result is None or result.started != "go"):
+        target = kw["address"] if kw["address"] is not None else device.flash_start
+        if image is not None and image:
+            target = start_address(image, device)
+        reporter.phase("leave")
+        link.start(target)
+        fields["left"] = f"0x{target:08X}"
+        did = True
+    reporter.close()
+
+    if result is not None:
+        fields.update(result.to_dict())
+    if not did:
+        fields["layout"] = [a.layout.to_dict() for a in info.alts]
+    fields["device"] = device.name
+    reporter.result(ok=True, **fields)
+    if kw["json_"]:
+        return
+    if ob_read is not None:
+        for a, d in ob_read:
+            click.echo(f"option bytes @0x{a:08X}: {d.hex(' ')}")
+    if result is not None:
+        if not kw["quiet"]:
+            click.echo(describe_result(result), err=True)
+    elif not did:
+        _print_info(link)
+    elif not kw["quiet"] and ob_read is None:
+        click.echo("done", err=True)
+
+
+def _verify_ob(link: Any, address: int, data: bytes) -> None:
+    from stmflash.errors import VerifyError
+
+    back = dict(link.read_option_bytes())
+    for start, blob in back.items():
+        if start <= address < start + len(blob):
+            got = blob[address - start : address - start + len(data)]
+            if got != data:
+                raise VerifyError(f"option bytes at 0x{address:08X} read back as {got.hex()} after writing {data.hex()}")
+            return
+
+
+def _read_range(kw: dict[str, Any], link: Any) -> tuple[int, int]:
+    from stmflash.errors import UsageError
+
+    alt = link.select(kw["alt"]) if kw["alt"] else link.find_alt("Internal Flash")
+    regions = alt.layout.regions() if alt is not None else []
+    start = kw["start"]
+    if start is None:
+        if not regions:
+            raise UsageError("--read needs --start (the alt describes no memory)")
+        start = regions[0][0]
+    length = kw["length"]
+    if length is None:
+        region = next(((a, b) for a, b in regions if a <= start < b), None)
+        if region is None:
+            raise UsageError(f"--read at 0x{start:08X} outside the alt's memory needs --length")
+        length = region[1] - start
+    if length <= 0:
+        raise UsageError("--length must be positive")
+    return start, length
+
+
+def _save_read(path: str, start: int, data: bytes) -> None:
+    from stmflash.image.loaders import format_from_extension
+
+    kind = format_from_extension(path)
+    if kind in (None, "bin"):
+        with open(path, "wb") as f:
+            f.write(data)
+        return
+    from stmflash.image import save
+    from stmflash.image.model import Image
+
+    save(Image.from_bytes(data, start, path), path)
+
+
+def _print_info(link: Any) -> None:
+    info, device = link.info, link.device
+    lines = [
+        f"device      {device.name} (PID 0x{device.pid:03X})" + (" - not in the device table" if device.generic else ""),
+        f"usb         {info.vid:04x}:{info.pid:04x} at {info.path}, bcdDevice 0x{info.bcd_device:04X}, "
+        f"serial {info.serial or '?'}",
+        f"product     {info.manufacturer} {info.product}".rstrip(),
+        f"transfer    {info.transfer_size} bytes per request (using {link.max_write}), DFU 0x{info.bcd_dfu:04X}",
+    ]
+    for a in info.alts:
+        lines.append(f"alt {a.alt}       {a.name}: {a.layout.describe() or a.layout.text}")
+    click.echo("\n".join(lines))
+
+
+__all__ = ["dfu"]

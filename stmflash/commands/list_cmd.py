@@ -1,0 +1,85 @@
+"""``stmflash list``: the serial ports and DFU devices a board could be on.
+
+Both lists show the USB port path (``location``), because on a production line with
+identical adapters and ROMs that report the same serial, the physical port is the only
+stable way to name a board.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+
+def _serial_ports() -> list[dict[str, Any]]:
+    from serial.tools import list_ports
+
+    out = []
+    for p in sorted(list_ports.comports(), key=lambda p: p.device):
+        out.append(
+            {
+                "device": p.device,
+                "description": p.description if p.description and p.description != "n/a" else "",
+                "usb": f"{p.vid:04x}:{p.pid:04x}" if p.vid is not None and p.pid is not None else None,
+                "serial": p.serial_number,
+                "location": p.location,
+                "manufacturer": p.manufacturer,
+            }
+        )
+    return out
+
+
+def _dfu_devices() -> tuple[list[dict[str, Any]], str | None]:
+    from stmflash.dfu.usb import find_devices
+    from stmflash.errors import StmflashError
+
+    try:
+        found = find_devices(vid_pid=None)
+    except StmflashError as exc:
+        return [], str(exc)
+    return [d.to_dict() for d in found], None
+
+
+@click.command("list", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--json", "json_", is_flag=True, help="One JSON object on stdout.")
+def list_(json_: bool) -> None:
+    """List serial ports and USB DFU devices (with their USB port paths)."""
+    ports = _serial_ports()
+    dfu, problem = _dfu_devices()
+    if json_:
+        obj: dict[str, Any] = {"serial_ports": ports, "dfu_devices": dfu}
+        if problem:
+            obj["dfu_error"] = problem
+        click.echo(json.dumps(obj))
+        return
+    click.echo("Serial ports:")
+    if not ports:
+        click.echo("  (none)")
+    for p in ports:
+        extra = ", ".join(
+            x
+            for x in (
+                f"USB {p['usb']}" if p["usb"] else "",
+                f"serial {p['serial']}" if p["serial"] else "",
+                f"at {p['location']}" if p["location"] else "",
+            )
+            if x
+        )
+        click.echo(f"  {p['device']:<16} {p['description']}" + (f" ({extra})" if extra else ""))
+    click.echo("DFU devices:")
+    if problem:
+        click.echo(f"  (cannot list USB devices: {problem})")
+    elif not dfu:
+        click.echo("  (none; is the chip in its bootloader? on Linux see udev/50-stmflash.rules)")
+    for d in dfu:
+        alts = ", ".join(f"{a['alt']}:{a['name']}" for a in d["alts"])
+        click.echo(
+            f"  {d['path']:<10} {d['vid']}:{d['pid']} serial {d['serial'] or '?'} "
+            f"bcdDevice {d['bcd_device']}" + (" [virtual]" if d["virtual"] else "")
+        )
+        click.echo(f"             alts: {alts}")
+
+
+__all__ = ["list_"]

@@ -1,0 +1,88 @@
+"""``stmflash sim``: run a virtual STM32 that other programs can talk to.
+
+``sim uart`` serves the AN3155 ROM bootloader on a pseudo-terminal: its path is the first
+line of stdout so scripts can read it and hand it to any flasher (stm32flash, stm32loader,
+stmflash). The image file keeps flash, option bytes and OTP across runs.
+"""
+
+from __future__ import annotations
+
+import click
+
+
+@click.group("sim")
+def sim() -> None:
+    """Run a virtual STM32 (pseudo-terminal or USB)."""
+
+
+@sim.command("uart")
+@click.option("--device", "-d", "device_name", required=True, help="Device name, alias or PID (e.g. F407, 0x413).")
+@click.option("--image", "image", type=click.Path(dir_okay=False), default=None,
+              help="Image file holding flash, option bytes and OTP (created if missing, saved on exit).")
+@click.option("--timing", type=click.Choice(["instant", "realistic"]), default="instant", show_default=True,
+              help="instant: answer at once; realistic: pace the line, programming and erase times.")
+@click.option("--baud", type=int, default=115200, show_default=True, help="Modelled line rate (realistic timing).")
+@click.option("--latency-ms", type=float, default=1.0, show_default=True, help="Modelled adapter turnaround per answer.")
+@click.option("--fault", "fault", default=None, help="Fault spec, e.g. 'drop=0.01,stray_zero,power_loss=after:4096'.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for faults and the chip's UID.")
+@click.option("--link", "link", type=click.Path(dir_okay=False), default=None,
+              help="Also create this symlink to the pseudo-terminal (removed on exit).")
+@click.option("--app", "app", is_flag=True,
+              help="Run the flash application when the flash holds a valid vector table: it talks "
+              "at --app-baud 8N1 and answers the stmflash trigger (pin-less bootloader entry).")
+@click.option("--app-baud", type=int, default=115200, show_default=True, help="The application's baud rate.")
+@click.option("--app-key", metavar="HEX", default="", help="Key the application's trigger companion uses.")
+def uart(device_name: str, image: str | None, timing: str, baud: int, latency_ms: float,
+         fault: str | None, seed: int, link: str | None, app: bool = False, app_baud: int = 115200,
+         app_key: str = "") -> None:
+    """Serve the AN3155 USART bootloader of a virtual STM32 on a pseudo-terminal.
+
+    \b
+    Prints the pty path (e.g. /dev/pts/3) as the first line, serves until Ctrl-C or
+    SIGTERM, then saves the image. Peers: stm32flash -b 0 /dev/pts/3, stm32loader -p ...
+    """
+    import sys
+
+    from stmflash import devices
+    from stmflash.errors import UsageError
+    from stmflash.sim.chip import VirtualChip
+    from stmflash.sim.faults import FaultPlan
+    from stmflash.sim.pty import run_server
+
+    try:
+        device = devices.find(device_name)
+    except KeyError as exc:
+        raise UsageError(exc.args[0]) from None
+    if baud <= 0:
+        raise UsageError(f"--baud must be positive, not {baud}")
+    chip = VirtualChip(
+        device,
+        image_path=image,
+        timing=timing,
+        faults=FaultPlan.parse(fault, seed=seed),
+        seed=seed,
+        baud=baud,
+        latency_ms=latency_ms,
+    )
+
+    if app:
+        from stmflash.sim.app import install
+
+        try:
+            install(chip, {"app": "1", "app_baud": str(app_baud), "app_key": app_key})
+        except ValueError as exc:
+            raise UsageError(f"--app: {exc}") from None
+
+    def announce(path: str) -> None:
+        click.echo(path)
+        sys.stdout.flush()
+        click.echo(
+            f"virtual {device.name} (PID 0x{device.pid:03X}) on {path}"
+            + (f", image {image}" if image else "")
+            + f", timing {timing}"
+            + (f", running its application ({chip.mode} mode)" if app else "")
+            + "; Ctrl-C to stop",
+            err=True,
+        )
+
+    run_server(chip, link=link, announce=announce)

@@ -1,0 +1,401 @@
+"""``stmflash uart``: program, read, erase, protect or inspect a chip over its ROM USART bootloader.
+
+The image is loaded and checked before the chip is touched (bad input is exit 2 without a
+single byte on the wire); everything after identification goes through the shared
+pipeline, so verification, erase planning and reporting are the same as for DFU.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from stmflash.commands.common import (
+    INT,
+    describe_result,
+    load_image,
+    output_options,
+    parse_int,
+    parse_range,
+    program_options,
+    run_and_report,
+)
+
+
+def _parse_units(text: str) -> list[int]:
+    from stmflash.errors import UsageError
+
+    out: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        a, sep, b = part.partition("-")
+        try:
+            lo = int(a, 0)
+            hi = int(b, 0) if sep else lo
+        except ValueError:
+            raise UsageError(f"bad unit list {text!r} (e.g. 0-3,7)") from None
+        if hi < lo:
+            raise UsageError(f"bad unit range {part!r} in {text!r}")
+        out.extend(range(lo, hi + 1))
+    if not out:
+        raise UsageError(f"empty unit list {text!r}")
+    return sorted(set(out))
+
+
+def _option_bytes_arg(text: str) -> bytes:
+    import os
+
+    from stmflash.errors import UsageError
+
+    if os.path.exists(text):
+        with open(text, "rb") as f:
+            return f.read()
+    cleaned = text.replace(" ", "").replace(":", "").replace("0x", "")
+    try:
+        return bytes.fromhex(cleaned)
+    except ValueError:
+        raise UsageError(f"--write-option-bytes: {text!r} is neither a file nor hex bytes") from None
+
+
+def _raw_needs_device(path: str, address: int | None) -> bool:
+    """A raw binary without --address is placed at the flash start of the chip we find."""
+    if address is not None:
+        return False
+    from stmflash.image.loaders import format_from_extension, sniff
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    kind = sniff(head) or format_from_extension(path) or "bin"
+    return kind in ("bin", "dfu-bin")
+
+
+def _print_info(info: Any, device: Any) -> None:
+    from stmflash.uart.protocol import COMMAND_NAMES
+
+    d = info.to_dict()
+    lines = [
+        f"device      {device.name} (PID {d['pid']})",
+        f"bootloader  ID {d['bootloader_id'] or 'unknown'}, protocol {d['protocol']}",
+        f"flash       {device.flash_size // 1024} KiB at 0x{device.flash_start:08X} "
+        f"({len(device.erase_units)} {'pages' if device.uniform_pages else 'sectors'}, "
+        f"{'Extended Erase 0x44' if 0x44 in info.commands else 'Erase 0x43'})",
+        f"UID         {d['uid'] or 'unknown'}",
+        "protection  " + ("readout protected (RDP level 1): use --unprotect" if info.read_protected else "none detected"),
+        "commands    " + ", ".join(COMMAND_NAMES.get(c, f"0x{c:02X}") for c in info.commands),
+    ]
+    for note in info.notes:
+        lines.append(f"note        {note}")
+    click.echo("\n".join(lines))
+
+
+@click.command("uart", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("port")
+@click.argument("file", required=False)
+@program_options
+@click.option("--baud", "-b", type=int, default=115200, show_default=True, help="Line rate.")
+@click.option(
+    "--parity", type=click.Choice(["even", "none"]), default="even", show_default=True,
+    help="AN3155 uses even parity; 'none' for BlueNRG-like ROMs and 8N1-only adapters.",
+)
+@click.option(
+    "--enter", default="none", show_default=True, metavar="CHAIN",
+    help="How to enter the bootloader, tried in order: none, pins:ENTRY[:EXIT] (stm32flash -i "
+    "syntax, e.g. pins:rts,dtr,-dtr:-rts,dtr,-dtr), e.g. 'pins:...,none'.",
+)
+@click.option("--invert", multiple=True, type=click.Choice(["dtr", "rts"]), help="Invert a line in pin sequences.")
+@click.option("--read", "read_out", metavar="OUT", help="Read memory into OUT (.bin/.hex/.srec...).")
+@click.option("--start", type=INT, default=None, help="Start address for --read.")
+@click.option("--length", type=INT, default=None, help="Length for --read (default: to the end of flash).")
+@click.option("--range", "range_", metavar="START:LENGTH", help="Range for --read (or START..END).")
+@click.option("--erase-only", is_flag=True, help="Only erase (--erase all or --erase START:LENGTH).")
+@click.option("--protect", is_flag=True, help="Enable readout protection (RDP level 1) at the end.")
+@click.option("--unprotect", is_flag=True, help="Remove readout protection first (mass-erases the flash).")
+@click.option("--write-unprotect", is_flag=True, help="Remove write protection first.")
+@click.option("--write-protect", metavar="UNITS", help="Write-protect sectors/groups (e.g. 0-3,7) at the end.")
+@click.option("--read-option-bytes", is_flag=True, help="Print the option bytes.")
+@click.option("--write-option-bytes", metavar="FILE|HEX", help="Write the option bytes (the chip resets).")
+@click.option("--timeout", type=float, default=0.3, show_default=True, help="Base answer timeout (s).")
+@click.option("--retries", type=int, default=6, show_default=True, help="Retries per command on a noisy line.")
+@output_options
+def uart(**kw: Any) -> None:
+    """Program FILE into the chip on PORT through its ROM USART bootloader (AN3155).
+
+    \b
+    PORT: /dev/ttyUSB0, COM3, rfc2217://host:port, socket://host:port, sim://F407 ...
+    Without FILE and actions: show what the chip is.
+
+    \b
+    Examples:
+      stmflash uart /dev/ttyUSB0 firmware.hex
+      stmflash uart /dev/ttyUSB0 app.bin --address 0x08004000 --after stay
+      stmflash uart /dev/ttyUSB0 fw.elf --enter pins:rts,dtr,-dtr:-rts,dtr,-dtr
+      stmflash uart /dev/ttyUSB0 --read dump.bin --range 0x08000000:64K
+      stmflash uart "sim://F407" fw.hex --json
+    """
+    from stmflash.progress import make_reporter
+
+    reporter = make_reporter(json=kw["json_"], quiet=kw["quiet"])
+    run_and_report(reporter, lambda: _run(reporter, **kw))
+
+
+def _run(reporter: Any, **kw: Any) -> None:
+    from stmflash.errors import UsageError
+
+    port: str = kw["port"]
+    file: str | None = kw["file"]
+    erase: str = kw["erase"]
+    json_mode: bool = kw["json_"]
+
+    # ---- check the request before touching the chip -----------------------------------------
+    if kw["erase_only"] and file:
+        raise UsageError("--erase-only takes no FILE")
+    erase_range: tuple[int, int] | None = None
+    if erase not in ("auto", "all", "none"):
+        if not kw["erase_only"]:
+            raise UsageError(f"--erase {erase!r}: a range is only valid with --erase-only")
+        erase_range = parse_range(erase)
+    if kw["erase_only"] and erase in ("auto", "none"):
+        raise UsageError("--erase-only needs --erase all or --erase START:LENGTH")
+    if (kw["start"] is not None or kw["length"] is not None or kw["range_"]) and not kw["read_out"]:
+        raise UsageError("--start/--length/--range apply to --read")
+    if kw["baud"] <= 0:
+        raise UsageError(f"bad --baud {kw['baud']}")
+    wp_units = _parse_units(kw["write_protect"]) if kw["write_protect"] else None
+    ob_data = _option_bytes_arg(kw["write_option_bytes"]) if kw["write_option_bytes"] else None
+    image = None
+    if file:
+        if not _raw_needs_device(file, kw["address"]):
+            image = load_image(file, address=kw["address"])
+        else:
+            import os
+
+            from stmflash.errors import ImageError
+
+            if not os.path.exists(file):
+                raise ImageError(f"{file}: no such file")
+
+    # ---- connect ------------------------------------------------------------------------------
+    from stmflash.uart.link import connect
+
+    reporter.phase("connect")
+    link = connect(
+        port,
+        baud=kw["baud"],
+        parity=kw["parity"],
+        enter=kw["enter"],
+        invert=kw["invert"],
+        timeout=kw["timeout"],
+        retries=kw["retries"],
+        log=None,
+    )
+    try:
+        _session(link, reporter, kw, image, file, erase_range, wp_units, ob_data, json_mode)
+    finally:
+        link.close()
+
+
+def _reidentify(link: Any) -> None:
+    link.bl.identify()
+    link.info = link.bl.info
+    link.device = link.bl.device
+    link.uid = link.info.uid
+
+
+def _session(
+    link: Any,
+    reporter: Any,
+    kw: dict[str, Any],
+    image: Any,
+    file: str | None,
+    erase_range: tuple[int, int] | None,
+    wp_units: list[int] | None,
+    ob_data: bytes | None,
+    json_mode: bool,
+) -> None:
+    from stmflash.errors import UsageError, VerifyError
+    from stmflash.pipeline import program
+
+    info = link.info
+    device = link.device
+    reporter.info(f"{device.name} (PID 0x{device.pid:03X}) on {link.port_name}")
+    did = False
+
+    if kw["unprotect"]:
+        reporter.phase("unprotect")
+        link.bl.readout_unprotect()
+        _reidentify(link)
+        device, info = link.device, link.info
+        reporter.info("readout protection removed (flash mass-erased)")
+        did = True
+    if kw["write_unprotect"]:
+        if info.read_protected:
+            raise _rdp_error(link)
+        reporter.phase("unprotect")
+        link.bl.write_unprotect()
+        reporter.info("write protection removed")
+        did = True
+
+    wants_memory = bool(file or kw["erase_only"] or kw["read_out"] or wp_units or ob_data or kw["read_option_bytes"])
+    if info.read_protected and wants_memory:
+        raise _rdp_error(link)
+
+    result = None
+    if kw["erase_only"]:
+        if erase_range is None:
+            reporter.phase("erase", device.flash_size)
+            link.mass_erase()
+            reporter.advance(device.flash_size)
+            reporter.info("flash erased")
+        else:
+            start, length = erase_range
+            end = start + length
+            units = device.units_covering(start, end)
+            if not units or units[0].address != start or units[-1].end != end or end > device.flash.end:
+                lo = units[0].address if units else start
+                hi = units[-1].end if units else end
+                raise UsageError(
+                    f"erase range 0x{start:08X}..0x{end:08X} must start and end on "
+                    f"{'page' if device.uniform_pages else 'sector'} boundaries inside flash "
+                    f"(nearest: 0x{lo:08X}..0x{hi:08X})"
+                )
+            reporter.phase("erase", length)
+            link.erase(units)
+            reporter.advance(length)
+            reporter.info(f"erased {len(units)} units, 0x{start:08X}..0x{end:08X}")
+        did = True
+
+    if file:
+        if image is None:
+            image = load_image(file, address=kw["address"], device=device)
+        result = program(
+            link,
+            image,
+            erase=kw["erase"],
+            verify=kw["verify"],
+            after="stay" if (wp_units or ob_data or kw["protect"] or kw["read_out"]) else kw["after"],
+            reporter=reporter,
+        )
+        did = True
+
+    if kw["read_out"]:
+        start, length = _read_range(kw, device)
+        reporter.phase("read", length)
+        data = link.read(start, length, reporter.advance)
+        _save_read(kw["read_out"], start, data)
+        reporter.info(f"read {length} bytes from 0x{start:08X} into {kw['read_out']}")
+        did = True
+
+    ob_read: bytes | None = None
+    if ob_data is not None:
+        if device.option_bytes is None:
+            raise UsageError(f"no option-byte address known for {device.name}")
+        if len(ob_data) > device.option_bytes.size or len(ob_data) % 4:
+            raise UsageError(
+                f"option bytes: {len(ob_data)} bytes given; {device.name} takes up to "
+                f"{device.option_bytes.size}, a multiple of 4"
+            )
+        reporter.phase("options")
+        link.bl.write_memory(device.option_bytes.start, ob_data)
+        link.bl._after_reset("the option-byte write")
+        back = link.read(device.option_bytes.start, len(ob_data))
+        if back != ob_data:
+            raise VerifyError(
+                f"option bytes read back as {back.hex()} after writing {ob_data.hex()}"
+            )
+        reporter.info("option bytes written and verified")
+        did = True
+    if kw["read_option_bytes"]:
+        if device.option_bytes is None:
+            raise UsageError(f"no option-byte address known for {device.name}")
+        ob_read = link.read(device.option_bytes.start, device.option_bytes.size)
+        did = True
+
+    if wp_units:
+        reporter.phase("protect")
+        link.bl.write_protect(wp_units)
+        reporter.info("write protection set on " + ",".join(str(u) for u in wp_units))
+        did = True
+    if kw["protect"]:
+        reporter.phase("protect")
+        link.bl.readout_protect()
+        reporter.info("readout protection enabled (RDP level 1)")
+        did = True
+    if result is not None and (wp_units or ob_data or kw["protect"] or kw["read_out"]):
+        if kw["after"] == "go" and not kw["protect"]:
+            from stmflash.pipeline import start_address
+
+            link.start(start_address(image, device))
+        elif kw["after"] == "reset":
+            link.reset()
+    reporter.close()
+
+    # ---- report ----------------------------------------------------------------------------
+    fields: dict[str, Any] = {"port": link.port_name, "chip": info.to_dict()}
+    if result is not None:
+        fields.update(result.to_dict())
+    if ob_read is not None:
+        fields["option_bytes"] = ob_read.hex()
+    fields["retries"] = link.bl.retried
+    reporter.result(ok=True, **fields)
+    if json_mode:
+        return
+    if ob_read is not None:
+        click.echo(f"option bytes @0x{device.option_bytes.start:08X}: {ob_read.hex(' ')}")
+    if result is not None:
+        if not kw["quiet"]:
+            click.echo(describe_result(result), err=True)
+    elif not did:
+        _print_info(info, device)
+    if result is None and did and not kw["quiet"] and ob_read is None:
+        click.echo("done", err=True)
+
+
+def _rdp_error(link: Any) -> Exception:
+    from stmflash.errors import ProtectionError
+
+    return ProtectionError(
+        f"the chip on {link.port_name} is read-protected (RDP level 1); run with --unprotect to "
+        "remove the protection (this mass-erases the flash)"
+    )
+
+
+def _read_range(kw: dict[str, Any], device: Any) -> tuple[int, int]:
+    from stmflash.errors import UsageError
+
+    if kw["range_"]:
+        if kw["start"] is not None or kw["length"] is not None:
+            raise UsageError("use either --range or --start/--length")
+        return parse_range(kw["range_"], default_start=device.flash_start)
+    start = device.flash_start if kw["start"] is None else kw["start"]
+    if kw["length"] is not None:
+        length = kw["length"]
+    elif start in device.flash:
+        length = device.flash.end - start
+    else:
+        raise UsageError("--read outside flash needs --length")
+    if length <= 0:
+        raise UsageError("--length must be positive")
+    return start, length
+
+
+def _save_read(path: str, start: int, data: bytes) -> None:
+    from stmflash.image.loaders import format_from_extension
+
+    kind = format_from_extension(path)
+    if kind in (None, "bin"):
+        with open(path, "wb") as f:
+            f.write(data)
+        return
+    from stmflash.image import save
+    from stmflash.image.model import Image
+
+    save(Image.from_bytes(data, start, path), path)
+
+
+__all__ = ["uart", "parse_int"]

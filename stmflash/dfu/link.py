@@ -1,0 +1,278 @@
+"""DfuLink: the Link protocol (stmflash.link) over a DfuSe ROM bootloader.
+
+The pipeline programs through four verbs (read, write, erase, start); this class maps them
+onto DfuSe: alternate settings chosen by *name* and by the address being accessed, block
+numbers relative to the address pointer, an erase per page/sector, read-back through
+UPLOAD (the ROM has no checksum command), and leave as "start".  Each operation gets a
+deadline from the device table's worst-case timings rather than a fixed timeout, so a 32 s
+F4 mass erase and a 20 ms L4 page erase are both waited for correctly.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from stmflash.devices import Device, EraseUnit
+from stmflash.dfu.facts import DfuFacts, dfu_facts, find_alt, identify
+from stmflash.dfu.layout import AltLayout
+from stmflash.dfu.protocol import DeviceGone, DfuProtocol
+from stmflash.dfu.usb import DfuAlt, DfuDeviceInfo, find_devices
+from stmflash.errors import LinkError, ProtectionError, UsageError
+
+LINUX_MAX_TRANSFER = 4096  # usbfs limit on one control transfer
+FLASH, OPTION_BYTES, OTP, FEATURE = "Internal Flash", "Option Bytes", "OTP Memory", "Device Feature"
+REENUMERATE_S = 10.0
+
+
+class DfuLink:
+    """An opened, identified DfuSe device (implements :class:`stmflash.link.Link`)."""
+
+    def __init__(
+        self,
+        info: DfuDeviceInfo,
+        *,
+        device: Device | None = None,
+        timeout_ms: int = 5000,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.info = info
+        self.timeout_ms = timeout_ms
+        self.sleep = sleep
+        layouts = [a.layout for a in info.alts]
+        ident = identify(layouts, info.bcd_device, info.product)
+        self.device: Device = device.with_flash_size(_flash_size(layouts) or device.flash_size) if device else ident
+        self.facts: DfuFacts = dfu_facts(self.device)
+        xfer = info.transfer_size or 2048
+        if sys.platform.startswith("linux"):
+            xfer = min(xfer, LINUX_MAX_TRANSFER)
+        xfer = max(xfer, 64)
+        align = max(self.device.write_align, 1)
+        self.max_write = self.max_read = xfer - xfer % align if xfer >= align else xfer
+        self.uid = info.serial or None
+        self.alt: DfuAlt | None = None
+        self.proto = self._protocol()
+        self.closed = False
+
+    def _protocol(self) -> DfuProtocol:
+        return DfuProtocol(
+            self.info.dev,
+            self.info.alts[0].interface if self.info.alts else 0,
+            transfer_size=self.max_write,
+            device_transfer_size=self.info.transfer_size or self.max_write,
+            quirks=self.facts.quirks,
+            timeout_ms=self.timeout_ms,
+            sleep=self.sleep,
+        )
+
+    # ---- session ------------------------------------------------------------------------
+    def open(self) -> DfuLink:
+        """Configure, claim the DFU interface, select the flash alt and reach dfuIDLE."""
+        import usb.core
+
+        dev = self.info.dev
+        try:
+            try:
+                dev.set_configuration()
+            except usb.core.USBError:
+                pass  # already configured (Linux/macOS may refuse a second SET_CONFIGURATION)
+            self.select(FLASH)
+        except usb.core.USBError as exc:
+            from stmflash.dfu.protocol import translate_usb_error
+
+            raise translate_usb_error(exc, f"opening the DFU device at {self.info.path}") from None
+        return self
+
+    def close(self) -> None:
+        import usb.util
+
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            usb.util.dispose_resources(self.info.dev)
+        except Exception:  # noqa: BLE001 - the device may be gone already
+            pass
+
+    def __enter__(self) -> DfuLink:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    @property
+    def layouts(self) -> list[AltLayout]:
+        return [a.layout for a in self.info.alts]
+
+    def find_alt(self, name: str) -> DfuAlt | None:
+        lay = find_alt(self.layouts, name)
+        if lay is None:
+            return None
+        return next(a for a in self.info.alts if a.layout is lay)
+
+    def select(self, name_or_alt: str | DfuAlt) -> DfuAlt:
+        """Switch to an alternate setting (by name, case-insensitive) and reach dfuIDLE."""
+        import usb.core
+
+        alt = name_or_alt if isinstance(name_or_alt, DfuAlt) else self.find_alt(name_or_alt)
+        if alt is None:
+            names = ", ".join(repr(a.name) for a in self.info.alts)
+            raise UsageError(f"the DFU device has no alternate setting {name_or_alt!r} (it has {names})")
+        if self.alt is not None and self.alt.alt == alt.alt:
+            return alt
+        if self.proto.uploading:
+            self.proto.abort_to_idle()
+        try:
+            self.info.dev.set_interface_altsetting(alt.interface, alt.alt)
+        except usb.core.USBError as exc:
+            from stmflash.dfu.protocol import translate_usb_error
+
+            raise translate_usb_error(exc, f"selecting alternate setting {alt.alt} ({alt.name})") from None
+        self.alt = alt
+        self.proto.pointer = None
+        self.proto.uploading = False
+        self.proto.to_idle(f"selecting {alt.name}")
+        return alt
+
+    def _alt_for(self, address: int, length: int = 1) -> None:
+        if self.alt is not None and self.alt.layout.contains(address, length):
+            return
+        for a in self.info.alts:
+            if a.layout.contains(address, length):
+                self.select(a)
+                return
+        if self.alt is None or not self.alt.layout.sectors:
+            self.select(FLASH)
+
+    # ---- deadlines ----------------------------------------------------------------------------
+    def _unit_deadline(self, unit: EraseUnit) -> float:
+        return max(self.device.unit_erase_ms(unit)[1] * 2 / 1000.0, 5.0)
+
+    def _mass_deadline(self) -> float:
+        return max(self.device.mass_erase_time_ms()[1] * 1.5 / 1000.0, 35.0)
+
+    def _write_deadline(self, n: int) -> float:
+        return max(self.device.program_time_ms(n)[1] * 2 / 1000.0, 5.0)
+
+    # ---- Link ------------------------------------------------------------------------------------
+    def read(self, address: int, length: int, progress: Callable[[int], None] | None = None) -> bytes:
+        if length <= 0:
+            return b""
+        self._alt_for(address, length)
+        return self.proto.read(address, length, progress)
+
+    def write(self, address: int, data: bytes) -> None:
+        if len(data) > self.max_write:
+            raise UsageError(f"write of {len(data)} bytes exceeds the DFU transfer size {self.max_write}")
+        self._alt_for(address, len(data))
+        sector = self.alt.layout.sector_at(address) if self.alt else None
+        if sector is not None and not sector.writable:
+            raise ProtectionError(
+                f"0x{address:08X} is not writable through the DFU bootloader ({self.alt.name if self.alt else ''})"
+            )
+        self.proto.download(address, data, self._write_deadline(len(data)))
+
+    def erase(self, units: Sequence[EraseUnit]) -> None:
+        for unit in units:
+            self._alt_for(unit.address)
+            self.proto.erase_page(unit.address, self._unit_deadline(unit))
+
+    def mass_erase(self) -> None:
+        self.select(FLASH)
+        self.proto.mass_erase(self._mass_deadline())
+
+    def checksum(self, address: int, length: int) -> int | None:
+        return None  # DfuSe has no checksum command: the pipeline reads back
+
+    def start(self, address: int) -> None:
+        """Leave DFU and run the application whose vector table is at ``address``."""
+        self.select(FLASH)
+        self.proto.leave(address)
+        self.close()
+
+    def reset(self) -> None:
+        """DfuSe has no reset request: leave to the flash start (the ROM resets when no
+        valid application is there)."""
+        self.start(self.device.flash_start)
+
+    # ---- beyond the pipeline ---------------------------------------------------------------
+    def get_commands(self) -> bytes:
+        return self.proto.get_commands()
+
+    def option_bytes_alt(self) -> DfuAlt:
+        alt = self.find_alt(OPTION_BYTES)
+        if alt is None or not alt.layout.sectors:
+            raise UsageError("this DFU bootloader exposes no option-bytes alternate setting")
+        return alt
+
+    def read_option_bytes(self) -> list[tuple[int, bytes]]:
+        """Every region of the option-bytes alt, read whole as the ROM requires."""
+        alt = self.select(self.option_bytes_alt())
+        out = []
+        for start, end in alt.layout.regions():
+            out.append((start, self.proto.read(start, end - start)))
+        return out
+
+    def write_option_bytes(self, data: bytes, address: int | None = None) -> None:
+        """Write the whole option-byte area; the ROM applies it and resets (re-enumerates)."""
+        alt = self.select(self.option_bytes_alt())
+        regions = alt.layout.regions()
+        start = address if address is not None else regions[0][0]
+        region = next(((a, b) for a, b in regions if a <= start < b), None)
+        if region is None:
+            raise UsageError(f"0x{start:08X} is not in the option-bytes area ({alt.layout.describe()})")
+        if start + len(data) > region[1]:
+            raise UsageError(
+                f"{len(data)} option bytes at 0x{start:08X} overflow the area (ends 0x{region[1]:08X})"
+            )
+        try:
+            self.proto.download(start, data, 5.0, expect_reset=True)
+        except DeviceGone:
+            pass
+        self.reconnect()
+
+    def read_unprotect(self) -> None:
+        """Remove readout protection: the ROM mass-erases the flash and resets."""
+        self.select(FLASH)
+        self.proto.read_unprotect()
+        self.reconnect(self._mass_deadline() + REENUMERATE_S)
+
+    def reconnect(self, timeout_s: float = REENUMERATE_S) -> None:
+        """Wait for the device to come back on the same port after a reset, and reopen it."""
+        self.close()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            found = find_devices(path=self.info.path, vid_pid=(self.info.vid, self.info.pid))
+            if found:
+                self.info = found[0]
+                self.closed = False
+                self.alt = None
+                self.proto = self._protocol()
+                self.open()
+                return
+            if time.monotonic() >= deadline:
+                raise LinkError(
+                    f"the DFU device at {self.info.path} did not come back within {timeout_s:.0f} s after its reset"
+                )
+            self.sleep(0.05)
+
+
+def _flash_size(layouts: list[AltLayout]) -> int:
+    lay = find_alt(layouts, FLASH)
+    return lay.size if lay is not None else 0
+
+
+def connect(
+    *,
+    serial: str | None = None,
+    path: str | None = None,
+    vid_pid: tuple[int, int] | None = None,
+    device: Device | None = None,
+) -> DfuLink:
+    """Find the one matching DFU device and open a link to it."""
+    from stmflash.dfu.usb import open_one
+
+    info = open_one(serial=serial, path=path, vid_pid=vid_pid)
+    return DfuLink(info, device=device).open()

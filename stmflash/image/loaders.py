@@ -1,0 +1,279 @@
+"""Read any firmware file into an :class:`~stmflash.image.model.Image`.
+
+The format comes from the *content* (ELF magic, "DfuSe" prefix, DFU suffix, ':' or 'Sn'
+record lines): users rename files, and a ``.hex`` that is really an ELF must not be
+flashed as text. The extension only decides when the content is ambiguous, so that a
+damaged ``.hex`` still gets an Intel HEX error with its line number. Every library error
+(intelhex, bincopy, pyelftools, struct) becomes an :class:`ImageError` naming the file and
+the line or offset, because the CLI shows one line and never a traceback.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from typing import TYPE_CHECKING
+
+from stmflash.errors import ImageError, UsageError
+from stmflash.image import dfuse_file
+from stmflash.image.model import Image
+
+if TYPE_CHECKING:
+    from stmflash.devices import Device
+
+FORMATS = ("bin", "hex", "srec", "elf", "dfu", "dfu-bin")
+
+_ALIASES = {
+    "bin": "bin", "binary": "bin", "raw": "bin", "img": "bin",
+    "hex": "hex", "ihex": "hex", "ihx": "hex", "intelhex": "hex", "intel-hex": "hex",
+    "srec": "srec", "s19": "srec", "s28": "srec", "s37": "srec", "mot": "srec", "s-record": "srec",
+    "elf": "elf", "axf": "elf",
+    "dfu": "dfu", "dfuse": "dfu",
+    "dfu-bin": "dfu-bin", "dfubin": "dfu-bin",
+}  # fmt: skip
+
+EXTENSIONS = {
+    ".bin": "bin", ".img": "bin", ".raw": "bin",
+    ".hex": "hex", ".ihex": "hex", ".ihx": "hex",
+    ".srec": "srec", ".s19": "srec", ".s28": "srec", ".s37": "srec", ".mot": "srec", ".sx": "srec",
+    ".elf": "elf", ".axf": "elf", ".out": "elf",
+    ".dfu": "dfu",
+}  # fmt: skip
+
+_HEX_LINE = re.compile(rb"^:[0-9A-Fa-f]{10,}$")
+_SREC_LINE = re.compile(rb"^S[0-9][0-9A-Fa-f]{6,}$")
+
+
+def normalize_format(fmt: str) -> str:
+    """Canonical format name for a user's spelling; a :class:`UsageError` lists the choices."""
+    key = fmt.strip().lower().lstrip(".")
+    if key not in _ALIASES:
+        raise UsageError(f"unknown image format {fmt!r} (choose from {', '.join(FORMATS)})")
+    return _ALIASES[key]
+
+
+def format_from_extension(path: str) -> str | None:
+    return EXTENSIONS.get(os.path.splitext(path)[1].lower())
+
+
+def _first_line(data: bytes) -> bytes:
+    text = data[:4096].lstrip(b"\xef\xbb\xbf").lstrip()
+    return text.split(b"\n", 1)[0].strip()
+
+
+def sniff(data: bytes) -> str | None:
+    """The format the bytes themselves announce, or ``None`` when they could be anything."""
+    if data[:4] == b"\x7fELF":
+        return "elf"
+    if dfuse_file.is_dfuse(data):
+        return "dfu"
+    if dfuse_file.has_suffix_signature(data):
+        return "dfu-bin"
+    line = _first_line(data)
+    if _HEX_LINE.match(line):
+        return "hex"
+    if _SREC_LINE.match(line):
+        return "srec"
+    return None
+
+
+def load(
+    path: str | os.PathLike[str],
+    *,
+    address: int | None = None,
+    fmt: str | None = None,
+    device: Device | str | None = None,
+) -> Image:
+    """Load ``path``; ``address`` (or ``device.flash_start``) places a raw binary.
+
+    Raises :class:`ImageError` (exit code 2) for anything wrong with the file.
+    """
+    name = os.fspath(path)
+    try:
+        with open(name, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise ImageError(f"{name}: cannot read: {exc.strerror or exc}") from None
+    return load_bytes(data, name, address=address, fmt=fmt, device=device)
+
+
+def load_bytes(
+    data: bytes,
+    source: str,
+    *,
+    address: int | None = None,
+    fmt: str | None = None,
+    device: Device | str | None = None,
+) -> Image:
+    """:func:`load` for bytes already in memory; ``source`` names them in messages."""
+    kind = normalize_format(fmt) if fmt else (sniff(data) or format_from_extension(source) or "bin")
+    if address is not None and kind not in ("bin", "dfu-bin"):
+        raise UsageError(
+            f"{source}: --address applies only to raw binaries; this {kind} file carries its own addresses"
+        )
+    try:
+        if kind == "bin":
+            img = Image.from_bytes(data, _base_address(source, address, device), source, "bin")
+        elif kind == "dfu-bin":
+            img = _load_dfu_bin(data, source, _base_address(source, address, device))
+        elif kind == "dfu":
+            if dfuse_file.is_dfuse(data) or not dfuse_file.has_suffix_signature(data):
+                img = dfuse_file.parse_dfuse(data, source)
+            else:  # forced "dfu" on a plain suffixed binary
+                img = _load_dfu_bin(data, source, _base_address(source, address, device))
+        elif kind == "hex":
+            img = _load_hex(data, source)
+        elif kind == "srec":
+            img = _load_srec(data, source)
+        else:
+            img = _load_elf(data, source)
+    except UsageError:
+        raise
+    except Exception as exc:  # a library failure we did not anticipate: still one line
+        raise ImageError(f"{source}: not a valid {kind} file: {type(exc).__name__}: {exc}") from None
+    if not img.segments:
+        raise ImageError(f"{source}: no data in this {kind} file")
+    return img
+
+
+def _base_address(source: str, address: int | None, device: Device | str | None) -> int:
+    if address is not None:
+        if not 0 <= address < 1 << 32:
+            raise UsageError(f"{source}: address 0x{address:X} is outside the 32-bit address space")
+        return address
+    if device is not None:
+        if isinstance(device, str):
+            from stmflash.devices import find
+
+            try:
+                device = find(device)
+            except KeyError as exc:
+                raise UsageError(str(exc.args[0])) from None
+        return device.flash_start
+    raise ImageError(
+        f"{source}: a raw binary has no address; pass --address (e.g. --address 0x08000000) or --device"
+    )
+
+
+def _load_dfu_bin(data: bytes, source: str, address: int) -> Image:
+    suffix = dfuse_file.read_suffix(data, source)
+    img = Image.from_bytes(data[: -dfuse_file.SUFFIX_LEN], address, source, "dfu-bin")
+    img.dfu_ids = (suffix.vid, suffix.pid, suffix.bcd_device)
+    return img
+
+
+def _decode_text(data: bytes, source: str, what: str) -> str:
+    try:
+        return data.decode("ascii")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ImageError(f"{source}: line {line}: not {what} text (byte 0x{data[exc.start]:02X})") from None
+
+
+def _load_hex(data: bytes, source: str) -> Image:
+    import intelhex
+
+    text = _decode_text(data, source, "Intel HEX").lstrip("\ufeff")
+    # intelhex rejects lines with trailing blanks; tolerate them (and CRLF) like most tools
+    text = "\n".join(line.strip() for line in text.split("\n"))
+    ih = intelhex.IntelHex()
+    try:
+        ih.loadhex(io.StringIO(text))
+    except intelhex.HexRecordError as exc:
+        line = getattr(exc, "line", None)
+        reason = {
+            "RecordChecksumError": "bad record checksum",
+            "RecordLengthError": "record length does not match its byte count",
+            "RecordTypeError": "unknown record type (only 00-05 exist)",
+            "EOFRecordError": "bad end-of-file record",
+            "HexRecordError": "not an Intel HEX record",
+        }.get(type(exc).__name__, str(exc))
+        where = f"line {line}" if line else "end-of-file record"
+        raise ImageError(f"{source}: {where}: {reason}") from None
+    except intelhex.AddressOverlapError as exc:
+        raise ImageError(f"{source}: line {exc.line}: data overlaps earlier data at 0x{exc.address:08X}") from None
+    except intelhex.IntelHexError as exc:
+        raise ImageError(f"{source}: {exc}") from None
+    img = Image(source=source, format="hex")
+    for start, stop in ih.segments():
+        img.add(start, ih.tobinarray(start=start, end=stop - 1).tobytes())
+    sa = ih.start_addr or {}
+    if "EIP" in sa:
+        img.entry = sa["EIP"]
+    elif "CS" in sa:
+        img.entry = sa["CS"] * 16 + sa["IP"]
+    return img
+
+
+def _load_srec(data: bytes, source: str) -> Image:
+    import bincopy
+
+    text = _decode_text(data, source, "S-record")
+    bf = bincopy.BinFile()
+    try:
+        bf.add_srec(text)
+    except Exception as exc:
+        # bincopy names the record but not the line: find the first record it rejects
+        for n, line in enumerate(text.split("\n"), 1):  # as bincopy splits
+            rec = line.strip()
+            if not rec:
+                continue
+            try:
+                bincopy.unpack_srec(rec)
+            except Exception as line_exc:
+                msg = str(line_exc)
+                if "crc" in msg.lower():
+                    msg = "bad record checksum"
+                elif "type" in msg:
+                    msg = "unknown record type (S0-S3, S5-S9 exist)"
+                elif isinstance(line_exc, ValueError) or "size" in msg or "short" in msg or "'S'" in msg:
+                    msg = "not an S-record"
+                raise ImageError(f"{source}: line {n}: {msg}") from None
+        # every record parses: then two data records overlap
+        seen = Image(source=source)
+        for n, line in enumerate(text.split("\n"), 1):
+            rec = line.strip()
+            if rec[1:2] not in ("1", "2", "3"):
+                continue
+            _type, addr, _size, payload = bincopy.unpack_srec(rec)
+            try:
+                seen.add(addr, bytes(payload))
+            except ImageError:
+                raise ImageError(f"{source}: line {n}: data overlaps earlier data at 0x{addr:08X}") from None
+        raise ImageError(f"{source}: {exc}") from None
+    img = Image(source=source, format="srec")
+    for seg in bf.segments:
+        img.add(seg.minimum_address, bytes(seg.data))
+    if bf.execution_start_address is not None:
+        img.entry = bf.execution_start_address
+    return img
+
+
+def _load_elf(data: bytes, source: str) -> Image:
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile
+
+    if data[:4] != b"\x7fELF":
+        raise ImageError(f"{source}: not an ELF file (no ELF magic at offset 0)")
+    try:
+        elf = ELFFile(io.BytesIO(data))
+        img = Image(source=source, format="elf")
+        for i, seg in enumerate(elf.iter_segments()):
+            if seg["p_type"] != "PT_LOAD" or seg["p_filesz"] == 0:
+                continue  # .bss and friends: nothing to flash
+            offset, filesz = seg["p_offset"], seg["p_filesz"]
+            if offset + filesz > len(data):
+                raise ImageError(
+                    f"{source}: truncated ELF: segment {i} needs bytes up to offset 0x{offset + filesz:X}, "
+                    f"file has 0x{len(data):X}"
+                )
+            # the load (physical) address: initialised .data is stored in flash, copied at boot
+            img.add(seg["p_paddr"], data[offset : offset + filesz])
+        entry = elf.header["e_entry"]
+    except ELFError as exc:
+        raise ImageError(f"{source}: damaged ELF file: {exc}") from None
+    if not img.segments:
+        raise ImageError(f"{source}: ELF file has no loadable segment (no PT_LOAD with file data)")
+    img.entry = entry or None
+    return img

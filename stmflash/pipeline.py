@@ -1,0 +1,379 @@
+"""The one programming pipeline: plan, erase, write, verify, start — for any Link.
+
+UART and DFU share this so that the safety rules live in one place: erase only what the
+image covers, never report success without verification, and on parts that boot their ROM
+while the first flash word is blank ("empty check"), write the vector-table unit last so an
+interrupted flash leaves a chip that still enters its bootloader and can be flashed again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from stmflash.devices import Device, EraseUnit, Region
+from stmflash.errors import UsageError, VerifyError
+from stmflash.image.model import Image
+from stmflash.link import Link
+from stmflash.progress import Reporter
+
+ERASE_MODES = ("auto", "all", "none")
+AFTER_MODES = ("go", "reset", "stay")
+
+# Erase progress granularity: how many uniform pages one erase command covers. Pages are
+# fast (tens of ms) so a few per command keeps the bar moving at negligible cost.
+_PAGES_PER_ERASE_CALL = 32
+_VERIFY_READ_CHUNK = 4096
+
+
+@dataclass
+class ProgramResult:
+    """What was done; serialised as the ``result`` JSON event."""
+
+    device: Device
+    uid: str | None
+    image_crc32: int
+    image_bytes: int
+    bytes_written: int
+    bytes_skipped: int
+    duration_s: float
+    erase: dict[str, Any] = field(default_factory=dict)
+    verified: bool = False
+    verify_method: str = "none"
+    started: str = "stay"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "device": self.device.name,
+            "pid": f"0x{self.device.pid:03X}",
+            "flash_size": self.device.flash_size,
+            "uid": self.uid,
+            "image_crc32": f"0x{self.image_crc32:08X}",
+            "image_bytes": self.image_bytes,
+            "bytes_written": self.bytes_written,
+            "bytes_skipped": self.bytes_skipped,
+            "duration_s": round(self.duration_s, 3),
+            "erase": self.erase,
+            "verified": self.verified,
+            "verify_method": self.verify_method,
+            "after": self.started,
+        }
+
+
+def clip(image: Image, region: Region) -> Image:
+    """The part of ``image`` inside ``region``."""
+    out = Image(source=image.source, format=image.format)
+    for s in image.segments:
+        lo, hi = max(s.address, region.start), min(s.end, region.end)
+        if lo < hi:
+            out.add(lo, s.data[lo - s.address : hi - s.address])
+    return out
+
+
+def writable_regions(device: Device) -> list[tuple[str, Region]]:
+    """Regions a host may write with the ROM's write command besides nothing else."""
+    regions = [("flash", device.flash)]
+    if device.otp is not None:
+        regions.append(("OTP", device.otp))
+    if device.ram_usable is not None:
+        regions.append(("RAM", device.ram_usable))
+    return regions
+
+
+def split_image(image: Image, device: Device) -> tuple[Image, Image]:
+    """(flash part, other writable part); data anywhere else is a UsageError."""
+    regions = writable_regions(device)
+    for s in image.segments:
+        addr = s.address
+        while addr < s.end:
+            hit = next((r for _, r in regions if addr in r), None)
+            if hit is None:
+                where = f"{image.source}: " if image.source else ""
+                hint = ""
+                if device.option_bytes is not None and addr in device.option_bytes:
+                    hint = " (option bytes: use --write-option-bytes)"
+                raise UsageError(
+                    f"{where}data at 0x{addr:08X} is outside the flash of {device.name} "
+                    f"(0x{device.flash_start:08X}-0x{device.flash.end - 1:08X}){hint}"
+                )
+            addr = min(s.end, hit.end)
+    flash = clip(image, device.flash)
+    other = Image(source=image.source, format=image.format)
+    for name, r in regions:
+        if name != "flash":
+            for seg in clip(image, r).segments:
+                other.add(seg.address, seg.data)
+    return flash, other
+
+
+def _plan(flash_img: Image, device: Device, erase: str) -> tuple[bool, list[EraseUnit], dict[str, Any]]:
+    """(mass, units, summary) for the requested erase mode."""
+    if erase == "none" or not flash_img:
+        return False, [], {"mode": erase, "mass": False, "units": 0, "bytes": 0}
+    if erase == "all":
+        units = list(device.erase_units)
+        mass = device.mass_erase
+    else:
+        from stmflash.erase_plan import plan_erase
+
+        plan = plan_erase(flash_img, device, allow_mass=device.mass_erase)
+        mass = bool(plan.mass)
+        units = list(device.erase_units) if mass else list(plan.units)
+    summary = {
+        "mode": erase,
+        "mass": mass,
+        "units": len(units),
+        "bytes": sum(u.size for u in units),
+        "first": f"0x{units[0].address:08X}" if units else None,
+        "end": f"0x{units[-1].end:08X}" if units else None,
+    }
+    return mass, units, summary
+
+
+def _erase_batches(units: list[EraseUnit], device: Device) -> Iterator[list[EraseUnit]]:
+    if not device.uniform_pages:
+        for u in units:  # sectors take seconds each: one per call keeps the bar honest
+            yield [u]
+        return
+    for i in range(0, len(units), _PAGES_PER_ERASE_CALL):
+        yield units[i : i + _PAGES_PER_ERASE_CALL]
+
+
+def write_blocks(image: Image, device: Device, block: int, *, skip_blank: bool) -> tuple[list[tuple[int, bytes]], int]:
+    """Blocks to write, in the order to write them, and the number of blank bytes skipped."""
+    blocks: list[tuple[int, bytes]] = []
+    skipped = 0
+    blank = b"\xff" * block
+    for addr, data in image.chunks(block):
+        if skip_blank and data == blank[: len(data)]:
+            skipped += len(data)
+            continue
+        blocks.append((addr, data))
+    if device.empty_check and device.erase_units:
+        first = device.erase_units[0]
+        head = [b for b in blocks if first.address <= b[0] < first.end]
+        if head:
+            blocks = [b for b in blocks if not (first.address <= b[0] < first.end)] + head
+    return blocks, skipped
+
+
+def start_address(image: Image, device: Device) -> int:
+    """Where Go should jump: the flash start, or the image's own vector table."""
+    if not image or device.flash_start in [s.address for s in image.segments]:
+        return device.flash_start
+    first = next((s for s in image.segments if s.address in device.flash), None)
+    if first is not None and len(first.data) >= 8:
+        sp = int.from_bytes(first.data[0:4], "little")
+        pc = int.from_bytes(first.data[4:8], "little")
+        if device.ram_region_of(sp - 1) is not None and (pc & ~1) in device.flash:
+            return first.address
+    return device.flash_start
+
+
+def _pieces(image: Image, device: Device) -> list[tuple[EraseUnit | None, int, bytes]]:
+    """The image cut at erase-unit boundaries: a failed piece names the unit to repair."""
+    out: list[tuple[EraseUnit | None, int, bytes]] = []
+    for seg in image.segments:
+        addr = seg.address
+        while addr < seg.end:
+            unit = device.unit_at(addr)
+            stop = min(seg.end, unit.end) if unit is not None else seg.end
+            out.append((unit, addr, seg.data[addr - seg.address : stop - seg.address]))
+            addr = stop
+    return out
+
+
+def verify_image(
+    link: Link,
+    image: Image,
+    reporter: Reporter,
+    repair: Callable[[EraseUnit], bool] | None = None,
+) -> str:
+    """Check the chip against ``image``; returns the method used. Raises VerifyError.
+
+    ``repair(unit)`` (erase and rewrite one unit) is offered a failing unit before giving
+    up: a block garbled on the wire can pass AN3155's XOR check and be programmed wrong.
+    """
+    from stmflash.image.crc import stm32_crc
+
+    device = link.device
+    reporter.phase("verify", image.size)
+    method = "checksum"
+    for unit, addr, data in _pieces(image, device):
+        while True:
+            try:
+                crc = None
+                if method == "checksum" and len(data) % 4 == 0 and addr % 4 == 0:
+                    crc = link.checksum(addr, len(data))
+                if crc is None:
+                    method = "read-back"
+                    _read_back(link, addr, data, Reporter())
+                elif crc != stm32_crc(data):
+                    # locate the first difference so the message names an address
+                    _read_back(link, addr, data, Reporter())
+                    raise VerifyError(
+                        f"verify failed: on-chip CRC of 0x{addr:08X}-0x{addr + len(data) - 1:08X} "
+                        f"is 0x{crc:08X}, expected 0x{stm32_crc(data):08X}"
+                    )
+            except VerifyError:
+                if unit is not None and repair is not None and repair(unit):
+                    continue
+                raise
+            break
+        reporter.advance(len(data))
+    return method if image.segments else "none"
+
+
+def _read_back(link: Link, address: int, expected: bytes, reporter: Reporter) -> None:
+    step = max(link.max_read, _VERIFY_READ_CHUNK - _VERIFY_READ_CHUNK % max(link.max_read, 1))
+    for off in range(0, len(expected), step):
+        want = expected[off : off + step]
+        got = link.read(address + off, len(want))
+        if got != want:
+            # a byte garbled on its way back is not a flash error: read again, and
+            # fail only when two reads agree on the same wrong content
+            reads = [got]
+            while True:
+                again = link.read(address + off, len(want))
+                if again == want:
+                    break
+                if again in reads or len(reads) >= 4:
+                    _mismatch(address + off, again, want)
+                reads.append(again)
+        reporter.advance(len(want))
+
+
+def _mismatch(address: int, got: bytes, want: bytes) -> None:
+    i = next(k for k in range(len(want)) if k >= len(got) or got[k] != want[k])
+    at = address + i
+    seen = f"0x{got[i]:02X}" if i < len(got) else "nothing"
+    raise VerifyError(
+        f"verify failed at 0x{at:08X}: read {seen}, expected 0x{want[i]:02X} "
+        "(the flash is NOT what was asked)"
+    )
+
+
+def _write_all(
+    link: Link, blocks: list[tuple[int, bytes]], device: Device, rep: Reporter
+) -> None:
+    """Write blocks in order; a flash block damaged by line noise (the ROM accepted a
+    garbled payload whose checksum happened to match) is repaired by erasing its unit
+    again and rewriting what that unit already received."""
+    from stmflash.errors import NackError
+
+    done: dict[int, list[tuple[int, bytes]]] = {}
+    repairs: dict[int, int] = {}
+    for addr, data in blocks:
+        unit = device.unit_at(addr)
+        try:
+            link.write(addr, data)
+        except NackError:
+            if unit is None:
+                raise
+            got = link.read(addr, len(data))
+            if got == data:
+                pass
+            elif got == b"\xff" * len(data) or repairs.get(unit.index, 0) >= 2:
+                raise
+            else:
+                repairs[unit.index] = repairs.get(unit.index, 0) + 1
+                rep.warn(
+                    f"flash at 0x{addr:08X} holds garbled data (line noise); erasing unit "
+                    f"{unit.index} again and rewriting it"
+                )
+                link.erase([unit])
+                for a, d in done.get(unit.index, []):
+                    link.write(a, d)
+                link.write(addr, data)
+        if unit is not None:
+            done.setdefault(unit.index, []).append((addr, data))
+        rep.advance(len(data))
+
+
+def program(
+    link: Link,
+    image: Image,
+    *,
+    erase: str = "auto",
+    verify: bool = True,
+    after: str = "go",
+    reporter: Reporter | None = None,
+) -> ProgramResult:
+    """Program ``image`` through ``link`` and (by default) verify it; see module docstring."""
+    if erase not in ERASE_MODES:
+        raise UsageError(f"bad erase mode {erase!r} (use {', '.join(ERASE_MODES)})")
+    if after not in AFTER_MODES:
+        raise UsageError(f"bad --after {after!r} (use {', '.join(AFTER_MODES)})")
+    if not image:
+        raise UsageError(f"{image.source or 'image'}: image is empty")
+    rep = reporter or Reporter()
+    t0 = time.monotonic()
+    device = link.device
+    flash_img, other_img = split_image(image, device)
+    flash_img = flash_img.aligned(device.write_align)
+    other_img = other_img.aligned(4)
+    mass, units, erase_summary = _plan(flash_img, device, erase)
+
+    if mass:
+        rep.phase("erase", device.flash_size)
+        link.mass_erase()
+        rep.advance(device.flash_size)
+    elif units:
+        rep.phase("erase", sum(u.size for u in units))
+        for batch in _erase_batches(units, device):
+            link.erase(batch)
+            rep.advance(sum(u.size for u in batch))
+
+    blocks, skipped = write_blocks(flash_img, device, link.max_write, skip_blank=True)
+    oblocks, _ = write_blocks(other_img, device, link.max_write, skip_blank=False)
+    # RAM/OTP first: the flash's vector-table unit must stay the very last write
+    all_blocks = oblocks + blocks
+    total = sum(len(d) for _, d in all_blocks)
+    rep.phase("write", total)
+    _write_all(link, all_blocks, device, rep)
+
+    method = "none"
+    if verify:
+        checked = Image()
+        for img in (flash_img, other_img):
+            for s in img.segments:
+                checked.add(s.address, s.data)
+        repaired: dict[int, int] = {}
+
+        def repair(unit: EraseUnit) -> bool:
+            if repaired.get(unit.index, 0) >= 2 or not units and not mass:
+                return False  # nothing erased by us: rewriting cannot help
+            repaired[unit.index] = repaired.get(unit.index, 0) + 1
+            rep.warn(f"flash unit {unit.index} at 0x{unit.address:08X} differs; erasing and rewriting it")
+            link.erase([unit])
+            for addr, data in blocks:
+                if unit.address <= addr < unit.end:
+                    link.write(addr, data)
+            return True
+
+        method = verify_image(link, checked, rep, repair)
+
+    started = "stay"
+    if after == "go":
+        link.start(start_address(flash_img or other_img, device))
+        started = "go"
+    elif after == "reset":
+        link.reset()
+        started = "reset"
+    rep.close()
+    uid = getattr(link, "uid", None)
+    return ProgramResult(
+        device=device,
+        uid=uid.hex().upper() if isinstance(uid, bytes | bytearray) else uid,
+        image_crc32=image.crc32(),
+        image_bytes=image.size,
+        bytes_written=total,
+        bytes_skipped=skipped,
+        duration_s=time.monotonic() - t0,
+        erase=erase_summary,
+        verified=verify,
+        verify_method=method,
+        started=started,
+    )

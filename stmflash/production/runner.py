@@ -1,0 +1,460 @@
+"""The batch runner: one thread per target, each running the same pipeline as
+``stmflash uart``/``stmflash dfu``, with serials, retries, protection and the station loop.
+
+Per board, in this order (the order is the safety argument):
+
+1. connect and identify (entry strategy, sync, Get ID, flash size, UID);
+2. reserve the serial number in the ledger (fsynced) — only then is it used;
+3. merge the serial into the image, erase/write/verify everything in one pipeline run;
+4. option bytes, then write protection, then readout protection — only after the flash
+   verified, since RDP blocks reading it back and RDP2 is forever;
+5. record ``done`` (or ``failed`` with the error) in the ledger and the report.
+
+Threads are enough: the work is waiting on serial ports and USB, and each worker owns
+its link, so workers share only the ledger, the report and the event sink (all locked).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from stmflash.errors import (
+    LinkError,
+    ProtectionError,
+    StmflashError,
+    UsageError,
+)
+from stmflash.image.model import Image
+from stmflash.production.job import JobConfig
+from stmflash.production.ledger import Ledger, LedgerError
+from stmflash.production.live import Events
+from stmflash.production.report import BoardResult, RunReport
+from stmflash.production.serials import check_serial_address, merge_serial
+from stmflash.production.targets import Target
+
+#: errors that a retry on the same board will not fix
+_FATAL = (UsageError, LedgerError)
+
+
+class Connector(Protocol):
+    """How a worker reaches a board. The default one uses the uart/dfu command code."""
+
+    def connect(self, target: Target, job: JobConfig, reporter: Any) -> Any:
+        """An identified Link (entry strategy applied); LinkError when nothing answers."""
+        ...
+
+    def close(self, link: Any) -> None: ...
+
+    def present(self, target: Target, job: JobConfig) -> bool:
+        """Cheap check that something is plugged in (port exists / DFU device listed)."""
+        ...
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def link_uid(link: Any) -> str | None:
+    """The chip's 96-bit unique ID as upper-case hex.
+
+    Read from the UID register when the link did not already read it: a DFU serial
+    string is derived from only part of the UID and collides between boards.
+    """
+    uid = getattr(link, "uid", None)
+    if isinstance(uid, (bytes, bytearray)) and uid:
+        return bytes(uid).hex().upper()
+    reg = getattr(link.device, "uid_reg", None)
+    if reg is not None:
+        try:
+            return bytes(link.read(reg, 12)).hex().upper()
+        except StmflashError:
+            pass
+    if isinstance(uid, str) and uid:
+        return uid.upper()
+    return None
+
+
+def image_units(image: Image, device: Any) -> list[int]:
+    units: set[int] = set()
+    for s in image.segments:
+        for u in device.units_covering(s.address, s.end):
+            units.add(u.index)
+    return sorted(units)
+
+
+def apply_protection(link: Any, job: JobConfig, image: Image, reporter: Any) -> str:
+    """Option bytes, WRP, then RDP — after verification only (see module docstring)."""
+    done: list[str] = []
+    if job.option_bytes is not None:
+        fn = getattr(link, "write_option_bytes", None)
+        if fn is None:
+            raise StmflashError("writing option bytes is not supported over this link")
+        reporter.phase("option-bytes")
+        fn(job.option_bytes)
+        done.append("option-bytes")
+    p = job.protect
+    if p.wrp:
+        units = list(p.wrp_units) if p.wrp_units else image_units(image, link.device)
+        fn = getattr(link, "write_protect", None)
+        if fn is None:
+            raise ProtectionError("write protection is not supported over this link")
+        reporter.phase("wrp")
+        fn(units)
+        done.append("wrp:" + ",".join(map(str, units)))
+    if p.rdp:
+        fn = getattr(link, "readout_protect", None)
+        if fn is None:
+            raise ProtectionError("readout protection is not supported over this link")
+        reporter.phase(f"rdp{p.rdp}")
+        if p.rdp == 2:
+            fn(level=2)
+        else:
+            fn()
+        done.append(f"rdp{p.rdp}")
+    return "+".join(done)
+
+
+@dataclass
+class BoardOutcome:
+    result: BoardResult
+    uid: str | None
+
+
+class BatchRunner:
+    """Runs every target once (or in a loop) and fills ``report``."""
+
+    def __init__(
+        self,
+        job: JobConfig,
+        image: Image,
+        targets: list[Target],
+        *,
+        events: Events,
+        report: RunReport,
+        connector: Connector,
+        ledger: Ledger | None = None,
+        stop: threading.Event | None = None,
+        poll_s: float = 0.25,
+    ) -> None:
+        if job.serial is not None and ledger is None:
+            raise UsageError("serial numbers need a ledger")
+        if job.serial is not None:
+            probe = job.serial.encode(job.serial.first)
+            check_serial_address(image, job.serial.address, len(probe))
+        self.job = job
+        self.image = image
+        self.targets = targets
+        self.events = events
+        self.report = report
+        self.connector = connector
+        self.ledger = ledger
+        self.stop = stop or threading.Event()
+        self.poll_s = poll_s
+        self._count_lock = threading.Lock()
+        self._boards_started = 0
+        self.image_crc = f"0x{image.crc32():08X}"
+
+    # ---- orchestration ---------------------------------------------------------------
+    def run(self) -> RunReport:
+        threads = [
+            threading.Thread(target=self._worker, args=(t,), name=f"batch:{t.label}", daemon=True)
+            for t in self.targets
+        ]
+        for th in threads:
+            th.start()
+        try:
+            for th in threads:
+                while th.is_alive():
+                    th.join(0.2)
+        except KeyboardInterrupt:
+            self.stop.set()
+            self.events.emit("warning", message="interrupted: finishing boards in progress")
+            for th in threads:
+                th.join(30)
+        return self.report
+
+    def _take_slot(self) -> bool:
+        """Loop mode: claim one of ``max_boards`` (shared by all targets)."""
+        with self._count_lock:
+            if self.job.max_boards is not None and self._boards_started >= self.job.max_boards:
+                return False
+            self._boards_started += 1
+            return True
+
+    def _worker(self, target: Target) -> None:
+        try:
+            if not self.job.loop:
+                self.report.add(self.board(target).result)
+                return
+            self._station(target)
+        except Exception as exc:  # a bug must not kill the run silently
+            self.events.emit("error", target.label, message=f"internal error: {exc!r}")
+            self.report.add(BoardResult(target.label, port=target.spec, result="failed",
+                                        error=f"internal error: {exc!r}", exit_code=1))
+
+    def _station(self, target: Target) -> None:
+        """Wait for a board, program it, wait for it to go; repeat until stopped."""
+        last_uid: str | None = None
+        while not self.stop.is_set():
+            self.events.emit("waiting", target.label, message="waiting for a board")
+            if not self._wait(lambda: self.connector.present(target, self.job)):
+                return
+            if not self._take_slot():
+                return
+            outcome = self.board(target, skip_uid=last_uid)
+            if outcome.result.result == "skipped":
+                with self._count_lock:
+                    self._boards_started -= 1
+                self._wait(lambda: self.stop.is_set(), timeout=self.poll_s)
+                continue
+            self.report.add(outcome.result)
+            last_uid = outcome.uid or last_uid
+            self.events.emit("remove", target.label, message="remove the board")
+            self._wait(lambda u=last_uid: not self._still_there(target, u))
+
+    def _still_there(self, target: Target, uid: str | None) -> bool:
+        if not self.connector.present(target, self.job):
+            return False
+        probe = getattr(self.connector, "probe_uid", None)
+        if probe is None:
+            return True
+        try:
+            now = probe(target, self.job)
+        except StmflashError:
+            return False
+        return now is not None and now == uid
+
+    def _wait(self, cond: Callable[[], bool], timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.stop.is_set():
+            try:
+                if cond():
+                    return True
+            except StmflashError:
+                pass
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            self.stop.wait(self.poll_s)
+        return False
+
+    # ---- one board ---------------------------------------------------------------------
+    def board(self, target: Target, *, skip_uid: str | None = None) -> BoardOutcome:
+        job = self.job
+        rep = self.events.reporter(target.label)
+        res = BoardResult(target.label, port=target.spec, image_crc=self.image_crc, started=_now())
+        t0 = time.monotonic()
+        reservation = None
+        uid: str | None = None
+        last_exc: StmflashError | None = None
+        for attempt in range(1, job.retries + 2):
+            res.attempts = attempt
+            if attempt > 1:
+                self.events.emit("attempt", target.label, attempt=attempt, error=str(last_exc))
+            link = None
+            try:
+                rep.phase("connect")
+                link = self.connector.connect(target, job, rep)
+                device = link.device
+                res.device = device.short_name
+                uid = link_uid(link)
+                res.uid = uid or ""
+                if skip_uid is not None and uid == skip_uid:
+                    res.result = "skipped"
+                    return BoardOutcome(res, uid)
+                self._check_device(device)
+                image = self.image
+                if job.serial is not None:
+                    assert self.ledger is not None
+                    if reservation is None or (uid is not None and reservation.uid != uid):
+                        if reservation is not None:
+                            self.ledger.failed(reservation.n, "board changed during retries", uid=reservation.uid)
+                        reservation = self.ledger.reserve(
+                            uid, target=target.label, serial_of=lambda n, u=uid: job.serial.fmt.text(n, uid=u)
+                        )
+                    n = reservation.n
+                    res.serial_number = n
+                    res.serial = job.serial.fmt.text(n, uid=uid)
+                    image = merge_serial(image, job.serial.address, job.serial.encode(n, uid), device)
+                self.events.emit("identified", target.label, device=res.device, uid=uid, serial=res.serial or None,
+                                 attempt=attempt)
+                from stmflash.pipeline import program
+
+                after = "stay" if (job.protect.any or job.option_bytes is not None) else job.after
+                program(link, image, erase=job.erase, verify=job.verify, after=after, reporter=rep)
+                if job.protect.any or job.option_bytes is not None:
+                    res.protection = apply_protection(link, job, image, rep)
+                    if job.after == "go" and job.protect.rdp == 0:
+                        rep.phase("reset")
+                        _safe(link.reset)
+                rep.close()
+                res.result = "passed"
+                res.error = ""
+                res.exit_code = 0
+                break
+            except StmflashError as exc:
+                last_exc = exc
+                res.result = "failed"
+                res.error = str(exc)
+                res.exit_code = exc.exit_code
+                if isinstance(exc, _FATAL) or self.stop.is_set():
+                    break
+            except Exception as exc:  # noqa: BLE001 - a driver error on one board must not stop the line
+                last_exc = StmflashError(f"unexpected error on {target.label}: {exc!r}")
+                res.result = "failed"
+                res.error = str(last_exc)
+                res.exit_code = 1
+                if self.stop.is_set():
+                    break
+            finally:
+                if link is not None:
+                    _safe(lambda lk=link: self.connector.close(lk))
+        res.duration_s = time.monotonic() - t0
+        res.finished = _now()
+        if reservation is not None and self.ledger is not None:
+            try:
+                if res.passed:
+                    self.ledger.done(reservation.n, uid=reservation.uid)
+                else:
+                    self.ledger.failed(reservation.n, res.error, uid=reservation.uid)
+            except OSError as exc:  # the board is fine but the record is not: say so loudly
+                res.result, res.error, res.exit_code = "failed", f"ledger write failed: {exc}", 1
+        fields = {k: v for k, v in res.to_dict().items() if k not in ("target",)}
+        self.events.emit("board", target.label, **fields)
+        return BoardOutcome(res, uid)
+
+    def _check_device(self, device: Any) -> None:
+        want = self.job.device
+        if not want:
+            return
+        from stmflash.devices import find
+
+        try:
+            expected = find(want)
+        except KeyError as exc:
+            raise UsageError(str(exc).strip("'\"")) from None
+        if expected.pid != device.pid:
+            raise UsageError(f"board is a {device.short_name}, the job expects {expected.short_name}")
+
+
+class _UartBoard:
+    """A UartLink plus the protection steps the batch needs, as the ROM offers them.
+
+    Forwards the Link protocol unchanged; adds ``write_protect(units)``,
+    ``readout_protect(level)`` and ``write_option_bytes(data)`` on top of the AN3155
+    session when the link does not offer them itself (each makes the ROM reset, after
+    which the session re-syncs).
+    """
+
+    def __init__(self, link: Any) -> None:
+        self._link = link
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._link, name)
+
+    def write_protect(self, units: list[int]) -> None:
+        own = getattr(self._link, "write_protect", None)
+        if own is not None:
+            own(units)
+            return
+        # AN3155 Write Protect takes sector codes; where one option bit covers several
+        # units (the device table's WRP groups) the codes are the group numbers.
+        n = len(self.device.erase_units)
+        group = max(1, getattr(self.device, "wrp_group_units", 0) or -(-n // 32))
+        self._link.bl.write_protect(sorted({u // group for u in units}))
+
+    def readout_protect(self, level: int = 1) -> None:
+        own = getattr(self._link, "readout_protect", None)
+        if own is not None:
+            own(level) if level != 1 else own()
+            return
+        if level != 1:
+            raise ProtectionError(f"RDP level {level} cannot be set through the USART bootloader's commands")
+        self._link.bl.readout_protect()
+
+    def write_option_bytes(self, data: bytes) -> None:
+        own = getattr(self._link, "write_option_bytes", None)
+        if own is not None:
+            own(data)
+            return
+        ob = self.device.option_bytes
+        if ob is None:
+            raise StmflashError(f"{self.device.short_name}: option-byte address unknown")
+        if len(data) > ob.size:
+            raise UsageError(f"{len(data)} option bytes given, {self.device.short_name} has {ob.size}")
+        self._link.bl.write_memory(ob.start, data)
+        self._link.bl._after_reset("option-byte write")
+
+
+class LinkConnector:
+    """Reaches boards with the same code as ``stmflash uart`` / ``stmflash dfu``."""
+
+    def __init__(self, *, timeout: float = 0.3, retries: int = 4) -> None:
+        self.timeout = timeout
+        self.retries = retries
+
+    def connect(self, target: Target, job: JobConfig, reporter: Any) -> Any:
+        if target.is_dfu:
+            return self._connect_dfu(target, job)
+        from stmflash.uart.link import connect
+
+        link = connect(target.spec, baud=job.baud, parity=job.parity, enter=job.entry, invert=job.invert,
+                       timeout=self.timeout, retries=self.retries, log=None)
+        return _UartBoard(link)
+
+    def _connect_dfu(self, target: Target, job: JobConfig) -> Any:
+        from stmflash.dfu import link as dfu_link  # type: ignore[attr-defined]
+
+        sel = target.spec
+        kw: dict[str, Any] = {}
+        if sel.startswith("path="):
+            kw["path"] = sel[5:]
+        elif sel.startswith("serial="):
+            kw["serial"] = sel[7:]
+        return dfu_link.connect(**kw)
+
+    def close(self, link: Any) -> None:
+        close = getattr(link, "close", None)
+        if close is not None:
+            close()
+
+    def present(self, target: Target, job: JobConfig) -> bool:
+        if target.is_dfu:
+            from stmflash.dfu.usb import find_devices
+
+            for dev in find_devices():
+                path, serial = getattr(dev, "path", ""), getattr(dev, "serial", "")
+                if target.spec == "*" or target.spec in (f"path={path}", f"serial={serial}"):
+                    return True
+            return False
+        if "://" in target.spec:
+            return True  # network/sim ports: presence is "answers", checked by connecting
+        import os
+
+        return os.path.exists(target.spec)
+
+    def probe_uid(self, target: Target, job: JobConfig) -> str | None:
+        """UID of whatever answers now (None/LinkError: nothing there)."""
+        if target.is_dfu:
+            return "present" if self.present(target, job) else None
+        from stmflash.uart.link import connect
+
+        link = connect(target.spec, baud=job.baud, parity=job.parity, enter=job.entry, invert=job.invert,
+                       timeout=0.2, retries=1, log=None)
+        try:
+            return link_uid(link)
+        finally:
+            self.close(link)
+
+
+def _safe(fn: Callable[[], Any]) -> None:
+    try:
+        fn()
+    except (StmflashError, OSError):
+        pass
+
+
+__all__ = ["BatchRunner", "Connector", "LinkError", "apply_protection", "link_uid"]

@@ -1,0 +1,545 @@
+"""The memory model of a virtual STM32, shared by every ROM front-end (AN3155, DfuSe).
+
+One :class:`VirtualChip` owns flash (real page/sector layout and banks), RAM (with the
+bootloader's reserved area), system memory (holding the bootloader ID byte), option
+bytes (RDP level and write protection), OTP and the flash-size / unique-ID registers.
+Everything comes from the :class:`~stmflash.devices.Device` record: no family names.
+
+Rules the chip enforces (the same for every device, so clients meet one behaviour):
+
+* flash and OTP program in units of ``device.write_align``; address and length must be
+  aligned; a unit that is neither erased (all 0xFF) nor already equal to the new data
+  makes the whole write fail (:class:`ProgramError`, ROM answers NACK) and nothing is
+  written — the PROGERR behaviour of newer parts, applied universally;
+* units under write protection are silently left unchanged (the ROM still ACKs, AN3155);
+* a mass erase is refused as a whole (no change) while any unit is write protected;
+* RAM below ``device.ram_usable`` belongs to the bootloader: writes there fail.
+
+Option-byte layout (a simulator convention, the same for every device; see
+:meth:`VirtualChip.option_bytes`): byte 0 RDP (0xAA = level 0, 0xCC = level 2, anything
+else = level 1), byte 1 its complement, bytes 2-7 user/data bytes with complements, bytes
+8-15 four WRP bytes each followed by its complement; a WRP bit at 0 protects one group of
+``wrp_group_size`` erase units (at most 32 groups).
+
+Image file (``image_path``): one JSON header line, then the raw regions back to back in
+the order the header lists them (``flash``, ``option_bytes``, ``otp`` when present)::
+
+    {"format": "stmflash-sim", "version": 1, "pid": 1043, "bl_id": 49, "uid": "<24 hex>",
+     "regions": [{"name": "flash", "address": 134217728, "size": 1048576}, ...]}\\n
+    <flash bytes><option bytes><otp bytes>
+
+:func:`load_image_file` / :func:`flash_bytes` read it back for tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from stmflash.devices import Device, EraseUnit, Region
+from stmflash.errors import StmflashError, UsageError
+from stmflash.sim.faults import FaultPlan
+from stmflash.sim.timing import TimingModel
+
+IMAGE_FORMAT = "stmflash-sim"
+IMAGE_VERSION = 1
+
+RDP_LEVEL0 = 0xAA
+RDP_LEVEL1 = 0x55  # any value but 0xAA/0xCC; 0x55 is what the simulator writes
+RDP_LEVEL2 = 0xCC
+OB_RDP = 0
+OB_WRP = 8
+WRP_GROUPS_MAX = 32
+OB_MIN_SIZE = 16
+
+
+class AccessError(StmflashError):
+    """An address the chip cannot read or write (unmapped, reserved, out of range)."""
+
+
+class ProgramError(AccessError):
+    """Programming failed as the flash controller fails it (misaligned, not erased)."""
+
+
+class PowerLoss(StmflashError):
+    """The injected power loss happened: the chip is dead until :meth:`power_on`."""
+
+
+def rdp_level_of(value: int) -> int:
+    return 0 if value == RDP_LEVEL0 else 2 if value == RDP_LEVEL2 else 1
+
+
+def _uid_for(device: Device, seed: int, image_path: Path | None) -> bytes:
+    key = f"{device.pid:03x}:{seed}:{image_path.resolve() if image_path else ''}"
+    return hashlib.sha256(key.encode()).digest()[:12]
+
+
+class VirtualChip:
+    """One virtual STM32: memories, protection, persistence, mode and timing model."""
+
+    def __init__(
+        self,
+        device: Device,
+        *,
+        image_path: str | os.PathLike[str] | None = None,
+        timing: str | TimingModel = "instant",
+        faults: FaultPlan | str | None = None,
+        seed: int = 0,
+        baud: int = 115200,
+        latency_ms: float = 1.0,
+        rdp_double_nack: bool | None = None,
+    ) -> None:
+        self.device = device
+        self.seed = seed
+        self.image_path = Path(image_path) if image_path is not None else None
+        self.timing = (
+            timing
+            if isinstance(timing, TimingModel)
+            else TimingModel(device, timing, baud=baud, latency_ms=latency_ms)
+        )
+        if faults is None or isinstance(faults, str):
+            faults = FaultPlan.parse(faults, seed=seed)
+        self.faults: FaultPlan = faults
+        # Some parts answer Read/Write/Go with two NACKs under RDP level 1 (AN2606).
+        self.rdp_double_nack = (
+            bool(getattr(device, "rdp_double_nack", False)) if rdp_double_nack is None else rdp_double_nack
+        )
+
+        self.flash = bytearray(b"\xff" * device.flash_size)
+        self.ram: list[tuple[Region, bytearray]] = [(r, bytearray(r.size)) for r in device.ram]
+        self.sysmem = bytearray(device.system_memory.size) if device.system_memory else bytearray()
+        ob_size = device.option_bytes.size if device.option_bytes else OB_MIN_SIZE
+        self._ob = bytearray(b"\xff" * max(ob_size, OB_MIN_SIZE))
+        self.otp = bytearray(b"\xff" * device.otp.size) if device.otp else bytearray()
+        self.uid = _uid_for(device, seed, self.image_path)
+
+        n_units = len(device.erase_units)
+        self.wrp_group_size = max(1, -(-n_units // WRP_GROUPS_MAX))
+        self.wrp_groups = -(-n_units // self.wrp_group_size) if n_units else 0
+
+        self.mode = "bootloader"
+        # What a plain reset boots (the BOOT0 strapping): stmflash.sim.app sets "app".
+        self.boot_mode = "bootloader"
+        self.reset_count = 0
+        self.go_address: int | None = None
+        self.powered = True
+        self.programmed_bytes = 0
+        self._power_loss_fired = False
+        self.last_reset_time = time.perf_counter()
+        # Called as hook(chip, signal, level) by sim:// ports when DTR/RTS/break change.
+        self.on_line_change: Callable[[VirtualChip, str, bool], None] | None = None
+        self.reset_hooks: list[Callable[[VirtualChip], None]] = []
+        self.line_events: list[tuple[str, bool]] = []  # DTR/RTS/break changes seen by ports
+
+        self._factory_option_bytes()
+        if self.image_path is not None and self.image_path.exists():
+            self._load(self.image_path)
+        self._fill_sysmem()
+
+    # ---- construction helpers -------------------------------------------------------
+    def _factory_option_bytes(self) -> None:
+        ob = self._ob
+        ob[OB_RDP], ob[OB_RDP + 1] = RDP_LEVEL0, RDP_LEVEL0 ^ 0xFF
+        for i in range(2, OB_WRP, 2):
+            ob[i], ob[i + 1] = 0xFF, 0x00
+        for i in range(4):
+            ob[OB_WRP + 2 * i], ob[OB_WRP + 2 * i + 1] = 0xFF, 0x00
+
+    def _fill_sysmem(self) -> None:
+        """Deterministic ROM bytes plus the bootloader ID where AN2606 puts it."""
+        dev = self.device
+        if not self.sysmem:
+            return
+        pattern = hashlib.sha256(f"rom:{dev.pid:03x}".encode()).digest()
+        reps = -(-len(self.sysmem) // len(pattern))
+        self.sysmem[:] = (pattern * reps)[: len(self.sysmem)]
+        if dev.bl_id_address is not None and dev.bl_ids and dev.system_memory:
+            if dev.bl_id_address in dev.system_memory:
+                self.sysmem[dev.bl_id_address - dev.system_memory.start] = dev.bl_ids[0]
+
+    # ---- memory map -------------------------------------------------------------------
+    def _register_bytes(self) -> list[tuple[int, bytes]]:
+        regs: list[tuple[int, bytes]] = []
+        if self.device.flash_size_reg is not None:
+            regs.append((self.device.flash_size_reg, (self.device.flash_size // 1024).to_bytes(2, "little")))
+        if self.device.uid_reg is not None:
+            regs.append((self.device.uid_reg, self.uid))
+        return regs
+
+    def _segment(self, addr: int) -> tuple[str, int, int, bytearray | bytes]:
+        """``(kind, offset, available, buffer)`` for the storage holding ``addr``.
+
+        Registers overlay whatever region they sit in (on several parts they lie inside
+        system memory), so they are checked first and cut the other regions.
+        """
+        dev = self.device
+        regs = self._register_bytes()
+        for start, data in regs:
+            if start <= addr < start + len(data):
+                return "register", addr - start, start + len(data) - addr, data
+
+        def limit(end: int) -> int:
+            for start, _ in regs:
+                if addr < start < end:
+                    end = start
+            return end - addr
+
+        if addr in dev.flash:
+            return "flash", addr - dev.flash_start, limit(dev.flash.end), self.flash
+        for region, buf in self.ram:
+            if addr in region:
+                return "ram", addr - region.start, limit(region.end), buf
+        if dev.option_bytes and addr in dev.option_bytes:
+            return "ob", addr - dev.option_bytes.start, limit(dev.option_bytes.end), self._ob
+        if dev.otp and addr in dev.otp:
+            return "otp", addr - dev.otp.start, limit(dev.otp.end), self.otp
+        if dev.system_memory and addr in dev.system_memory:
+            return "sysmem", addr - dev.system_memory.start, limit(dev.system_memory.end), self.sysmem
+        raise AccessError(f"address 0x{addr:08X} is not mapped on {dev.name}")
+
+    def region_kind(self, addr: int) -> str | None:
+        """``flash``/``ram``/``ob``/``otp``/``sysmem``/``register`` or None when unmapped."""
+        try:
+            return self._segment(addr)[0]
+        except AccessError:
+            return None
+
+    def readable(self, addr: int, n: int) -> bool:
+        try:
+            self.read(addr, n)
+        except AccessError:
+            return False
+        return True
+
+    def read(self, addr: int, n: int) -> bytes:
+        """Raw memory read (no protection check: the front-ends apply RDP)."""
+        if n < 0:
+            raise AccessError(f"negative read length {n}")
+        out = bytearray()
+        a = addr
+        while len(out) < n:
+            _, off, avail, buf = self._segment(a)
+            take = min(avail, n - len(out))
+            out += buf[off : off + take]
+            a += take
+        return bytes(out)
+
+    # ---- programming ------------------------------------------------------------------
+    def program(self, addr: int, data: bytes) -> None:
+        """Write as the chip's write path does; raises :class:`ProgramError`/AccessError.
+
+        Flash/OTP: aligned to ``device.write_align`` (address and length), only erased or
+        identical units, write-protected units unchanged. RAM: usable area only. Option
+        bytes: rewrites them (see :meth:`write_option_bytes`, which resets the chip).
+        """
+        if not data:
+            return
+        kind, off, avail, _buf = self._segment(addr)
+        if len(data) > avail:
+            raise AccessError(f"write of {len(data)} bytes at 0x{addr:08X} crosses the end of its region")
+        if kind == "ram":
+            usable = self.device.ram_usable
+            if usable is not None and not usable.contains_range(addr, len(data)):
+                raise AccessError(f"0x{addr:08X}: RAM reserved by the bootloader")
+            _buf[off : off + len(data)] = data
+        elif kind == "ob":
+            ob = bytearray(self._ob)
+            ob[off : off + len(data)] = data
+            self.write_option_bytes(bytes(ob))
+        elif kind in ("flash", "otp"):
+            self._program_cells(kind, addr, off, bytes(data))
+        else:
+            raise AccessError(f"0x{addr:08X} is read-only ({kind})")
+
+    def _program_cells(self, kind: str, addr: int, off: int, data: bytes) -> None:
+        align = max(self.device.write_align, 1)
+        if addr % align or len(data) % align:
+            raise ProgramError(
+                f"write of {len(data)} bytes at 0x{addr:08X} is not aligned to {align} bytes"
+            )
+        buf = self.flash if kind == "flash" else self.otp
+        writable: list[int] = []
+        for i in range(0, len(data), align):
+            if kind == "flash" and self._unit_protected(addr + i):
+                continue
+            old = buf[off + i : off + i + align]
+            new = data[i : i + align]
+            if old == new:
+                continue
+            if old != b"\xff" * align:
+                raise ProgramError(
+                    f"0x{addr + i:08X} is not erased (programming error, nothing written)"
+                )
+            writable.append(i)
+        for i in writable:
+            if kind == "flash" and self._power_budget_exhausted(align):
+                half = align // 2 or 1
+                # Power fails mid-word: half of the unit made it.
+                buf[off + i : off + i + half] = bytes(
+                    o & n for o, n in zip(buf[off + i : off + i + half], data[i : i + half], strict=True)
+                )
+                self._die()
+            buf[off + i : off + i + align] = data[i : i + align]
+            if kind == "flash":
+                self.programmed_bytes += align
+
+    def _power_budget_exhausted(self, align: int) -> bool:
+        limit = self.faults.power_loss_after
+        if limit is None or self._power_loss_fired:
+            return False
+        return self.programmed_bytes + align > limit
+
+    def _die(self) -> None:
+        self._power_loss_fired = True
+        self.powered = False
+        if self.image_path is not None:
+            self.save()
+        raise PowerLoss(f"virtual {self.device.short_name} lost power after {self.programmed_bytes} programmed bytes")
+
+    def power_on(self) -> None:
+        """Power back on after a power loss (state as saved at the loss)."""
+        self.powered = True
+        self.reset()
+
+    def preload(self, addr: int, data: bytes) -> None:
+        """Put bytes anywhere (flash, RAM, OB, OTP) bypassing every rule: test fixtures."""
+        a, view = addr, memoryview(bytes(data))
+        while view:
+            kind, off, avail, buf = self._segment(a)
+            take = min(avail, len(view))
+            if isinstance(buf, bytes):
+                raise AccessError(f"0x{a:08X} is a read-only register")
+            buf[off : off + take] = view[:take]
+            view, a = view[take:], a + take
+
+    # ---- erase --------------------------------------------------------------------------
+    def _unit_protected(self, addr: int) -> bool:
+        unit = self.device.unit_at(addr)
+        return unit is not None and unit.index in self.wrp
+
+    def _erase(self, unit: EraseUnit) -> None:
+        off = unit.address - self.device.flash_start
+        self.flash[off : off + unit.size] = b"\xff" * unit.size
+
+    def erase_units(self, indices: Iterable[int]) -> None:
+        """Erase pages/sectors by index; protected ones stay; bad index -> AccessError."""
+        units = self.device.erase_units
+        idx = list(indices)
+        for i in idx:
+            if not 0 <= i < len(units):
+                raise AccessError(f"erase unit {i} does not exist on {self.device.name} ({len(units)} units)")
+        protected = self.wrp
+        for i in idx:
+            if i not in protected:
+                self._erase(units[i])
+
+    def mass_erase(self) -> None:
+        """Erase all flash; refused as a whole (no change) while any unit is protected."""
+        if self.wrp:
+            return
+        self.flash[:] = b"\xff" * len(self.flash)
+
+    def erase_bank(self, bank: int) -> None:
+        units = self.device.bank_units(bank)
+        if not units or bank > max(self.device.banks, 1):
+            raise AccessError(f"{self.device.name} has no flash bank {bank}")
+        self.erase_units(u.index for u in units)
+
+    # ---- option bytes and protection ----------------------------------------------------
+    def option_bytes(self) -> bytes:
+        """The option-byte area as Read Memory shows it (layout in the module doc)."""
+        size = self.device.option_bytes.size if self.device.option_bytes else OB_MIN_SIZE
+        return bytes(self._ob[:size])
+
+    def write_option_bytes(self, data: bytes) -> None:
+        """Program the option bytes and reset (option-byte loading), as the ROM does."""
+        if len(data) > len(self._ob):
+            raise AccessError(f"{len(data)} option bytes do not fit in {len(self._ob)}")
+        self._ob[: len(data)] = data
+        self.reset()
+
+    @property
+    def rdp_level(self) -> int:
+        return rdp_level_of(self._ob[OB_RDP])
+
+    def set_rdp(self, level: int) -> None:
+        """Set the RDP level directly (fixtures; no mass erase, no reset)."""
+        value = {0: RDP_LEVEL0, 1: RDP_LEVEL1, 2: RDP_LEVEL2}[level]
+        self._ob[OB_RDP], self._ob[OB_RDP + 1] = value, value ^ 0xFF
+
+    def readout_protect(self) -> None:
+        self.set_rdp(1)
+        self.reset()
+
+    def readout_unprotect(self) -> None:
+        """Level 1 -> 0: mass erase (ignoring WRP), RAM cleared, reset (AN3155)."""
+        self.flash[:] = b"\xff" * len(self.flash)
+        for _, buf in self.ram:
+            buf[:] = bytes(len(buf))
+        self.set_rdp(0)
+        self.reset()
+
+    @property
+    def wrp(self) -> set[int]:
+        """Indices of write-protected erase units."""
+        groups = self.wrp_group_bits()
+        n = len(self.device.erase_units)
+        out: set[int] = set()
+        for g in groups:
+            out.update(range(g * self.wrp_group_size, min((g + 1) * self.wrp_group_size, n)))
+        return out
+
+    def wrp_group_bits(self) -> set[int]:
+        bits = 0
+        for i in range(4):
+            bits |= self._ob[OB_WRP + 2 * i] << (8 * i)
+        return {g for g in range(self.wrp_groups) if not bits >> g & 1}
+
+    def group_of(self, unit_index: int) -> int:
+        return unit_index // self.wrp_group_size
+
+    def _set_wrp_groups(self, groups: set[int]) -> None:
+        bits = 0xFFFFFFFF
+        for g in groups:
+            bits &= ~(1 << g)
+        for i in range(4):
+            b = bits >> (8 * i) & 0xFF
+            self._ob[OB_WRP + 2 * i], self._ob[OB_WRP + 2 * i + 1] = b, b ^ 0xFF
+
+    def write_protect_groups(self, groups: Iterable[int], *, reset: bool = True) -> None:
+        """Replace the protected set with these WRP groups (AN3155 sector codes)."""
+        gs = set(groups)
+        for g in gs:
+            if not 0 <= g < self.wrp_groups:
+                raise AccessError(f"write-protect group {g} does not exist ({self.wrp_groups} groups)")
+        self._set_wrp_groups(gs)
+        if reset:
+            self.reset()
+
+    def write_protect(self, units: Iterable[int], *, reset: bool = True) -> None:
+        """Protect the WRP groups holding these unit indices (replaces the previous set)."""
+        n = len(self.device.erase_units)
+        groups = set()
+        for u in units:
+            if not 0 <= u < n:
+                raise AccessError(f"erase unit {u} does not exist on {self.device.name}")
+            groups.add(self.group_of(u))
+        self.write_protect_groups(groups, reset=reset)
+
+    def write_unprotect(self, *, reset: bool = True) -> None:
+        self._set_wrp_groups(set())
+        if reset:
+            self.reset()
+
+    # ---- mode -----------------------------------------------------------------------------
+    def reset(self, mode: str | None = None) -> None:
+        """System reset: into the ROM bootloader (which must be synced again) or, with
+        ``mode="app"`` (BOOT0 low at reset), straight into the application. ``None``:
+        as the pins are strapped (``boot_mode``; the ROM unless an application is set up)."""
+        self.mode = mode or self.boot_mode
+        self.go_address = None
+        self.reset_count += 1
+        self.last_reset_time = time.perf_counter()
+        for hook in list(self.reset_hooks):
+            hook(self)
+
+    def go(self, address: int) -> None:
+        """The ROM jumps to the application: the bootloader stops answering."""
+        self.mode = "app"
+        self.go_address = address
+
+    # ---- persistence --------------------------------------------------------------------
+    def _header(self) -> dict[str, Any]:
+        dev = self.device
+        regions = [{"name": "flash", "address": dev.flash_start, "size": len(self.flash)}]
+        ob_addr = dev.option_bytes.start if dev.option_bytes else None
+        regions.append({"name": "option_bytes", "address": ob_addr, "size": len(self._ob)})
+        if self.otp:
+            regions.append({"name": "otp", "address": dev.otp.start if dev.otp else None, "size": len(self.otp)})
+        return {
+            "format": IMAGE_FORMAT,
+            "version": IMAGE_VERSION,
+            "pid": dev.pid,
+            "bl_id": dev.bl_ids[0] if dev.bl_ids else None,
+            "device": dev.name,
+            "uid": self.uid.hex(),
+            "regions": regions,
+        }
+
+    def save(self, path: str | os.PathLike[str] | None = None) -> Path | None:
+        """Write flash, option bytes and OTP to the image file (atomically)."""
+        target = Path(path) if path is not None else self.image_path
+        if target is None:
+            return None
+        header = json.dumps(self._header(), separators=(",", ":")).encode() + b"\n"
+        tmp = target.with_name(target.name + ".tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(header)
+            fh.write(self.flash)
+            fh.write(self._ob)
+            fh.write(self.otp)
+        os.replace(tmp, target)
+        return target
+
+    def _load(self, path: Path) -> None:
+        header, regions = load_image_file(path)
+        if header.get("pid") != self.device.pid:
+            raise UsageError(
+                f"{path}: image belongs to PID 0x{header.get('pid', 0):03X}, not {self.device.name} "
+                f"(0x{self.device.pid:03X})"
+            )
+        if "uid" in header:
+            self.uid = bytes.fromhex(header["uid"])
+        flash = regions.get("flash", b"")
+        self.flash[: min(len(flash), len(self.flash))] = flash[: len(self.flash)]
+        ob = regions.get("option_bytes", b"")
+        self._ob[: min(len(ob), len(self._ob))] = ob[: len(self._ob)]
+        otp = regions.get("otp", b"")
+        self.otp[: min(len(otp), len(self.otp))] = otp[: len(self.otp)]
+
+    @classmethod
+    def load_image_file(cls, path: str | os.PathLike[str]) -> bytes:
+        """The flash bytes held by an image file (what tests compare with firmware)."""
+        return flash_bytes(path)
+
+    def __repr__(self) -> str:
+        return (
+            f"<VirtualChip {self.device.short_name} pid=0x{self.device.pid:03X} mode={self.mode} "
+            f"rdp={self.rdp_level} image={self.image_path}>"
+        )
+
+
+def load_image_file(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """``(header, {region name: bytes})`` of a simulator image file."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{p}: cannot read simulator image: {exc.strerror}") from None
+    line, sep, body = raw.partition(b"\n")
+    try:
+        header = json.loads(line) if sep else None
+    except ValueError:
+        header = None
+    if not isinstance(header, dict) or header.get("format") != IMAGE_FORMAT:
+        raise UsageError(f"{p}: not a stmflash simulator image (bad header line)")
+    regions: dict[str, bytes] = {}
+    pos = 0
+    for reg in header.get("regions", []):
+        size = int(reg["size"])
+        chunk = body[pos : pos + size]
+        if len(chunk) != size:
+            raise UsageError(f"{p}: truncated simulator image (region {reg['name']})")
+        regions[reg["name"]] = chunk
+        pos += size
+    return header, regions
+
+
+def flash_bytes(path: str | os.PathLike[str]) -> bytes:
+    """The flash content of a simulator image file."""
+    return load_image_file(path)[1]["flash"]
