@@ -42,11 +42,11 @@ def start_ptys(n: int, tmp: str, baud: int) -> tuple[list[subprocess.Popen[str]]
     return procs, paths
 
 
-def run_batch(targets: list[str], tmp: str, tag: str, baud: int) -> tuple[float, int]:
+def run_batch(targets: list[str], tmp: str, tag: str, baud: int, image: str, serial_at: int) -> tuple[float, int]:
     from stmflash.cli import main
 
-    args = ["batch", HEX, *targets, "--parity", "none", "--baud", str(baud), "--quiet", "--json",
-            "--serial-address", "0x08003F00", "--ledger", os.path.join(tmp, f"{tag}.jsonl"),
+    args = ["batch", image, *targets, "--parity", "none", "--after", "stay", "--baud", str(baud), "--quiet", "--json",
+            "--serial-address", hex(serial_at), "--ledger", os.path.join(tmp, f"{tag}.jsonl"),
             "--report-dir", os.path.join(tmp, "rep")]
     t0 = time.perf_counter()
     code = 0
@@ -73,8 +73,18 @@ def main() -> None:
     ap.add_argument("--boards", type=int, default=16)
     ap.add_argument("--baud", type=int, default=115200)
     ap.add_argument("--repeat", type=int, default=2, help="runs of each; the best is reported")
+    ap.add_argument("--size", type=int, default=0,
+                    help="use a random image of this many bytes instead of the example blinky")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
+        image, serial_at = HEX, 0x08003F00
+        if a.size:
+            image = os.path.join(tmp, "random.hex")
+            from stmflash.image import save
+            from stmflash.image.model import Image
+
+            save(Image.from_bytes(os.urandom(a.size), 0x08000000), image)
+            serial_at = 0x08000000 + a.size + 0x100
         procs: list[subprocess.Popen[str]] = []
         try:
             if a.mode == "pty":
@@ -83,10 +93,10 @@ def main() -> None:
                 targets = [f"sim://F407?seed={i}&timing=realistic&baud={a.baud}" for i in range(a.boards)]
             one, many = [], []
             for r in range(a.repeat):
-                t, code = run_batch(targets[:1], tmp, f"one{r}", a.baud)
+                t, code = run_batch(targets[:1], tmp, f"one{r}", a.baud, image, serial_at)
                 assert code == 0, f"single-board run failed ({code})"
                 one.append(t)
-                t, code = run_batch(targets, tmp, f"many{r}", a.baud)
+                t, code = run_batch(targets, tmp, f"many{r}", a.baud, image, serial_at)
                 assert code == 0, f"{a.boards}-board run failed ({code})"
                 many.append(t)
         finally:
@@ -95,7 +105,8 @@ def main() -> None:
             for p in procs:
                 p.wait(20)
     t1, tn = min(one), min(many)
-    print(f"mode={a.mode} baud={a.baud} cpus={os.cpu_count()} image={os.path.basename(HEX)} (+serial)")
+    size = f"{a.size} random bytes" if a.size else os.path.basename(HEX)
+    print(f"mode={a.mode} baud={a.baud} cpus={os.cpu_count()} image={size} (+serial)")
     print(f"1 board:   {t1:6.3f} s   (runs: {', '.join(f'{x:.3f}' for x in one)})")
     print(f"{a.boards} boards: {tn:6.3f} s   (runs: {', '.join(f'{x:.3f}' for x in many)})")
     ratio = tn / t1

@@ -20,7 +20,7 @@ from stmflash.image.model import Image
 class ErasePlan:
     """The smallest set of erase units covering an image's flash data.
 
-    ``mass`` says a global erase does the same job at no more cost (and the device and the
+    ``mass`` says a global erase does the job strictly faster, or the image needs every unit anyway (and the device and the
     caller allow it); ``banks`` lists banks whose every unit is needed, so a link may use a
     bank erase instead of naming each page. ``units`` is always the full list, whatever
     shortcut the link takes.
@@ -122,6 +122,6 @@ def plan_erase(image: Image, device: Device, *, allow_mass: bool = True) -> Eras
     mass = False
     if allow_mass and device.mass_erase:
         covers_all = len(plan_units) == len(units)
-        mass = covers_all or device.mass_erase_time_ms()[0] <= unit_time
+        mass = covers_all or device.mass_erase_time_ms()[0] < unit_time
     time_ms = device.mass_erase_time_ms()[0] if mass else unit_time
     return ErasePlan(units=plan_units, mass=mass, banks=banks, time_ms=time_ms)

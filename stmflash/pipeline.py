@@ -227,21 +227,22 @@ def verify_image(
 
 
 def _read_back(link: Link, address: int, expected: bytes, reporter: Reporter) -> None:
-    step = max(link.max_read, _VERIFY_READ_CHUNK - _VERIFY_READ_CHUNK % max(link.max_read, 1))
+    block = max(link.max_read, 1)
+    step = max(block, _VERIFY_READ_CHUNK - _VERIFY_READ_CHUNK % block)
     for off in range(0, len(expected), step):
         want = expected[off : off + step]
         got = link.read(address + off, len(want))
         if got != want:
-            # a byte garbled on its way back is not a flash error: read again, and
-            # fail only when two reads agree on the same wrong content
-            reads = [got]
-            while True:
-                again = link.read(address + off, len(want))
-                if again == want:
-                    break
-                if again in reads or len(reads) >= 4:
-                    _mismatch(address + off, again, want)
-                reads.append(again)
+            # a byte garbled on its way back is not a flash error: re-read the blocks that
+            # differ, and fail only when two reads agree on the same wrong content
+            for boff in range(0, len(want), block):
+                w = want[boff : boff + block]
+                seen = [got[boff : boff + block]]
+                while seen[-1] != w:
+                    again = link.read(address + off + boff, len(w))
+                    if again != w and (again in seen or len(seen) >= 5):
+                        _mismatch(address + off + boff, again, w)
+                    seen.append(again)
         reporter.advance(len(want))
 
 
@@ -343,7 +344,7 @@ def program(
         repaired: dict[int, int] = {}
 
         def repair(unit: EraseUnit) -> bool:
-            if repaired.get(unit.index, 0) >= 2 or not units and not mass:
+            if repaired.get(unit.index, 0) >= 3 or not units and not mass:
                 return False  # nothing erased by us: rewriting cannot help
             repaired[unit.index] = repaired.get(unit.index, 0) + 1
             rep.warn(f"flash unit {unit.index} at 0x{unit.address:08X} differs; erasing and rewriting it")

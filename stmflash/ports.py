@@ -42,22 +42,44 @@ def open_port(
         raise UsageError(f"bad parity {parity!r} (use even or none)")
     if "://" not in port and not os.path.exists(port) and not port.upper().startswith("COM"):
         raise LinkError(f"serial port {port} does not exist")
-    try:
-        ser = serial.serial_for_url(
+
+    def _open(p: str) -> Any:
+        return serial.serial_for_url(
             port,
             baudrate=baud,
-            parity=par,
+            parity=p,
             bytesize=8,
             stopbits=1,
             timeout=timeout,
             write_timeout=max(timeout, 5.0),
             **kwargs,
         )
+
+    try:
+        try:
+            ser = _open(par)
+        except Exception:
+            # a Linux pseudo-terminal (the simulator's pty server, socat) refuses PARENB
+            # after its first client and ignores parity anyway: open it 8N1
+            if par != "N" and is_pty(port):
+                ser = _open("N")
+            else:
+                raise
     except ValueError as exc:
         raise UsageError(f"cannot open {port}: {exc}") from None
-    except (serial.SerialException, OSError) as exc:
+    except Exception as exc:  # SerialException, OSError, termios.error
         raise LinkError(f"cannot open serial port {port}: {_why(exc)}") from None
     return ser
+
+
+def is_pty(port: str) -> bool:
+    """True for a pseudo-terminal slave (``/dev/pts/N``, or a link to one)."""
+    if "://" in port:
+        return False
+    try:
+        return os.path.realpath(port).startswith("/dev/pts/")
+    except OSError:
+        return False
 
 
 def _why(exc: Exception) -> str:

@@ -55,6 +55,13 @@ class Reporter:
         self._end_phase()
         self.name = None
 
+    def abort(self) -> None:
+        """Stop reporting after an error: the current phase did not finish."""
+        self.name = None
+
+    def error(self, msg: str, exit_code: int) -> None:
+        """An error ends the run (JSON reporters emit it; the CLI prints it for people)."""
+
     def _end_phase(self) -> None:
         pass
 
@@ -121,10 +128,15 @@ class ConsoleReporter(Reporter):
             self.stream.write("\r" + self._line().ljust(79)[:120] + "\n")
         elif self.total:
             self.stream.write(f"{self.name}: {_human(self.done)} in {elapsed:.2f}s\n")
-        else:
-            self.stream.write(f"{self.name}: done in {elapsed:.2f}s\n")
         self.stream.flush()
         self._drawn = False
+
+    def abort(self) -> None:
+        if self._drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._drawn = False
+        super().abort()
 
     def _print(self, msg: str) -> None:
         if self._drawn:

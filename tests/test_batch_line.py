@@ -166,3 +166,48 @@ def test_serial_over_code_is_a_usage_error(tmp_path, capsys):
     code, out, err = run_cli(["batch", HEX, "sim://F407", "--serial-address", "0x08000010",
                               "--ledger", str(tmp_path / "l.jsonl"), "--report-dir", str(tmp_path / "r")], capsys)
     assert code == EXIT_USAGE and "overlaps image data at 0x08000010" in err
+
+
+def _start_linked(tmp_path, link, seed):
+    img = tmp_path / f"station-{seed}.img"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stmflash", "sim", "uart", "-d", "F407", "--image", str(img), "--seed", str(seed),
+         "--link", str(link)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
+    assert proc.stdout.readline().startswith("/dev/")
+    return proc, img
+
+
+def test_station_loop_swaps_boards(tmp_path):
+    """--loop: program the board on the slot, wait for it to go, program the next one."""
+    link = tmp_path / "slot0"
+    servers = [_start_linked(tmp_path, link, 11)]
+    batch = subprocess.Popen(
+        [sys.executable, "-m", "stmflash", "batch", HEX, str(link), "--loop", "--max-boards", "2", "--json",
+         "--parity", "none", "--serial-address", hex(SERIAL_AT), "--serial-format", "ascii", "--serial-prefix",
+         "LN", "--serial-width", "8", "--ledger", str(tmp_path / "l.jsonl"), "--report-dir", str(tmp_path / "r")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    events = []
+    try:
+        for line in batch.stdout:
+            ev = json.loads(line)
+            events.append(ev)
+            if ev["event"] == "remove" and len(servers) == 1:
+                # the board reset back into its ROM (BOOT0 high): it must not be flashed again
+                # until it is gone; the operator swaps it for a new one
+                stop_pty(servers[0][0])
+                servers.append(_start_linked(tmp_path, link, 12))
+        assert batch.wait(60) == 0, batch.stderr.read()
+    finally:
+        if batch.poll() is None:
+            batch.kill()
+        for proc, _ in servers:
+            if proc.poll() is None:
+                stop_pty(proc)
+    boards = [e for e in events if e["event"] == "board"]
+    assert [b["result"] for b in boards] == ["passed", "passed"]
+    assert boards[0]["uid"] != boards[1]["uid"]
+    for (_, img), n in zip(servers, (1, 2), strict=True):
+        assert flash_bytes(img)[SERIAL_AT - FLASH :][:10] == FMT.encode(n)
+    summary = [e for e in events if e["event"] == "summary"][-1]
+    assert summary["passed"] == 2 and summary["failed"] == 0

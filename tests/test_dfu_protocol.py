@@ -156,7 +156,7 @@ def test_option_bytes_through_their_alt_reset_the_device():
 def test_stall_during_erase_is_tolerated_only_with_the_quirk():
     # L4: page erase announces too short a poll timeout and STALLs GETSTATUS while busy
     bus, chip = attach("L476", quirks=["getstatus_stall_during_erase"], timing="realistic", scale=0.5)
-    link = open_link(bus)
+    link = open_link(bus, device=chip.device)
     unit = link.device.erase_units[3]
     chip.preload(unit.address, b"\0" * 16)
     link.erase([unit])
@@ -172,7 +172,7 @@ def test_underreported_mass_erase_poll():
     # F4 mass erase: the ROM announces 100 ms and NAKs polls until done (160 ms here)
     bus, chip = attach("F407", quirks=["mass_erase_poll_underreported"], timing="realistic", scale=100)
     chip.preload(0x08000000, b"\0" * 8)
-    link = open_link(bus, timeout_ms=30)
+    link = open_link(bus, device=chip.device, timeout_ms=30)
     link.mass_erase()
     assert chip.flash[:8] == b"\xff" * 8
     plain = dataclasses.replace(link.device, dfu={**link.device.dfu, "quirks": []})
@@ -184,7 +184,7 @@ def test_underreported_mass_erase_poll():
 def test_stuck_dnbusy_cleared_twice():
     # H7: erasing a bank-2 sector leaves the ROM in dfuDNBUSY until CLRSTATUS, CLRSTATUS
     bus, chip = attach("H743", quirks=["dnbusy_stuck"], timing="realistic", scale=200)
-    link = open_link(bus)
+    link = open_link(bus, device=chip.device)
     unit = link.device.bank_units(2)[0]
     link.erase([unit])
     st = link.proto.get_status()

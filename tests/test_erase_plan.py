@@ -86,7 +86,7 @@ def test_plan_properties(case):
         assert plan.banks == sorted({u.bank for u in units})
     unit_time = sum(dev.unit_erase_ms(u)[0] for u in plan.units)
     if allow_mass and dev.mass_erase and plan.units:
-        assert plan.mass == (len(plan.units) == len(units) or dev.mass_erase_time_ms()[0] <= unit_time)
+        assert plan.mass == (len(plan.units) == len(units) or dev.mass_erase_time_ms()[0] < unit_time)
     assert plan.time_ms == (dev.mass_erase_time_ms()[0] if plan.mass else unit_time)
 
 
@@ -187,11 +187,17 @@ def test_generic_profile_plans_pages():
     assert plan.indices == [1, 2] and not plan.mass
 
 
-def test_page_part_with_equal_mass_time_prefers_mass():
-    # G0: a global erase costs one page erase, so the contract says mass (when allowed)
+def test_page_part_with_equal_mass_time_keeps_other_pages():
+    # G0: a global erase costs one page erase, but it would wipe data the image does not
+    # cover (EEPROM emulation, calibration): mass only when strictly cheaper or total.
     g071 = devices.find("G071")
+    plan = plan_erase(image((0x08000000, 2000)), g071)
+    assert not plan.mass and [u.index for u in plan.units] == [0]
+    # two pages cost more than one global erase: the pure plan says mass is cheaper
     assert plan_erase(image((0x08000000, 3000)), g071).mass
-    assert not plan_erase(image((0x08000000, 3000)), g071, allow_mass=False).mass
+    full = plan_erase(image((0x08000000, g071.flash_size)), g071)
+    assert full.mass
+    assert not plan_erase(image((0x08000000, g071.flash_size)), g071, allow_mass=False).mass
 
 
 @given(st.sampled_from(TABLE), st.integers(0, (1 << 32) - 1))

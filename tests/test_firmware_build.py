@@ -90,3 +90,23 @@ def test_rebuilt_example_matches_committed(built, name):
     size_new = sum(len(d) for _, d in rebuilt)
     size_old = sum(len(d) for _, d in committed)
     assert abs(size_new - size_old) <= max(64, size_old // 10), (size_new, size_old)
+
+
+def test_cmsis_family_macro_and_header_take_precedence(tmp_path):
+    """With a CMSIS device header the family comes from its STM32F4 macro and RCC_BASE wins."""
+    cc = require("arm-none-eabi-gcc")
+    (tmp_path / "fake_stm32f4xx.h").write_text(
+        "#define STM32F4\n#define RCC_BASE 0x40023800UL\n#define SYSCFG_BASE 0x40013800UL\n"
+    )
+    proc = subprocess.run(
+        [cc, "-mcpu=cortex-m4", "-mthumb", "-std=c99", "-Wall", "-Wextra", "-Werror", "-Os",
+         "-c", f"-I{tmp_path}", "-DSTMFLASH_BOOT_DEVICE_HEADER=\"fake_stm32f4xx.h\"",
+         "-I", str(FW / "stmflash_boot"), str(FW / "stmflash_boot" / "stmflash_boot.c"),
+         "-o", str(tmp_path / "x.o")],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    objdump = shutil.which("arm-none-eabi-objdump")
+    if objdump:
+        dis = subprocess.run([objdump, "-d", str(tmp_path / "x.o")], capture_output=True, text=True).stdout
+        assert "1fff0000" in dis, "F4 ROM address not used"

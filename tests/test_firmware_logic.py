@@ -180,15 +180,17 @@ def test_key_set_at_run_time(build):
 
 
 def test_compile_time_key_is_the_default(build, tmp_path):
-    lib = build("G0", "NOINIT", '-DSTMFLASH_BOOT_KEY="abc"')
+    # Documented spelling: the bytes the host gets from `--trigger-key 5a17c0de`.
+    lib = build("G0", "NOINIT", r'-DSTMFLASH_BOOT_KEY="\x5a\x17\xc0\xde"')
     # fresh() installed the empty run-time key; a copy of the library loaded under another
     # name has untouched statics, i.e. the compile-time default a chip starts with.
-    src = Path(lib.c._name)
     copy = tmp_path / "libcopy.so"
-    copy.write_bytes(src.read_bytes())
+    copy.write_bytes(Path(lib.c._name).read_bytes())
     pristine = Lib(copy)
+    key = bytes.fromhex("5a17c0de")
     assert pristine.feed(encode_request(5)) == []
-    assert pristine.feed(encode_request(5, b"abc")) == [10]
+    assert pristine.feed(encode_request(5, key)) == [10]
+    assert pristine.ack() == encode_ack(5, key)
 
 
 def test_partial_frames_then_full_frame(build):

@@ -53,10 +53,15 @@ static inline void sb_control_zero(void)
 }
 /* An asm load, so that reading the ROM table at address 0 (F0 alias) is not treated as a
  * null-pointer dereference by the optimiser. */
+#if defined(__thumb__) && !defined(__thumb2__)
+#define SB_LOREG "l" /* Thumb-1 ldr takes r0-r7 only */
+#else
+#define SB_LOREG "r"
+#endif
 static inline uint32_t sb_read_word(uint32_t address)
 {
     uint32_t value;
-    __asm volatile("ldr %0, [%1]" : "=r"(value) : "r"(address) : "memory");
+    __asm volatile("ldr %0, [%1]" : "=" SB_LOREG(value) : SB_LOREG(address) : "memory");
     return value;
 }
 STMFLASH_BOOT_NORETURN static inline void sb_jump(uint32_t sp, uint32_t pc)

@@ -140,23 +140,21 @@ def run_and_report(reporter: Any, fn: Callable[[], Any]) -> Any:
     from stmflash.errors import EXIT_INTERRUPTED, StmflashError
 
     try:
-        return fn()
+        result = fn()
     except StmflashError as exc:
-        _close_quietly(reporter)
-        if hasattr(reporter, "error"):
-            reporter.error(str(exc), exc.exit_code)
+        _abort_quietly(reporter)
+        reporter.error(str(exc), exc.exit_code)
         raise
     except KeyboardInterrupt:
-        _close_quietly(reporter)
-        if hasattr(reporter, "error"):
-            reporter.error("interrupted", EXIT_INTERRUPTED)
+        _abort_quietly(reporter)
+        reporter.error("interrupted", EXIT_INTERRUPTED)
         raise
-    finally:
-        _close_quietly(reporter)
+    reporter.close()
+    return result
 
 
-def _close_quietly(reporter: Any) -> None:
+def _abort_quietly(reporter: Any) -> None:
     try:
-        reporter.close()
+        reporter.abort()
     except Exception:  # pragma: no cover - reporting must never hide the real error
         pass

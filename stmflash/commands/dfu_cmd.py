@@ -12,7 +12,13 @@ from typing import Any
 
 import click
 
-from stmflash.commands.common import INT, describe_result, load_image, output_options, run_and_report
+from stmflash.commands.common import (
+    INT,
+    describe_result,
+    load_image,
+    output_options,
+    run_and_report,
+)
 
 
 def _option_bytes_arg(text: str) -> bytes:
@@ -63,6 +69,12 @@ def _needs_device(path: str, address: int | None) -> bool:
 @click.option("--length", type=INT, default=None, help="Length for --read (default: to the end of the alt).")
 @click.option("--read-option-bytes", is_flag=True, help="Print the option bytes (read through their alt).")
 @click.option("--write-option-bytes", metavar="FILE|HEX", help="Write the whole option-byte area (the chip resets).")
+@click.option("--enter", default="none", show_default=True, metavar="CHAIN",
+              help="Bring a running application into the ROM DFU bootloader first, tried in order: "
+              "1200[:PORT] (1200-baud touch on its USB CDC port), detach[:PATH|VID:PID] (DFU_DETACH "
+              "to its DFU runtime interface), none. E.g. '1200,detach'.")
+@click.option("--enter-timeout", type=float, default=10.0, show_default=True,
+              help="Seconds to wait for the DFU device to appear on the same USB port after the entry.")
 @output_options
 def dfu(**kw: Any) -> None:
     """Program FILE through the ROM USB DFU bootloader (DfuSe, 0483:df11).
@@ -121,6 +133,13 @@ def _run(reporter: Any, **kw: Any) -> None:
 
     from stmflash.dfu.link import connect
 
+    if kw.get("enter") and kw["enter"].strip().lower() != "none":  # pin-less entry (stmflash.trigger)
+        from stmflash.trigger.host import enter_dfu
+
+        reporter.phase("enter")
+        seen = enter_dfu(kw["enter"], timeout=kw["enter_timeout"], log=reporter.info)
+        if seen is not None and seen.path and not kw["serial"] and not kw["port_path"]:
+            kw["port_path"] = seen.path  # the board we just rebooted, not another one in DFU
     reporter.phase("connect")
     link = connect(serial=kw["serial"], path=kw["port_path"], vid_pid=vid_pid, device=forced)
     try:
@@ -132,8 +151,8 @@ def _run(reporter: Any, **kw: Any) -> None:
 def _split_option_bytes(image: Any, link: Any) -> tuple[Any, list[tuple[int, bytes]]]:
     """(image without option-byte data, [(address, bytes)] for the option-bytes alt).
 
-    A segment belongs to the option bytes when its DfuSe target names that alt, or when
-    its address lies in the device's option-bytes alt.
+    The address decides (the ROM's alt strings say where each memory is); the target's
+    alt number only decides for data at an address no alt describes.
     """
     from stmflash.dfu.link import OPTION_BYTES
     from stmflash.image.model import Image
@@ -144,9 +163,10 @@ def _split_option_bytes(image: Any, link: Any) -> tuple[Any, list[tuple[int, byt
     for seg in image.segments:
         alt = image.alts.get(seg.address)
         name = image.alt_names.get(alt, "") if alt is not None else ""
+        described = any(a.layout.contains(seg.address, len(seg.data)) for a in link.info.alts)
         is_ob = ob_alt is not None and (
             ob_alt.layout.contains(seg.address, len(seg.data))
-            or (alt is not None and alt == ob_alt.alt and "flash" not in name.lower())
+            or (not described and alt == ob_alt.alt and "flash" not in name.lower())
         )
         if is_ob:
             obs.append((seg.address, seg.data))
@@ -325,7 +345,21 @@ def _print_info(link: Any) -> None:
     ]
     for a in info.alts:
         lines.append(f"alt {a.alt}       {a.name}: {a.layout.describe() or a.layout.text}")
+    lines.append("protection  " + _protection(link))
     click.echo("\n".join(lines))
+
+
+def _protection(link: Any) -> str:
+    """Probe with a 4-byte read of the flash: under RDP the ROM answers errVENDOR."""
+    from stmflash.errors import ProtectionError, StmflashError
+
+    try:
+        link.read(link.device.flash_start, 4)
+    except ProtectionError:
+        return "readout protected: use --unprotect (erases the flash)"
+    except StmflashError as exc:
+        return f"unknown ({exc})"
+    return "none detected (flash readable)"
 
 
 __all__ = ["dfu"]

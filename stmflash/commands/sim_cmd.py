@@ -86,3 +86,55 @@ def uart(device_name: str, image: str | None, timing: str, baud: int, latency_ms
         )
 
     run_server(chip, link=link, announce=announce)
+
+
+@sim.command("usb", context_settings={"ignore_unknown_options": True})
+@click.argument("spec")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def usb(spec: str, command: tuple[str, ...]) -> None:
+    """Attach virtual STM32s to the virtual USB bus and show them, or run COMMAND with them.
+
+    \b
+    SPEC is a STMFLASH_USB_SIM value: DEVICE[=IMAGEFILE][;key=value...], comma separated
+    (keys: timing, scale, port, seed, rdp, fault; see the README).
+    Without COMMAND: print each device's descriptors as the ROM presents them.
+    With COMMAND: run it with STMFLASH_USB_SIM=SPEC (the chips live in that process).
+
+    \b
+      stmflash sim usb "F407=f4.img,H743"
+      stmflash sim usb "F407=f4.img" -- stmflash dfu fw.hex --leave
+    """
+    import os
+    import subprocess
+    import sys
+
+    from stmflash.sim.usb_backend import bus_from_spec
+
+    bus = bus_from_spec(spec)  # validates the spec (and creates missing image files)
+    if command:
+        argv = list(command)
+        if argv and argv[0] == "--":
+            argv = argv[1:]
+        if argv and argv[0] == "stmflash":
+            argv = [sys.executable, "-m", "stmflash", *argv[1:]]
+        env = dict(os.environ, STMFLASH_USB_SIM=spec)
+        try:
+            rc = subprocess.call(argv, env=env)
+        except OSError as exc:
+            from stmflash.errors import UsageError
+
+            raise UsageError(f"cannot run {argv[0]!r}: {exc.strerror}") from None
+        sys.exit(rc)
+    from stmflash.dfu.usb import find_devices
+
+    for info in find_devices(backend=bus.backend):
+        dev = next(d for d in bus.devices if d.path == info.path)
+        click.echo(
+            f"Bus {dev.bus:03d} Port {info.path}: ID {info.vid:04x}:{info.pid:04x} {info.manufacturer} "
+            f"{info.product} (virtual {dev.chip.device.name}"
+            + (f", image {dev.chip.image_path}" if dev.chip.image_path else "") + ")"
+        )
+        click.echo(f"  bcdDevice 0x{info.bcd_device:04X}  iSerial {info.serial}  bcdDFU 0x{info.bcd_dfu:04X}  "
+                   f"wTransferSize {info.transfer_size}  bmAttributes 0x{info.attributes:02X}")
+        for a in info.alts:
+            click.echo(f"  alt {a.alt}: {a.layout.text}")

@@ -106,8 +106,15 @@ def _print_info(info: Any, device: Any) -> None:
 @click.option(
     "--enter", default="none", show_default=True, metavar="CHAIN",
     help="How to enter the bootloader, tried in order: none, pins:ENTRY[:EXIT] (stm32flash -i "
-    "syntax, e.g. pins:rts,dtr,-dtr:-rts,dtr,-dtr), e.g. 'pins:...,none'.",
+    "syntax, e.g. pins:rts,dtr,-dtr:-rts,dtr,-dtr), e.g. 'pins:...,none'; command (the stmflash "
+    "trigger to a running application), 1200[:PORT], detach[:PATH], e.g. 'command,pins:...'.",
 )
+@click.option("--app-baud", type=int, default=None, metavar="N",
+              help="--enter command: the application's baud rate (8N1) [default: 115200].")
+@click.option("--trigger-key", default=None, metavar="HEX",
+              help="--enter command: key the firmware companion was built with [default: none].")
+@click.option("--trigger-timeout", type=float, default=None, metavar="S",
+              help="--enter command: seconds to wait for the application's acknowledgement [default: 1].")
 @click.option("--invert", multiple=True, type=click.Choice(["dtr", "rts"]), help="Invert a line in pin sequences.")
 @click.option("--read", "read_out", metavar="OUT", help="Read memory into OUT (.bin/.hex/.srec...).")
 @click.option("--start", type=INT, default=None, help="Start address for --read.")
@@ -181,8 +188,10 @@ def _run(reporter: Any, **kw: Any) -> None:
                 raise ImageError(f"{file}: no such file")
 
     # ---- connect ------------------------------------------------------------------------------
+    from stmflash.trigger.host import set_defaults  # --enter command settings
     from stmflash.uart.link import connect
 
+    set_defaults(app_baud=kw.get("app_baud"), key=kw.get("trigger_key"), timeout=kw.get("trigger_timeout"))
     reporter.phase("connect")
     link = connect(
         port,

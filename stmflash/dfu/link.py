@@ -244,7 +244,9 @@ class DfuLink:
         self.close()
         deadline = time.monotonic() + timeout_s
         while True:
-            found = find_devices(path=self.info.path, vid_pid=(self.info.vid, self.info.pid))
+            found = find_devices(
+                path=self.info.path, vid_pid=(self.info.vid, self.info.pid), backend=self.info.backend
+            )
             if found:
                 self.info = found[0]
                 self.closed = False

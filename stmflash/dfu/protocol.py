@@ -179,6 +179,7 @@ class DfuProtocol:
         self.pointer: int | None = None  # last SET_ADDRESS (None: unknown)
         self.last_block: int | None = None
         self.uploading = False
+        self.upload_next: tuple[int, int] | None = None  # (address, block) a read may continue at
         self.transfers = 0
 
     # ---- raw requests -----------------------------------------------------------------
@@ -205,6 +206,7 @@ class DfuProtocol:
     def abort(self) -> None:
         self._ctrl("ABORT", REQ_OUT, ABORT, 0, None)
         self.uploading = False
+        self.upload_next = None
 
     def dnload(self, block: int, data: bytes, what: str = "DNLOAD") -> None:
         n = self._ctrl(what, REQ_OUT, DNLOAD, block, bytes(data) if data else None)
@@ -423,10 +425,14 @@ class DfuProtocol:
         chunk = min(self.transfer_size, xfer)
         pos = address
         while len(out) < length:
-            self._leave_upload()
-            self.set_address(pos)
-            self.abort_to_idle()
-            block = 2
+            if self.uploading and self.upload_next is not None and self.upload_next[0] == pos:
+                block = self.upload_next[1]  # a sequential read continues the UPLOAD blocks
+            else:
+                self._leave_upload()
+                self.set_address(pos)
+                self.abort_to_idle()
+                block = 2
+            self.upload_next = None
             while len(out) < length and block <= 0xFFFF:
                 n = min(chunk, length - len(out))
                 what = f"reading {n} bytes at 0x{pos:08X}"
@@ -445,7 +451,10 @@ class DfuProtocol:
                 block += 1
                 if chunk != xfer and len(out) < length:
                     break  # block numbers count device-sized units: re-address
-        self.abort_to_idle()
+        if chunk == xfer and length % xfer == 0 and block <= 0xFFFF:
+            self.upload_next = (pos, block)  # stay in dfuUPLOAD-IDLE for the next read
+        else:
+            self.abort_to_idle()
         self.pointer = None
         return bytes(out)
 

@@ -50,6 +50,7 @@ class DfuDeviceInfo:
     detach_timeout: int = 0
     bcd_dfu: int = 0
     virtual: bool = False
+    backend: Any = None  # the pyusb backend that found it (to find it again after a reset)
 
     @property
     def label(self) -> str:
@@ -222,6 +223,7 @@ def find_devices(
             continue
         if serial is not None and info.serial != serial:
             continue
+        info.backend = be
         out.append(info)
     return out
 

@@ -197,11 +197,17 @@ class BatchRunner:
                                         error=f"internal error: {exc!r}", exit_code=1))
 
     def _station(self, target: Target) -> None:
-        """Wait for a board, program it, wait for it to go; repeat until stopped."""
+        """Wait for a board, program it, wait for it to go; repeat until stopped.
+
+        "Present" means the port/device exists *and* a bootloader answers on it; "gone"
+        means it stopped answering or a different chip (UID) answers. A board that comes
+        back into its bootloader after the reset (BOOT0 still high) is therefore not
+        programmed twice.
+        """
         last_uid: str | None = None
         while not self.stop.is_set():
             self.events.emit("waiting", target.label, message="waiting for a board")
-            if not self._wait(lambda: self.connector.present(target, self.job)):
+            if not self._wait(lambda: self._answering(target) is not None):
                 return
             if not self._take_slot():
                 return
@@ -209,24 +215,30 @@ class BatchRunner:
             if outcome.result.result == "skipped":
                 with self._count_lock:
                     self._boards_started -= 1
-                self._wait(lambda: self.stop.is_set(), timeout=self.poll_s)
-                continue
-            self.report.add(outcome.result)
-            last_uid = outcome.uid or last_uid
-            self.events.emit("remove", target.label, message="remove the board")
+            else:
+                self.report.add(outcome.result)
+                last_uid = outcome.uid or last_uid
+                self.events.emit("remove", target.label, message="board done: remove it",
+                                 passed=self.events.passed, failed=self.events.failed)
             self._wait(lambda u=last_uid: not self._still_there(target, u))
 
-    def _still_there(self, target: Target, uid: str | None) -> bool:
+    def _answering(self, target: Target) -> str | None:
+        """UID (or "?") of the chip answering on ``target`` now, None when nothing answers."""
         if not self.connector.present(target, self.job):
-            return False
+            return None
         probe = getattr(self.connector, "probe_uid", None)
         if probe is None:
-            return True
+            return "?"
         try:
-            now = probe(target, self.job)
-        except StmflashError:
+            return probe(target, self.job)
+        except Exception:  # noqa: BLE001 - whatever a probe hits, nothing usable answers
+            return None
+
+    def _still_there(self, target: Target, uid: str | None) -> bool:
+        now = self._answering(target)
+        if now is None:
             return False
-        return now is not None and now == uid
+        return now == "?" or uid is None or now == uid
 
     def _wait(self, cond: Callable[[], bool], timeout: float | None = None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -437,15 +449,18 @@ class LinkConnector:
         return os.path.exists(target.spec)
 
     def probe_uid(self, target: Target, job: JobConfig) -> str | None:
-        """UID of whatever answers now (None/LinkError: nothing there)."""
+        """UID of whatever bootloader answers now ("?" when it hides it); LinkError: nothing."""
         if target.is_dfu:
-            return "present" if self.present(target, job) else None
-        from stmflash.uart.link import connect
+            if not self.present(target, job):
+                return None
+            link = self._connect_dfu(target, job)
+        else:
+            from stmflash.uart.link import connect
 
-        link = connect(target.spec, baud=job.baud, parity=job.parity, enter=job.entry, invert=job.invert,
-                       timeout=0.2, retries=1, log=None)
+            link = connect(target.spec, baud=job.baud, parity=job.parity, enter=job.entry,
+                           invert=job.invert, timeout=0.2, retries=1, log=None)
         try:
-            return link_uid(link)
+            return link_uid(link) or "?"
         finally:
             self.close(link)
 

@@ -84,8 +84,10 @@ class VirtualApp:
         parity: str = APP_PARITY,
         key: bytes | str = b"",
         banner: bool = True,
+        companion: bool = True,
     ) -> None:
         self.chip = chip
+        self.companion = companion  # False: a firmware built without firmware/stmflash_boot
         self.baud = baud
         self.parity = parity.upper()[:1]
         self.key = key.encode() if isinstance(key, str) else bytes(key)
@@ -154,7 +156,7 @@ class VirtualApp:
         if not self.running or not self._settings_match():
             return  # wrong baud/parity: framing errors, nothing the app understands
         for b in bytes(data):
-            if self.matcher.feed(b):
+            if self.companion and self.matcher.feed(b):
                 self._honour(self.matcher.nonce or 0, now)
                 return  # what follows arrives while the chip resets: lost
             self._typed(b, now)
@@ -429,12 +431,14 @@ def with_app(rom: Any) -> Any:
 
 def install(chip: VirtualChip, options: dict[str, str]) -> VirtualApp | None:
     """Attach the application as URL/environment options ask (``app``, ``app_baud``,
-    ``app_key``); reuses the one already attached. None when ``app`` is off."""
+    ``app_key``); reuses the one already attached. None when ``app`` is off;
+    ``app=plain`` is an application without the trigger companion (it never answers)."""
     existing = getattr(chip, "app", None)
     if isinstance(existing, VirtualApp):
         return existing
     if "app" not in options or not truthy(options["app"] or "1"):  # "?app" alone means on
         return None
+    plain = options["app"].strip().lower() == "plain"
     try:
         baud = int(options.get("app_baud", str(DEFAULT_APP_BAUD)), 0)
         key = bytes.fromhex(options.get("app_key", ""))
@@ -442,7 +446,7 @@ def install(chip: VirtualChip, options: dict[str, str]) -> VirtualApp | None:
         raise ValueError(f"bad app option: {exc}") from None
     if baud <= 0:
         raise ValueError(f"bad app_baud {baud}")
-    return VirtualApp(chip, baud=baud, key=key)
+    return VirtualApp(chip, baud=baud, key=key, companion=not plain)
 
 
 def truthy(value: Any) -> bool:

@@ -200,7 +200,24 @@ class VirtualChip:
             return "otp", addr - dev.otp.start, limit(dev.otp.end), self.otp
         if dev.system_memory and addr in dev.system_memory:
             return "sysmem", addr - dev.system_memory.start, limit(dev.system_memory.end), self.sysmem
+        for block in self._info_blocks():
+            if addr in block:
+                # Factory/engineering bytes around the ID registers: readable, 0xFF.
+                end = block.end
+                for r in (dev.option_bytes, dev.otp, dev.system_memory):
+                    if r is not None and addr < r.start < end:
+                        end = r.start
+                end = addr + limit(end)
+                return "info", 0, end - addr, b"\xff" * (end - addr)
         raise AccessError(f"address 0x{addr:08X} is not mapped on {dev.name}")
+
+    def _info_blocks(self) -> list[Region]:
+        blocks = []
+        for reg in (self.device.uid_reg, self.device.flash_size_reg):
+            if reg is not None:
+                start = reg & ~0xFF
+                blocks.append(Region(start, start + 0x100))
+        return blocks
 
     def region_kind(self, addr: int) -> str | None:
         """``flash``/``ram``/``ob``/``otp``/``sysmem``/``register`` or None when unmapped."""

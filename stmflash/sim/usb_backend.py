@@ -53,7 +53,7 @@ from typing import Any
 import usb.backend
 import usb.core
 
-from stmflash.dfu.protocol import REQ_IN, REQ_OUT, GETSTATUS
+from stmflash.dfu.protocol import REQ_IN, REQ_OUT
 from stmflash.errors import UsageError
 from stmflash.sim.chip import VirtualChip
 from stmflash.sim.dfuse import DfuseRom, SimNak, SimStall
@@ -560,6 +560,8 @@ def bus_from_spec(text: str) -> VirtualBus:
                            faults=entry.chip_faults or None, seed=entry.seed)
         if entry.rdp is not None:
             chip.set_rdp(entry.rdp)
+        if chip.image_path is not None and not chip.image_path.exists():
+            chip.save()  # created at once, so the file always shows the chip's state
         if entry.app is not None:
             from stmflash.sim.app import install_usb
 

@@ -324,7 +324,10 @@ def find_cdc_devices(backend: Any, selector: str | None = None) -> list[tuple[An
 def _one(items: list[Any], what: str, selector: str | None, describe: Callable[[Any], str]) -> Any:
     if not items:
         where = f" matching {selector}" if selector else ""
-        raise LinkError(f"no {what}{where} found on the USB bus")
+        raise LinkError(
+            f"no {what}{where} found on the USB bus: is the board plugged in and running its "
+            "application? (a board already in DFU mode needs no --enter)"
+        )
     if len(items) > 1:
         names = ", ".join(describe(i) for i in items)
         raise UsageError(f"several {what}s ({names}): name one as PORT-PATH or VID:PID")
@@ -429,7 +432,10 @@ class TouchEntry:
             if not chosen:
                 raise LinkError(f"serial port {self.port} is not a USB serial port (or does not exist)")
         else:
-            chosen = ports
+            # Prefer ST's VID: touching an unrelated adapter at 1200 baud drops its DTR,
+            # which resets boards wired for auto-reset.
+            st_ports = [p for p in ports if p.vid == 0x0483]
+            chosen = st_ports if len(st_ports) == 1 else ports
         info = _one(chosen, "USB serial port", self.port, lambda p: p.device)
         old = UsbSeen(int(info.vid), int(info.pid), location_path(info.location), info.device)
         try:
@@ -652,7 +658,8 @@ def enter_dfu(spec: str | None, *, timeout: float = DEFAULT_TIMEOUT_S,
     if not spec:
         return None
     last: Exception | None = None
-    for item in [s for s in spec.split(",") if s.strip()]:
+    items = [s for s in spec.split(",") if s.strip()]
+    for n, item in enumerate(items):
         name, _, arg = item.strip().partition(":")
         key = name.strip().lower()
         try:
@@ -668,7 +675,7 @@ def enter_dfu(spec: str | None, *, timeout: float = DEFAULT_TIMEOUT_S,
             )
         except LinkError as exc:
             last = exc
-            if log:
-                log(f"entry {key}: {exc}")
+            if log and n + 1 < len(items):
+                log(f"entry {key} failed ({exc}); trying {items[n + 1].strip()}")
     assert last is not None
     raise last

@@ -63,13 +63,19 @@ class Step:
 
 
 def _apply(ser: Any, step: Step, invert: frozenset[str]) -> None:
+    from stmflash.errors import LinkError
+
     level = step.level != (step.signal in invert)
-    if step.signal == "dtr":
-        ser.dtr = level
-    elif step.signal == "rts":
-        ser.rts = level
-    else:
-        ser.break_condition = level
+    try:
+        if step.signal == "dtr":
+            ser.dtr = level
+        elif step.signal == "rts":
+            ser.rts = level
+        else:
+            ser.break_condition = level
+    except Exception as exc:  # OSError ENOTTY on a pty, SerialException on a URL port
+        name = getattr(ser, "name", None) or getattr(ser, "port", "the port")
+        raise LinkError(f"cannot drive {step.signal.upper()} on {name}: {exc}") from None
 
 
 def parse_sequence(text: str) -> list[Step]:

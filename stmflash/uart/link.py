@@ -48,7 +48,9 @@ class UartLink:
     def write(self, address: int, data: bytes) -> None:
         if len(data) > self.max_write:
             raise ValueError(f"write of {len(data)} bytes exceeds {self.max_write}")
-        self.bl.write_memory(address, data)
+        step = max(self.bl.block, self.device.write_align)
+        for off in range(0, len(data), step):
+            self.bl.write_memory(address + off, data[off : off + step])
 
     def erase(self, units: Sequence[EraseUnit]) -> None:
         if not units:

@@ -154,6 +154,10 @@ class Bootloader:
         self.device: Device | None = None
         self.info: ChipInfo | None = None
         self.retried = 0  # transactions that needed a retry (reported, tested)
+        # frame size for reads/writes: halved while the line garbles frames (a lost byte
+        # costs a whole frame), grown back after a run of clean transactions
+        self.block = MAX_BLOCK
+        self._clean = 0
         baud = getattr(ser, "baudrate", 115200) or 115200
         self._byte_s = 11.0 / baud
 
@@ -164,9 +168,17 @@ class Bootloader:
         except Exception as exc:  # serial.SerialException, OSError: the adapter went away
             raise LinkError(f"cannot write to {self.name}: {exc}") from None
 
-    def _recv(self, n: int, timeout: float, what: str) -> bytes:
-        if self.ser.timeout != timeout:
+    def _set_timeout(self, timeout: float) -> None:
+        # pyserial's ``timeout`` setter re-applies every termios setting (one tcsetattr per
+        # change, and EINVAL on a pty that refuses PARENB); its read() only consults
+        # ``_timeout``, so set that directly when it exists.
+        if hasattr(self.ser, "_timeout"):
+            self.ser._timeout = timeout
+        elif self.ser.timeout != timeout:
             self.ser.timeout = timeout
+
+    def _recv(self, n: int, timeout: float, what: str) -> bytes:
+        self._set_timeout(timeout)
         try:
             data = self.ser.read(n)
         except Exception as exc:
@@ -194,7 +206,7 @@ class Bootloader:
         got = bytearray()
         try:
             self.ser.reset_input_buffer()
-            self.ser.timeout = quiet
+            self._set_timeout(quiet)
             for _ in range(64):
                 chunk = self.ser.read(4096)
                 if not chunk:
@@ -234,7 +246,7 @@ class Bootloader:
                 except TimeoutError_:
                     if i >= 2 and i % 2 == 0:
                         # perhaps stuck inside a data phase: push it to its end
-                        if self._resync(max_bursts=5):
+                        if self._resync(max_bytes=600):
                             return
                     continue
             if b in (ACK, NACK):
@@ -259,6 +271,7 @@ class Bootloader:
         """
         sent = 0
         misses = 0
+        bursts = 0
         probe = min(self.timeout, 0.1) + self._wire(4)
         while sent < max_bytes:
             self._send(b"\xff")
@@ -268,11 +281,14 @@ class Bootloader:
             except TimeoutError_:
                 misses += 1
                 if misses >= 2:
-                    # probably inside a data phase: fill it quickly, then step again
-                    burst = min(64 * misses, 300)
+                    # two silent single bytes: inside a data phase. Fill it quickly, then
+                    # step one byte at a time again (the burst leaves the phase unknown)
+                    bursts += 1
+                    burst = min(64 * bursts, 300)
                     self._send(b"\xff" * burst)
                     sent += burst
                     self.drain(max(0.03, self._wire(burst) + 0.02))
+                    misses = 0
                 continue
             if b == NACK:
                 self.drain(0.02)  # a second NACK (RDP parts) or the tail of a burst
@@ -310,15 +326,26 @@ class Bootloader:
                     if done is not None:
                         return done
             try:
-                return fn()
+                result = fn()
+                self._clean += 1
+                if self._clean >= 32 and self.block < MAX_BLOCK:
+                    self.block *= 2
+                    self._clean = 0
+                return result
             except _Nack as exc:
                 nacks.append(exc.phase)
+                if exc.phase != "command":
+                    # a refused checksum is usually a garbled frame: use shorter frames
+                    self._clean = 0
+                    self.block = max(32, self.block // 2)
                 # a NACK can also mean we are out of step by one byte: realign before retrying
                 self.drain(0.01)
                 if not self._resync():
                     raise LinkError(f"no answer from the chip on {self.name} after sync ({what})") from None
             except (TimeoutError_, _Garbled) as exc:
                 self.log(f"{exc}; resyncing")
+                self._clean = 0
+                self.block = max(32, self.block // 2)
                 if attempt == n:
                     raise TimeoutError_(f"no answer from the chip on {self.name} after sync ({what})") from None
                 self.recover(what)
@@ -336,10 +363,7 @@ class Bootloader:
                     "(this mass-erases the flash)"
                 )
         phase = phases[-1] if phases else "command"
-        raise NackError(
-            f"the chip refused {cmd_name(code)}{where} (NACK after the {phase}, "
-            f"{len(phases)} attempts)"
-        )
+        raise NackError(f"the chip refused {cmd_name(code)}{where} (NACK after the {phase})")
 
     def probe_read_protected(self) -> bool:
         """True when Read Memory itself is refused (RDP level 1), three times in a row."""
@@ -460,7 +484,7 @@ class Bootloader:
     def read(self, address: int, length: int, progress: Callable[[int], None] | None = None) -> bytes:
         out = bytearray()
         while len(out) < length:
-            n = min(MAX_BLOCK, length - len(out))
+            n = min(self.block, length - len(out))
             out += self.read_memory(address + len(out), n)
             if progress:
                 progress(n)

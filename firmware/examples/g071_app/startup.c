@@ -13,6 +13,9 @@ int main(void);
 void Reset_Handler(void);
 void Default_Handler(void);
 
+typedef void (*vector_t)(void);
+extern const vector_t vectors[16];
+
 void Default_Handler(void)
 {
     for (;;) {
@@ -23,6 +26,9 @@ void Reset_Handler(void)
 {
     uint32_t *src, *dst;
     (void)stmflash_boot_check(); /* does not return when a request is pending */
+    /* After the ROM's Go command VTOR (and the remap) are whatever the ROM left: point the
+     * core back at our own table before anything can raise an exception. */
+    *(volatile uint32_t *)0xE000ED08UL = (uint32_t)vectors;
     for (src = &_sidata, dst = &_sdata; dst < &_edata;) {
         *dst++ = *src++;
     }
@@ -33,8 +39,6 @@ void Reset_Handler(void)
     for (;;) {
     }
 }
-
-typedef void (*vector_t)(void);
 
 __attribute__((section(".isr_vector"), used)) const vector_t vectors[16] = {
     (vector_t)&_estack, /* initial MSP */

@@ -1,0 +1,177 @@
+"""The virtual STM32 against flashers none of us wrote: stm32flash 0.7 and stm32loader.
+
+Each test starts ``python -m stmflash sim uart`` as a subprocess, reads the pty path from
+its first stdout line, runs the peer on it, stops the server with SIGINT (which saves the
+image) and compares the image file's flash with what the peer was asked to write.
+
+Pty quirks handled here (not simulator bugs): a Linux pty refuses PARENB after the first
+client and never times out reads with stm32flash's ``-b 0`` (it keeps VMIN=1), so
+stm32flash runs with ``-m 8n1`` and stm32loader with ``-P none``; stm32loader toggles
+RTS/DTR, which a pty does not have, so it runs under a shim that ignores ENOTTY from the
+modem-line ioctls. The bytes on the wire are the peers' own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from stmflash import devices
+from stmflash.sim.chip import VirtualChip, flash_bytes, load_image_file, rdp_level_of
+from tests.peers import require, run
+
+pytestmark = pytest.mark.peer
+
+# one device per erase style: Extended Erase pages, sectors, legacy 0x43, no mass erase
+DEVICES = {
+    "G0-0x460": ("0x460", "STM32G07xxx/08xxx", "G0"),
+    "F4-0x413": ("0x413", "STM32F40xxx/41xxx", "F4"),
+    "F1-0x410": ("0x410", "STM32F10xxx Medium-density", "F1"),
+    "L0-0x417": ("0x417", "STM32L05xxx/06xxx", "L0"),
+}
+
+LOADER_SHIM = """
+import errno, sys
+import serial.serialposix as sp
+def quiet(orig):
+    def f(self):
+        try:
+            orig(self)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTTY, errno.EINVAL):
+                raise
+    return f
+sp.Serial._update_rts_state = quiet(sp.Serial._update_rts_state)
+sp.Serial._update_dtr_state = quiet(sp.Serial._update_dtr_state)
+from stm32loader.main import main
+main(*sys.argv[1:])
+"""
+
+
+@contextlib.contextmanager
+def sim_server(device: str, image: Path, *extra: str) -> Iterator[str]:
+    """Run ``stmflash sim uart`` and yield its pty path; SIGINT + wait on exit."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stmflash", "sim", "uart", "--device", device, "--image", str(image), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()
+        assert line.startswith("/dev/"), f"server did not announce a pty: {line!r} {proc.stderr.read() if proc.poll() is not None else ''}"
+        yield line
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            rc = proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+        assert rc == 0, f"sim server exited {rc}: {proc.stderr.read() if proc.stderr else ''}"
+
+
+def firmware(tmp_path: Path, size: int, seed: int = 1) -> Path:
+    data = random.Random(seed).randbytes(size)
+    path = tmp_path / "fw.bin"
+    path.write_bytes(data)
+    return path
+
+
+def stm32flash(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return run([require("stm32flash"), "-m", "8n1", *args], timeout=120, check=check)
+
+
+def stm32loader(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    require("stm32loader")
+    return run([sys.executable, "-c", LOADER_SHIM, "-P", "none", "-n", *args], timeout=120, check=check)
+
+
+@pytest.mark.parametrize("key", list(DEVICES))
+def test_stm32flash_write_read_erase(tmp_path: Path, key: str) -> None:
+    dev_arg, expect_name, _ = DEVICES[key]
+    device = devices.find(dev_arg)
+    image = tmp_path / "chip.img"
+    fw = firmware(tmp_path, 16384)
+    with sim_server(dev_arg, image) as pty:
+        info = stm32flash(pty)
+        assert f"Device ID    : 0x{device.pid:04x}" in info.stdout
+        assert expect_name in info.stdout
+        stm32flash("-w", str(fw), "-v", pty)
+        back = tmp_path / "back.bin"
+        stm32flash("-r", str(back), "-S", f"0x{device.flash_start:08x}:{fw.stat().st_size}", pty)
+        assert back.read_bytes() == fw.read_bytes()
+    flash = flash_bytes(image)
+    assert flash[:16384] == fw.read_bytes()
+    assert flash[16384:] == b"\xff" * (len(flash) - 16384)
+
+    with sim_server(dev_arg, image) as pty:  # state survived the restart; now erase it all
+        stm32flash("-o", pty)
+    assert flash_bytes(image) == b"\xff" * device.flash_size
+
+
+@pytest.mark.parametrize("key", list(DEVICES))
+def test_stm32loader_write_verify_read(tmp_path: Path, key: str) -> None:
+    dev_arg, _, family = DEVICES[key]
+    device = devices.find(dev_arg)
+    image = tmp_path / "chip.img"
+    old = VirtualChip(device, image_path=image)
+    old.preload(device.flash_start, b"\x00" * 8192)  # old firmware: the erase must happen
+    old.save()
+    fw = firmware(tmp_path, 8192, seed=7)
+    with sim_server(dev_arg, image) as pty:
+        if device.mass_erase:
+            erase = ["-e"]
+        else:  # no mass erase on this part: erase the region page by page
+            # (stm32loader numbers pages from address 0, not from the flash start)
+            erase = ["-e", "-a", "0", "-l", "8192"]
+        out = stm32loader("-p", pty, "-f", family, *erase)
+        assert f"0x{device.pid:x}" in out.stdout.lower() + out.stderr.lower()
+        out = stm32loader("-p", pty, "-f", family, "-w", "-v", str(fw))
+        assert "Verification OK" in out.stdout + out.stderr
+        back = tmp_path / "back.bin"
+        stm32loader("-p", pty, "-f", family, "-r", "-a", f"0x{device.flash_start:08X}", "-l", "8192", str(back))
+        assert back.read_bytes() == fw.read_bytes()
+    assert flash_bytes(image)[:8192] == fw.read_bytes()
+
+
+def _rdp(image: Path) -> int:
+    return rdp_level_of(load_image_file(image)[1]["option_bytes"][0])
+
+
+@pytest.mark.parametrize("key", ["G0-0x460", "F1-0x410"])
+def test_stm32flash_protection_commands(tmp_path: Path, key: str) -> None:
+    dev_arg = DEVICES[key][0]
+    device = devices.find(dev_arg)
+    image = tmp_path / "chip.img"
+    chip = VirtualChip(device, image_path=image)
+    chip.preload(device.flash_start, b"\x5a" * 1024)
+    chip.write_protect([0, len(device.erase_units) - 1], reset=False)
+    chip.save()
+
+    with sim_server(dev_arg, image) as pty:
+        stm32flash("-u", pty)  # write unprotect: chip resets itself
+    saved = VirtualChip(device, image_path=image)
+    assert saved.wrp == set()
+    assert saved.flash[:1024] == b"\x5a" * 1024
+
+    with sim_server(dev_arg, image) as pty:
+        stm32flash("-j", pty)  # readout protect
+    assert _rdp(image) == 1
+    assert flash_bytes(image)[:1024] == b"\x5a" * 1024
+
+    with sim_server(dev_arg, image) as pty:
+        denied = stm32flash("-r", os.devnull, "-S", f"0x{device.flash_start:08x}:256", pty, check=False)
+        assert denied.returncode != 0
+        stm32flash("-k", pty)  # readout unprotect: mass erase and level 0
+    assert _rdp(image) == 0
+    assert flash_bytes(image) == b"\xff" * device.flash_size

@@ -1,0 +1,182 @@
+"""``stmflash uart`` end to end against the in-process virtual STM32 (``sim://``).
+
+One device per erase style (G0 pages + Extended Erase, F4 sectors, F1 legacy 0x43, L0
+without mass erase) and every input format. The result is checked on the simulator's own
+flash and on its saved image file, never only through our own verify.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from stmflash import devices
+from stmflash.cli import main
+from stmflash.image import load, save
+from stmflash.image.model import Image
+from stmflash.sim import registry
+from stmflash.sim.chip import VirtualChip, flash_bytes
+
+DEVICES = ["0x460", "0x413", "0x410", "0x417"]
+FORMATS = ["bin", "hex", "srec", "elf", "dfu"]
+
+
+def run_cli(*args: str) -> int:
+    try:
+        main(list(args))
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+def make_image(dev: devices.Device, seed: int, sparse: bool) -> Image:
+    rng = random.Random(seed)
+    img = Image()
+    img.add(dev.flash_start, rng.randbytes(rng.randrange(3000, 9000)))
+    if sparse:  # a second, unaligned segment further up
+        img.add(dev.flash_start + 0x3000 + 5, rng.randbytes(777))
+    return img
+
+
+def write_elf(img: Image, path: Path) -> None:
+    """An ELF with one PT_LOAD per segment, linked by the ARM toolchain."""
+    gcc = shutil.which("arm-none-eabi-gcc")
+    if gcc is None:
+        pytest.skip("arm-none-eabi-gcc is not installed (.ci/run installs it)")
+    parts, sections = [], []
+    for i, seg in enumerate(img.segments):
+        blob = path.parent / f"seg{i}.bin"
+        blob.write_bytes(seg.data)
+        parts.append(f'.section .s{i}, "a"\n.incbin "{blob}"\n')
+        sections.append(f"  .s{i} 0x{seg.address:08X} : {{ KEEP(*(.s{i})) }}")
+    src = path.parent / "img.S"
+    src.write_text("".join(parts))
+    ld = path.parent / "img.ld"
+    ld.write_text("SECTIONS\n{\n" + "\n".join(sections) + "\n}\n")
+    subprocess.run(
+        [gcc, "-nostdlib", "-nostartfiles", "-Wl,--build-id=none", "-T", str(ld), str(src), "-o", str(path)],
+        check=True,
+        capture_output=True,
+    )
+
+
+def expected_flash(img: Image, dev: devices.Device) -> bytes:
+    return img.read(dev.flash_start, img.end - dev.flash_start)
+
+
+@pytest.mark.parametrize("pid", DEVICES)
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_flash_every_format_on_every_erase_style(tmp_path: Path, pid: str, fmt: str) -> None:
+    dev = devices.find(pid)
+    # raw binaries have no gaps; a linker fills gaps inside one PT_LOAD with zeros
+    img = make_image(dev, seed=DEVICES.index(pid) * 10 + FORMATS.index(fmt), sparse=fmt not in ("bin", "elf"))
+    path = tmp_path / f"fw.{fmt}"
+    if fmt == "elf":
+        write_elf(img, path)
+    else:
+        save(img, str(path))
+    assert load(str(path), device=dev).read(img.start, img.end - img.start) == img.read(img.start, img.end - img.start)
+    sim_file = tmp_path / "chip.img"
+    chip = registry.register(f"fmt-{pid}-{fmt}", VirtualChip(dev, image_path=sim_file))
+    chip.preload(dev.flash_start, b"\x00" * 64)  # old content that must be erased
+    try:
+        rc = run_cli("uart", f"sim://{pid}?chip=fmt-{pid}-{fmt}", str(path), "--after", "stay", "-q")
+        assert rc == 0
+        want = expected_flash(img, dev)
+        assert bytes(chip.flash[: len(want)]) == want
+        chip.save()
+        assert flash_bytes(sim_file)[: len(want)] == want
+    finally:
+        registry.unregister(f"fmt-{pid}-{fmt}")
+
+
+def test_json_events_and_result(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    dev = devices.find("0x413")
+    img = make_image(dev, 7, sparse=False)
+    path = tmp_path / "fw.hex"
+    save(img, str(path))
+    registry.register("json", VirtualChip(dev))
+    try:
+        rc = run_cli("uart", "sim://0x413?chip=json", str(path), "--json")
+    finally:
+        registry.unregister("json")
+    assert rc == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    phases = [e["phase"] for e in events if e["event"] == "phase"]
+    assert phases[-3:] == ["erase", "write", "verify"]
+    result = events[-1]
+    assert result["event"] == "result" and result["verified"] is True
+    assert result["image_crc32"] == f"0x{img.crc32():08X}"
+    assert result["pid"] == "0x413" and len(result["uid"]) == 24
+    assert any(e["event"] == "progress" and e["done"] == e["total"] for e in events)
+
+
+def test_info_read_erase_and_protection_actions(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    dev = devices.find("0x460")
+    chip = registry.register("act", VirtualChip(dev))
+    url = "sim://0x460?chip=act"
+    try:
+        data = random.Random(3).randbytes(4096)
+        chip.preload(dev.flash_start, data)
+        assert run_cli("uart", url) == 0
+        out = capsys.readouterr().out
+        assert "STM32G07x/08x" in out and "PID 0x460" in out and "UID" in out
+        dump = tmp_path / "dump.bin"
+        assert run_cli("uart", url, "--read", str(dump), "--range", "0x08000000:4K", "-q") == 0
+        assert dump.read_bytes() == data
+        assert run_cli("uart", url, "--erase-only", "--erase", "0x08000800:2K", "-q") == 0
+        assert bytes(chip.flash[0x800:0x1000]) == b"\xff" * 0x800 and bytes(chip.flash[:0x800]) == data[:0x800]
+        assert run_cli("uart", url, "--erase-only", "--erase", "0x08000801:2K", "-q") == 2
+        assert run_cli("uart", url, "--protect", "-q") == 0
+        assert chip.rdp_level == 1
+        assert run_cli("uart", url, "--read", str(dump), "-q") == 4
+        assert "--unprotect" in capsys.readouterr().err
+        assert run_cli("uart", url, "--unprotect", "-q") == 0
+        assert chip.rdp_level == 0 and bytes(chip.flash[:16]) == b"\xff" * 16
+        assert run_cli("uart", url, "--write-protect", "0-1", "-q") == 0
+        assert chip.wrp
+        assert run_cli("uart", url, "--write-unprotect", "-q") == 0
+        assert not chip.wrp
+        assert run_cli("uart", url, "--read-option-bytes") == 0
+        ob = capsys.readouterr().out
+        assert "option bytes @0x1FFF7800" in ob
+    finally:
+        registry.unregister("act")
+
+
+def test_exit_codes_for_bad_input_and_missing_port(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_cli("uart", "/dev/does-not-exist") == 3
+    err = capsys.readouterr().err
+    assert "/dev/does-not-exist" in err and err.count("\n") == 1 and "Traceback" not in err
+    bad = tmp_path / "bad.hex"
+    bad.write_text(":10000000ZZ\n")
+    assert run_cli("uart", "sim://0x413", str(bad)) == 2
+    outside = tmp_path / "outside.hex"
+    save(Image.from_bytes(b"\x00" * 16, 0x08100000), str(outside))
+    registry.register("outside", VirtualChip(devices.find("0x413")))
+    try:
+        assert run_cli("uart", "sim://0x413?chip=outside", str(outside), "-q") == 2
+        assert "0x08100000" in capsys.readouterr().err
+    finally:
+        registry.unregister("outside")
+    assert run_cli("uart", "sim://0x413?fault=silent", "-q", "--timeout", "0.05") == 3
+
+
+def test_examples_flash_and_run(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parent.parent / "examples"
+    hexfile = root / "blinky-f407.hex"
+    if not hexfile.exists():
+        pytest.skip("examples/ not built")
+    chip = registry.register("ex", VirtualChip(devices.find("0x413")))
+    try:
+        assert run_cli("uart", "sim://F407?chip=ex", str(hexfile), "-q") == 0
+        img = load(str(hexfile))
+        assert bytes(chip.flash[: img.size]) == img.segments[0].data
+        assert chip.mode == "app" and chip.go_address == 0x08000000
+    finally:
+        registry.unregister("ex")
