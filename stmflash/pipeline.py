@@ -118,8 +118,11 @@ def _plan(flash_img: Image, device: Device, erase: str) -> tuple[bool, list[Eras
     else:
         from stmflash.erase_plan import plan_erase
 
-        plan = plan_erase(flash_img, device, allow_mass=device.mass_erase)
-        mass = bool(plan.mass)
+        # "auto" never wipes flash the image does not cover (EEPROM emulation, calibration,
+        # a bootloader): a mass erase only when the image needs every unit anyway, even on
+        # parts where one global erase costs no more than a page erase.
+        plan = plan_erase(flash_img, device, allow_mass=False)
+        mass = device.mass_erase and len(plan.units) == len(device.erase_units)
         units = list(device.erase_units) if mass else list(plan.units)
     summary = {
         "mode": erase,
@@ -246,6 +249,25 @@ def _read_back(link: Link, address: int, expected: bytes, reporter: Reporter) ->
         reporter.advance(len(want))
 
 
+def _stable_read(link: Link, address: int, length: int) -> bytes:
+    """A read confirmed by a second identical one (a noisy line garbles single reads)."""
+    seen: list[bytes] = []
+    while True:
+        got = link.read(address, length)
+        if got in seen or len(seen) >= 4:
+            return got
+        seen.append(got)
+
+
+def _protected(unit: EraseUnit) -> Exception:
+    from stmflash.errors import ProtectionError
+
+    return ProtectionError(
+        f"flash unit {unit.index} at 0x{unit.address:08X} does not change when erased or "
+        "written: it is write-protected (remove the protection first, e.g. --write-unprotect)"
+    )
+
+
 def _mismatch(address: int, got: bytes, want: bytes) -> None:
     i = next(k for k in range(len(want)) if k >= len(got) or got[k] != want[k])
     at = address + i
@@ -257,23 +279,23 @@ def _mismatch(address: int, got: bytes, want: bytes) -> None:
 
 
 def _write_all(
-    link: Link, blocks: list[tuple[int, bytes]], device: Device, rep: Reporter
+    link: Link, blocks: list[tuple[int, bytes]], device: Device, rep: Reporter, *, repair: bool = True
 ) -> None:
     """Write blocks in order; a flash block damaged by line noise (the ROM accepted a
     garbled payload whose checksum happened to match) is repaired by erasing its unit
     again and rewriting what that unit already received."""
     from stmflash.errors import NackError
 
-    done: dict[int, list[tuple[int, bytes]]] = {}
+    done: list[tuple[int, bytes]] = []
     repairs: dict[int, int] = {}
     for addr, data in blocks:
         unit = device.unit_at(addr)
         try:
             link.write(addr, data)
         except NackError:
-            if unit is None:
+            if unit is None or not repair:
                 raise
-            got = link.read(addr, len(data))
+            got = _stable_read(link, addr, len(data))
             if got == data:
                 pass
             elif got == b"\xff" * len(data) or repairs.get(unit.index, 0) >= 2:
@@ -284,12 +306,13 @@ def _write_all(
                     f"flash at 0x{addr:08X} holds garbled data (line noise); erasing unit "
                     f"{unit.index} again and rewriting it"
                 )
-                link.erase([unit])
-                for a, d in done.get(unit.index, []):
-                    link.write(a, d)
+                span = device.units_covering(addr, addr + len(data))
+                link.erase(span)
+                for a, d in done:
+                    if a < span[-1].end and span[0].address < a + len(d):
+                        link.write(a, d)
                 link.write(addr, data)
-        if unit is not None:
-            done.setdefault(unit.index, []).append((addr, data))
+        done.append((addr, data))
         rep.advance(len(data))
 
 
@@ -333,7 +356,7 @@ def program(
     all_blocks = oblocks + blocks
     total = sum(len(d) for _, d in all_blocks)
     rep.phase("write", total)
-    _write_all(link, all_blocks, device, rep)
+    _write_all(link, all_blocks, device, rep, repair=bool(units or mass))
 
     method = "none"
     if verify:
@@ -348,10 +371,31 @@ def program(
                 return False  # nothing erased by us: rewriting cannot help
             repaired[unit.index] = repaired.get(unit.index, 0) + 1
             rep.warn(f"flash unit {unit.index} at 0x{unit.address:08X} differs; erasing and rewriting it")
-            link.erase([unit])
-            for addr, data in blocks:
-                if unit.address <= addr < unit.end:
-                    link.write(addr, data)
+            # blocks overlapping the unit, and every unit those blocks touch (L0/L1 pages
+            # are smaller than a 256-byte block)
+            mine = [(a, d) for a, d in blocks if a < unit.end and unit.address < a + len(d)]
+            lo = min([unit.address] + [a for a, _ in mine])
+            hi = max([unit.end] + [a + len(d) for a, d in mine])
+            span = device.units_covering(lo, hi)
+            mine = [(a, d) for a, d in blocks if a < span[-1].end and span[0].address < a + len(d)]
+            for attempt in range(3):
+                link.erase(span)
+                # a garbled page list can pass the XOR check and erase another unit:
+                # conclude "write-protected" only when erasing never takes
+                if not mine or _stable_read(link, mine[0][0], len(mine[0][1])) == b"\xff" * len(mine[0][1]):
+                    break
+                if attempt == 2:
+                    raise _protected(unit)
+            for addr, data in mine:
+                link.write(addr, data)
+            if mine:
+                a, d = mine[0]
+                for attempt in range(3):
+                    if _stable_read(link, a, len(d)) != b"\xff" * len(d):
+                        break
+                    if attempt == 2:
+                        raise _protected(unit)  # writing changes nothing
+                    link.write(a, d)
             return True
 
         method = verify_image(link, checked, rep, repair)

@@ -201,3 +201,16 @@ def test_loop_mode_counts_and_max_boards(tmp_path):
                 report=report, connector=conn, poll_s=0.01).run()
     assert len(report.boards) == 3 and report.passed == 3
     assert len({b.uid for b in report.boards}) == 3
+
+
+@pytest.mark.timeout(30)
+def test_loop_quota_releases_idle_workers(tmp_path):
+    """With --max-boards reached on one slot, a slot still waiting for a board stops too."""
+    chips = {"t0": VirtualChip(DEV, seed=1), "t1": VirtualChip(DEV, seed=2)}
+    conn = FakeConnector(chips)
+    conn.present = lambda target, job: target.spec == "t0"  # nothing ever plugged into t1
+    conn.probe_uid = lambda target, job: "new-board"
+    report = RunReport(str(tmp_path), "r")
+    BatchRunner(JobConfig(loop=True, max_boards=1), IMAGE, [Target("uart", t, t) for t in chips],
+                events=Events(live=False, stderr=io.StringIO()), report=report, connector=conn, poll_s=0.01).run()
+    assert [b.target for b in report.boards] == ["t0"] and report.passed == 1

@@ -238,3 +238,14 @@ def test_events_live_table():
     ev.close()
     text = err.getvalue()
     assert "50.0%" in text and "FAILED" in text and "passed 0  failed 1" in text
+
+
+def test_events_quiet_keeps_failures_and_summary():
+    err = io.StringIO()
+    ev = Events(stderr=err, live=False, quiet=True)
+    ev.emit("phase", "t0", phase="write", total=10)
+    ev.emit("board", "t0", result="passed", uid="aa", duration_s=1.0)
+    ev.emit("board", "t1", result="failed", error="silent")
+    ev.emit("summary", passed=1, failed=1, boards=2)
+    lines = err.getvalue().splitlines()
+    assert len(lines) == 2 and "t1: FAILED: silent" in lines[0] and "summary" in lines[1]

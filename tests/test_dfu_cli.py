@@ -136,6 +136,15 @@ def test_our_dfu_files_pass_dfu_util_tools(tmp_path, capsys):
     assert "address: 0x08000000" in res.stdout
     dumped = tmp_path / "fw.dfu.target0.image0.bin"
     assert dumped.read_bytes() == data
+    # several targets (flash + option bytes), as our multi-target writer makes them
+    img = Image(alt_names={0: "Internal Flash", 1: "Option Bytes"})
+    img.add(0x08000000, data, alt=0)
+    img.add(0x1FFFC000, bytes(16), alt=1)
+    save(img, str(tmp_path / "multi.dfu"))
+    peer(["dfu-suffix", "--check", str(tmp_path / "multi.dfu")])
+    res = peer(["dfuse-pack", "-d", str(tmp_path / "multi.dfu")], cwd=tmp_path)
+    assert "targets: 2" in res.stdout and "alt setting: 1" in res.stdout
+    assert (tmp_path / "multi.dfu.target1.image0.bin").read_bytes() == bytes(16)
 
 
 def test_info_without_file(sim, capsys):
@@ -303,3 +312,50 @@ def test_udev_rules_cover_the_bootloader_and_adapters():
         "0483:df11", "0403:6001", "0403:6010", "0403:6014", "0403:6015", "10c4:ea60", "1a86:7523",
         "067b:2303", "0483:374b", "0483:3752", "0483:374e", "0483:374f",
     }
+
+
+def test_power_loss_mid_write(sim, tmp_path, capsys):
+    bus = sim("G474;fault=power_loss=after:8192")
+    chip = bus.devices[0].chip
+    data = firmware(30000, 14)
+    (tmp_path / "fw.bin").write_bytes(data)
+    code, _, err = run(["dfu", str(tmp_path / "fw.bin")], capsys)
+    assert code == 3 and "disconnected" in err
+    assert not chip.powered and flash_bytes(image_file(bus))[: len(data)] != data
+    chip.power_on()
+    code, _, err = run(["dfu", str(tmp_path / "fw.bin")], capsys)
+    assert code == 0, err
+    assert flash_bytes(image_file(bus))[: len(data)] == data
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_faults_never_pass_wrong_content(seed, sim, tmp_path, capsys):
+    bus = sim(f"L476;seed={seed};fault=stall=0.01+timeout=0.005+disconnect=0.003")
+    data = firmware(24000, seed)
+    (tmp_path / "fw.bin").write_bytes(data)
+    for _ in range(30):  # re-run until it passes, as an operator would
+        code, _, err = run(["dfu", str(tmp_path / "fw.bin")], capsys)
+        if code == 0:
+            break
+        assert code == 3 and "Traceback" not in err
+    assert code == 0
+    assert flash_bytes(image_file(bus))[: len(data)] == data
+
+
+@pytest.mark.parametrize(
+    "spec, address, extra, quirk",
+    [
+        ("F407;timing=realistic;scale=100", 0x08000000, ["--mass-erase"], "mass_erase_poll_underreported"),
+        ("H743;timing=realistic;scale=400", 0x08100000, [], "dnbusy_stuck"),
+    ],
+)
+def test_table_quirks_end_to_end(spec, address, extra, quirk, sim, tmp_path, capsys):
+    """The device table names each ROM's quirk; the virtual ROM shows it, the client copes."""
+    bus = sim(spec)
+    data = firmware(6000, 15)
+    (tmp_path / "fw.bin").write_bytes(data)
+    code, _, err = run(["dfu", str(tmp_path / "fw.bin"), "--address", hex(address), *extra], capsys)
+    assert code == 0, err
+    off = address - 0x08000000
+    assert flash_bytes(image_file(bus))[off : off + len(data)] == data
+    assert bus.devices[0].rom.quirk_hits.get(quirk, 0) > 0  # the ROM really misbehaved

@@ -161,6 +161,7 @@ def test_stall_during_erase_is_tolerated_only_with_the_quirk():
     chip.preload(unit.address, b"\0" * 16)
     link.erase([unit])
     assert chip.flash[unit.address - 0x08000000 :][:16] == b"\xff" * 16
+    assert bus.devices[0].rom.quirk_hits["getstatus_stall_during_erase"] > 0
     # the same ROM, a client that does not know the quirk: the stall is an error
     plain = dataclasses.replace(link.device, dfu={**link.device.dfu, "quirks": []})
     link2 = open_link(bus, device=plain)
@@ -226,3 +227,57 @@ def test_spec_errors_are_usage_errors():
     for bad in ("F407;timing=fast", "F407;bogus=1", "F407;fault=stall@x", "F407;port=usb1", ""):
         with pytest.raises(UsageError):
             parse_spec(bad)
+
+
+def test_functional_descriptor_found_by_get_descriptor_when_not_in_extras(monkeypatch):
+    from stmflash.sim import usb_backend
+
+    bus, _ = attach("G474")
+    real = usb_backend.VirtualUsbDevice.interface_descriptor
+
+    def no_extra(self, intf, alt):
+        d = real(self, intf, alt)
+        d.extra_descriptors = []
+        return d
+
+    monkeypatch.setattr(usb_backend.VirtualUsbDevice, "interface_descriptor", no_extra)
+    (info,) = find_devices(backend=bus.backend)
+    assert info.transfer_size == 1024 and info.bcd_dfu == 0x011A
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@st.composite
+def sparse_images(draw):
+    name = draw(st.sampled_from(["F407", "L476", "G474", "H743"]))
+    device = find(name)
+    img = Image()
+    pos = 0x08000000
+    for _ in range(draw(st.integers(1, 4))):
+        pos += draw(st.integers(0, 40000))
+        n = draw(st.integers(1, 5000))
+        img.add(pos, draw(st.binary(min_size=n, max_size=n)))
+        pos += n + 1
+    assume_inside = img.end <= device.flash.end
+    return name, img, assume_inside
+
+
+@settings(max_examples=15, deadline=None)
+@given(sparse_images())
+def test_any_sparse_image_lands_exactly(case):
+    name, img, inside = case
+    if not inside:
+        return
+    bus, chip = attach(name)
+    chip.preload(0x08000000, b"\x00" * 256)  # stale content the erase must clear
+    program(open_link(bus), img, after="stay")
+    al = img.aligned(chip.device.write_align)
+    for seg in al.segments:
+        off = seg.address - 0x08000000
+        assert bytes(chip.flash[off : off + len(seg.data)]) == seg.data
+    # bytes of erased units outside the image read as erased
+    for u in chip.device.units_covering(img.start, img.end):
+        for a, b in ((u.address, max(u.address, img.start)),):
+            assert bytes(chip.flash[a - 0x08000000 : b - 0x08000000]) == b"\xff" * (b - a)

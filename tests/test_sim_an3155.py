@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from stmflash import devices
 from stmflash.sim import open_serial, registry
@@ -335,3 +337,52 @@ def test_state_machine_is_transport_free() -> None:
     rom.feed(b"\x7f\x02\xfd")
     assert rom.take_output() == bytes([ACK, ACK, 1, 0x04, 0x13, ACK])
     assert rom.take_output() == b""
+
+
+def test_erase_checksum_nacks_change_nothing() -> None:
+    h = Host(F1, "f1")
+    h.sync()
+    h.chip.preload(F1.flash_start, b"\x00" * 16)
+    assert h.cmd(0x43) == bytes([ACK])
+    assert h.x(bytes([0, 0, 0x55])) == bytes([NACK])  # bad XOR
+    assert h.cmd(0x43) == bytes([ACK])
+    assert h.x(b"\xff\x01") == bytes([NACK])  # global erase needs 0x00 after 0xFF
+    assert h.chip.flash[:16] == b"\x00" * 16
+    g = Host(G0, "g0")
+    g.sync()
+    g.chip.preload(G0.flash_start, b"\x00" * 16)
+    assert g.cmd(0x44) == bytes([ACK])
+    assert g.x(bytes([0, 0, 0, 0, 0x77])) == bytes([NACK])
+    assert g.cmd(0x44) == bytes([ACK])
+    assert g.x(b"\xff\xff\x01") == bytes([NACK])  # mass erase code with a wrong checksum
+    assert g.chip.flash[:16] == b"\x00" * 16
+
+
+def test_get_checksum_nacks_bad_address_and_unlisted() -> None:
+    dev = dataclasses.replace(G0, usart_protocol=0x33, usart_commands=None)
+    h = Host(dev, "crc")
+    h.sync()
+    assert h.cmd(0xA1) == bytes([ACK])
+    assert h.x(addr(dev.flash_start + 2)) == bytes([NACK])  # not word aligned
+    assert h.cmd(0xA1) == bytes([ACK])
+    assert h.x(addr(0x60000000)) == bytes([NACK])
+    assert h.cmd(0xA1) == bytes([ACK])
+    assert h.x(addr(dev.flash_start)) == bytes([ACK])
+    assert h.x(addr(dev.flash_size)) == bytes([NACK])  # words: 4x the flash size overruns
+
+
+@given(st.lists(st.binary(min_size=1, max_size=40), max_size=30), st.sampled_from([F1, F4, G0, L0]))
+def test_random_bytes_never_break_the_rom(chunks: list[bytes], device: devices.Device) -> None:
+    """Whatever the host sends, the ROM answers or stays quiet, and a reset recovers it."""
+    chip = VirtualChip(device)
+    rom = An3155Rom(chip)
+    rom.feed(b"\x7f")
+    assert rom.take_output() == bytes([ACK])
+    for chunk in chunks:
+        rom.feed(chunk)
+        rom.take_output()
+    chip.power_on() if not chip.powered else chip.reset()
+    if chip.rdp_level == 2:
+        return  # the random bytes wrote RDP level 2 into the option bytes: silent for good
+    rom.feed(b"\x7f")
+    assert rom.take_output()[-1:] == bytes([ACK])

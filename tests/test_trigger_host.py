@@ -267,3 +267,21 @@ def test_uart_1200_strategy_touches_the_port_and_restores_it() -> None:
     port = Port()
     strategy.enter(port)
     assert port.log == [("baud", 1200), ("dtr", False), ("baud", 115200)]
+
+
+def test_uart_enter_command_on_a_plain_app_url(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``sim://F407?app=1&image=...`` without a chip name: the reopen finds the same chip."""
+    img = tmp_path / "f4.img"
+    chip = VirtualChip(F407, image_path=img)
+    chip.preload(F407.flash_start, demo_vector_table(chip))
+    chip.save()
+    url = f"sim://F407?app=1&image={img}"
+    path, data = app_bin(tmp_path)
+    try:
+        code, _, err = cli(["uart", url, str(path), "--enter", "command"], capsys)
+        assert code == 0, err
+        live = registry.get("url:" + url)
+        assert live is not None and live.mode == "app"
+        assert bytes(live.flash[: len(data)]) == data
+    finally:
+        registry.unregister("url:" + url)

@@ -65,11 +65,36 @@ def test_sync_gives_up_with_a_clear_message() -> None:
 
 def test_write_frame_is_n_minus_one_data_and_xor() -> None:
     port = ScriptedPort([b"\x79", b"\x79", b"\x79"])
-    bl = P.Bootloader(port)
+    bl = P.Bootloader(port, pipeline=False)
     bl.write_memory(0x08000100, b"\x01\x02\x03\x04")
     assert port.sent[0] == b"\x31\xce"
     assert port.sent[1] == bytes([0x08, 0x00, 0x01, 0x00, 0x08 ^ 0x01])
     assert port.sent[2] == bytes([3, 1, 2, 3, 4, 3 ^ 1 ^ 2 ^ 3 ^ 4])
+
+
+def test_pipelined_write_sends_command_and_address_together_but_waits_before_data() -> None:
+    port = ScriptedPort([b"\x79\x79", b"\x79"])
+    bl = P.Bootloader(port)
+    bl.write_memory(0x08000100, b"\x01\x02\x03\x04")
+    assert port.sent[0] == b"\x31\xce" + bytes([0x08, 0x00, 0x01, 0x00, 0x09])
+    assert port.sent[1][0] == 3
+
+
+def test_pipelining_is_refused_when_lost_bytes_could_form_a_command() -> None:
+    bl = P.Bootloader(ScriptedPort([]))
+    bl.commands = (0x00, 0x11, 0x31, 0x43)
+    # 0x080143BC: the bytes 0x43 0xBC would be an Erase command if the ROM lost two bytes
+    head = bytes([0x31, 0xCE]) + bl._addr_bytes(0x080143BC)
+    assert not bl._harmless(head, (0,))
+    assert bl._harmless(bytes([0x31, 0xCE]) + bl._addr_bytes(0x08000100), (0,))
+
+
+def test_pipelining_falls_back_after_a_failure() -> None:
+    # the ROM answers only the command ACK of a pipelined frame, then NACKs the address
+    port = ScriptedPort([b"\x79\x1f", b"\x1f", b"\x79", b"\x79", b"\x79" + bytes(range(256))])
+    bl = P.Bootloader(port, retries=2)
+    assert bl.read_memory(0x08000000, 256) == bytes(range(256))
+    assert not bl.pipeline
 
 
 def test_extended_erase_special_codes() -> None:

@@ -180,3 +180,56 @@ def test_examples_flash_and_run(tmp_path: Path) -> None:
         assert chip.mode == "app" and chip.go_address == 0x08000000
     finally:
         registry.unregister("ex")
+
+
+def test_write_protected_flash_is_a_protection_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    dev = devices.find("0x413")
+    chip = registry.register("wrp", VirtualChip(dev))
+    chip.write_protect([0], reset=False)
+    path = tmp_path / "fw.bin"
+    path.write_bytes(random.Random(5).randbytes(2048))
+    try:
+        assert run_cli("uart", "sim://0x413?chip=wrp", str(path), "-q") == 4
+        assert "write-protected" in capsys.readouterr().err
+        assert run_cli("uart", "sim://0x413?chip=wrp", str(path), "--write-unprotect", "-q") == 0
+        assert bytes(chip.flash[:2048]) == path.read_bytes()
+    finally:
+        registry.unregister("wrp")
+
+
+def test_option_bytes_write_and_after_reset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    dev = devices.find("0x460")
+    chip = registry.register("ob", VirtualChip(dev))
+    try:
+        ob = bytearray(chip.option_bytes()[:16])
+        ob[2], ob[3] = 0x5A, 0xA5  # a user byte and its complement
+        assert run_cli("uart", "sim://0x460?chip=ob", "--write-option-bytes", ob.hex(), "-q") == 0
+        assert chip.option_bytes()[:16] == bytes(ob)
+        path = tmp_path / "fw.bin"
+        path.write_bytes(b"\x11" * 256)
+        assert run_cli("uart", "sim://0x460?chip=ob", str(path), "--after", "reset", "-q") == 0
+        assert chip.mode == "app" and chip.go_address in dev.ram_usable  # the reset stub runs
+    finally:
+        registry.unregister("ob")
+
+
+@pytest.mark.parametrize("pid", ["0x460", "0x413"])
+def test_auto_erase_keeps_flash_outside_the_image(pid, tmp_path):
+    """A small image must not cost the rest of the flash (EEPROM emulation, calibration
+    data), even where one global erase is as fast as a page erase (G0)."""
+    dev = devices.find(pid)
+    chip = VirtualChip(dev)
+    keep_at = dev.erase_units[-1].address
+    chip.preload(keep_at, b"CALIBRATION-DATA")
+    registry.register("keep", chip)
+    try:
+        img = Image()
+        img.add(dev.flash_start, bytes(range(256)) * 8)
+        path = tmp_path / "small.hex"
+        save(img, str(path))
+        assert run_cli("uart", "sim://x?chip=keep", str(path), "-q") == 0
+        assert bytes(chip.flash[: 2048]) == img.read(dev.flash_start, 2048)
+        off = keep_at - dev.flash_start
+        assert bytes(chip.flash[off : off + 16]) == b"CALIBRATION-DATA"
+    finally:
+        registry.clear()

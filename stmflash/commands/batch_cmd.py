@@ -50,6 +50,8 @@ from stmflash.commands.common import INT
               help="Where the CSV/JSON report goes [./stmflash-reports].")
 @click.option("--loop", is_flag=True, default=None, help="Station mode: wait for boards, program, wait for removal.")
 @click.option("--max-boards", type=int, default=None, help="Loop mode: stop after this many boards.")
+@click.option("--image-check/--no-image-check", default=None,
+              help="Refuse an image whose vector table looks wrong for the part [check].")
 @click.option("--json", "json_", is_flag=True, help="One JSON event per line on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="Only errors and the summary.")
 def batch(args: tuple[str, ...], job_file: str | None, **opts: Any) -> None:
@@ -102,7 +104,7 @@ def _build_job(args: tuple[str, ...], job_file: str | None, o: dict[str, Any]) -
         image=image, targets=targets, address=o["address"], device=o["device"], baud=o["baud"],
         parity=o["parity"], entry=o["entry"], invert=tuple(o["invert"]) or None, erase=o["erase"],
         verify=o["verify"], after=o["after"], protect=protect, retries=o["retries"],
-        report_dir=o["report_dir"], loop=o["loop"], max_boards=o["max_boards"],
+        report_dir=o["report_dir"], loop=o["loop"], max_boards=o["max_boards"], image_check=o["image_check"],
     )
     serial_opts = {k: o[k] for k in ("serial_address", "serial_format", "serial_prefix", "serial_width",
                                      "serial_template", "serial_size", "serial_first", "serial_last", "ledger")}
@@ -180,6 +182,12 @@ def _run(args: tuple[str, ...], job_file: str | None, o: dict[str, Any]) -> None
     events.emit("start", run=run_id, image=job.image, image_crc=report.image_crc,
                 targets=[t.label for t in targets], loop=job.loop)
     stop = threading.Event()
+    if job.image_check:
+        from stmflash.image.vectors import check_vector_table
+
+        problems = check_vector_table(image, device)
+        if problems:
+            raise UsageError(f"{job.image}: {problems[0]} (wrong file or part? --no-image-check to flash anyway)")
     runner = BatchRunner(job, image, targets, events=events, report=report, connector=LinkConnector(),
                          ledger=ledger, stop=stop)
     try:
@@ -192,7 +200,9 @@ def _run(args: tuple[str, ...], job_file: str | None, o: dict[str, Any]) -> None
         events.emit("summary", run=run_id, boards=len(report.boards), passed=report.passed,
                     failed=report.failed, report=report.csv_path, report_json=report.json_path)
         events.close()
-    if report.failed or not report.boards:
+    if runner.interrupted and not job.loop:
+        raise KeyboardInterrupt
+    if report.failed or (not report.boards and not job.loop):
         failed = [b.target for b in report.boards if not b.passed]
         what = f"{report.failed} of {len(report.boards)} boards failed ({', '.join(failed[:8])}"
         what += ", ..." if len(failed) > 8 else ""

@@ -69,7 +69,12 @@ class IntParam(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
+class SizeParam(IntParam):
+    name = "SIZE"
+
+
 INT = IntParam()
+SIZE = SizeParam()
 
 
 def output_options(f: F) -> F:

@@ -13,6 +13,7 @@ import click
 
 from stmflash.commands.common import (
     INT,
+    SIZE,
     describe_result,
     load_image,
     output_options,
@@ -118,7 +119,7 @@ def _print_info(info: Any, device: Any) -> None:
 @click.option("--invert", multiple=True, type=click.Choice(["dtr", "rts"]), help="Invert a line in pin sequences.")
 @click.option("--read", "read_out", metavar="OUT", help="Read memory into OUT (.bin/.hex/.srec...).")
 @click.option("--start", type=INT, default=None, help="Start address for --read.")
-@click.option("--length", type=INT, default=None, help="Length for --read (default: to the end of flash).")
+@click.option("--length", type=SIZE, default=None, help="Length for --read (default: to the end of flash).")
 @click.option("--range", "range_", metavar="START:LENGTH", help="Range for --read (or START..END).")
 @click.option("--erase-only", is_flag=True, help="Only erase (--erase all or --erase START:LENGTH).")
 @click.option("--protect", is_flag=True, help="Enable readout protection (RDP level 1) at the end.")
@@ -129,6 +130,7 @@ def _print_info(info: Any, device: Any) -> None:
 @click.option("--write-option-bytes", metavar="FILE|HEX", help="Write the option bytes (the chip resets).")
 @click.option("--timeout", type=float, default=0.3, show_default=True, help="Base answer timeout (s).")
 @click.option("--retries", type=int, default=6, show_default=True, help="Retries per command on a noisy line.")
+@click.option("--no-pipeline", is_flag=True, help="Wait for every ACK (ROMs/adapters that lose bytes sent early).")
 @output_options
 def uart(**kw: Any) -> None:
     """Program FILE into the chip on PORT through its ROM USART bootloader (AN3155).
@@ -202,6 +204,7 @@ def _run(reporter: Any, **kw: Any) -> None:
         timeout=kw["timeout"],
         retries=kw["retries"],
         log=None,
+        pipeline=not kw["no_pipeline"],
     )
     try:
         _session(link, reporter, kw, image, file, erase_range, wp_units, ob_data, json_mode)

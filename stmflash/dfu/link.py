@@ -78,7 +78,7 @@ class DfuLink:
                 dev.set_configuration()
             except usb.core.USBError:
                 pass  # already configured (Linux/macOS may refuse a second SET_CONFIGURATION)
-            self.select(FLASH)
+            self.select(FLASH if self.find_alt(FLASH) is not None else self.info.alts[0])
         except usb.core.USBError as exc:
             from stmflash.dfu.protocol import translate_usb_error
 

@@ -164,6 +164,12 @@ def describe(dev: Any, *, virtual: bool = False) -> DfuDeviceInfo | None:
             func = _functional(bytes(getattr(intf, "extra_descriptors", b"") or b""))
     if not alts:
         return None
+    if func is None:  # not among the descriptors: ask for it (dfu-util does the same)
+        try:
+            raw = dev.ctrl_transfer(0x80, 6, FUNC_DESC_TYPE << 8, 0, 9)
+            func = _functional(bytes(raw))
+        except (usb.core.USBError, NotImplementedError):
+            func = None
     attrs, detach, xfer, bcd = func if func else (0x0B, 255, 2048, 0x011A)
     return DfuDeviceInfo(
         dev=dev,

@@ -79,7 +79,7 @@ class JobConfig:
     report_dir: str = "stmflash-reports"
     loop: bool = False
     max_boards: int | None = None
-    board_timeout: float | None = None
+    image_check: bool = True
     source: str = ""
 
     def with_overrides(self, **kw: Any) -> JobConfig:
@@ -173,7 +173,7 @@ def parse_protect(items: list[str] | tuple[str, ...], *, confirmed: bool, where:
 
 TOP_KEYS = {
     "image", "address", "device", "targets", "retries", "report_dir", "protect", RDP2_CONFIRM,
-    "board_timeout", "link", "entry", "program", "option_bytes", "serial", "loop",
+    "image_check", "link", "entry", "program", "option_bytes", "serial", "loop",
 }
 
 
@@ -214,11 +214,8 @@ def parse_job(data: dict[str, Any], *, source: str = "job", base: str | None = N
         kw["retries"] = ctx.int_("retries", data["retries"], minimum=0)
     if "report_dir" in data:
         kw["report_dir"] = ctx.path("report_dir", data["report_dir"])
-    if "board_timeout" in data:
-        v = data["board_timeout"]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
-            raise ctx.err("board_timeout", f"expected a positive number of seconds, got {v!r}")
-        kw["board_timeout"] = float(v)
+    if "image_check" in data:
+        kw["image_check"] = ctx.bool_("image_check", data["image_check"])
     confirmed = ctx.bool_(RDP2_CONFIRM, data.get(RDP2_CONFIRM, False))
     if "protect" in data:
         p = data["protect"]

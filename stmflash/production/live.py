@@ -65,6 +65,7 @@ class Events:
         self._rows: dict[str, _Row] = {}
         self._drawn_lines = 0
         self._last_draw = 0.0
+        self._dirty = False
         self.started = time.monotonic()
         self.passed = 0
         self.failed = 0
@@ -97,7 +98,7 @@ class Events:
 
     def close(self) -> None:
         with self._lock:
-            if self.live:
+            if self.live and self._dirty:
                 self._draw(force=True)
 
     # ---- rendering --------------------------------------------------------------------
@@ -109,7 +110,10 @@ class Events:
             row.done, row.total = f.get("done", row.done), f.get("total", row.total)
         elif event == "board":
             row.result = f.get("result", "")
-            row.detail = f.get("serial") or "" if row.result == "passed" else f.get("error", "")
+            if row.result == "passed":
+                row.detail = " ".join(x for x in (f.get("serial"), f.get("uid") and f"uid {f['uid']}") if x)
+            else:
+                row.detail = f.get("error", "")
             row.phase = "done"
         elif event == "waiting":
             row.phase, row.result, row.total, row.detail = "waiting", "", None, f.get("message", "")
@@ -120,6 +124,11 @@ class Events:
 
     def _render(self, obj: dict[str, Any]) -> None:
         if self.quiet:
+            # errors, failed boards and the summary still reach a person watching stderr
+            failed_board = obj["event"] == "board" and obj.get("result") != "passed"
+            if not self.json_out and (obj["event"] in ("error", "summary") or failed_board):
+                self.stderr.write(self._plain(obj) + "\n")
+                self.stderr.flush()
             return
         if self.live:
             if obj["event"] in ("warning", "error", "summary", "info"):
@@ -169,8 +178,10 @@ class Events:
     def _draw(self, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self._last_draw < _REDRAW_S:
+            self._dirty = True
             return
         self._last_draw = now
+        self._dirty = False
         width = max((len(t) for t in self._rows), default=8)
         width = min(max(width, 8), 40)
         lines = [r.line(width) for r in self._rows.values()]

@@ -156,6 +156,8 @@ class BatchRunner:
         self.poll_s = poll_s
         self._count_lock = threading.Lock()
         self._boards_started = 0
+        self._boards_finished = 0
+        self.interrupted = False
         self.image_crc = f"0x{image.crc32():08X}"
 
     # ---- orchestration ---------------------------------------------------------------
@@ -171,6 +173,7 @@ class BatchRunner:
                 while th.is_alive():
                     th.join(0.2)
         except KeyboardInterrupt:
+            self.interrupted = True
             self.stop.set()
             self.events.emit("warning", message="interrupted: finishing boards in progress")
             for th in threads:
@@ -184,6 +187,10 @@ class BatchRunner:
                 return False
             self._boards_started += 1
             return True
+
+    def _quota_reached(self) -> bool:
+        with self._count_lock:
+            return self.job.max_boards is not None and self._boards_started >= self.job.max_boards
 
     def _worker(self, target: Target) -> None:
         try:
@@ -220,6 +227,12 @@ class BatchRunner:
                 last_uid = outcome.uid or last_uid
                 self.events.emit("remove", target.label, message="board done: remove it",
                                  passed=self.events.passed, failed=self.events.failed)
+                with self._count_lock:
+                    self._boards_finished += 1
+                    if self.job.max_boards is not None and self._boards_finished >= self.job.max_boards:
+                        self.stop.set()  # the quota is done: release the workers still waiting
+                if self._quota_reached():
+                    return
             self._wait(lambda u=last_uid: not self._still_there(target, u))
 
     def _answering(self, target: Target) -> str | None:
@@ -399,6 +412,11 @@ class _UartBoard:
             raise UsageError(f"{len(data)} option bytes given, {self.device.short_name} has {ob.size}")
         self._link.bl.write_memory(ob.start, data)
         self._link.bl._after_reset("option-byte write")
+        back = self._link.read(ob.start, len(data))
+        if back != data:
+            from stmflash.errors import VerifyError
+
+            raise VerifyError(f"option bytes read back as {back.hex()} after writing {data.hex()}")
 
 
 class LinkConnector:

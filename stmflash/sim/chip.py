@@ -106,9 +106,9 @@ class VirtualChip:
             faults = FaultPlan.parse(faults, seed=seed)
         self.faults: FaultPlan = faults
         # Some parts answer Read/Write/Go with two NACKs under RDP level 1 (AN2606).
-        self.rdp_double_nack = (
-            bool(getattr(device, "rdp_double_nack", False)) if rdp_double_nack is None else rdp_double_nack
-        )
+        if rdp_double_nack is None:
+            rdp_double_nack = bool(getattr(device, "rdp_double_nack", False)) or faults.double_nack
+        self.rdp_double_nack = rdp_double_nack
 
         self.flash = bytearray(b"\xff" * device.flash_size)
         self.ram: list[tuple[Region, bytearray]] = [(r, bytearray(r.size)) for r in device.ram]
@@ -495,12 +495,15 @@ class VirtualChip:
             return None
         header = json.dumps(self._header(), separators=(",", ":")).encode() + b"\n"
         tmp = target.with_name(target.name + ".tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(header)
-            fh.write(self.flash)
-            fh.write(self._ob)
-            fh.write(self.otp)
-        os.replace(tmp, target)
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(header)
+                fh.write(self.flash)
+                fh.write(self._ob)
+                fh.write(self.otp)
+            os.replace(tmp, target)
+        except OSError as exc:
+            raise StmflashError(f"{target}: cannot save simulator image: {exc.strerror}") from None
         return target
 
     def _load(self, path: Path) -> None:

@@ -82,6 +82,7 @@ class DfuseRom:
         self.transfer_size = self.facts.transfer_size
         self.scale = scale if scale > 0 else 1.0
         self.clock = clock
+        self.quirk_hits: dict[str, int] = {}  # how often each quirk showed (tests check it)
         # The option-bytes alt presents the chip's option bytes (simulator layout, see
         # stmflash.sim.chip) at the start of its first region, whatever address the ROM
         # string gives; bytes of the alt beyond them are kept here (not persisted).
@@ -205,14 +206,20 @@ class DfuseRom:
             if now < self.busy_until:
                 remaining = self.busy_until - now
                 if self.busy_kind == "mass_erase" and Q_MASS_ERASE_UNDERREPORTED in self.quirks:
+                    self._hit(Q_MASS_ERASE_UNDERREPORTED)
                     raise SimNak(self.busy_until)
                 if self.busy_kind == "erase" and Q_STALL_DURING_ERASE in self.quirks:
+                    self._hit(Q_STALL_DURING_ERASE)
                     raise SimStall()
                 return self._status_bytes(math.ceil(remaining * 1000))
             if self.stuck:
+                self._hit(Q_DNBUSY_STUCK)
                 return self._status_bytes(0)
             self.state, self.status = self.result
         return self._status_bytes(0)
+
+    def _hit(self, quirk: str) -> None:
+        self.quirk_hits[quirk] = self.quirk_hits.get(quirk, 0) + 1
 
     def finish_nak(self) -> bytes:
         """The answer a NAKed GETSTATUS finally gets once the operation is over."""

@@ -9,6 +9,8 @@ Spec grammar (comma separated, as in ``--fault`` or the ``fault=`` URL option)::
     silent            the chip never answers (wrong port, no power, BOOT0 low...)
     autobaud_fail=N   the first N 0x7F sync bytes go unanswered (software auto-baud miss)
     stray_zero        send a 0x00 before the first ACK after each reset (seen with adapters)
+    double_nack       under RDP level 1, refuse Read/Write/Go... with two NACKs (AN2606
+                      known limitation of some parts)
     power_loss=after:N   lose power once N bytes have been programmed into flash: the
                          write in progress is left partly done and the chip stays dead
                          until powered on again (reopen / restart)
@@ -32,6 +34,7 @@ class FaultPlan:
     silent: bool = False
     autobaud_fail: int = 0
     stray_zero: bool = False
+    double_nack: bool = False
     power_loss_after: int | None = None
     seed: int = 0
     rng: random.Random = field(init=False, repr=False, compare=False)
@@ -58,7 +61,7 @@ class FaultPlan:
                     if not 0.0 <= p <= 1.0:
                         raise ValueError
                     setattr(plan, key, p)
-                elif key in ("silent", "stray_zero"):
+                elif key in ("silent", "stray_zero", "double_nack"):
                     setattr(plan, key, value.lower() not in ("0", "false", "no", "off"))
                 elif key == "autobaud_fail":
                     plan.autobaud_fail = int(value) if value else 1
@@ -72,7 +75,7 @@ class FaultPlan:
                 else:
                     raise UsageError(
                         f"unknown fault {key!r} in {spec!r} (known: drop, corrupt, nack, silent, "
-                        "autobaud_fail, stray_zero, power_loss)"
+                        "autobaud_fail, stray_zero, double_nack, power_loss)"
                     )
             except ValueError:
                 raise UsageError(f"bad fault value {item!r} in {spec!r}") from None
@@ -82,7 +85,7 @@ class FaultPlan:
     def any(self) -> bool:
         return bool(
             self.drop or self.corrupt or self.nack or self.silent or self.autobaud_fail
-            or self.stray_zero or self.power_loss_after is not None
+            or self.stray_zero or self.double_nack or self.power_loss_after is not None
         )
 
     # ---- per-byte decisions (seeded) ---------------------------------------------------

@@ -131,8 +131,12 @@ class Serial(SerialBase):
             self._update_rts_state()
 
     def close(self) -> None:
+        """Closing the port is the board losing its host: persist the chip like a power-off."""
+        chip, self.chip = self.chip, None
         self.is_open = False
         self.rom = None
+        if chip is not None and chip.image_path is not None:
+            chip.save()
 
     def _reconfigure_port(self) -> None:
         """Nothing to configure: the modelled baud is fixed at open (URL option)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import select
 import signal
+import termios
 import time
 import tty
 from collections.abc import Callable
@@ -32,6 +33,11 @@ class PtyServer:
         self.master, self.slave = os.openpty()
         tty.setraw(self.master)
         tty.setraw(self.slave)
+        # Clients that keep the port settings (stm32flash -b 0) get reads that time out
+        # after 0.5 s, like stm32flash's own settings, so its resync path works.
+        attrs = termios.tcgetattr(self.slave)
+        attrs[6][termios.VMIN], attrs[6][termios.VTIME] = 0, 5
+        termios.tcsetattr(self.slave, termios.TCSANOW, attrs)
         self.path = os.ttyname(self.slave)
         self.link = Path(link) if link is not None else None
         if self.link is not None:

@@ -19,10 +19,15 @@ scale          divide every modelled duration by this factor (e.g. ``scale=50``)
 port           port path, default ``1-N`` for the N-th entry (e.g. ``port=2-1.3``)
 seed           seed of the unique ID (so the serial) and of random faults
 rdp            start with readout protection level 0/1/2
-fault          ``+``-separated items: ``stall@N``, ``timeout@N``, ``disconnect@N`` act on the
-               N-th DFU class request (1-based); ``stall@dnload:N`` counts only DNLOAD
-               (also ``upload``, ``getstatus``); other items go to the chip's fault plan
-               (e.g. ``power_loss=after:4096``)
+app            ``1``: the chip runs its flash application when the flash holds a valid vector
+               table and enumerates as a CDC-ACM device 0483:5740 with a DFU runtime interface
+               (:mod:`stmflash.sim.app`); a 1200-baud touch or DFU_DETACH brings up the ROM
+               (0483:df11) on the same port. ``nodetach``: bitWillDetach clear (USB reset needed)
+fault          ``+``-separated items: ``stall@N``, ``timeout@N``, ``disconnect@N`` act once on
+               the N-th DFU class request (1-based); ``stall@dnload:N`` counts only DNLOAD
+               (also ``upload``, ``getstatus``); ``stall=P`` (``timeout=P``,
+               ``disconnect=P``) hits each request with probability P (seeded); other
+               items go to the chip's fault plan (e.g. ``power_loss=after:4096``)
 =============  ==========================================================================
 
 Flash persists in IMAGEFILE (the simulator image format of :mod:`stmflash.sim.chip`),
@@ -41,6 +46,7 @@ import atexit
 import errno
 import itertools
 import os
+import random
 import re
 import struct
 import threading
@@ -55,7 +61,7 @@ import usb.core
 
 from stmflash.dfu.protocol import REQ_IN, REQ_OUT
 from stmflash.errors import UsageError
-from stmflash.sim.chip import VirtualChip
+from stmflash.sim.chip import PowerLoss, VirtualChip
 from stmflash.sim.dfuse import DfuseRom, SimNak, SimStall
 from stmflash.sim.timing import sleep_until
 
@@ -69,6 +75,7 @@ S_MANUFACTURER, S_PRODUCT, S_SERIAL, S_CONFIG, S_ALT0 = 1, 2, 3, 4, 5
 
 USB_FAULT_KINDS = ("stall", "timeout", "disconnect")
 _FAULT_RE = re.compile(r"^(stall|timeout|disconnect)@(?:(dnload|upload|getstatus):)?(\d+)$")
+_FAULT_P_RE = re.compile(r"^(stall|timeout|disconnect)=(0(?:\.\d+)?|1(?:\.0*)?|\.\d+)$")
 
 
 def control_cost(nbytes: int) -> float:
@@ -90,10 +97,13 @@ def _timeout() -> usb.core.USBError:
 
 @dataclass
 class UsbFault:
+    """``n``-th request (fires once), or each request with probability ``p`` (seeded)."""
+
     kind: str
     request: str | None
     n: int
     fired: bool = False
+    p: float = 0.0
 
 
 @dataclass
@@ -120,10 +130,15 @@ def parse_fault_items(text: str) -> tuple[list[UsbFault], str]:
         if not item:
             continue
         m = _FAULT_RE.match(item)
+        mp = _FAULT_P_RE.match(item)
         if m:
             usb_faults.append(UsbFault(m.group(1), m.group(2), int(m.group(3))))
-        elif item.split("@")[0] in USB_FAULT_KINDS:
-            raise UsageError(f"bad USB fault {item!r} (use stall@N, timeout@N, disconnect@N, or e.g. stall@dnload:N)")
+        elif mp:
+            usb_faults.append(UsbFault(mp.group(1), None, 0, p=float(mp.group(2))))
+        elif re.split("[@=]", item)[0] in USB_FAULT_KINDS:
+            raise UsageError(
+                f"bad USB fault {item!r} (use stall@N, timeout@N, disconnect@N, stall@dnload:N or stall=P)"
+            )
         else:
             rest.append(item)
     return usb_faults, ",".join(rest)
@@ -201,6 +216,7 @@ class VirtualUsbDevice:
         self.seen_mode = chip.mode
         self.present = self.shows()
         self.usb_faults = usb_faults or []
+        self.rng = random.Random(getattr(chip, "seed", 0))
         self.requests = 0
         self.per_request: dict[str, int] = {}
         self.lock = threading.RLock()
@@ -343,6 +359,10 @@ class VirtualUsbDevice:
         if name:
             self.per_request[name] = self.per_request.get(name, 0) + 1
         for f in self.usb_faults:
+            if f.p:
+                if self.rng.random() < f.p:
+                    return f.kind
+                continue
             if f.fired:
                 continue
             count = self.requests if f.request is None else self.per_request.get(f.request, 0) if f.request == name else -1
@@ -398,6 +418,8 @@ class VirtualUsbDevice:
                     out = self.rom.request(req, value, bytes(data) if not is_in else None, nbytes)
                 except SimStall:
                     raise _stall() from None
+                except PowerLoss:
+                    raise _enodev() from None  # the chip died: off the bus until powered on
                 except SimNak as nak:
                     wait = nak.until - time.perf_counter()
                     if wait * 1000 > timeout_ms:

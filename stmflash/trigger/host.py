@@ -2,8 +2,9 @@
 
 * ``command`` — the application carries the stmflash companion (``firmware/``): open its
   own serial port at its own settings (115200 8N1 by default), send the trigger frame of
-  :mod:`stmflash.trigger.frame`, wait for the acknowledgement that carries our nonce, close.
-  The application then resets into the ROM; the caller reopens the port at 8E1 and syncs.
+  :mod:`stmflash.trigger.frame`, wait for the acknowledgement that carries our nonce; the
+  application then resets into the ROM, and the port goes back to the bootloader's 8E1
+  settings for the sync (0x7F) that proves the entry.
 * ``1200`` — the Arduino-style touch for USB CDC applications: open at 1200 bps, drop DTR,
   close; the application reboots into the ROM DFU bootloader (0483:df11).
 * ``detach`` — DFU 1.1 runtime: DFU_DETACH to the application's runtime DFU interface
@@ -37,6 +38,7 @@ from stmflash.trigger.wait import (
     usb_path,
     wait_for_reenumeration,
 )
+from stmflash.uart.entry import EntryStrategy, register_strategy
 
 DEFAULT_APP_BAUD = frame.DEFAULT_APP_BAUD
 DEFAULT_ACK_TIMEOUT_S = frame.DEFAULT_ACK_TIMEOUT_S
@@ -179,30 +181,6 @@ def _close(ser: Any) -> None:
         pass
 
 
-# ---- strategies ------------------------------------------------------------------------------
-
-
-@dataclass
-class CommandEntry:
-    """``--enter command``: trigger the application on the port the ROM will then use.
-
-    After the ack the application resets; we wait for the ROM's start-up, and the caller
-    reopens the port at the bootloader's 8E1 settings and syncs (0x7F) to prove entry.
-    """
-
-    options: TriggerOptions = field(default_factory=TriggerOptions)
-    name: str = "command"
-    sleep: Callable[[float], None] = time.sleep
-
-    def enter(self, port: str | Any, device: Any = None) -> TriggerAck:
-        opts = self.options
-        ack = send_trigger(port, app_baud=opts.app_baud, key=opts.key, timeout=opts.timeout)
-        settle = opts.settle_for(device)
-        if settle > 0:
-            self.sleep(settle)
-        return ack
-
-
 # ---- USB: the virtual bus or the real one --------------------------------------------------
 
 
@@ -212,21 +190,9 @@ def usb_sim_active() -> bool:
 
 def usb_backend() -> Any:
     """The pyusb backend to scan: the virtual bus under ``STMFLASH_USB_SIM``, else libusb."""
-    try:
-        from stmflash.dfu import usb as dfu_usb
-    except ImportError:  # pragma: no cover - the DFU package is part of stmflash
-        dfu_usb = None
-    getter = getattr(dfu_usb, "get_backend", None) or getattr(dfu_usb, "backend", None)
-    if callable(getter):
-        return getter()
-    if usb_sim_active():  # pragma: no cover - the DFU package always provides get_backend
-        raise LinkError("STMFLASH_USB_SIM is set but the virtual USB bus is not available")
-    try:
-        import libusb_package
+    from stmflash.dfu.usb import get_backend
 
-        return libusb_package.get_libusb1_backend()
-    except Exception:  # pragma: no cover - depends on the host
-        return None
+    return get_backend()
 
 
 def _seen(dev: Any) -> UsbSeen:
@@ -452,8 +418,6 @@ def _default_settle() -> float:
 
 
 # ---- ``--enter`` strategies (registered with stmflash.uart.entry) ---------------------------
-
-from stmflash.uart.entry import EntryStrategy, register_strategy  # noqa: E402
 
 
 def parse_args(arg: str, allowed: Iterable[str], what: str) -> dict[str, str]:

@@ -168,6 +168,23 @@ def register_strategy(name: str, factory: StrategyFactory) -> None:
     _FACTORIES[name] = factory
 
 
+_plugins_loaded = False
+
+
+def _load_plugins() -> None:
+    """Strategies living elsewhere (``command``, ``1200``, ``detach``) register on import."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    import importlib
+
+    try:
+        importlib.import_module("stmflash.trigger.host")
+    except ImportError:
+        pass
+
+
 def _is_head(token: str) -> bool:
     name = token.split(":", 1)[0].strip().lower()
     return name in _FACTORIES and (":" in token or token.strip().lower() == name)
@@ -178,6 +195,7 @@ def parse_entry(spec: str | None, invert: Iterable[str] = ()) -> list[EntryStrat
     if not spec:
         return [NoEntry()]
     inv = frozenset(s.lower() for s in invert)
+    _load_plugins()
     parts = spec.split(",")
     groups: list[str] = []
     for part in parts:
@@ -189,6 +207,8 @@ def parse_entry(spec: str | None, invert: Iterable[str] = ()) -> list[EntryStrat
     for g in groups:
         name, _, arg = g.partition(":")
         key = name.strip().lower()
+        if key not in _FACTORIES:
+            _load_plugins()
         if key not in _FACTORIES:
             raise UsageError(
                 f"unknown --enter strategy {name!r} (known: {', '.join(sorted(_FACTORIES))})"

@@ -141,6 +141,7 @@ def connect(
     retries: int = 6,
     log: Callable[[str], None] | None = None,
     ser: Any = None,
+    pipeline: bool = True,
 ) -> UartLink:
     """Open ``port``, bring the chip into its bootloader (``--enter`` chain), sync, identify."""
     from stmflash.ports import open_port
@@ -151,7 +152,7 @@ def connect(
     try:
         last: LinkError | None = None
         for strategy in chain:
-            bl = Bootloader(ser, name=port, timeout=timeout, retries=retries, log=log)
+            bl = Bootloader(ser, name=port, timeout=timeout, retries=retries, log=log, pipeline=pipeline)
             try:
                 strategy.enter(ser)
                 if strategy.settle_s:

@@ -11,9 +11,15 @@ shared/reference/uart-an3155.md):
   re-synchronised (``0xFF 0x00`` pairs, in growing bursts, until a clean NACK), and the
   command is sent again. A Write Memory retry first reads the block back, so a write
   whose ACK was lost is not programmed twice.
-* Phases are *not* pipelined: AN3155 requires the host to wait for the ACK after the
-  command and after the address, and a real ROM polls a one-byte receive register, so
-  bytes sent early can overrun it. Each phase is still a single ``write()``.
+* Pipelining, measured on the realistic simulator and kept *safe*: a Read Memory frame
+  (command, address, length) and the command+address head of a Write Memory go out as one
+  ``write()`` instead of waiting for each ACK (AN3155 asks the host to wait; a ROM that
+  polls a one-byte receive register could lose bytes sent early). It saves two
+  turnarounds per read and one per write (F4, 256 KiB, write+verify: 65.6 s instead of
+  ~69 s). It is only done when no byte pair of the frame could be taken for a
+  state-changing command if the ROM dropped bytes (see ``_harmless``); Write Memory data
+  is never sent before both ACKs; the first failure of a pipelined frame switches the
+  session to waiting for every ACK (``pipeline=False``, CLI ``--no-pipeline``).
 * Timeouts scale with the work: wire time of the answer at the port's baud rate, the
   device table's maximum programming and erase times, with a margin.
 """
@@ -142,6 +148,7 @@ class Bootloader:
         timeout: float = 0.3,
         sync_timeouts: Sequence[float] = SYNC_TIMEOUTS,
         log: Callable[[str], None] | None = None,
+        pipeline: bool = True,
     ) -> None:
         self.ser = ser
         self.name = name or str(getattr(ser, "name", None) or getattr(ser, "port", "the port"))
@@ -158,6 +165,8 @@ class Bootloader:
         # costs a whole frame), grown back after a run of clean transactions
         self.block = MAX_BLOCK
         self._clean = 0
+        # send a frame's phases back to back (see _harmless); off after the first failure
+        self.pipeline = pipeline
         baud = getattr(ser, "baudrate", 115200) or 115200
         self._byte_s = 11.0 / baud
 
@@ -366,10 +375,11 @@ class Bootloader:
         raise NackError(f"the chip refused {cmd_name(code)}{where} (NACK after the {phase})")
 
     def probe_read_protected(self) -> bool:
-        """True when Read Memory itself is refused (RDP level 1), three times in a row."""
+        """True when Read Memory itself is refused (RDP level 1), six times in a row (a
+        noisy line or a spurious NACK must not pass for protection)."""
         if self.commands and READ not in self.commands:
             return False
-        for _ in range(3):
+        for _ in range(6):
             try:
                 self._command(READ, "to Read Memory")
             except _Nack:
@@ -470,16 +480,47 @@ class Bootloader:
         if not 1 <= length <= MAX_BLOCK:
             raise ValueError(f"read length {length} not in 1..256")
 
+        n = length - 1
+        frame = bytes([READ, READ ^ 0xFF]) + self._addr_bytes(address) + bytes([n, n ^ 0xFF])
+
         def op() -> bytes:
-            self._command(READ, f"to Read Memory at 0x{address:08X}")
-            self._send(self._addr_bytes(address))
-            self._ack(f"to the address of Read Memory at 0x{address:08X}", phase="address")
-            n = length - 1
-            self._send(bytes([n, n ^ 0xFF]))
-            self._ack(f"to the length of Read Memory at 0x{address:08X}", phase="length")
+            where = f"Read Memory at 0x{address:08X}"
+            if self.pipeline and self._harmless(frame, (0, 7)):
+                self._send(frame)
+                try:
+                    self._ack(f"to {where}", phase="command")
+                    self._ack(f"to the address of {where}", phase="address")
+                    self._ack(f"to the length of {where}", phase="length")
+                except (_Nack, _Garbled, TimeoutError_):
+                    self._pipeline_failed()
+                    raise
+            else:
+                self._command(READ, f"to {where}")
+                self._send(frame[2:7])
+                self._ack(f"to the address of {where}", phase="address")
+                self._send(frame[7:])
+                self._ack(f"to the length of {where}", phase="length")
             return self._recv(length, self.timeout + self._wire(length), f"while reading 0x{address:08X}")
 
         return self.transaction(READ, op, address=address)
+
+    def _harmless(self, frame: bytes, intended: tuple[int, ...]) -> bool:
+        """True when no byte pair of ``frame`` except the ``intended`` command/length pairs
+        could be taken for a state-changing command if the ROM lost bytes of a pipelined
+        frame (a valid code followed by its complement)."""
+        benign = {GET, GET_VERSION, GET_ID, READ}
+        for i in range(len(frame) - 1):
+            if i in intended:
+                continue
+            c = frame[i]
+            if c ^ frame[i + 1] == 0xFF and c not in benign and (c in self.commands or not self.commands):
+                return False
+        return True
+
+    def _pipeline_failed(self) -> None:
+        # this ROM (or adapter) loses bytes sent ahead of its ACK: wait for every ACK from now on
+        self.pipeline = False
+        self.log("pipelined frame failed: waiting for each ACK from now on")
 
     def read(self, address: int, length: int, progress: Callable[[int], None] | None = None) -> bytes:
         out = bytearray()
@@ -500,10 +541,24 @@ class Bootloader:
         payload += bytes([xor(payload)])
         busy = program_s if program_s is not None else self._program_s(len(data))
 
+        head = bytes([WRITE, WRITE ^ 0xFF]) + self._addr_bytes(address)
+
         def op() -> None:
-            self._command(WRITE, f"to Write Memory at 0x{address:08X}")
-            self._send(self._addr_bytes(address))
-            self._ack(f"to the address of Write Memory at 0x{address:08X}", phase="address")
+            where = f"Write Memory at 0x{address:08X}"
+            if self.pipeline and self._harmless(head, (0,)):
+                # command and address in one go; the data waits for both ACKs, so a lost
+                # byte can never turn payload bytes into commands
+                self._send(head)
+                try:
+                    self._ack(f"to {where}", phase="command")
+                    self._ack(f"to the address of {where}", phase="address")
+                except (_Nack, _Garbled, TimeoutError_):
+                    self._pipeline_failed()
+                    raise
+            else:
+                self._command(WRITE, f"to {where}")
+                self._send(head[2:])
+                self._ack(f"to the address of {where}", phase="address")
             self._send(payload)
             self._ack(
                 f"while writing 0x{address:08X}",
