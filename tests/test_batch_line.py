@@ -143,7 +143,7 @@ def test_job_file_run_and_rdp1(tmp_path, capsys):
     job.write_text(f"""
 image = "{HEX}"
 targets = ["sim://F407?chip=job-a&seed=1", "sim://F407?chip=job-b&seed=2"]
-protect = ["rdp1"]
+protect = ["wrp", "rdp1"]
 report_dir = "rep"
 [serial]
 address = {SERIAL_AT}
@@ -156,6 +156,7 @@ first = 5000
     for name in ("job-a", "job-b"):
         chip = registry.get(name)
         assert chip.rdp_level == 1
+        assert chip.wrp == {0}  # the one sector the image and the serial cover
     nums = sorted(int.from_bytes(registry.get(n).flash[SERIAL_AT - FLASH:][:4], "little") for n in ("job-a", "job-b"))
     assert nums == [5000, 5001]
     assert len(list((tmp_path / "rep").glob("batch-*.csv"))) == 1

@@ -163,7 +163,7 @@ def test_protection_after_verify(tmp_path):
     chips, report, conn, events = _run(tmp_path, n=2, protect=("wrp", "rdp1"), serial=False)
     assert report.passed == 2
     for name, chip in chips.items():
-        assert conn.links[name].log == ["wrp[0, 1]", "rdp1"]  # 2 KiB image on 1 KiB pages
+        assert conn.links[name].log == ["wrp[0, 1]", "rdp1", "reset"]  # 2 KiB image on 1 KiB pages
         assert chip.rdp_level == 1
         assert {0, 1} <= chip.wrp
         assert chip.flash[: IMAGE.size] == IMAGE.segments[0].data

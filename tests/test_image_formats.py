@@ -132,7 +132,8 @@ def test_sniff_by_content_not_extension(tmp_path: Path) -> None:
         wrong.write_bytes(tmp.read_bytes())
         got = load(wrong)
         assert got.format == fmt and seg_list(got) == seg_list(img)
-    assert sniff(b"\x7fELF\x01\x01") == "elf"
+    assert sniff(b"\x7fELF\x01\x01\x01" + bytes(45)) == "elf"
+    assert sniff(b"\x7fELF\x01\x01") is None  # the magic alone is not an ELF header
     assert sniff(b"\x00\x10\x00\x20\x01\x01\x00\x08") is None
 
 

@@ -167,6 +167,14 @@ def _run(args: tuple[str, ...], job_file: str | None, o: dict[str, Any]) -> None
 
         check_serial_address(image, job.serial.address, len(job.serial.encode(job.serial.first)), device)
     targets = expand_targets(job.targets, loop=job.loop)
+    dfu = [t.label for t in targets if t.is_dfu]
+    if dfu and job.protect.any:
+        from stmflash.dfu.link import DfuLink
+
+        need = (["readout_protect"] if job.protect.rdp else []) + (["write_protect"] if job.protect.wrp else [])
+        missing = [m for m in need if not hasattr(DfuLink, m)]
+        if missing:
+            raise UsageError(f"--protect {job.protect.describe()} is not supported over DFU yet ({', '.join(dfu)})")
 
     events = Events(json_out=o["json_"], quiet=o["quiet"])
     run_id = new_run_id()

@@ -64,7 +64,8 @@ def _first_line(data: bytes) -> bytes:
 
 def sniff(data: bytes) -> str | None:
     """The format the bytes themselves announce, or ``None`` when they could be anything."""
-    if data[:4] == b"\x7fELF":
+    # a real ELF header: class 32/64, endianness LE/BE, version 1 (not just the magic)
+    if data[:4] == b"\x7fELF" and len(data) >= 52 and data[4] in (1, 2) and data[5] in (1, 2) and data[6] == 1:
         return "elf"
     if dfuse_file.is_dfuse(data):
         return "dfu"
@@ -108,6 +109,10 @@ def load_bytes(
 ) -> Image:
     """:func:`load` for bytes already in memory; ``source`` names them in messages."""
     kind = normalize_format(fmt) if fmt else (sniff(data) or format_from_extension(source) or "bin")
+    if not fmt and address is not None and kind not in ("bin", "dfu-bin") and format_from_extension(source) == "bin":
+        # "app.bin --address X": the user said it is a raw binary; its bytes may look like
+        # anything (a binary can start with ':' or even the ELF magic)
+        kind = "bin"
     if address is not None and kind not in ("bin", "dfu-bin"):
         raise UsageError(
             f"{source}: --address applies only to raw binaries; this {kind} file carries its own addresses"

@@ -16,6 +16,7 @@ its link, so workers share only the ledger, the report and the event sink (all l
 
 from __future__ import annotations
 
+import datetime
 import threading
 import time
 from collections.abc import Callable
@@ -273,6 +274,7 @@ class BatchRunner:
         res = BoardResult(target.label, port=target.spec, image_crc=self.image_crc, started=_now())
         t0 = time.monotonic()
         reservation = None
+        stamp = datetime.datetime.now(datetime.timezone.utc)
         uid: str | None = None
         last_exc: StmflashError | None = None
         for attempt in range(1, job.retries + 2):
@@ -294,16 +296,18 @@ class BatchRunner:
                 image = self.image
                 if job.serial is not None:
                     assert self.ledger is not None
+                    fmt = job.serial.fmt
                     if reservation is None or (uid is not None and reservation.uid != uid):
                         if reservation is not None:
                             self.ledger.failed(reservation.n, "board changed during retries", uid=reservation.uid)
+                        stamp = datetime.datetime.now(datetime.timezone.utc)  # one date for ledger and flash
                         reservation = self.ledger.reserve(
-                            uid, target=target.label, serial_of=lambda n, u=uid: job.serial.fmt.text(n, uid=u)
+                            uid, target=target.label, serial_of=lambda n, u=uid, t=stamp, f=fmt: f.text(n, uid=u, now=t)
                         )
                     n = reservation.n
                     res.serial_number = n
-                    res.serial = job.serial.fmt.text(n, uid=uid)
-                    image = merge_serial(image, job.serial.address, job.serial.encode(n, uid), device)
+                    res.serial = fmt.text(n, uid=uid, now=stamp)
+                    image = merge_serial(image, job.serial.address, fmt.encode(n, uid=uid, now=stamp), device)
                 self.events.emit("identified", target.label, device=res.device, uid=uid, serial=res.serial or None,
                                  attempt=attempt)
                 from stmflash.pipeline import program
@@ -312,7 +316,9 @@ class BatchRunner:
                 program(link, image, erase=job.erase, verify=job.verify, after=after, reporter=rep)
                 if job.protect.any or job.option_bytes is not None:
                     res.protection = apply_protection(link, job, image, rep)
-                    if job.after == "go" and job.protect.rdp == 0:
+                    if job.after != "stay":
+                        # the ROM re-entered itself after the option change; Go is refused
+                        # under RDP, so a reset (best effort) is how the board starts its app
                         rep.phase("reset")
                         _safe(link.reset)
                 rep.close()

@@ -129,6 +129,12 @@ class UartLink:
         finally:
             self.bl.ser.close()
 
+    def __enter__(self) -> UartLink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 def connect(
     port: str,
