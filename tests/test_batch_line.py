@@ -244,3 +244,10 @@ def test_command_line_overrides_job(tmp_path, capsys):
     assert chip.mode == "bootloader" and chip.reset_count == 0  # --after stay beat after = "go"
     start = [json.loads(x) for x in out.splitlines() if '"start"' in x][0]
     assert start["targets"] == ["sim://F407?chip=ovr-b&seed=2"]
+
+
+def test_rdp2_confirmed_is_still_refused_before_any_board(tmp_path, capsys):
+    code, out, err = run_cli(["batch", HEX, "sim://F407?chip=rdp2-conf", "--protect", "rdp2",
+                              "--i-understand-rdp2-is-permanent", "--report-dir", str(tmp_path / "r")], capsys)
+    assert code == EXIT_USAGE and "rdp2 is not supported" in err
+    assert registry.get("rdp2-conf") is None  # never opened
