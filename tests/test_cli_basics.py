@@ -35,3 +35,15 @@ def test_unknown_command_is_usage_error():
     p = run_cli("frobnicate")
     assert p.returncode == 2
     assert "Traceback" not in p.stderr
+
+
+def test_shell_completion_through_click():
+    import os
+
+    env = dict(os.environ, COMP_WORDS="stmflash ima", COMP_CWORD="1", _STMFLASH_COMPLETE="bash_complete")
+    p = subprocess.run([sys.executable, "-m", "stmflash"], capture_output=True, text=True, env=env, timeout=60)
+    # click answers "type,value" lines; the lazy group must still offer its sub-commands
+    assert "plain,image" in p.stdout.splitlines(), p.stdout + p.stderr
+    env.update(COMP_WORDS="stmflash image co", COMP_CWORD="2")
+    p = subprocess.run([sys.executable, "-m", "stmflash"], capture_output=True, text=True, env=env, timeout=60)
+    assert "plain,convert" in p.stdout.splitlines(), p.stdout + p.stderr

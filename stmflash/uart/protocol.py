@@ -266,8 +266,8 @@ class Bootloader:
             self.log(f"unexpected 0x{b:02X} while syncing")
         raise LinkError(
             f"no answer from the chip on {self.name} to 0x7F (is it in its bootloader — BOOT0 "
-            "high, reset — and wired RX/TX crossed? try --enter pins:..., a lower --baud, or "
-            "--parity)"
+            "high and reset, not running its application after a Go — and RX/TX crossed? "
+            "try --enter pins:... or --enter command, a lower --baud, or --parity)"
         )
 
     def _resync(self, max_bytes: int = 1200) -> bool:
