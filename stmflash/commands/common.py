@@ -133,9 +133,14 @@ def describe_result(result: Any) -> str:
     d = result.to_dict()
     speed = d["bytes_written"] / result.duration_s / 1024 if result.duration_s > 0 else 0.0
     verified = f"verified ({d['verify_method']})" if d["verified"] else "NOT verified (--no-verify)"
+    after = {
+        "go": "; application started",
+        "reset": "; chip reset",
+        "leave": "; application started (leave)",
+    }.get(str(d.get("after")), "; chip left in its bootloader")
     return (
         f"wrote {d['bytes_written']} bytes to {d['device']} in {d['duration_s']:.2f}s "
-        f"({speed:.1f} KiB/s), {verified}, image CRC32 {d['image_crc32']}"
+        f"({speed:.1f} KiB/s), {verified}, image CRC32 {d['image_crc32']}{after}"
     )
 
 

@@ -26,21 +26,27 @@ from __future__ import annotations
 
 from collections.abc import Generator
 
+from stmflash.an3155 import (  # noqa: F401  (re-exported for callers of this module)
+    ACK,
+    CRC_INIT,
+    CRC_POLY,
+    ERASE,
+    EXT_ERASE,
+    GET,
+    GET_CHECKSUM,
+    GET_ID,
+    GET_VERSION,
+    GO,
+    NACK,
+    READ,
+    READOUT_PROTECT,
+    READOUT_UNPROTECT,
+    SYNC,
+    WRITE,
+    WRITE_PROTECT,
+    WRITE_UNPROTECT,
+)
 from stmflash.sim.chip import AccessError, PowerLoss, VirtualChip
-
-ACK = 0x79
-NACK = 0x1F
-SYNC = 0x7F
-
-GET, GET_VERSION, GET_ID = 0x00, 0x01, 0x02
-READ, GO, WRITE = 0x11, 0x21, 0x31
-ERASE, EXT_ERASE = 0x43, 0x44
-WRITE_PROTECT, WRITE_UNPROTECT = 0x63, 0x73
-READOUT_PROTECT, READOUT_UNPROTECT = 0x82, 0x92
-GET_CHECKSUM = 0xA1
-
-CRC_POLY = 0x04C11DB7
-CRC_INIT = 0xFFFFFFFF
 
 _Machine = Generator[None, int, None]
 

@@ -31,42 +31,29 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from stmflash.an3155 import (  # noqa: F401  (re-exported for callers of this module)
+    ACK,
+    COMMAND_NAMES,
+    CRC_INIT,
+    CRC_POLY,
+    ERASE,
+    EXT_ERASE,
+    GET,
+    GET_CHECKSUM,
+    GET_ID,
+    GET_VERSION,
+    GO,
+    NACK,
+    READ,
+    READOUT_PROTECT,
+    READOUT_UNPROTECT,
+    SYNC,
+    WRITE,
+    WRITE_PROTECT,
+    WRITE_UNPROTECT,
+)
 from stmflash.devices import Device, lookup
 from stmflash.errors import LinkError, NackError, ProtectionError, TimeoutError_, UsageError
-
-ACK = 0x79
-NACK = 0x1F
-SYNC = 0x7F
-
-GET, GET_VERSION, GET_ID = 0x00, 0x01, 0x02
-READ, GO, WRITE = 0x11, 0x21, 0x31
-ERASE, EXT_ERASE = 0x43, 0x44
-WRITE_PROTECT, WRITE_UNPROTECT = 0x63, 0x73
-READOUT_PROTECT, READOUT_UNPROTECT = 0x82, 0x92
-GET_CHECKSUM = 0xA1
-
-CRC_POLY = 0x04C11DB7
-CRC_INIT = 0xFFFFFFFF
-
-COMMAND_NAMES = {
-    GET: "Get",
-    GET_VERSION: "Get Version",
-    GET_ID: "Get ID",
-    READ: "Read Memory",
-    GO: "Go",
-    WRITE: "Write Memory",
-    ERASE: "Erase",
-    EXT_ERASE: "Extended Erase",
-    WRITE_PROTECT: "Write Protect",
-    WRITE_UNPROTECT: "Write Unprotect",
-    READOUT_PROTECT: "Readout Protect",
-    READOUT_UNPROTECT: "Readout Unprotect",
-    GET_CHECKSUM: "Get Checksum",
-    0x32: "No-Stretch Write Memory",
-    0x45: "No-Stretch Erase",
-    0x50: "Special",
-    0x51: "Extended Special",
-}
 
 MAX_BLOCK = 256
 MAX_PAGES_LEGACY = 255  # 0x43: N-1 in one byte, 0xFF means global erase
