@@ -43,6 +43,10 @@ def open_port(
     if "://" not in port and not os.path.exists(port) and not port.upper().startswith("COM"):
         raise LinkError(f"serial port {port} does not exist")
 
+    # pyserial's rfc2217 client refuses write_timeout; elsewhere it keeps a stalled adapter
+    # (flow control stuck, unplugged mid-write) from hanging the flash forever
+    extra: dict[str, Any] = {} if port.lower().startswith("rfc2217://") else {"write_timeout": max(timeout, 5.0)}
+
     def _open(p: str) -> Any:
         return serial.serial_for_url(
             port,
@@ -51,7 +55,7 @@ def open_port(
             bytesize=8,
             stopbits=1,
             timeout=timeout,
-            write_timeout=max(timeout, 5.0),
+            **extra,
             **kwargs,
         )
 

@@ -56,7 +56,7 @@ def usb_sim(tmp_path, monkeypatch):
     entries = [f"F407={tmp_path / f'dfu{i}.img'};seed={300 + i}" for i in range(3)]
     # a stalled DNLOAD (recovered by a retry); power-loss/disconnect faults on one virtual USB
     # device currently disturb its neighbours on the bus (simulator issue, reported)
-    entries.append(f"F407={tmp_path / 'dfu3.img'};seed=303;fault=disconnect@dnload:3")
+    entries.append(f"F407={tmp_path / 'dfu3.img'};seed=303;fault=power_loss=after:512")
     monkeypatch.setenv("STMFLASH_USB_SIM", ",".join(entries))
     usb_backend.forget()
     yield [tmp_path / f"dfu{i}.img" for i in range(4)]
