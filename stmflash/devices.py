@@ -126,6 +126,8 @@ class Device:
     mass_erase_ms: tuple[float, float] | None = None
     program_ms_per_256: tuple[float, float] = (3.0, 10.0)
     dfu: dict[str, Any] = field(default_factory=dict)
+    # option-byte layout as the ROM presents it (stmflash.option_bytes); {} = not known
+    ob_layout: dict[str, Any] = field(default_factory=dict)
     note: str = ""
     generic: bool = False
 
@@ -327,6 +329,7 @@ class Device:
             "mass_erase_ms": list(self.mass_erase_time_ms()),
             "program_ms_per_256": list(self.program_ms_per_256),
             "dfu": ({**self.dfu, "alts": self.dfu_alts()} if "dfu" in self.interfaces and self.dfu else None),
+            "ob_layout": self.ob_layout or None,
             "generic": self.generic,
             "note": self.note,
         }
@@ -391,6 +394,10 @@ def _build(entry: dict[str, Any]) -> Device:
             kw[key] = {int(k): _pair(v) for k, v in value.items()}
         elif key in ("bl_ids", "aliases", "interfaces", "usart_commands"):
             kw[key] = tuple(value)
+        elif key == "ob_layout" and isinstance(value, str):
+            if value != "unknown":
+                raise ValueError(f"ob_layout must be a table or \"unknown\", not {value!r}")
+            kw[key] = {}
         else:
             kw[key] = value
     return Device(**kw)

@@ -54,9 +54,8 @@ def usb_sim(tmp_path, monkeypatch):
     from stmflash.sim import usb_backend
 
     entries = [f"F407={tmp_path / f'dfu{i}.img'};seed={300 + i}" for i in range(3)]
-    # a stalled DNLOAD (recovered by a retry); power-loss/disconnect faults on one virtual USB
-    # device currently disturb its neighbours on the bus (simulator issue, reported)
-    entries.append(f"F407={tmp_path / 'dfu3.img'};seed=303;fault=stall@dnload:3")
+    # a disconnect in mid-DNLOAD on one USB board: only that board may fail (or pass on retry)
+    entries.append(f"F407={tmp_path / 'dfu3.img'};seed=303;fault=disconnect@dnload:3")
     monkeypatch.setenv("STMFLASH_USB_SIM", ",".join(entries))
     usb_backend.forget()
     yield [tmp_path / f"dfu{i}.img" for i in range(4)]
@@ -246,8 +245,25 @@ def test_command_line_overrides_job(tmp_path, capsys):
     assert start["targets"] == ["sim://F407?chip=ovr-b&seed=2"]
 
 
-def test_rdp2_confirmed_is_still_refused_before_any_board(tmp_path, capsys):
+def test_rdp2_confirmed_is_set_through_the_option_bytes(tmp_path, capsys):
     code, out, err = run_cli(["batch", HEX, "sim://F407?chip=rdp2-conf", "--protect", "rdp2",
                               "--i-understand-rdp2-is-permanent", "--report-dir", str(tmp_path / "r")], capsys)
-    assert code == EXIT_USAGE and "rdp2 is not supported" in err
-    assert registry.get("rdp2-conf") is None  # never opened
+    assert code == 0, err
+    chip = registry.get("rdp2-conf")
+    assert chip.rdp_level == 2 and chip.option_bytes()[1] == 0xCC  # F4: RDP is byte 1
+    image = load(HEX)
+    seg = image.segments[0]
+    assert bytes(chip.flash[seg.address - FLASH:][: len(seg.data)]) == bytes(seg.data)  # verified first
+    assert run_cli(["uart", "sim://F407?chip=rdp2-conf", "--timeout", "0.05", "--retries", "1"], capsys)[0] == 3
+
+
+def test_rdp2_refused_where_the_layout_is_unknown(tmp_path, capsys):
+    code, out, err = run_cli(["batch", HEX, "sim://H743?chip=rdp2-h7a", "--device", "H743", "--protect", "rdp2",
+                              "--i-understand-rdp2-is-permanent", "--report-dir", str(tmp_path / "r")], capsys)
+    assert code == EXIT_USAGE and "option-byte layout of H743 is not in the table" in err
+    assert registry.get("rdp2-h7a") is None  # refused before any board was opened
+    code, out, err = run_cli(["batch", HEX, "sim://H743?chip=rdp2-h7b", "--protect", "rdp2",
+                              "--i-understand-rdp2-is-permanent", "--report-dir", str(tmp_path / "r2")], capsys)
+    assert code == EXIT_BATCH
+    chip = registry.get("rdp2-h7b")
+    assert chip.rdp_level == 0 and bytes(chip.flash[:64]) == b"\xff" * 64  # refused before flashing

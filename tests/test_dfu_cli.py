@@ -85,6 +85,8 @@ def test_multi_target_dfu_file(name, sim, tmp_path, capsys):
     ob_addr = {"F407": 0x1FFFC000, "G474": 0x1FFF7800, "H743": 0x5200201C}[name]
     ob = bytearray(chip.option_bytes().ljust(ob_len, b"\xff")[:ob_len])
     ob[2], ob[3] = 0x3C, 0xC3
+    if name == "G474":  # G4: the complement word of OPTR follows it (the chip rewrites it)
+        ob[6], ob[7] = 0xC3, 0x3C
     img = Image(alt_names={0: "Internal Flash", 1: "Option Bytes"})
     a, b = firmware(6000, 7), firmware(3000, 8)[8:]
     img.add(0x08000000, a, alt=0)
@@ -160,7 +162,7 @@ def test_option_bytes_read_and_write(sim, capsys):
     bus = sim("F407")
     code, out, err = run(["dfu", "--read-option-bytes"], capsys)
     assert code == 0, err
-    assert "option bytes @0x1FFFC000: aa 55 ff 00" in out
+    assert "option bytes @0x1FFFC000: ec aa ff ff" in out  # F4: USER, then RDP 0xAA (level 0)
     new = "aa55 1234 ff00 ff00 ff00 ff00 ff00 ff00"
     resets = bus.devices[0].chip.reset_count
     code, out, err = run(["dfu", "--write-option-bytes", new, "--json"], capsys)

@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from stmflash import devices
+from stmflash.errors import UsageError
 from stmflash.sim import open_serial, registry
 from stmflash.sim.an3155 import ACK, NACK, An3155Rom, crc32_words
 from stmflash.sim.chip import VirtualChip
@@ -278,7 +279,9 @@ def test_double_nack_under_rdp_when_configured() -> None:
 
 
 def test_rdp_level2_chip_is_silent() -> None:
-    h = Host(F1, "f1")
+    with pytest.raises(UsageError, match="no RDP level 2"):
+        VirtualChip(F1).set_rdp(2)  # F1 has no level 2 (PM0075)
+    h = Host(G0, "g0")
     h.chip.set_rdp(2)
     assert h.sync() == b""
     assert h.cmd(0x00) == b""
@@ -289,7 +292,8 @@ def test_write_protect_unprotect_reset_and_silent_refusal() -> None:
     h.sync()
     assert h.cmd(0x63) == bytes([ACK])
     assert h.x(bytes([0, 0, 0])) == bytes([ACK])  # protect group 0 (pages 0..3)
-    assert h.chip.wrp == set(range(h.chip.wrp_group_size)) and h.chip.reset_count == 1
+    assert h.chip.wrp == set(range(4)) and h.chip.reset_count == 1
+    assert h.chip.option_bytes()[8:10] == b"\xfe\x01"  # F1 WRP0 bit 0 cleared, nWRP0
     h.sync()
     assert h.write(F1.flash_start, b"\x00" * 4)[-1] == ACK  # ACKed ...
     assert h.chip.flash[:4] == b"\xff" * 4  # ... but nothing written

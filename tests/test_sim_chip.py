@@ -79,13 +79,14 @@ def test_erase_units_banks_and_mass_with_wrp() -> None:
 def test_option_bytes_encode_rdp_and_wrp() -> None:
     chip = VirtualChip(F1)
     ob = bytearray(chip.option_bytes())
-    assert ob[0] == 0xAA
+    assert ob[:2] == b"\xa5\x5a"  # F1: RDP 0xA5 = level 0, then its complement (PM0075)
     ob[0] = 0x00
     chip.write_option_bytes(bytes(ob))
     assert chip.rdp_level == 1 and chip.reset_count == 1
+    assert chip.option_bytes()[1] == 0xFF  # the complement is written by the chip
     chip.write_protect([5])
-    assert chip.wrp == set(range(4, 8))
-    assert chip.option_bytes()[8] == 0xFD  # group 1 (pages 4-7): bit 1 cleared
+    assert chip.wrp == set(range(4, 8))  # one WRP bit per 4 KiB: pages 4-7
+    assert chip.option_bytes()[8:10] == b"\xfd\x02"  # WRP0 bit 1 cleared, nWRP0
     chip.write_unprotect()
     assert chip.wrp == set()
 

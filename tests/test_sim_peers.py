@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from stmflash import devices
-from stmflash.sim.chip import VirtualChip, flash_bytes, load_image_file, rdp_level_of
+from stmflash.sim.chip import VirtualChip, flash_bytes, load_image_file
 from tests.peers import require, run
 
 pytestmark = pytest.mark.peer
@@ -152,7 +152,11 @@ def test_stm32loader_write_verify_read(tmp_path: Path, key: str) -> None:
 
 
 def _rdp(image: Path) -> int:
-    return rdp_level_of(load_image_file(image)[1]["option_bytes"][0])
+    """RDP level stored in an image file, decoded with the family's option-byte layout."""
+    from stmflash import devices, option_bytes
+
+    header, regions = load_image_file(image)
+    return option_bytes.rdp_level(devices.lookup(header["pid"]), regions["option_bytes"])
 
 
 @pytest.mark.parametrize("key", ["G0-0x460", "F1-0x410"])

@@ -167,10 +167,12 @@ def _run(args: tuple[str, ...], job_file: str | None, o: dict[str, Any]) -> None
 
         check_serial_address(image, job.serial.address, len(job.serial.encode(job.serial.first)), device)
     targets = expand_targets(job.targets, loop=job.loop)
-    if job.protect.rdp == 2:
-        # AN3155's Readout Protect sets level 1 only; level 2 needs per-family option-byte
-        # layouts that no link writes yet. Refuse before any board is touched.
-        raise UsageError("--protect rdp2 is not supported by stmflash's links yet; nothing was programmed")
+    if job.protect.rdp == 2 and device is not None:
+        # level 2 is written through the family's option-byte layout: refuse parts whose
+        # layout the table does not hold before any board is touched
+        from stmflash import option_bytes as obl
+
+        obl.set_rdp(device, obl.default_ob(device), 2)
     dfu = [t.label for t in targets if t.is_dfu]
     if dfu and job.protect.any:
         from stmflash.dfu.link import DfuLink

@@ -67,6 +67,9 @@ def _needs_device(path: str, address: int | None) -> bool:
 @click.option("--read", "read_out", metavar="OUT", help="Read memory into OUT (.bin/.hex/.srec...).")
 @click.option("--start", type=INT, default=None, help="Start address for --read (default: start of the alt).")
 @click.option("--length", type=INT, default=None, help="Length for --read (default: to the end of the alt).")
+@click.option("--protect", is_flag=True, help="Enable readout protection (RDP level 1) at the end.")
+@click.option("--write-unprotect", is_flag=True, help="Remove write protection first.")
+@click.option("--write-protect", metavar="UNITS", help="Write-protect sectors/pages (e.g. 0-3,7) at the end.")
 @click.option("--read-option-bytes", is_flag=True, help="Print the option bytes (read through their alt).")
 @click.option("--write-option-bytes", metavar="FILE|HEX", help="Write the whole option-byte area (the chip resets).")
 @click.option("--enter", default="none", show_default=True, metavar="CHAIN",
@@ -111,6 +114,10 @@ def _run(reporter: Any, **kw: Any) -> None:
     if kw["mass_erase"] and kw["erase"] == "none":
         raise UsageError("--mass-erase contradicts --erase none")
     ob_data = _option_bytes_arg(kw["write_option_bytes"]) if kw["write_option_bytes"] else None
+    if kw["write_protect"]:
+        from stmflash.commands.uart_cmd import _parse_units
+
+        kw["wp_units"] = _parse_units(kw["write_protect"])
     vid_pid = None
     if kw["vid_pid"]:
         from stmflash.dfu.usb import parse_vid_pid
@@ -196,6 +203,12 @@ def _session(link: Any, reporter: Any, kw: dict[str, Any], image: Any, file: str
         reporter.info("readout protection removed (the device erased its flash and reset)")
         did = True
 
+    if kw["write_unprotect"]:
+        reporter.phase("unprotect")
+        link.write_unprotect()
+        reporter.info("write protection removed (the device reset)")
+        did = True
+
     if kw["mass_erase"] and not file:
         reporter.phase("erase", device.flash_size)
         link.mass_erase()
@@ -210,7 +223,8 @@ def _session(link: Any, reporter: Any, kw: dict[str, Any], image: Any, file: str
             if not all(alt.layout.contains(s.address, len(s.data)) for s in image.segments):
                 raise UsageError(f"{file}: data lies outside alternate setting {alt.name!r} ({alt.layout.describe()})")
         image, ob_segments = _split_option_bytes(image, link)
-        leave_after = kw["leave"] and not ob_segments and not ob_data and not kw["read_out"]
+        leave_after = (kw["leave"] and not ob_segments and not ob_data and not kw["read_out"]
+                       and not kw["protect"] and not kw.get("wp_units"))
         if image:
             result = program(
                 link,
@@ -257,7 +271,25 @@ def _session(link: Any, reporter: Any, kw: dict[str, Any], image: Any, file: str
         fields["option_bytes"] = [{"address": a, "data": d.hex()} for a, d in ob_read]
         did = True
 
-    if kw["leave"] and (result is None or result.started != "go"):
+    # protection last, after the flash verified: RDP would refuse the read-back
+    if kw.get("wp_units"):
+        reporter.phase("protect")
+        link.write_protect(kw["wp_units"])
+        reporter.info("write protection set on units " + ",".join(str(u) for u in kw["wp_units"]))
+        did = True
+    if kw["protect"]:
+        reporter.phase("protect")
+        link.readout_protect()
+        reporter.info("readout protection enabled (RDP level 1)")
+        did = True
+
+    if kw["leave"] and kw["protect"]:
+        reporter.phase("leave")  # SET_ADDRESS is refused now: leave from the flash start
+        link.reset()
+        fields["left"] = f"0x{device.flash_start:08X}"
+        if result is not None:
+            result.started = "leave"
+    elif kw["leave"] and (result is None or result.started != "go"):
         target = kw["address"] if kw["address"] is not None else device.flash_start
         if image is not None and image:
             target = start_address(image, device)
@@ -294,7 +326,7 @@ def _verify_ob(link: Any, address: int, data: bytes) -> None:
     for start, blob in back.items():
         if start <= address < start + len(blob):
             got = blob[address - start : address - start + len(data)]
-            if got != data:
+            if got != data and got != _ob_encoded(link, address, data):
                 raise VerifyError(f"option bytes at 0x{address:08X} read back as {got.hex()} after writing {data.hex()}")
             return
 
@@ -363,3 +395,23 @@ def _protection(link: Any) -> str:
 
 
 __all__ = ["dfu"]
+
+
+def _ob_encoded(link: Any, address: int, data: bytes) -> bytes | None:
+    """``data`` as the chip stores it: the flash interface rewrites the complement bytes,
+    so a whole option-byte area reads back in the family encoding, not as sent."""
+    from stmflash import option_bytes as obl
+    from stmflash.errors import UsageError
+
+    dev = link.device
+    alt = link.option_bytes_alt()
+    first = alt.layout.regions()[0][0]
+    size = dev.option_bytes.size if dev.option_bytes is not None else len(data)
+    virtual = bool(getattr(link.info, "virtual", False))
+    at_area = address == first and (virtual or (dev.option_bytes is not None and dev.option_bytes.start == first))
+    if not at_area or len(data) < size:
+        return None
+    try:
+        return obl.normalize(dev, data[:size], fallback=virtual) + data[size:]
+    except UsageError:
+        return None

@@ -123,9 +123,15 @@ def _print_info(info: Any, device: Any) -> None:
 @click.option("--range", "range_", metavar="START:LENGTH", help="Range for --read (or START..END).")
 @click.option("--erase-only", is_flag=True, help="Only erase (--erase all or --erase START:LENGTH).")
 @click.option("--protect", is_flag=True, help="Enable readout protection (RDP level 1) at the end.")
+@click.option("--protect-level", type=click.IntRange(1, 2), default=None, metavar="1|2",
+              help="Readout protection level to set at the end (2 is permanent: needs --i-understand-rdp2-is-permanent).")
+@click.option("--i-understand-rdp2-is-permanent", "rdp2_ok", is_flag=True,
+              help="Required for RDP level 2 (--protect-level 2, or option bytes that set it).")
 @click.option("--unprotect", is_flag=True, help="Remove readout protection first (mass-erases the flash).")
 @click.option("--write-unprotect", is_flag=True, help="Remove write protection first.")
-@click.option("--write-protect", metavar="UNITS", help="Write-protect sectors/groups (e.g. 0-3,7) at the end.")
+@click.option("--write-protect", metavar="UNITS",
+              help="Write-protect these pages/sectors (e.g. 0-3,7) at the end; where one option bit "
+              "covers several units, their whole group is protected.")
 @click.option("--read-option-bytes", is_flag=True, help="Print the option bytes.")
 @click.option("--write-option-bytes", metavar="FILE|HEX", help="Write the option bytes (the chip resets).")
 @click.option("--timeout", type=float, default=0.3, show_default=True, help="Base answer timeout (s).")
@@ -176,6 +182,14 @@ def _run(reporter: Any, **kw: Any) -> None:
     if kw["baud"] <= 0:
         raise UsageError(f"bad --baud {kw['baud']}")
     wp_units = _parse_units(kw["write_protect"]) if kw["write_protect"] else None
+    if kw["protect_level"] is not None:
+        kw["protect"] = True
+    kw["rdp_level"] = kw["protect_level"] or 1
+    if kw["rdp_level"] == 2 and not kw["rdp2_ok"]:
+        raise UsageError(
+            "--protect-level 2 makes the chip permanently unreadable and disables its bootloader "
+            "and debug port for good; add --i-understand-rdp2-is-permanent to really do it"
+        )
     ob_data = _option_bytes_arg(kw["write_option_bytes"]) if kw["write_option_bytes"] else None
     image = None
     if file:
@@ -230,7 +244,7 @@ def _session(
     ob_data: bytes | None,
     json_mode: bool,
 ) -> None:
-    from stmflash.errors import UsageError, VerifyError
+    from stmflash.errors import UsageError
     from stmflash.pipeline import program
 
     info = link.info
@@ -249,13 +263,21 @@ def _session(
         if info.read_protected:
             raise _rdp_error(link)
         reporter.phase("unprotect")
-        link.bl.write_unprotect()
+        link.write_unprotect()
         reporter.info("write protection removed")
         did = True
 
     wants_memory = bool(file or kw["erase_only"] or kw["read_out"] or wp_units or ob_data or kw["read_option_bytes"])
     if info.read_protected and wants_memory:
         raise _rdp_error(link)
+    if wp_units or (kw["rdp_level"] == 2 and kw["protect"]):
+        # refuse a protection the table cannot encode before anything is flashed
+        from stmflash import option_bytes as obl
+
+        if wp_units:
+            obl.wrp_codes(device, wp_units)
+        if kw["protect"] and kw["rdp_level"] == 2:
+            obl.set_rdp(device, obl.default_ob(device), 2)
 
     result = None
     if kw["erase_only"]:
@@ -305,46 +327,35 @@ def _session(
 
     ob_read: bytes | None = None
     if ob_data is not None:
-        if device.option_bytes is None:
-            raise UsageError(f"no option-byte address known for {device.name}")
-        if len(ob_data) > device.option_bytes.size or len(ob_data) % 4:
-            raise UsageError(
-                f"option bytes: {len(ob_data)} bytes given; {device.name} takes up to "
-                f"{device.option_bytes.size}, a multiple of 4"
-            )
         reporter.phase("options")
-        link.bl.write_memory(device.option_bytes.start, ob_data)
-        link.bl._after_reset("the option-byte write")
-        back = link.read(device.option_bytes.start, len(ob_data))
-        if back != ob_data:
-            raise VerifyError(
-                f"option bytes read back as {back.hex()} after writing {ob_data.hex()}"
-            )
-        reporter.info("option bytes written and verified")
+        link.write_option_bytes(ob_data, confirm_permanent=kw["rdp2_ok"])
+        reporter.info("option bytes written")
         did = True
     if kw["read_option_bytes"]:
-        if device.option_bytes is None:
-            raise UsageError(f"no option-byte address known for {device.name}")
-        ob_read = link.read(device.option_bytes.start, device.option_bytes.size)
+        ob_read = link.read_option_bytes()
         did = True
 
     if wp_units:
         reporter.phase("protect")
-        link.bl.write_protect(wp_units)
+        link.write_protect(wp_units)
         reporter.info("write protection set on " + ",".join(str(u) for u in wp_units))
         did = True
     if kw["protect"]:
         reporter.phase("protect")
-        link.bl.readout_protect()
-        reporter.info("readout protection enabled (RDP level 1)")
+        level = kw["rdp_level"]
+        link.readout_protect(level, confirm_permanent=kw["rdp2_ok"])
+        reporter.info(
+            "readout protection enabled (RDP level 1)" if level == 1
+            else "RDP level 2 set: the bootloader and debug port are disabled for good"
+        )
         did = True
     if result is not None and (wp_units or ob_data or kw["protect"] or kw["read_out"]):
         if kw["after"] == "go" and not kw["protect"]:
             from stmflash.pipeline import start_address
 
             link.start(start_address(image, device))
-        elif kw["after"] == "reset":
-            link.reset()
+        elif kw["after"] == "reset" and not (kw["protect"] and kw["rdp_level"] == 2):
+            link.reset()  # (at level 2 the chip has reset itself and answers no more)
     reporter.close()
 
     # ---- report ----------------------------------------------------------------------------
@@ -353,12 +364,18 @@ def _session(
         fields.update(result.to_dict())
     if ob_read is not None:
         fields["option_bytes"] = ob_read.hex()
+        fields.update(_decode_ob(device, ob_read))
     fields["retries"] = link.bl.retried
     reporter.result(ok=True, **fields)
     if json_mode:
         return
     if ob_read is not None:
         click.echo(f"option bytes @0x{device.option_bytes.start:08X}: {ob_read.hex(' ')}")
+        decoded = _decode_ob(device, ob_read)
+        if decoded:
+            wrp = decoded["wrp_units"]
+            click.echo(f"RDP level {decoded['rdp_level']}; write-protected units: "
+                       + (",".join(map(str, wrp)) if wrp else "none"))
     if result is not None:
         if not kw["quiet"]:
             click.echo(describe_result(result), err=True)
@@ -366,6 +383,15 @@ def _session(
         _print_info(info, device)
     if result is None and did and not kw["quiet"] and ob_read is None:
         click.echo("done", err=True)
+
+
+def _decode_ob(device: Any, ob: bytes) -> dict[str, Any]:
+    """RDP level and protected units, when the table knows the family's layout."""
+    from stmflash import option_bytes as obl
+
+    if not obl.supported(device) or len(ob) != device.option_bytes.size:
+        return {}
+    return {"rdp_level": obl.rdp_level(device, ob), "wrp_units": sorted(obl.wrp_units(device, ob))}
 
 
 def _rdp_error(link: Any) -> Exception:

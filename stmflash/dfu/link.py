@@ -195,7 +195,15 @@ class DfuLink:
     def reset(self) -> None:
         """DfuSe has no reset request: leave to the flash start (the ROM resets when no
         valid application is there)."""
-        self.start(self.device.flash_start)
+        self.select(FLASH)
+        try:
+            self.proto.leave(self.device.flash_start)
+        except ProtectionError:
+            # readout protection refuses SET_ADDRESS; after its reset the ROM's pointer
+            # already is the flash start, so leave from there
+            self.proto.to_idle("leaving DFU under readout protection")
+            self.proto.leave(None)
+        self.close()
 
     # ---- beyond the pipeline ---------------------------------------------------------------
     def get_commands(self) -> bytes:
@@ -232,6 +240,117 @@ class DfuLink:
         except DeviceGone:
             pass
         self.reconnect()
+
+    # ---- protection: the option bytes, rewritten through their alt ---------------------------
+    def _ob_rules(self) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any], Callable[..., Any]]:
+        """(rdp_level, set_rdp, wrp_units, set_wrp) for this device's option-byte layout.
+
+        Only the table's layout is ever used on a real chip (a wrong guess can lock it);
+        a virtual chip whose layout is not in the table uses the simulator's fallback,
+        which is what that chip itself uses.
+        """
+        from stmflash import option_bytes as obl
+
+        dev = self.device
+        if obl.supported(dev):
+            return obl.rdp_level, obl.set_rdp, obl.wrp_units, obl.set_wrp
+        if self.info.virtual:
+            def set_wrp(d: Device, ob: bytes, units: list[int]) -> bytes:
+                return obl.sim_set_codes(d, ob, obl.sim_codes(d, units))
+
+            return obl.sim_rdp_level, obl.sim_set_rdp, obl.sim_wrp_units, set_wrp
+        obl.layout_of(dev)  # raises the UsageError naming the device
+        raise AssertionError("unreachable")
+
+    def _ob_area(self) -> tuple[int, bytes, int]:
+        """(address, bytes of the alt's first region, length of the layout's area in it)."""
+        alt = self.option_bytes_alt()
+        start, end = alt.layout.regions()[0]
+        ob = self.device.option_bytes
+        size = ob.size if ob is not None else end - start
+        if not self.info.virtual and (ob is None or ob.start != start):
+            where = f"0x{ob.start:08X}" if ob is not None else "unknown"
+            raise UsageError(
+                f"{self.device.short_name}: the DFU option-bytes alt starts at 0x{start:08X}, not at the "
+                f"option-byte area whose layout stmflash knows ({where}); protection over DFU is not supported"
+            )
+        if end - start < size:
+            raise UsageError(
+                f"{self.device.short_name}: the DFU option-bytes alt holds {end - start} bytes, "
+                f"the option-byte layout needs {size}"
+            )
+        return start, self.read_option_bytes()[0][1], size
+
+    def _rewrite_ob(self, change: Callable[[bytes], bytes], what: str) -> bytes:
+        """Apply ``change`` to the option bytes, write them (the ROM resets and comes back on
+        the same port), and return them as read back afterwards."""
+        start, area, size = self._ob_area()
+        new = change(area[:size])
+        if new != area[:size]:
+            self.write_option_bytes(new + area[size:], start)
+        back = self._ob_area()[1][:size]
+        if back != new:
+            from stmflash.errors import VerifyError
+
+            raise VerifyError(
+                f"{what} at {self.info.path}: option bytes read back as {back.hex()} after writing {new.hex()}"
+            )
+        return back
+
+    def readout_protect(self, level: int = 1, *, confirm_permanent: bool = False) -> None:
+        """Set readout protection through the option bytes (the ROM resets and comes back).
+
+        Level 1 keeps the bootloader but it refuses flash access (errVENDOR). Level 2
+        disables the bootloader and debug for good: only with ``confirm_permanent``, and
+        the device is not waited for afterwards (it never enumerates in DFU mode again).
+        """
+        rdp_level, set_rdp, _, _ = self._ob_rules()
+        dev = self.device
+        if level not in (1, 2):
+            raise UsageError(f"RDP level {level}: only 1 or 2 can be set")
+        if level == 2:
+            if not confirm_permanent:
+                raise UsageError(
+                    "RDP level 2 is permanent (no bootloader, no debug, ever); pass "
+                    "--i-understand-rdp2-is-permanent to really do it"
+                )
+            start, area, size = self._ob_area()
+            new = set_rdp(dev, area[:size], 2) + area[size:]
+            self.select(self.option_bytes_alt())
+            try:
+                self.proto.download(start, new, 5.0, expect_reset=True)
+            except DeviceGone:
+                pass
+            self.close()
+            return
+        back = self._rewrite_ob(lambda ob: set_rdp(dev, ob, level), f"setting RDP level {level}")
+        if rdp_level(dev, back) != level:
+            raise ProtectionError(f"{self.info.path}: RDP level is {rdp_level(dev, back)} after setting {level}")
+
+    def write_protect(self, units: Sequence[int]) -> None:
+        """Write-protect the erase units (the option bits covering them; replaces the
+        previous set). The ROM then leaves protected units unchanged on write/erase."""
+        _, _, wrp_units, set_wrp = self._ob_rules()
+        dev = self.device
+        wanted = sorted(set(units))
+        back = self._rewrite_ob(lambda ob: set_wrp(dev, ob, wanted), "write protection")
+        missing = set(wanted) - wrp_units(dev, back)
+        if missing:
+            raise ProtectionError(f"{self.info.path}: units {sorted(missing)} are not write-protected after writing")
+
+    def write_unprotect(self) -> None:
+        """Remove every write protection (option bytes; the ROM resets)."""
+        _, _, wrp_units, set_wrp = self._ob_rules()
+        dev = self.device
+        back = self._rewrite_ob(lambda ob: set_wrp(dev, ob, []), "write unprotection")
+        if wrp_units(dev, back):
+            raise ProtectionError(f"{self.info.path}: units {sorted(wrp_units(dev, back))} are still write-protected")
+
+    def protection(self) -> tuple[int, set[int]]:
+        """(RDP level, write-protected unit indices) as the option bytes say."""
+        rdp_level, _, wrp_units, _ = self._ob_rules()
+        _, area, size = self._ob_area()
+        return rdp_level(self.device, area[:size]), wrp_units(self.device, area[:size])
 
     def read_unprotect(self) -> None:
         """Remove readout protection: the ROM mass-erases the flash and resets."""

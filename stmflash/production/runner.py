@@ -112,7 +112,7 @@ def apply_protection(link: Any, job: JobConfig, image: Image, reporter: Any) -> 
             raise ProtectionError("readout protection is not supported over this link")
         reporter.phase(f"rdp{p.rdp}")
         if p.rdp == 2:
-            fn(level=2)
+            fn(level=2, confirm_permanent=True)  # the job checked the confirmation flag
         else:
             fn()
         done.append(f"rdp{p.rdp}")
@@ -293,6 +293,7 @@ class BatchRunner:
                     res.result = "skipped"
                     return BoardOutcome(res, uid)
                 self._check_device(device)
+                self._check_protection(device, link)
                 image = self.image
                 if job.serial is not None:
                     assert self.ledger is not None
@@ -316,7 +317,7 @@ class BatchRunner:
                 program(link, image, erase=job.erase, verify=job.verify, after=after, reporter=rep)
                 if job.protect.any or job.option_bytes is not None:
                     res.protection = apply_protection(link, job, image, rep)
-                    if job.after != "stay":
+                    if job.after != "stay" and job.protect.rdp != 2:  # level 2: silent for good
                         # the ROM re-entered itself after the option change; Go is refused
                         # under RDP, so a reset (best effort) is how the board starts its app
                         rep.phase("reset")
@@ -357,6 +358,22 @@ class BatchRunner:
         self.events.emit("board", target.label, **fields)
         return BoardOutcome(res, uid)
 
+    def _check_protection(self, device: Any, link: Any) -> None:
+        """Refuse (before flashing) a protection this board's option-byte layout cannot encode."""
+        p = self.job.protect
+        if not (p.wrp or p.rdp == 2):
+            return
+        from stmflash import option_bytes as obl
+
+        if p.rdp == 2:
+            obl.set_rdp(device, obl.default_ob(device), 2)  # UsageError: unknown layout / no level 2
+        if p.wrp:
+            units = set(p.wrp_units or image_units(self.image, device))
+            if self.job.serial is not None and not p.wrp_units:
+                unit = device.unit_at(self.job.serial.address)
+                units |= {unit.index} if unit is not None else set()
+            obl.wrp_codes(device, sorted(units))
+
     def _check_device(self, device: Any) -> None:
         want = self.job.device
         if not want:
@@ -371,60 +388,6 @@ class BatchRunner:
             raise UsageError(f"board is a {device.short_name}, the job expects {expected.short_name}")
 
 
-class _UartBoard:
-    """A UartLink plus the protection steps the batch needs, as the ROM offers them.
-
-    Forwards the Link protocol unchanged; adds ``write_protect(units)``,
-    ``readout_protect(level)`` and ``write_option_bytes(data)`` on top of the AN3155
-    session when the link does not offer them itself (each makes the ROM reset, after
-    which the session re-syncs).
-    """
-
-    def __init__(self, link: Any) -> None:
-        self._link = link
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._link, name)
-
-    def write_protect(self, units: list[int]) -> None:
-        own = getattr(self._link, "write_protect", None)
-        if own is not None:
-            own(units)
-            return
-        # AN3155 Write Protect takes sector codes; where one option bit covers several
-        # units (the device table's WRP groups) the codes are the group numbers.
-        n = len(self.device.erase_units)
-        group = max(1, getattr(self.device, "wrp_group_units", 0) or -(-n // 32))
-        self._link.bl.write_protect(sorted({u // group for u in units}))
-
-    def readout_protect(self, level: int = 1) -> None:
-        own = getattr(self._link, "readout_protect", None)
-        if own is not None:
-            own(level) if level != 1 else own()
-            return
-        if level != 1:
-            raise ProtectionError(f"RDP level {level} cannot be set through the USART bootloader's commands")
-        self._link.bl.readout_protect()
-
-    def write_option_bytes(self, data: bytes) -> None:
-        own = getattr(self._link, "write_option_bytes", None)
-        if own is not None:
-            own(data)
-            return
-        ob = self.device.option_bytes
-        if ob is None:
-            raise StmflashError(f"{self.device.short_name}: option-byte address unknown")
-        if len(data) > ob.size:
-            raise UsageError(f"{len(data)} option bytes given, {self.device.short_name} has {ob.size}")
-        self._link.bl.write_memory(ob.start, data)
-        self._link.bl._after_reset("option-byte write")
-        back = self._link.read(ob.start, len(data))
-        if back != data:
-            from stmflash.errors import VerifyError
-
-            raise VerifyError(f"option bytes read back as {back.hex()} after writing {data.hex()}")
-
-
 class LinkConnector:
     """Reaches boards with the same code as ``stmflash uart`` / ``stmflash dfu``."""
 
@@ -437,9 +400,8 @@ class LinkConnector:
             return self._connect_dfu(target, job)
         from stmflash.uart.link import connect
 
-        link = connect(target.spec, baud=job.baud, parity=job.parity, enter=job.entry, invert=job.invert,
+        return connect(target.spec, baud=job.baud, parity=job.parity, enter=job.entry, invert=job.invert,
                        timeout=self.timeout, retries=self.retries, log=None)
-        return _UartBoard(link)
 
     def _connect_dfu(self, target: Target, job: JobConfig) -> Any:
         from stmflash.dfu import link as dfu_link  # type: ignore[attr-defined]

@@ -389,11 +389,17 @@ class An3155Rom:
         (n,) = yield from self._recv(1)
         codes = yield from self._recv(n + 1)
         (check,) = yield from self._recv(1)
-        if _xor([n, *codes]) != check or any(c >= self.chip.wrp_groups for c in codes):
+        if _xor([n, *codes]) != check:
+            self._nack()
+            return
+        try:  # codes as stmflash.option_bytes.wrp_codes gives them for the family layout
+            self.chip.write_protect_groups(codes, reset=False)
+        except AccessError as exc:
+            self.log.append(f"NACK write protect: {exc}")
             self._nack()
             return
         self._emit(ACK)
-        self.chip.write_protect_groups(codes)
+        self.chip.reset()
 
     def _write_unprotect(self) -> _Machine:
         if self._protected():

@@ -15,20 +15,24 @@ Rules the chip enforces (the same for every device, so clients meet one behaviou
 * a mass erase is refused as a whole (no change) while any unit is write protected;
 * RAM below ``device.ram_usable`` belongs to the bootloader: writes there fail.
 
-Option-byte layout (a simulator convention, the same for every device; see
-:meth:`VirtualChip.option_bytes`): byte 0 RDP (0xAA = level 0, 0xCC = level 2, anything
-else = level 1), byte 1 its complement, bytes 2-7 user/data bytes with complements, bytes
-8-15 four WRP bytes each followed by its complement; a WRP bit at 0 protects one group of
-``wrp_group_size`` erase units (at most 32 groups).
+Option bytes: the family's real layout from the device table (``ob_layout``, decoded by
+:mod:`stmflash.option_bytes`), so Read Memory at the option-bytes address shows what the
+chip shows, and a write there changes RDP/WRP as on the chip (complements recomputed by
+the "flash interface", level 1 -> 0 mass-erases, then a reset). Parts whose layout is not
+in the table use :data:`stmflash.option_bytes.SIM_FALLBACK` (F1-style bytes, one WRP bit
+per ceil(units/32) units) so fixtures still work; clients refuse protection on them.
 
 Image file (``image_path``): one JSON header line, then the raw regions back to back in
 the order the header lists them (``flash``, ``option_bytes``, ``otp`` when present)::
 
-    {"format": "stmflash-sim", "version": 1, "pid": 1043, "bl_id": 49, "uid": "<24 hex>",
+    {"format": "stmflash-sim", "version": 2, "pid": 1043, "bl_id": 49, "uid": "<24 hex>",
      "regions": [{"name": "flash", "address": 134217728, "size": 1048576}, ...]}\\n
     <flash bytes><option bytes><otp bytes>
 
-:func:`load_image_file` / :func:`flash_bytes` read it back for tests.
+:func:`load_image_file` / :func:`flash_bytes` read it back for tests. Version 1 files held
+the option bytes in the old one-for-all simulator convention: they are migrated on load
+(RDP level and protected units carried over); an option-byte region of the wrong size in a
+version 2 file is refused with a message naming the file.
 """
 
 from __future__ import annotations
@@ -36,25 +40,24 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from stmflash import option_bytes as obl
 from stmflash.devices import Device, EraseUnit, Region
 from stmflash.errors import StmflashError, UsageError
 from stmflash.sim.faults import FaultPlan
 from stmflash.sim.timing import TimingModel
 
 IMAGE_FORMAT = "stmflash-sim"
-IMAGE_VERSION = 1
+IMAGE_VERSION = 2
 
+# The version-1 image convention (kept to migrate old image files).
 RDP_LEVEL0 = 0xAA
-RDP_LEVEL1 = 0x55  # any value but 0xAA/0xCC; 0x55 is what the simulator writes
 RDP_LEVEL2 = 0xCC
-OB_RDP = 0
-OB_WRP = 8
-WRP_GROUPS_MAX = 32
 OB_MIN_SIZE = 16
 
 
@@ -71,6 +74,7 @@ class PowerLoss(StmflashError):
 
 
 def rdp_level_of(value: int) -> int:
+    """RDP level of a version-1 image's byte 0 (old simulator convention)."""
     return 0 if value == RDP_LEVEL0 else 2 if value == RDP_LEVEL2 else 1
 
 
@@ -96,6 +100,9 @@ class VirtualChip:
     ) -> None:
         self.device = device
         self.seed = seed
+        # save() may be called from several threads (a batch worker, the USB bus, atexit):
+        # one writer at a time, or two os.replace of one tmp file race (ENOENT)
+        self._save_lock = threading.Lock()
         self.image_path = Path(image_path) if image_path is not None else None
         self.timing = (
             timing
@@ -113,14 +120,9 @@ class VirtualChip:
         self.flash = bytearray(b"\xff" * device.flash_size)
         self.ram: list[tuple[Region, bytearray]] = [(r, bytearray(r.size)) for r in device.ram]
         self.sysmem = bytearray(device.system_memory.size) if device.system_memory else bytearray()
-        ob_size = device.option_bytes.size if device.option_bytes else OB_MIN_SIZE
-        self._ob = bytearray(b"\xff" * max(ob_size, OB_MIN_SIZE))
+        self._ob = bytearray(obl.sim_default(device))
         self.otp = bytearray(b"\xff" * device.otp.size) if device.otp else bytearray()
         self.uid = _uid_for(device, seed, self.image_path)
-
-        n_units = len(device.erase_units)
-        self.wrp_group_size = max(1, -(-n_units // WRP_GROUPS_MAX))
-        self.wrp_groups = -(-n_units // self.wrp_group_size) if n_units else 0
 
         self.mode = "bootloader"
         # What a plain reset boots (the BOOT0 strapping): stmflash.sim.app sets "app".
@@ -136,20 +138,11 @@ class VirtualChip:
         self.reset_hooks: list[Callable[[VirtualChip], None]] = []
         self.line_events: list[tuple[str, bool]] = []  # DTR/RTS/break changes seen by ports
 
-        self._factory_option_bytes()
         if self.image_path is not None and self.image_path.exists():
             self._load(self.image_path)
         self._fill_sysmem()
 
     # ---- construction helpers -------------------------------------------------------
-    def _factory_option_bytes(self) -> None:
-        ob = self._ob
-        ob[OB_RDP], ob[OB_RDP + 1] = RDP_LEVEL0, RDP_LEVEL0 ^ 0xFF
-        for i in range(2, OB_WRP, 2):
-            ob[i], ob[i + 1] = 0xFF, 0x00
-        for i in range(4):
-            ob[OB_WRP + 2 * i], ob[OB_WRP + 2 * i + 1] = 0xFF, 0x00
-
     def _fill_sysmem(self) -> None:
         """Deterministic ROM bytes plus the bootloader ID where AN2606 puts it."""
         dev = self.device
@@ -369,89 +362,91 @@ class VirtualChip:
 
     # ---- option bytes and protection ----------------------------------------------------
     def option_bytes(self) -> bytes:
-        """The option-byte area as Read Memory shows it (layout in the module doc)."""
-        size = self.device.option_bytes.size if self.device.option_bytes else OB_MIN_SIZE
-        return bytes(self._ob[:size])
+        """The option-byte area as Read Memory shows it (the family layout)."""
+        return bytes(self._ob)
 
     def write_option_bytes(self, data: bytes) -> None:
-        """Program the option bytes and reset (option-byte loading), as the ROM does."""
+        """Program the option bytes and reset (option-byte loading), as the ROM does.
+
+        ``data`` replaces the start of the area (the whole area when as long). Complements
+        are written by the flash interface, whatever the host sent; leaving RDP level 1 for
+        level 0 mass-erases the flash first; at level 2 nothing changes any more.
+        """
         if len(data) > len(self._ob):
             raise AccessError(f"{len(data)} option bytes do not fit in {len(self._ob)}")
-        self._ob[: len(data)] = data
+        if self.rdp_level == 2:
+            raise AccessError("option bytes are frozen at RDP level 2")
+        was = self.rdp_level
+        new = bytearray(self._ob)
+        new[: len(data)] = data
+        self._ob[:] = obl.sim_normalize(self.device, bytes(new))
+        if was >= 1 and self.rdp_level == 0:
+            self._wipe()
         self.reset()
 
     @property
     def rdp_level(self) -> int:
-        return rdp_level_of(self._ob[OB_RDP])
+        return obl.sim_rdp_level(self.device, bytes(self._ob))
 
     def set_rdp(self, level: int) -> None:
         """Set the RDP level directly (fixtures; no mass erase, no reset)."""
-        value = {0: RDP_LEVEL0, 1: RDP_LEVEL1, 2: RDP_LEVEL2}[level]
-        self._ob[OB_RDP], self._ob[OB_RDP + 1] = value, value ^ 0xFF
+        self._ob[:] = obl.sim_set_rdp(self.device, bytes(self._ob), level)
 
     def readout_protect(self) -> None:
         self.set_rdp(1)
         self.reset()
 
-    def readout_unprotect(self) -> None:
-        """Level 1 -> 0: mass erase (ignoring WRP), RAM cleared, reset (AN3155)."""
+    def _wipe(self) -> None:
         self.flash[:] = b"\xff" * len(self.flash)
         for _, buf in self.ram:
             buf[:] = bytes(len(buf))
+
+    def readout_unprotect(self) -> None:
+        """Level 1 -> 0: mass erase (ignoring WRP), RAM cleared, reset (AN3155)."""
+        self._wipe()
         self.set_rdp(0)
         self.reset()
 
     @property
     def wrp(self) -> set[int]:
         """Indices of write-protected erase units."""
-        groups = self.wrp_group_bits()
-        n = len(self.device.erase_units)
-        out: set[int] = set()
-        for g in groups:
-            out.update(range(g * self.wrp_group_size, min((g + 1) * self.wrp_group_size, n)))
-        return out
+        return obl.sim_wrp_units(self.device, bytes(self._ob))
 
-    def wrp_group_bits(self) -> set[int]:
-        bits = 0
-        for i in range(4):
-            bits |= self._ob[OB_WRP + 2 * i] << (8 * i)
-        return {g for g in range(self.wrp_groups) if not bits >> g & 1}
+    @property
+    def wrp_groups(self) -> int:
+        """How many AN3155 Write Protect codes exist (0..wrp_groups-1)."""
+        return obl.wrp_code_count(self.device, fallback=True)
 
     def group_of(self, unit_index: int) -> int:
-        return unit_index // self.wrp_group_size
+        """The Write Protect code covering one erase unit."""
+        return obl.sim_codes(self.device, [unit_index])[0]
 
-    def _set_wrp_groups(self, groups: set[int]) -> None:
-        bits = 0xFFFFFFFF
-        for g in groups:
-            bits &= ~(1 << g)
-        for i in range(4):
-            b = bits >> (8 * i) & 0xFF
-            self._ob[OB_WRP + 2 * i], self._ob[OB_WRP + 2 * i + 1] = b, b ^ 0xFF
+    def units_of_group(self, code: int) -> set[int]:
+        return obl.units_for_codes(self.device, [code], fallback=True)
 
     def write_protect_groups(self, groups: Iterable[int], *, reset: bool = True) -> None:
-        """Replace the protected set with these WRP groups (AN3155 sector codes)."""
-        gs = set(groups)
+        """Replace the protected set with these AN3155 Write Protect codes."""
+        gs = sorted(set(groups))
         for g in gs:
             if not 0 <= g < self.wrp_groups:
-                raise AccessError(f"write-protect group {g} does not exist ({self.wrp_groups} groups)")
-        self._set_wrp_groups(gs)
+                raise AccessError(f"write-protect code {g} does not exist ({self.wrp_groups} codes)")
+        try:
+            self._ob[:] = obl.sim_set_codes(self.device, bytes(self._ob), gs)
+        except UsageError as exc:
+            raise AccessError(str(exc)) from None
         if reset:
             self.reset()
 
     def write_protect(self, units: Iterable[int], *, reset: bool = True) -> None:
         """Protect the WRP groups holding these unit indices (replaces the previous set)."""
-        n = len(self.device.erase_units)
-        groups = set()
-        for u in units:
-            if not 0 <= u < n:
-                raise AccessError(f"erase unit {u} does not exist on {self.device.name}")
-            groups.add(self.group_of(u))
-        self.write_protect_groups(groups, reset=reset)
+        try:
+            codes = obl.sim_codes(self.device, list(units))
+        except UsageError as exc:
+            raise AccessError(str(exc)) from None
+        self.write_protect_groups(codes, reset=reset)
 
     def write_unprotect(self, *, reset: bool = True) -> None:
-        self._set_wrp_groups(set())
-        if reset:
-            self.reset()
+        self.write_protect_groups([], reset=reset)
 
     # ---- mode -----------------------------------------------------------------------------
     def reset(self, mode: str | None = None) -> None:
@@ -494,16 +489,22 @@ class VirtualChip:
         if target is None:
             return None
         header = json.dumps(self._header(), separators=(",", ":")).encode() + b"\n"
-        tmp = target.with_name(target.name + ".tmp")
-        try:
-            with open(tmp, "wb") as fh:
-                fh.write(header)
-                fh.write(self.flash)
-                fh.write(self._ob)
-                fh.write(self.otp)
-            os.replace(tmp, target)
-        except OSError as exc:
-            raise StmflashError(f"{target}: cannot save simulator image: {exc.strerror}") from None
+        # the tmp name is per process and thread: other processes may share the image file
+        tmp = target.with_name(f"{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        with self._save_lock:
+            try:
+                with open(tmp, "wb") as fh:
+                    fh.write(header)
+                    fh.write(self.flash)
+                    fh.write(self._ob)
+                    fh.write(self.otp)
+                os.replace(tmp, target)
+            except OSError as exc:
+                try:
+                    tmp.unlink()
+                except OSError:
+                    pass
+                raise StmflashError(f"{target}: cannot save simulator image: {exc.strerror}") from None
         return target
 
     def _load(self, path: Path) -> None:
@@ -518,9 +519,35 @@ class VirtualChip:
         flash = regions.get("flash", b"")
         self.flash[: min(len(flash), len(self.flash))] = flash[: len(self.flash)]
         ob = regions.get("option_bytes", b"")
-        self._ob[: min(len(ob), len(self._ob))] = ob[: len(self._ob)]
+        if int(header.get("version", 1)) < 2:
+            self._migrate_v1_option_bytes(ob)
+        elif len(ob) != len(self._ob):
+            raise UsageError(
+                f"{path}: option-byte region is {len(ob)} bytes, {self.device.short_name} has "
+                f"{len(self._ob)} (image made by another stmflash version; delete it to start afresh)"
+            )
+        else:
+            self._ob[:] = ob
         otp = regions.get("otp", b"")
         self.otp[: min(len(otp), len(self.otp))] = otp[: len(self.otp)]
+
+    def _migrate_v1_option_bytes(self, ob: bytes) -> None:
+        """Carry RDP level and protected units over from the version-1 convention."""
+        if len(ob) < OB_MIN_SIZE:
+            return
+        level = rdp_level_of(ob[0])
+        bits = 0
+        for i in range(4):
+            bits |= ob[8 + 2 * i] << (8 * i)
+        n = len(self.device.erase_units)
+        per = max(1, -(-n // 32))
+        units = [u for u in range(n) if not bits >> (u // per) & 1]
+        if units:
+            try:
+                self.write_protect(units, reset=False)
+            except AccessError:
+                pass  # not expressible in the real layout: left unprotected
+        self.set_rdp(level)
 
     @classmethod
     def load_image_file(cls, path: str | os.PathLike[str]) -> bytes:

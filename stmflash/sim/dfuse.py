@@ -325,7 +325,8 @@ class DfuseRom:
         reported: int | None = None
         try:
             if p.kind == "set_address":
-                if protected:
+                # the option bytes stay reachable under level 1: it is how RDP is lowered
+                if protected and self._ob_region(p.address) is None:
                     self.result = (State.ERROR, Status.errVENDOR)
                 else:
                     self.pointer = p.address

@@ -60,7 +60,7 @@ import usb.backend
 import usb.core
 
 from stmflash.dfu.protocol import REQ_IN, REQ_OUT
-from stmflash.errors import UsageError
+from stmflash.errors import StmflashError, UsageError
 from stmflash.sim.chip import PowerLoss, VirtualChip
 from stmflash.sim.dfuse import DfuseRom, SimNak, SimStall
 from stmflash.sim.timing import sleep_until
@@ -219,7 +219,10 @@ class VirtualUsbDevice:
         self.rng = random.Random(getattr(chip, "seed", 0))
         self.requests = 0
         self.per_request: dict[str, int] = {}
+        # Held for a whole transfer and for every change of the device's bus state, so
+        # that another board's thread enumerating the bus never acts on this device.
         self.lock = threading.RLock()
+        self.unsaved = False  # dropped off the bus since the image file was last written
         self.realistic = chip.timing.realistic
         self.scale = scale
 
@@ -229,15 +232,23 @@ class VirtualUsbDevice:
         return app if app is not None and self.chip.mode == "app" else None
 
     def shows(self) -> bool:
-        """On the bus in the current mode: the ROM, or an application with a USB face."""
-        return self.chip.powered and (self.chip.mode == "bootloader" or self.persona() is not None)
+        """On the bus in the current mode: the ROM (unreachable at RDP level 2, AN2606), or
+        an application with a USB face."""
+        chip = self.chip
+        rom = chip.mode == "bootloader" and chip.rdp_level < 2
+        return chip.powered and (rom or self.persona() is not None)
 
     @property
     def path(self) -> str:
         return f"{self.bus}-" + ".".join(str(p) for p in self.ports)
 
     def sync(self) -> None:
-        """Follow the chip: a reset re-enumerates the device, leaving DFU removes it."""
+        """Follow the chip: a reset re-enumerates the device, leaving DFU removes it.
+
+        Callers hold ``self.lock``. Nothing is saved here: the image file is written by the
+        thread using the device (:meth:`save_if_dropped`), never behind its back by another
+        board's enumeration.
+        """
         chip = self.chip
         if chip.reset_count != self.seen_resets or chip.mode != self.seen_mode:
             self.seen_resets = chip.reset_count
@@ -255,17 +266,32 @@ class VirtualUsbDevice:
     def _drop(self) -> None:
         self.generation += 1
         self.address = self.address % 127 + 1
-        self.chip.save()
+        self.unsaved = True
+
+    def save_if_dropped(self) -> None:
+        """Persist the chip after it left the bus (reset, leave, disconnect); lock held."""
+        if self.unsaved:
+            self.unsaved = False
+            self.chip.save()
 
     @property
     def attached(self) -> bool:
-        self.sync()
+        """On the bus now. While a transfer is in flight (lock taken by the thread using
+        the device) the device is on the bus as last seen: an enumeration from another
+        thread neither waits for that transfer nor changes the device's state under it."""
+        if self.lock.acquire(blocking=False):
+            try:
+                self.sync()
+            finally:
+                self.lock.release()
         return self.present and time.perf_counter() >= self.attach_at
 
     def unplug(self) -> None:
-        """A disconnect fault: off the bus, then back as after a power cycle."""
-        self.chip.reset()
-        self.sync()
+        """A disconnect fault or USB reset: off the bus, then back as after a power cycle."""
+        with self.lock:
+            self.chip.reset()
+            self.sync()
+            self.save_if_dropped()
 
     # ---- descriptors -------------------------------------------------------------------
     def strings(self) -> dict[int, str]:
@@ -399,6 +425,7 @@ class VirtualUsbDevice:
                         raise _stall() from None
                     finally:
                         self.sync()
+                        self.save_if_dropped()
                     if is_in and not isinstance(out, int):
                         data[: len(out)] = array("B", out)
                         return len(out)
@@ -429,6 +456,7 @@ class VirtualUsbDevice:
                     out = self.rom.finish_nak()
                 finally:
                     self.sync()
+                    self.save_if_dropped()
                 if is_in:
                     raw = bytes(out)[:nbytes] if not isinstance(out, int) else b""
                     data[: len(raw)] = array("B", raw)
@@ -454,7 +482,7 @@ class VirtualUsbBackend(usb.backend.IBackend):
         self.bus = bus
 
     def enumerate_devices(self) -> list[VirtualUsbDevice]:
-        return [d for d in self.bus.devices if d.attached]
+        return [d for d in self.bus.snapshot() if d.attached]
 
     def get_device_descriptor(self, dev: VirtualUsbDevice) -> SimpleNamespace:
         return dev.device_descriptor()
@@ -478,7 +506,10 @@ class VirtualUsbBackend(usb.backend.IBackend):
         return _Handle(dev)
 
     def close_device(self, handle: _Handle) -> None:
-        handle.dev.chip.save()
+        dev = handle.dev
+        with dev.lock:
+            dev.unsaved = False
+            dev.chip.save()
 
     def _check(self, handle: _Handle) -> VirtualUsbDevice:
         dev = handle.dev
@@ -531,39 +562,55 @@ class VirtualUsbBackend(usb.backend.IBackend):
 
 
 class VirtualBus:
-    """The chips attached to the virtual USB bus, and the pyusb backend that shows them."""
+    """The chips attached to the virtual USB bus, and the pyusb backend that shows them.
+
+    One bus is shared by every thread of a process (``stmflash batch`` runs one per
+    board): the device list is changed and read under ``lock``, and each device's state
+    under its own lock, so enumerating never races a neighbour's transfer.
+    """
 
     def __init__(self) -> None:
         self.devices: list[VirtualUsbDevice] = []
         self.backend = VirtualUsbBackend(self)
         self._ports = itertools.count(1)
+        self.lock = threading.RLock()
 
     def attach(self, chip: VirtualChip, *, port: str | None = None, scale: float = 1.0,
                usb_faults: list[UsbFault] | None = None) -> VirtualUsbDevice:
-        if port is None:
+        with self.lock:
             taken = {d.path for d in self.devices}
-            while True:
-                port = f"1-{next(self._ports)}"
-                if port not in taken:
-                    break
-        bus_s, _, ports_s = port.partition("-")
-        dev = VirtualUsbDevice(chip, bus=int(bus_s), ports=tuple(int(p) for p in ports_s.split(".")),
-                               scale=scale, usb_faults=usb_faults)
-        self.devices.append(dev)
-        return dev
+            if port is None:
+                while True:
+                    port = f"1-{next(self._ports)}"
+                    if port not in taken:
+                        break
+            elif port in taken:
+                raise UsageError(f"STMFLASH_USB_SIM: two devices on port path {port}")
+            bus_s, _, ports_s = port.partition("-")
+            dev = VirtualUsbDevice(chip, bus=int(bus_s), ports=tuple(int(p) for p in ports_s.split(".")),
+                                   scale=scale, usb_faults=usb_faults)
+            self.devices.append(dev)
+            return dev
+
+    def snapshot(self) -> list[VirtualUsbDevice]:
+        """The attached devices now (a copy: safe to iterate while another thread attaches)."""
+        with self.lock:
+            return list(self.devices)
 
     def chip(self, index: int = 0) -> VirtualChip:
-        return self.devices[index].chip
+        return self.snapshot()[index].chip
 
     def by_path(self, path: str) -> VirtualUsbDevice | None:
-        return next((d for d in self.devices if d.path == path), None)
+        return next((d for d in self.snapshot() if d.path == path), None)
 
     def save_all(self) -> None:
-        for d in self.devices:
-            try:
-                d.chip.save()
-            except OSError:
-                pass
+        for d in self.snapshot():
+            with d.lock:
+                try:
+                    d.unsaved = False
+                    d.chip.save()
+                except (OSError, StmflashError):
+                    pass
 
 
 def bus_from_spec(text: str) -> VirtualBus:

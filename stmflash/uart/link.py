@@ -118,6 +118,107 @@ class UartLink:
         self.bl.write_memory(base, stub)
         self.bl.go(base)
 
+    # ---- protection and option bytes -------------------------------------------------------
+    def _ob_region(self) -> Any:
+        region = self.device.option_bytes
+        if region is None:
+            raise UsageError(f"no option-byte address known for {self.device.short_name}")
+        return region
+
+    def read_option_bytes(self) -> bytes:
+        """The whole option-byte area (Read Memory; refused by the ROM under RDP level 1)."""
+        region = self._ob_region()
+        return self.bl.read(region.start, region.size)
+
+    def write_option_bytes(self, data: bytes, *, confirm_permanent: bool = False) -> None:
+        """Write Memory at the option-bytes address (the chip reloads them and resets).
+
+        ``data`` covers the area from its start (usually all of it). Complement bytes are
+        rewritten by the chip, so the read-back is compared with the family encoding of
+        ``data``. Data that sets RDP level 2 needs ``confirm_permanent``; data that sets
+        level 1 cannot be read back (the ROM refuses reads then) and is not verified.
+        """
+        from stmflash import option_bytes as obl
+        from stmflash.errors import VerifyError
+
+        region = self._ob_region()
+        if not data or len(data) > region.size or len(data) % 4:
+            raise UsageError(
+                f"option bytes: {len(data)} bytes given; {self.device.short_name} takes up to "
+                f"{region.size}, a multiple of 4"
+            )
+        expect: bytes | None = None
+        current = b""
+        level = 0
+        if obl.supported(self.device):
+            current = self.read_option_bytes()
+            expect = obl.normalize(self.device, data + current[len(data) :])
+            level = obl.rdp_level(self.device, expect)
+            if level == 2 and not confirm_permanent:
+                raise UsageError(
+                    "these option bytes set RDP level 2, which disables the bootloader and debug "
+                    "for good; pass --i-understand-rdp2-is-permanent to really do it"
+                )
+        self._write_ob_chunks(
+            region.start, data, current=current if expect is not None else None, final_silent=level == 2
+        )
+        if level != 0:
+            return
+        back = self.bl.read(region.start, len(data))
+        want = expect[: len(data)] if expect is not None else data
+        if back != want:
+            raise VerifyError(f"option bytes read back as {back.hex()} after writing {data.hex()}")
+
+    def _write_ob_chunks(
+        self, start: int, data: bytes, *, current: bytes | None = None, final_silent: bool = False
+    ) -> None:
+        """Each Write Memory to the option bytes reloads them and resets the chip: resync
+        after every block, except after the last one when the chip will not answer again.
+
+        With ``current``, blocks that would not change are skipped and the block holding the
+        RDP byte goes last (after it, a level-2 chip is silent)."""
+        from stmflash import option_bytes as obl
+
+        step = self.max_write
+        blocks = list(range(0, len(data), step))
+        if current is not None:
+            blocks = [o for o in blocks if data[o : o + step] != current[o : o + step]] or blocks[:1]
+            rdp = int(obl.layout_of(self.device)["rdp"]) if obl.supported(self.device) else 0
+            blocks.sort(key=lambda o: o <= rdp < o + step)
+        for i, off in enumerate(blocks):
+            self.bl.write_memory(start + off, data[off : off + step])
+            if not (i == len(blocks) - 1 and final_silent):
+                self.bl._after_reset("the option-byte write")
+
+    def readout_protect(self, level: int = 1, *, confirm_permanent: bool = False) -> None:
+        """Level 1: AN3155 Readout Protect. Level 2: the option bytes rewritten with the
+        family's level-2 RDP value (Write Memory at the option bytes; the chip resets and
+        its bootloader never answers again), only with ``confirm_permanent``."""
+        from stmflash import option_bytes as obl
+
+        if level == 1:
+            self.bl.readout_protect()
+            return
+        if level != 2:
+            raise UsageError(f"RDP level {level}: only 1 or 2 can be set")
+        if not confirm_permanent:
+            raise UsageError(
+                "RDP level 2 is permanent (no bootloader, no debug, ever); pass "
+                "--i-understand-rdp2-is-permanent to really do it"
+            )
+        current = self.read_option_bytes()
+        new = obl.set_rdp(self.device, current, 2)
+        self._write_ob_chunks(self._ob_region().start, new, current=current, final_silent=True)
+
+    def write_protect(self, units: Sequence[int]) -> None:
+        """Write-protect the groups holding these erase units (AN3155 Write Protect)."""
+        from stmflash import option_bytes as obl
+
+        self.bl.write_protect(obl.wrp_codes(self.device, units))
+
+    def write_unprotect(self) -> None:
+        self.bl.write_unprotect()
+
     # ---- extras used by the uart command --------------------------------------------------
     @property
     def port_name(self) -> str:

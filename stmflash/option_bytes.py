@@ -1,0 +1,350 @@
+"""Option-byte layouts as the ROM bootloader presents them, driven by the device table.
+
+Read Memory / Write Memory at ``device.option_bytes.start`` show a family-specific image
+(RDP byte, complement bytes, write-protection bits or areas). The layout is data
+(``ob_layout`` in ``stmflash/data/devices.toml``, schema in its header) so that the UART
+client, the DFU client, ``stmflash batch`` and the virtual STM32 all read and write the same
+encoding, and a new family is a table entry rather than a code branch.
+
+Functions take and return the whole option-byte area as ``bytes``; they never talk to a
+chip. Devices whose layout is not in the table raise :class:`UsageError` instead of
+guessing: a wrong guess here can lock a part for good.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from stmflash.devices import Device
+from stmflash.errors import UsageError
+
+__all__ = [
+    "default_ob",
+    "layout_of",
+    "normalize",
+    "rdp_level",
+    "set_rdp",
+    "set_wrp",
+    "supported",
+    "units_for_codes",
+    "wrp_code_count",
+    "wrp_codes",
+    "wrp_units",
+]
+
+Layout = Mapping[str, Any]
+
+#: What the simulator uses for parts whose layout is unknown (never used by a client):
+#: F1-style bytes with one WRP bit per group of ceil(units/32) units.
+SIM_FALLBACK: Layout = {
+    "rdp": 0,
+    "rdp0": 0xAA,
+    "rdp1": 0x55,
+    "rdp2": 0xCC,
+    "complement": [2, 1, 1],
+    "wrp": {"kind": "bits", "bytes": [8, 10, 12, 14], "protected": 0, "groups": 32},
+}
+
+
+def supported(device: Device) -> bool:
+    """True when the table holds this device's option-byte layout (and its address)."""
+    return bool(device.ob_layout) and device.option_bytes is not None
+
+
+def layout_of(device: Device, *, fallback: bool = False) -> Layout:
+    """The device's layout; unknown -> UsageError, or :data:`SIM_FALLBACK` for the simulator."""
+    if supported(device):
+        return device.ob_layout
+    if fallback:
+        return SIM_FALLBACK
+    raise UsageError(
+        f"option-byte layout of {device.short_name} is not in the table; protection over the "
+        "bootloader is not supported for it"
+    )
+
+
+def _size(device: Device) -> int:
+    return device.option_bytes.size if device.option_bytes is not None else 16
+
+
+def _check(device: Device, ob: bytes) -> bytearray:
+    size = _size(device)
+    if len(ob) != size:
+        raise UsageError(
+            f"option bytes of {device.short_name}: {len(ob)} bytes given, the area is {size} bytes"
+        )
+    return bytearray(ob)
+
+
+# ---- complements -------------------------------------------------------------------------
+def _normalize(layout: Layout, ob: bytearray) -> bytearray:
+    comp = layout.get("complement")
+    if not comp:
+        return ob
+    period, offset, width = (int(x) for x in comp)
+    for base in range(0, len(ob) - period + 1, period):
+        for i in range(width):
+            ob[base + offset + i] = ob[base + i] ^ 0xFF
+    return ob
+
+
+def normalize(device: Device, ob: bytes, *, fallback: bool = False) -> bytes:
+    """The area with every complement byte recomputed from its value byte.
+
+    The flash interface writes complements itself, so what a host puts there is ignored.
+    """
+    return bytes(_normalize(layout_of(device, fallback=fallback), _check(device, ob)))
+
+
+# ---- RDP ---------------------------------------------------------------------------------
+def _rdp_level(layout: Layout, ob: bytes) -> int:
+    value = ob[int(layout["rdp"])]
+    if value == layout["rdp0"]:
+        return 0
+    if "rdp2" in layout and value == layout["rdp2"]:
+        return 2
+    return 1
+
+
+def _set_rdp(device: Device, layout: Layout, ob: bytearray, level: int) -> bytearray:
+    if level not in (0, 1, 2):
+        raise UsageError(f"RDP level {level} does not exist (0, 1 or 2)")
+    if level == 2 and "rdp2" not in layout:
+        raise UsageError(f"{device.short_name} has no RDP level 2")
+    ob[int(layout["rdp"])] = int(layout[f"rdp{level}"])
+    return _normalize(layout, ob)
+
+
+def rdp_level(device: Device, ob: bytes) -> int:
+    """0, 1 or 2 as the chip would load these option bytes."""
+    return _rdp_level(layout_of(device), _check(device, ob))
+
+
+def set_rdp(device: Device, ob: bytes, level: int) -> bytes:
+    """The area with its RDP byte (and complement) set for ``level``."""
+    return bytes(_set_rdp(device, layout_of(device), _check(device, ob), level))
+
+
+# ---- WRP ---------------------------------------------------------------------------------
+def _bit_units(device: Device, wrp: Layout) -> list[list[int]]:
+    """For every WRP bit (code), the erase-unit indices it protects."""
+    units = device.erase_units
+    nbits = int(wrp.get("max_bits", 8 * len(wrp["bytes"])))
+    out: list[list[int]] = [[] for _ in range(nbits)]
+    if "groups" in wrp:  # simulator fallback: ceil(units/groups) units per bit
+        per = max(1, -(-len(units) // int(wrp["groups"])))
+        for u in units:
+            if u.index // per < nbits:
+                out[u.index // per].append(u.index)
+        return out
+    for u in units:
+        if "bytes_per_bit" in wrp:
+            bit = (u.address - device.flash_start) // int(wrp["bytes_per_bit"])
+        else:
+            bit = u.index // int(wrp.get("units_per_bit", 1))
+        if bit >= nbits:
+            if not wrp.get("last_bit_rest"):
+                continue
+            bit = nbits - 1
+        out[bit].append(u.index)
+    return out
+
+
+def _bits_value(wrp: Layout, ob: bytes) -> int:
+    value = 0
+    for i, off in enumerate(wrp["bytes"]):
+        value |= ob[int(off)] << (8 * i)
+    return value
+
+
+def _check_units(device: Device, units: Iterable[int]) -> list[int]:
+    n = len(device.erase_units)
+    out = sorted(set(units))
+    for u in out:
+        if not 0 <= u < n:
+            raise UsageError(f"erase unit {u} does not exist on {device.short_name} (0..{n - 1})")
+    return out
+
+
+def _area_fields(wrp: Layout) -> tuple[int, int]:
+    width = int(wrp.get("width", 8))
+    return width, (1 << width) - 1
+
+
+def _area_units(device: Device, wrp: Layout, ob: bytes) -> set[int]:
+    _, mask = _area_fields(wrp)
+    bank1 = device.bank_units(1)
+    out: set[int] = set()
+    for off in wrp["offsets"]:
+        word = int.from_bytes(ob[int(off) : int(off) + 4], "little")
+        start, end = word & mask, word >> 16 & mask
+        if start <= end:
+            out.update(u.index for u in bank1[start : end + 1])
+    return out
+
+
+def _wrp_units(device: Device, layout: Layout, ob: bytes) -> set[int]:
+    wrp = layout.get("wrp")
+    if not wrp:
+        return set()
+    if wrp["kind"] == "areas":
+        return _area_units(device, wrp, ob)
+    value = _bits_value(wrp, ob)
+    want = int(wrp.get("protected", 0))
+    out: set[int] = set()
+    for bit, members in enumerate(_bit_units(device, wrp)):
+        if (value >> bit & 1) == want:
+            out.update(members)
+    return out
+
+
+def _codes(device: Device, layout: Layout, units: Iterable[int]) -> list[int]:
+    wrp = layout.get("wrp")
+    if not wrp:
+        raise UsageError(f"{device.short_name}: write protection is not in the option-byte table")
+    wanted = _check_units(device, units)
+    if wrp["kind"] == "areas":
+        bank1 = {u.index for u in device.bank_units(1)}
+        _, mask = _area_fields(wrp)
+        outside = [u for u in wanted if u not in bank1 or u > mask]
+        if outside:
+            raise UsageError(
+                f"{device.short_name}: unit {outside[0]} cannot be write-protected through the "
+                "option-byte area stmflash models (bank 1 only)"
+            )
+        return wanted
+    owner: dict[int, int] = {}
+    for bit, members in enumerate(_bit_units(device, wrp)):
+        for u in members:
+            owner[u] = bit
+    missing = [u for u in wanted if u not in owner]
+    if missing:
+        raise UsageError(
+            f"{device.short_name}: unit {missing[0]} has no write-protection bit in the option-byte "
+            "area stmflash models"
+        )
+    return sorted({owner[u] for u in wanted})
+
+
+def _set_codes(device: Device, layout: Layout, ob: bytearray, codes: list[int]) -> bytearray:
+    wrp = layout.get("wrp")
+    if not wrp:
+        raise UsageError(f"{device.short_name}: write protection is not in the option-byte table")
+    if wrp["kind"] == "areas":
+        runs: list[list[int]] = []
+        for c in sorted(set(codes)):
+            if runs and c == runs[-1][1] + 1:
+                runs[-1][1] = c
+            else:
+                runs.append([c, c])
+        offsets = list(wrp["offsets"])
+        if len(runs) > len(offsets):
+            raise UsageError(
+                f"{device.short_name}: write protection is {len(offsets)} contiguous areas; "
+                f"units {','.join(f'{a}-{b}' for a, b in runs)} need {len(runs)}"
+            )
+        _, mask = _area_fields(wrp)
+        for i, off in enumerate(offsets):
+            off = int(off)
+            word = int.from_bytes(ob[off : off + 4], "little")
+            word &= ~(mask | mask << 16)
+            start, end = (runs[i][0], runs[i][1]) if i < len(runs) else (mask, 0)
+            word |= start | end << 16
+            ob[off : off + 4] = word.to_bytes(4, "little")
+        return _normalize(layout, ob)
+    nbits = len(_bit_units(device, wrp))
+    bad = [c for c in codes if not 0 <= c < nbits]
+    if bad:
+        raise UsageError(f"{device.short_name}: write-protect code {bad[0]} does not exist (0..{nbits - 1})")
+    value = _bits_value(wrp, ob)
+    protected = int(wrp.get("protected", 0))
+    for bit in range(nbits):
+        value = value | (1 << bit) if (bit in codes) == bool(protected) else value & ~(1 << bit)
+    for i, off in enumerate(wrp["bytes"]):
+        ob[int(off)] = value >> (8 * i) & 0xFF
+    return _normalize(layout, ob)
+
+
+def wrp_units(device: Device, ob: bytes) -> set[int]:
+    """Indices of the erase units these option bytes write-protect."""
+    return _wrp_units(device, layout_of(device), _check(device, ob))
+
+
+def wrp_codes(device: Device, units: Iterable[int]) -> list[int]:
+    """The codes AN3155 Write Protect (0x63) takes for ``units``.
+
+    Bit layouts: the WRP bit numbers covering the units (one bit may cover several units,
+    so protecting them protects their whole group). Area layouts: the page numbers.
+    """
+    return _codes(device, layout_of(device), units)
+
+
+def wrp_code_count(device: Device, *, fallback: bool = False) -> int:
+    """How many Write Protect codes exist (bits, or pages an area can name)."""
+    layout = layout_of(device, fallback=fallback)
+    wrp = layout.get("wrp")
+    if not wrp:
+        return 0
+    if wrp["kind"] == "areas":
+        return min(len(device.bank_units(1)), _area_fields(wrp)[1] + 1)
+    return len(_bit_units(device, wrp))
+
+
+def units_for_codes(device: Device, codes: Iterable[int], *, fallback: bool = False) -> set[int]:
+    """The erase units that Write Protect ``codes`` protect (inverse of :func:`wrp_codes`)."""
+    layout = layout_of(device, fallback=fallback)
+    ob = _set_codes(device, layout, bytearray(_default(device, layout)), list(codes))
+    return _wrp_units(device, layout, ob)
+
+
+def set_wrp(device: Device, ob: bytes, units: list[int]) -> bytes:
+    """The area protecting exactly the groups holding ``units`` (replaces the previous set)."""
+    layout = layout_of(device)
+    codes = _codes(device, layout, units)
+    return bytes(_set_codes(device, layout, _check(device, ob), codes))
+
+
+# ---- factory state -------------------------------------------------------------------------
+def _default(device: Device, layout: Layout) -> bytes:
+    ob = bytearray(b"\xff" * _size(device))
+    raw = bytes.fromhex(str(layout.get("default", "")))
+    ob[: min(len(raw), len(ob))] = raw[: len(ob)]
+    ob = _set_rdp(device, layout, ob, 0)
+    if layout.get("wrp"):
+        ob = _set_codes(device, layout, ob, [])
+    return bytes(ob)
+
+
+def default_ob(device: Device) -> bytes:
+    """The option bytes as the part leaves the factory: RDP level 0, nothing protected."""
+    return _default(device, layout_of(device))
+
+
+# ---- simulator entry points (same rules, fallback layout for unknown parts) ---------------
+def sim_rdp_level(device: Device, ob: bytes) -> int:
+    return _rdp_level(layout_of(device, fallback=True), ob)
+
+
+def sim_set_rdp(device: Device, ob: bytes, level: int) -> bytes:
+    return bytes(_set_rdp(device, layout_of(device, fallback=True), bytearray(ob), level))
+
+
+def sim_wrp_units(device: Device, ob: bytes) -> set[int]:
+    return _wrp_units(device, layout_of(device, fallback=True), ob)
+
+
+def sim_set_codes(device: Device, ob: bytes, codes: list[int]) -> bytes:
+    return bytes(_set_codes(device, layout_of(device, fallback=True), bytearray(ob), codes))
+
+
+def sim_codes(device: Device, units: Iterable[int]) -> list[int]:
+    return _codes(device, layout_of(device, fallback=True), units)
+
+
+def sim_default(device: Device) -> bytes:
+    return _default(device, layout_of(device, fallback=True))
+
+
+def sim_normalize(device: Device, ob: bytes) -> bytes:
+    return bytes(_normalize(layout_of(device, fallback=True), bytearray(ob)))
