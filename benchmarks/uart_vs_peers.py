@@ -26,7 +26,6 @@ import contextlib
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -41,28 +40,13 @@ from stmflash import devices  # noqa: E402
 from stmflash.erase_plan import plan_erase  # noqa: E402
 from stmflash.image.model import Image  # noqa: E402
 from stmflash.sim.chip import flash_bytes  # noqa: E402
+from stmflash.sim.spawn import pty_server, stm32loader_command  # noqa: E402
 
 BAUD = 115200
 LATENCY_MS = 1.0
 BITS = 11
 
 # stm32loader toggles RTS/DTR, which a pty does not have: ignore ENOTTY from those ioctls
-LOADER_SHIM = """
-import errno, sys
-import serial.serialposix as sp
-def quiet(orig):
-    def f(self):
-        try:
-            orig(self)
-        except OSError as exc:
-            if exc.errno not in (errno.ENOTTY, errno.EINVAL):
-                raise
-    return f
-sp.Serial._update_rts_state = quiet(sp.Serial._update_rts_state)
-sp.Serial._update_dtr_state = quiet(sp.Serial._update_dtr_state)
-from stm32loader.main import main
-main(*sys.argv[1:])
-"""
 
 SCENARIOS = [
     # (device, image size, stm32loader family)
@@ -90,24 +74,10 @@ def lower_bound(dev: devices.Device, size: int) -> dict[str, float]:
 
 @contextlib.contextmanager
 def server(pid: str, image: Path) -> Iterator[str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "stmflash", "sim", "uart", "--device", pid, "--image", str(image),
-         "--timing", "realistic", "--baud", str(BAUD), "--latency-ms", str(LATENCY_MS)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().strip()
-        if not line.startswith("/dev/"):
-            raise RuntimeError(f"sim server did not start: {proc.stderr.read() if proc.stderr else ''}")
+    with pty_server(pid, image, "--timing", "realistic", "--baud", str(BAUD),
+                    "--latency-ms", str(LATENCY_MS), check=False) as path:
         time.sleep(0.2)
-        yield line
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        yield path
 
 
 def command(tool: str, pty: str, fw: Path, family: str) -> list[str] | None:
@@ -122,7 +92,7 @@ def command(tool: str, pty: str, fw: Path, family: str) -> list[str] | None:
         except ImportError:
             return None
         # -P none: a pty cannot do parity; -a is the flash start (the default, stated)
-        return [sys.executable, "-c", LOADER_SHIM, "-p", pty, "-P", "none", "-f", family, "-n",
+        return [*stm32loader_command(), "-p", pty, "-P", "none", "-f", family, "-n",
                 "-a", "0x08000000", "-e", "-w", "-v", str(fw)]
     raise ValueError(tool)
 

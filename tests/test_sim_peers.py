@@ -13,19 +13,16 @@ modem-line ioctls. The bytes on the wire are the peers' own.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
-import signal
 import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from stmflash import devices
 from stmflash.sim.chip import VirtualChip, flash_bytes, load_image_file
+from stmflash.sim.spawn import pty_server, stm32loader_command
 from tests.peers import require, run
 
 pytestmark = pytest.mark.peer
@@ -38,46 +35,11 @@ DEVICES = {
     "L0-0x417": ("0x417", "STM32L05xxx/06xxx", "L0"),
 }
 
-LOADER_SHIM = """
-import errno, sys
-import serial.serialposix as sp
-def quiet(orig):
-    def f(self):
-        try:
-            orig(self)
-        except OSError as exc:
-            if exc.errno not in (errno.ENOTTY, errno.EINVAL):
-                raise
-    return f
-sp.Serial._update_rts_state = quiet(sp.Serial._update_rts_state)
-sp.Serial._update_dtr_state = quiet(sp.Serial._update_dtr_state)
-from stm32loader.main import main
-main(*sys.argv[1:])
-"""
 
 
-@contextlib.contextmanager
-def sim_server(device: str, image: Path, *extra: str) -> Iterator[str]:
-    """Run ``stmflash sim uart`` and yield its pty path; SIGINT + wait on exit."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "stmflash", "sim", "uart", "--device", device, "--image", str(image), *extra],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().strip()
-        assert line.startswith("/dev/"), f"server did not announce a pty: {line!r} {proc.stderr.read() if proc.poll() is not None else ''}"
-        yield line
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            rc = proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
-        assert rc == 0, f"sim server exited {rc}: {proc.stderr.read() if proc.stderr else ''}"
+def sim_server(device: str, image: Path, *extra: str):
+    """``stmflash sim uart`` in a child process; SIGINT (saves the image) on exit."""
+    return pty_server(device, image, *extra, stop_timeout=20)
 
 
 def firmware(tmp_path: Path, size: int, seed: int = 1) -> Path:
@@ -94,7 +56,7 @@ def stm32flash(*args: str, check: bool = True, keep_settings: bool = False) -> s
 
 def stm32loader(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     require("stm32loader")
-    return run([sys.executable, "-c", LOADER_SHIM, "-P", "none", "-n", *args], timeout=120, check=check)
+    return run(stm32loader_command("-P", "none", "-n", *args), timeout=120, check=check)
 
 
 @pytest.mark.parametrize("key", list(DEVICES))

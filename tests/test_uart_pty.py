@@ -8,12 +8,9 @@ stm32flash runs with ``-m 8n1`` and stmflash falls back to 8N1 on a pty by itsel
 
 from __future__ import annotations
 
-import contextlib
 import random
-import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,29 +19,8 @@ from stmflash import devices
 from stmflash.image import save
 from stmflash.image.model import Image
 from stmflash.sim.chip import flash_bytes
+from stmflash.sim.spawn import pty_server
 from tests.peers import require, run
-
-
-@contextlib.contextmanager
-def pty_server(device: str, image: Path) -> Iterator[str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "stmflash", "sim", "uart", "--device", device, "--image", str(image)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().strip()
-        assert line.startswith("/dev/"), f"no pty announced: {line!r}"
-        yield line
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
 
 
 @pytest.mark.peer

@@ -168,3 +168,34 @@ def _abort_quietly(reporter: Any) -> None:
         reporter.abort()
     except Exception:  # pragma: no cover - reporting must never hide the real error
         pass
+
+
+def option_bytes_arg(text: str) -> bytes:
+    """--write-option-bytes takes a file or hex bytes (spaces, colons and 0x allowed)."""
+    import os
+
+    from stmflash.errors import UsageError
+
+    if os.path.exists(text):
+        with open(text, "rb") as f:
+            return f.read()
+    cleaned = text.replace(" ", "").replace(":", "").replace("0x", "")
+    try:
+        return bytes.fromhex(cleaned)
+    except ValueError:
+        raise UsageError(f"--write-option-bytes: {text!r} is neither a file nor hex bytes") from None
+
+
+def raw_needs_device(path: str, address: int | None) -> bool:
+    """A raw binary without --address is placed at the flash start of the chip we find."""
+    if address is not None:
+        return False
+    from stmflash.image.loaders import format_from_extension, sniff
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    kind = sniff(head) or format_from_extension(path) or "bin"
+    return kind in ("bin", "dfu-bin")

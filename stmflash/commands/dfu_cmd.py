@@ -16,38 +16,11 @@ from stmflash.commands.common import (
     INT,
     describe_result,
     load_image,
+    option_bytes_arg,
     output_options,
+    raw_needs_device,
     run_and_report,
 )
-
-
-def _option_bytes_arg(text: str) -> bytes:
-    import os
-
-    from stmflash.errors import UsageError
-
-    if os.path.exists(text):
-        with open(text, "rb") as f:
-            return f.read()
-    cleaned = text.replace(" ", "").replace(":", "").replace("0x", "")
-    try:
-        return bytes.fromhex(cleaned)
-    except ValueError:
-        raise UsageError(f"--write-option-bytes: {text!r} is neither a file nor hex bytes") from None
-
-
-def _needs_device(path: str, address: int | None) -> bool:
-    """A raw binary without --address goes to the flash start of the device we find."""
-    if address is not None:
-        return False
-    from stmflash.image.loaders import format_from_extension, sniff
-
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4096)
-    except OSError:
-        return False
-    return (sniff(head) or format_from_extension(path) or "bin") in ("bin", "dfu-bin")
 
 
 @click.command("dfu", context_settings={"help_option_names": ["-h", "--help"]})
@@ -113,7 +86,7 @@ def _run(reporter: Any, **kw: Any) -> None:
         raise UsageError("--start/--length apply to --read")
     if kw["mass_erase"] and kw["erase"] == "none":
         raise UsageError("--mass-erase contradicts --erase none")
-    ob_data = _option_bytes_arg(kw["write_option_bytes"]) if kw["write_option_bytes"] else None
+    ob_data = option_bytes_arg(kw["write_option_bytes"]) if kw["write_option_bytes"] else None
     if kw["write_protect"]:
         from stmflash.commands.uart_cmd import _parse_units
 
@@ -135,7 +108,7 @@ def _run(reporter: Any, **kw: Any) -> None:
     if file:
         if not os.path.exists(file):
             raise ImageError(f"{file}: no such file")
-        if not _needs_device(file, kw["address"]):
+        if not raw_needs_device(file, kw["address"]):
             image = load_image(file, address=kw["address"])
 
     from stmflash.dfu.link import connect

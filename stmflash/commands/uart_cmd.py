@@ -16,10 +16,12 @@ from stmflash.commands.common import (
     SIZE,
     describe_result,
     load_image,
+    option_bytes_arg,
     output_options,
     parse_int,
     parse_range,
     program_options,
+    raw_needs_device,
     run_and_report,
 )
 
@@ -44,36 +46,6 @@ def _parse_units(text: str) -> list[int]:
     if not out:
         raise UsageError(f"empty unit list {text!r}")
     return sorted(set(out))
-
-
-def _option_bytes_arg(text: str) -> bytes:
-    import os
-
-    from stmflash.errors import UsageError
-
-    if os.path.exists(text):
-        with open(text, "rb") as f:
-            return f.read()
-    cleaned = text.replace(" ", "").replace(":", "").replace("0x", "")
-    try:
-        return bytes.fromhex(cleaned)
-    except ValueError:
-        raise UsageError(f"--write-option-bytes: {text!r} is neither a file nor hex bytes") from None
-
-
-def _raw_needs_device(path: str, address: int | None) -> bool:
-    """A raw binary without --address is placed at the flash start of the chip we find."""
-    if address is not None:
-        return False
-    from stmflash.image.loaders import format_from_extension, sniff
-
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4096)
-    except OSError:
-        return False
-    kind = sniff(head) or format_from_extension(path) or "bin"
-    return kind in ("bin", "dfu-bin")
 
 
 def _print_info(info: Any, device: Any) -> None:
@@ -190,10 +162,10 @@ def _run(reporter: Any, **kw: Any) -> None:
             "--protect-level 2 makes the chip permanently unreadable and disables its bootloader "
             "and debug port for good; add --i-understand-rdp2-is-permanent to really do it"
         )
-    ob_data = _option_bytes_arg(kw["write_option_bytes"]) if kw["write_option_bytes"] else None
+    ob_data = option_bytes_arg(kw["write_option_bytes"]) if kw["write_option_bytes"] else None
     image = None
     if file:
-        if not _raw_needs_device(file, kw["address"]):
+        if not raw_needs_device(file, kw["address"]):
             image = load_image(file, address=kw["address"])
         else:
             import os
