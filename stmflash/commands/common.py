@@ -199,3 +199,18 @@ def raw_needs_device(path: str, address: int | None) -> bool:
         return False
     kind = sniff(head) or format_from_extension(path) or "bin"
     return kind in ("bin", "dfu-bin")
+
+
+def save_read(path: str, start: int, data: bytes) -> None:
+    """--read output: raw bytes for .bin (or no known extension), else HEX/S-record/.dfu at ``start``."""
+    from stmflash.image.loaders import format_from_extension
+
+    kind = format_from_extension(path)
+    if kind in (None, "bin"):
+        with open(path, "wb") as f:
+            f.write(data)
+        return
+    from stmflash.image import save
+    from stmflash.image.model import Image
+
+    save(Image.from_bytes(data, start, path), path)

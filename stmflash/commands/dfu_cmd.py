@@ -20,6 +20,7 @@ from stmflash.commands.common import (
     output_options,
     raw_needs_device,
     run_and_report,
+    save_read,
 )
 
 
@@ -233,7 +234,7 @@ def _session(link: Any, reporter: Any, kw: dict[str, Any], image: Any, file: str
         start, length = _read_range(kw, link)
         reporter.phase("read", length)
         data = link.read(start, length, reporter.advance)
-        _save_read(kw["read_out"], start, data)
+        save_read(kw["read_out"], start, data)
         reporter.info(f"read {length} bytes from 0x{start:08X} into {kw['read_out']}")
         fields["read"] = {"start": start, "length": length, "file": kw["read_out"]}
         did = True
@@ -323,20 +324,6 @@ def _read_range(kw: dict[str, Any], link: Any) -> tuple[int, int]:
     if length <= 0:
         raise UsageError("--length must be positive")
     return start, length
-
-
-def _save_read(path: str, start: int, data: bytes) -> None:
-    from stmflash.image.loaders import format_from_extension
-
-    kind = format_from_extension(path)
-    if kind in (None, "bin"):
-        with open(path, "wb") as f:
-            f.write(data)
-        return
-    from stmflash.image import save
-    from stmflash.image.model import Image
-
-    save(Image.from_bytes(data, start, path), path)
 
 
 def _print_info(link: Any) -> None:

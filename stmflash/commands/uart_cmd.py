@@ -23,6 +23,7 @@ from stmflash.commands.common import (
     program_options,
     raw_needs_device,
     run_and_report,
+    save_read,
 )
 
 
@@ -293,7 +294,7 @@ def _session(
         start, length = _read_range(kw, device)
         reporter.phase("read", length)
         data = link.read(start, length, reporter.advance)
-        _save_read(kw["read_out"], start, data)
+        save_read(kw["read_out"], start, data)
         reporter.info(f"read {length} bytes from 0x{start:08X} into {kw['read_out']}")
         did = True
 
@@ -392,20 +393,6 @@ def _read_range(kw: dict[str, Any], device: Any) -> tuple[int, int]:
     if length <= 0:
         raise UsageError("--length must be positive")
     return start, length
-
-
-def _save_read(path: str, start: int, data: bytes) -> None:
-    from stmflash.image.loaders import format_from_extension
-
-    kind = format_from_extension(path)
-    if kind in (None, "bin"):
-        with open(path, "wb") as f:
-            f.write(data)
-        return
-    from stmflash.image import save
-    from stmflash.image.model import Image
-
-    save(Image.from_bytes(data, start, path), path)
 
 
 __all__ = ["uart", "parse_int"]
