@@ -234,3 +234,26 @@ def test_auto_erase_keeps_flash_outside_the_image(pid, tmp_path):
         assert bytes(chip.flash[off : off + 16]) == b"CALIBRATION-DATA"
     finally:
         registry.clear()
+
+
+def test_after_reset_runs_the_reset_stub(tmp_path):
+    """Without reset pins, --after reset loads the SYSRESETREQ stub into RAM and Goes to it;
+    the virtual chip resets (as the real one would) instead of pretending to run an app."""
+    dev = devices.find("0x413")
+    chip = VirtualChip(dev)
+    registry.register("rst", chip)
+    try:
+        path = tmp_path / "fw.hex"
+        save(make_image(dev, 3, sparse=False), str(path))
+        before = chip.reset_count
+        assert run_cli("uart", "sim://x?chip=rst", str(path), "-q", "--after", "reset") == 0
+        assert chip.reset_count == before + 1
+        assert chip.mode == "bootloader"  # BOOT0 strapped high: back in the ROM, syncable
+        assert run_cli("uart", "sim://x?chip=rst", "-q") == 0
+        # a Go to other code in RAM is not a reset
+        other = dev.ram_usable.start + 0x100
+        chip.preload(other, (other + 0x400).to_bytes(4, "little") + (other + 9).to_bytes(4, "little") + b"\xfe\xe7" * 16)
+        chip.go(other)
+        assert chip.mode == "app" and chip.reset_count == before + 1
+    finally:
+        registry.clear()

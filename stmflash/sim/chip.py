@@ -461,9 +461,28 @@ class VirtualChip:
             hook(self)
 
     def go(self, address: int) -> None:
-        """The ROM jumps to the application: the bootloader stops answering."""
+        """The ROM jumps to the application: the bootloader stops answering.
+
+        There is no CPU here, but one program in RAM is understood: the SYSRESETREQ stub that
+        hosts (stm32flash ``-R``, ``stmflash --after reset``) load to reset a chip without
+        pins. Its code stores 0x05FA0004 to AIRCR (0xE000ED0C); running it is a system reset.
+        """
+        if self._is_reset_stub(address):
+            self.reset()
+            return
         self.mode = "app"
         self.go_address = address
+
+    def _is_reset_stub(self, address: int) -> bool:
+        if self.region_kind(address) != "ram":
+            return False
+        try:
+            entry = int.from_bytes(self.read(address + 4, 4), "little") & ~1
+            code = self.read(entry, 32)
+        except AccessError:
+            return False
+        words = {int.from_bytes(code[i : i + 4], "little") for i in range(0, 29, 2)}
+        return 0xE000ED0C in words and 0x05FA0004 in words
 
     # ---- persistence --------------------------------------------------------------------
     def _header(self) -> dict[str, Any]:
