@@ -621,8 +621,14 @@ def enter_dfu(spec: str | None, *, timeout: float = DEFAULT_TIMEOUT_S,
     """
     if not spec:
         return None
+    from stmflash.uart.entry import split_repeat
+
     last: Exception | None = None
-    items = [s for s in spec.split(",") if s.strip()]
+    items: list[str] = []
+    for raw in spec.split(","):
+        if raw.strip():
+            text, times = split_repeat(raw)
+            items.extend([text] * times)
     for n, item in enumerate(items):
         name, _, arg = item.strip().partition(":")
         key = name.strip().lower()

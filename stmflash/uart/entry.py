@@ -9,6 +9,9 @@ grammar so existing wiring notes carry over:
   pyserial ``dtr=False``), without it the line is asserted;
 * ``,`` waits 100 ms after a step (repeat it for longer), ``&`` goes on at once.
 
+A ``*N`` suffix tries one strategy N times before the chain falls back:
+``pins:rts,-rts*3,none``.
+
 Adapters differ in how DTR/RTS reach NRST/BOOT0 (inverting transistors or not), so
 ``--invert dtr`` / ``--invert rts`` flips a line everywhere in the sequence instead of
 making users rewrite it. Other strategies (the trigger helper's ``command:...`` and
@@ -185,7 +188,24 @@ def _load_plugins() -> None:
         pass
 
 
+MAX_REPEAT = 20
+
+
+def split_repeat(item: str) -> tuple[str, int]:
+    """``"pins:rts,-rts*3"`` -> (``"pins:rts,-rts"``, 3): a strategy tried N times before the
+    chain falls back (auto-baud misses and slow resets are often cured by trying again)."""
+    text = item.rstrip()
+    head, star, count = text.rpartition("*")
+    if not star or not count.isdigit():
+        return item, 1
+    n = int(count)
+    if not 1 <= n <= MAX_REPEAT:
+        raise UsageError(f"--enter {item!r}: repeat count must be 1..{MAX_REPEAT}")
+    return head, n
+
+
 def _is_head(token: str) -> bool:
+    token = split_repeat(token)[0]
     name = token.split(":", 1)[0].strip().lower()
     return name in _FACTORIES and (":" in token or token.strip().lower() == name)
 
@@ -204,7 +224,8 @@ def parse_entry(spec: str | None, invert: Iterable[str] = ()) -> list[EntryStrat
         else:
             groups[-1] += "," + part
     chain: list[EntryStrategy] = []
-    for g in groups:
+    for group in groups:
+        g, times = split_repeat(group)
         name, _, arg = g.partition(":")
         key = name.strip().lower()
         if key not in _FACTORIES:
@@ -213,7 +234,7 @@ def parse_entry(spec: str | None, invert: Iterable[str] = ()) -> list[EntryStrat
             raise UsageError(
                 f"unknown --enter strategy {name!r} (known: {', '.join(sorted(_FACTORIES))})"
             )
-        chain.append(_FACTORIES[key](arg, inv))
+        chain.extend([_FACTORIES[key](arg, inv)] * times)
     return chain
 
 
