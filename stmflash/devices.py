@@ -186,19 +186,9 @@ class Device:
 
     def dfu_flash_layout(self) -> str:
         """The erase units as a DfuSe memory-layout string (``04*016Kg,01*064Kg,07*128Kg``)."""
-        out: list[list[int]] = []
-        for u in self.erase_units:
-            if out and out[-1][1] == u.size:
-                out[-1][0] += 1
-            else:
-                out.append([1, u.size])
-        parts = []
-        for n, sz in out:
-            if sz % 1024 == 0:
-                parts.append(f"{n:02d}*{sz // 1024:03d}Kg")
-            else:
-                parts.append(f"{n:02d}*{sz:03d} g")
-        return ",".join(parts)
+        from stmflash.dfu.layout import render_units
+
+        return render_units((u.address, u.size) for u in self.erase_units)
 
     def dfu_alts(self) -> list[str]:
         """The ROM's DfuSe alternate-setting strings, ``{flash}`` filled in."""

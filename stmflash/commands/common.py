@@ -214,3 +214,11 @@ def save_read(path: str, start: int, data: bytes) -> None:
     from stmflash.image.model import Image
 
     save(Image.from_bytes(data, start, path), path)
+
+
+def read_to_file(link: Any, reporter: Any, path: str, start: int, length: int) -> None:
+    """``--read``: the same phase, progress and file output for every link."""
+    reporter.phase("read", length)
+    data = link.read(start, length, reporter.advance)
+    save_read(path, start, data)
+    reporter.info(f"read {length} bytes from 0x{start:08X} into {path}")

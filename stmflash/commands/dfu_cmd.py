@@ -19,8 +19,8 @@ from stmflash.commands.common import (
     option_bytes_arg,
     output_options,
     raw_needs_device,
+    read_to_file,
     run_and_report,
-    save_read,
 )
 
 
@@ -49,7 +49,7 @@ from stmflash.commands.common import (
 @click.option("--enter", default="none", show_default=True, metavar="CHAIN",
               help="Bring a running application into the ROM DFU bootloader first, tried in order: "
               "1200[:PORT] (1200-baud touch on its USB CDC port), detach[:PATH|VID:PID] (DFU_DETACH "
-              "to its DFU runtime interface), none. E.g. '1200,detach'.")
+              "to its DFU runtime interface), none. E.g. '1200,detach'; a *N suffix retries one: '1200*2,detach'.")
 @click.option("--enter-timeout", type=float, default=10.0, show_default=True,
               help="Seconds to wait for the DFU device to appear on the same USB port after the entry.")
 @output_options
@@ -232,10 +232,7 @@ def _session(link: Any, reporter: Any, kw: dict[str, Any], image: Any, file: str
 
     if kw["read_out"]:
         start, length = _read_range(kw, link)
-        reporter.phase("read", length)
-        data = link.read(start, length, reporter.advance)
-        save_read(kw["read_out"], start, data)
-        reporter.info(f"read {length} bytes from 0x{start:08X} into {kw['read_out']}")
+        read_to_file(link, reporter, kw["read_out"], start, length)
         fields["read"] = {"start": start, "length": length, "file": kw["read_out"]}
         did = True
 

@@ -22,8 +22,8 @@ from stmflash.commands.common import (
     parse_range,
     program_options,
     raw_needs_device,
+    read_to_file,
     run_and_report,
-    save_read,
 )
 
 
@@ -81,7 +81,8 @@ def _print_info(info: Any, device: Any) -> None:
     "--enter", default="none", show_default=True, metavar="CHAIN",
     help="How to enter the bootloader, tried in order: none, pins:ENTRY[:EXIT] (stm32flash -i "
     "syntax, e.g. pins:rts,dtr,-dtr:-rts,dtr,-dtr), e.g. 'pins:...,none'; command (the stmflash "
-    "trigger to a running application), 1200[:PORT], detach[:PATH], e.g. 'command,pins:...'.",
+    "trigger to a running application), 1200[:PORT], detach[:PATH], e.g. 'command,pins:...'. "
+    "A *N suffix tries one strategy N times before falling back: 'pins:...*3,none'.",
 )
 @click.option("--app-baud", type=int, default=None, metavar="N",
               help="--enter command: the application's baud rate (8N1) [default: 115200].")
@@ -292,10 +293,7 @@ def _session(
 
     if kw["read_out"]:
         start, length = _read_range(kw, device)
-        reporter.phase("read", length)
-        data = link.read(start, length, reporter.advance)
-        save_read(kw["read_out"], start, data)
-        reporter.info(f"read {length} bytes from 0x{start:08X} into {kw['read_out']}")
+        read_to_file(link, reporter, kw["read_out"], start, length)
         did = True
 
     ob_read: bytes | None = None

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from stmflash.devices import Device, all_devices, generic, lookup
-from stmflash.dfu.layout import AltLayout, parse_alt, render_units, try_parse_alt
+from stmflash.dfu.layout import AltLayout, normalise_name, parse_alt, try_parse_alt
 
 DEFAULT_BCD = 0x2200
 DEFAULT_TRANSFER = 2048
@@ -35,12 +35,8 @@ class DfuFacts:
         return [try_parse_alt(a) for a in self.alts]
 
 
-def flash_layout_string(device: Device) -> str:
-    return render_units((u.address, u.size) for u in device.erase_units)
-
-
 def _render(alt: str, device: Device) -> str:
-    return alt.replace("{flash}", flash_layout_string(device))
+    return alt.replace("{flash}", device.dfu_flash_layout())
 
 
 def dfu_facts(device: Device) -> DfuFacts:
@@ -160,11 +156,11 @@ def _from_layout(flash: AltLayout) -> Device:
 
 def find_alt(layouts: Iterable[AltLayout], name: str) -> AltLayout | None:
     """The first layout whose name starts with ``name`` (case/space-insensitive)."""
-    want = " ".join(name.lower().split())
+    want = normalise_name(name)
     for lay in layouts:
-        if " ".join(lay.name.lower().split()).startswith(want):
+        if normalise_name(lay.name).startswith(want):
             return lay
     return None
 
 
-__all__ = ["DfuFacts", "dfu_facts", "uid_serial", "identify", "find_alt", "parse_alt", "flash_layout_string"]
+__all__ = ["DfuFacts", "dfu_facts", "uid_serial", "identify", "find_alt", "parse_alt"]

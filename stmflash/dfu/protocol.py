@@ -177,7 +177,6 @@ class DfuProtocol:
         self.sleep = sleep
         self.clock = clock
         self.pointer: int | None = None  # last SET_ADDRESS (None: unknown)
-        self.last_block: int | None = None
         self.uploading = False
         self.upload_next: tuple[int, int] | None = None  # (address, block) a read may continue at
         self.transfers = 0
@@ -354,7 +353,6 @@ class DfuProtocol:
         what = f"SET_ADDRESS 0x{address:08X}"
         self.special(struct.pack("<BI", CMD_SET_ADDRESS, address), what, deadline_s)
         self.pointer = address
-        self.last_block = None
 
     def erase_page(self, address: int, deadline_s: float) -> None:
         self.special(
@@ -415,7 +413,6 @@ class DfuProtocol:
             self.dnload(block, data, what)
         except Stall as stall:
             raise self.explain_stall(stall, what) from None
-        self.last_block = block
         self.wait(what, deadline_s, expect_reset=expect_reset)
 
     def read(self, address: int, length: int, progress: Callable[[int], None] | None = None) -> bytes:

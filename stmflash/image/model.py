@@ -115,9 +115,6 @@ class Image:
         """Bytes of data (gaps not counted)."""
         return sum(len(s) for s in self.segments)
 
-    def alt_of(self, segment: Segment) -> int | None:
-        return self.alts.get(segment.address)
-
     def read(self, address: int, length: int, fill: int = 0xFF) -> bytes:
         """Bytes of ``[address, address+length)``; gaps read as ``fill``."""
         out = bytearray([fill]) * length
@@ -191,12 +188,6 @@ class Image:
         return Image(
             list(self.segments), self.source, self.format, dict(self.alts), dict(self.alt_names), self.dfu_ids, self.entry
         )
-
-    def relocated(self, offset: int) -> Image:
-        img = Image(source=self.source, format=self.format, alt_names=dict(self.alt_names), dfu_ids=self.dfu_ids)
-        for s in self.segments:
-            img.add(s.address + offset, s.data, alt=self.alts.get(s.address))
-        return img
 
     def merge(self, other: Image) -> Image:
         """Union of two images; overlapping data is an error naming both sources."""

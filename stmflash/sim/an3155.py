@@ -28,6 +28,8 @@ from collections.abc import Generator
 
 from stmflash.an3155 import (  # noqa: F401  (re-exported for callers of this module)
     ACK,
+    BANK1_ERASE,
+    BANK2_ERASE,
     CRC_INIT,
     CRC_POLY,
     ERASE,
@@ -37,6 +39,7 @@ from stmflash.an3155 import (  # noqa: F401  (re-exported for callers of this mo
     GET_ID,
     GET_VERSION,
     GO,
+    MASS_ERASE,
     NACK,
     READ,
     READOUT_PROTECT,
@@ -365,11 +368,11 @@ class An3155Rom:
             dev = self.chip.device
             if check != hi ^ lo:
                 self._nack()
-            elif n == 0xFFFF and dev.mass_erase:
+            elif n == MASS_ERASE and dev.mass_erase:
                 self.chip.mass_erase()
                 self._emit(ACK, self.timing.mass_erase_time())
-            elif n in (0xFFFE, 0xFFFD) and dev.mass_erase and dev.banks >= 2:
-                bank = 1 if n == 0xFFFE else 2
+            elif n in (BANK1_ERASE, BANK2_ERASE) and dev.mass_erase and dev.banks >= 2:
+                bank = 1 if n == BANK1_ERASE else 2
                 self.chip.erase_bank(bank)
                 self._emit(ACK, self.timing.erase_time(dev.bank_units(bank)))
             else:

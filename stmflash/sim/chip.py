@@ -421,9 +421,6 @@ class VirtualChip:
         """The Write Protect code covering one erase unit."""
         return obl.sim_codes(self.device, [unit_index])[0]
 
-    def units_of_group(self, code: int) -> set[int]:
-        return obl.units_for_codes(self.device, [code], fallback=True)
-
     def write_protect_groups(self, groups: Iterable[int], *, reset: bool = True) -> None:
         """Replace the protected set with these AN3155 Write Protect codes."""
         gs = sorted(set(groups))

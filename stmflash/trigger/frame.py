@@ -46,7 +46,6 @@ DEFAULT_APP_BAUD = 115200  # the application's own link; the ROM then wants 8E1 
 DEFAULT_APP_PARITY = "N"
 DEFAULT_ACK_TIMEOUT_S = 1.0  # request sent -> ack seen
 DEFAULT_RESET_SETTLE_S = 0.1  # ack seen -> ROM ready for 0x7F (reset + ROM start-up)
-DEFAULT_RETRIES = 3
 
 KeyLike = bytes | bytearray | str
 

@@ -508,7 +508,7 @@ class CommandStrategy(EntryStrategy):
 
     def enter(self, ser: Any) -> None:
         saved = {"baudrate": ser.baudrate, "parity": ser.parity, "timeout": ser.timeout}
-        _configure(ser, {"baudrate": self.options.app_baud, "parity": "N", "timeout": 0.02})
+        _configure(ser, {"baudrate": self.options.app_baud, "parity": frame.DEFAULT_APP_PARITY, "timeout": 0.02})
         try:
             self.ack = send_trigger(
                 ser, app_baud=self.options.app_baud, key=self.options.key,

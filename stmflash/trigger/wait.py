@@ -153,18 +153,3 @@ def scan_usb(backend: object | None = None) -> list[UsbSeen]:
     except (usb.core.USBError, usb.core.NoBackendError, ValueError, NotImplementedError):
         return found
     return found
-
-
-def scan_serial() -> list[UsbSeen]:
-    """USB serial ports (CDC-ACM and adapters) with their port paths."""
-    from serial.tools import list_ports
-
-    out = []
-    for info in list_ports.comports():
-        if info.vid is None or info.pid is None:
-            continue
-        out.append(
-            UsbSeen(int(info.vid), int(info.pid), location_path(info.location), info.device,
-                    info.serial_number)
-        )
-    return out

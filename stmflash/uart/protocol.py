@@ -33,6 +33,8 @@ from typing import Any, TypeVar
 
 from stmflash.an3155 import (  # noqa: F401  (re-exported for callers of this module)
     ACK,
+    BANK1_ERASE,
+    BANK2_ERASE,
     COMMAND_NAMES,
     CRC_INIT,
     CRC_POLY,
@@ -43,6 +45,7 @@ from stmflash.an3155 import (  # noqa: F401  (re-exported for callers of this mo
     GET_ID,
     GET_VERSION,
     GO,
+    MASS_ERASE,
     NACK,
     READ,
     READOUT_PROTECT,
@@ -616,7 +619,7 @@ class Bootloader:
         """``mass`` (0xFFFF / legacy 0xFF), ``bank1`` (0xFFFE), ``bank2`` (0xFFFD)."""
         code = self.erase_code
         if code == EXT_ERASE:
-            n = {"mass": 0xFFFF, "bank1": 0xFFFE, "bank2": 0xFFFD}[which]
+            n = {"mass": MASS_ERASE, "bank1": BANK1_ERASE, "bank2": BANK2_ERASE}[which]
             body = n.to_bytes(2, "big") + bytes([(n >> 8) ^ (n & 0xFF)])
         else:
             if which != "mass":
