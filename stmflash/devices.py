@@ -114,7 +114,8 @@ class Device:
     eeprom: Region | None = None
     flash_size_reg: int | None = None
     uid_reg: int | None = None
-    write_align: int = 4
+    write_align: int = 4  # programming unit (bytes): the ROM fills a short last unit with 0xFF
+    write_misaligned: str = "nack"  # a write starting inside a unit: "nack" or "drop" (ACK, unchanged)
     empty_check: bool = False
     mass_erase: bool = True
     usart_protocol: int = 0x31
@@ -307,6 +308,7 @@ class Device:
             "flash_size_reg": self.flash_size_reg,
             "uid_reg": self.uid_reg,
             "write_align": self.write_align,
+            "write_misaligned": self.write_misaligned,
             "empty_check": self.empty_check,
             "mass_erase": self.mass_erase,
             "erase_command": self.erase_command,
@@ -360,6 +362,8 @@ def _pair(value: Any) -> tuple[float, float] | None:
     return (float(value[0]), float(value[1]))
 
 
+WRITE_MISALIGNED = ("nack", "drop")
+
 _NULLABLE = frozenset(
     {"ram_usable", "system_memory", "bl_id_address", "option_bytes", "otp", "eeprom",
      "flash_size_reg", "uid_reg", "bank_size", "usart_commands", "page_erase_ms", "mass_erase_ms"}
@@ -390,6 +394,8 @@ def _build(entry: dict[str, Any]) -> Device:
             kw[key] = {}
         else:
             kw[key] = value
+    if kw.get("write_misaligned", "nack") not in WRITE_MISALIGNED:
+        raise ValueError(f"write_misaligned must be one of {', '.join(WRITE_MISALIGNED)}, not {kw['write_misaligned']!r}")
     return Device(**kw)
 
 

@@ -81,7 +81,8 @@ def test_entry_sanity(dev: Device):
         assert any(r.start <= dev.ram_usable.start and dev.ram_usable.end <= r.end for r in dev.ram)
     if dev.bl_id_address is not None:
         assert dev.bl_id_address in dev.system_memory
-    assert dev.write_align in (4, 8, 16)
+    assert dev.write_align in (4, 8, 16, 32)
+    assert dev.write_misaligned in ("nack", "drop")
     assert dev.startup_ms > 0
     assert dev.flash_size_reg is None or dev.flash_size_reg not in dev.flash
     assert dev.erase_command == (0x44 if dev.usart_protocol >= 0x30 else 0x43)

@@ -156,8 +156,8 @@ def test_write_read_roundtrip_and_checksum_nack() -> None:
 @pytest.mark.parametrize(
     ("device", "address", "size", "why"),
     [
-        (L0, 0x08000004, 8, "misaligned address for 8-byte writes"),
-        (L0, 0x08000000, 4, "length not a multiple of write_align"),
+        (F1, 0x08000002, 4, "start not on a 4-byte unit (write_misaligned = nack)"),
+        (L0, 0x08000000, 6, "length not a multiple of 4 (AN3155)"),
         (F1, 0x08000000, 6, "length not a multiple of 4"),
         (F1, 0x20000000, 4, "bootloader-reserved RAM"),
         (F1, 0x40000000, 4, "unmapped address"),
@@ -165,12 +165,33 @@ def test_write_read_roundtrip_and_checksum_nack() -> None:
     ],
 )
 def test_write_nacks(device: devices.Device, address: int, size: int, why: str) -> None:
-    if "align" in why:
-        assert device.write_align == 8, "pick a device with 8-byte write alignment"
+    if "unit" in why:
+        assert device.write_misaligned == "nack", "pick a device whose ROM NACKs misaligned writes"
     h = Host(device, "x")
     h.sync()
     out = h.write(address, bytes(size))
     assert out[-1] == NACK, why
+
+
+@pytest.mark.parametrize("query", ["G071", "H743", "L476"])
+def test_short_tail_is_padded_and_misaligned_start_dropped(query: str) -> None:
+    """A multiple of 4 that ends inside a programming unit: the ROM fills the unit with
+    0xFF (a later write into that unit is refused); a start inside a unit: ACK, nothing
+    programmed (``write_misaligned = "drop"``)."""
+    device = devices.find(query)
+    unit = device.write_align
+    assert unit > 4 and device.write_misaligned == "drop"
+    h = Host(device, query)
+    h.sync()
+    assert h.write(device.flash_start, b"\x11" * 4)[-1] == ACK
+    assert h.chip.flash[:unit] == b"\x11" * 4 + b"\xff" * (unit - 4)
+    # the rest of that unit was programmed (as 0xFF): writing into it is refused
+    assert h.write(device.flash_start + unit, b"\x22" * unit)[-1] == ACK
+    assert h.write(device.flash_start + 4, b"\x33" * 4)[-1] == ACK  # misaligned: dropped
+    assert h.chip.flash[: 2 * unit] == b"\x11" * 4 + b"\xff" * (unit - 4) + b"\x22" * unit
+    assert h.chip.dropped_writes == 1
+    out = h.write(device.flash_start + 2 * unit + 4, b"\x44" * (2 * unit))
+    assert out[-1] == ACK and h.chip.flash[2 * unit : 4 * unit] == b"\xff" * (2 * unit)
 
 
 def test_write_over_programmed_flash_nacks_and_changes_nothing() -> None:

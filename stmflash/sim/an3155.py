@@ -8,8 +8,8 @@ this one class, so they cannot disagree. Behaviour comes from the Device record:
 * Get lists exactly ``device.commands``; any other code, or a code whose complement is
   wrong, is NACKed (so a second 0x7F after sync — taken as a command byte with 0x7F as
   its "complement" — gets a NACK, which is how hosts detect an already synced chip);
-* only ``device.erase_command`` (0x43 or 0x44) exists; mass erase is NACKed when
-  ``device.mass_erase`` is False; bank erase codes need ``device.banks >= 2``;
+* only ``device.erase_command`` (0x43 or 0x44) exists; mass and bank erase are NACKed
+  when the memory model refuses them (``device.mass_erase`` False, no such bank);
 * RDP level 1: Read, Write, Go, Erase, Write (Un)Protect, Readout Protect and Get
   Checksum answer NACK (two NACKs when the chip is built with ``rdp_double_nack``);
   level 2: the chip never answers (AN2606: the bootloader is unreachable);
@@ -337,6 +337,22 @@ class An3155Rom:
         self.chip.erase_units(pages)
         self._emit(ACK, self.timing.erase_time(units[p] for p in pages))
 
+    def _mass_erase(self, bank: int | None) -> None:
+        """Mass or bank erase as the memory model allows it (refused -> NACK)."""
+        try:
+            if bank is None:
+                self.chip.mass_erase()
+            else:
+                self.chip.erase_bank(bank)
+        except AccessError as exc:
+            self.log.append(f"NACK erase: {exc}")
+            self._nack()
+            return
+        if bank is None:
+            self._emit(ACK, self.timing.mass_erase_time())
+        else:
+            self._emit(ACK, self.timing.erase_time(self.chip.device.bank_units(bank)))
+
     def _erase(self) -> _Machine:
         if self._protected():
             return
@@ -344,11 +360,10 @@ class An3155Rom:
         (n,) = yield from self._recv(1)
         if n == 0xFF:
             (check,) = yield from self._recv(1)
-            if check != 0x00 or not self.chip.device.mass_erase:
+            if check != 0x00:
                 self._nack()
                 return
-            self.chip.mass_erase()
-            self._emit(ACK, self.timing.mass_erase_time())
+            self._mass_erase(None)
             return
         pages = yield from self._recv(n + 1)
         (check,) = yield from self._recv(1)
@@ -365,18 +380,10 @@ class An3155Rom:
         n = hi << 8 | lo
         if n >= 0xFFF0:
             (check,) = yield from self._recv(1)
-            dev = self.chip.device
-            if check != hi ^ lo:
+            if check != hi ^ lo or n not in (MASS_ERASE, BANK1_ERASE, BANK2_ERASE):
                 self._nack()
-            elif n == MASS_ERASE and dev.mass_erase:
-                self.chip.mass_erase()
-                self._emit(ACK, self.timing.mass_erase_time())
-            elif n in (BANK1_ERASE, BANK2_ERASE) and dev.mass_erase and dev.banks >= 2:
-                bank = 1 if n == BANK1_ERASE else 2
-                self.chip.erase_bank(bank)
-                self._emit(ACK, self.timing.erase_time(dev.bank_units(bank)))
             else:
-                self._nack()
+                self._mass_erase(None if n == MASS_ERASE else 1 if n == BANK1_ERASE else 2)
             return
         raw = yield from self._recv(2 * (n + 1))
         (check,) = yield from self._recv(1)

@@ -7,10 +7,16 @@ Everything comes from the :class:`~stmflash.devices.Device` record: no family na
 
 Rules the chip enforces (the same for every device, so clients meet one behaviour):
 
-* flash and OTP program in units of ``device.write_align``; address and length must be
-  aligned; a unit that is neither erased (all 0xFF) nor already equal to the new data
-  makes the whole write fail (:class:`ProgramError`, ROM answers NACK) and nothing is
-  written — the PROGERR behaviour of newer parts, applied universally;
+* flash and OTP program in units of ``device.write_align`` (the flash's programming
+  width, from the reference manuals): a write ending inside a unit has the rest of that
+  unit filled with 0xFF and programmed (what ST's OpenBootloader does with a remainder);
+  a write starting inside a unit is refused (:class:`ProgramError`, NACK) or, where the
+  table says ``write_misaligned = "drop"``, accepted and ignored (the flash interface
+  raises PGAERR and the ROM's write routine reports nothing, as field reports on G0
+  show; ``dropped_writes`` counts them) — the host's verify is what catches it;
+* a unit that is neither erased (all 0xFF) nor already equal to the new data makes the
+  whole write fail (:class:`ProgramError`, ROM answers NACK) and nothing is written — the
+  PROGERR behaviour of newer parts, applied universally;
 * units under write protection are silently left unchanged (the ROM still ACKs, AN3155);
 * a mass erase is refused as a whole (no change) while any unit is write protected;
 * RAM below ``device.ram_usable`` belongs to the bootloader: writes there fail.
@@ -67,6 +73,10 @@ class AccessError(StmflashError):
 
 class ProgramError(AccessError):
     """Programming failed as the flash controller fails it (misaligned, not erased)."""
+
+
+class Refused(AccessError):
+    """An operation the device table says the ROM does not offer (e.g. mass erase)."""
 
 
 class PowerLoss(StmflashError):
@@ -131,6 +141,7 @@ class VirtualChip:
         self.go_address: int | None = None
         self.powered = True
         self.programmed_bytes = 0
+        self.dropped_writes = 0  # writes the ROM accepted and ignored (misaligned start)
         self._power_loss_fired = False
         self.last_reset_time = time.perf_counter()
         # Called as hook(chip, signal, level) by sim:// ports when DTR/RTS/break change.
@@ -243,9 +254,11 @@ class VirtualChip:
     def program(self, addr: int, data: bytes) -> None:
         """Write as the chip's write path does; raises :class:`ProgramError`/AccessError.
 
-        Flash/OTP: aligned to ``device.write_align`` (address and length), only erased or
-        identical units, write-protected units unchanged. RAM: usable area only. Option
-        bytes: rewrites them (see :meth:`write_option_bytes`, which resets the chip).
+        Flash/OTP: in units of ``device.write_align`` (a short last unit is completed
+        with 0xFF; a misaligned start is refused, or silently dropped),
+        only erased or identical units, write-protected units unchanged. RAM: usable area
+        only. Option bytes: rewrites them (see :meth:`write_option_bytes`, which resets
+        the chip).
         """
         if not data:
             return
@@ -268,11 +281,17 @@ class VirtualChip:
 
     def _program_cells(self, kind: str, addr: int, off: int, data: bytes) -> None:
         align = max(self.device.write_align, 1)
-        if addr % align or len(data) % align:
-            raise ProgramError(
-                f"write of {len(data)} bytes at 0x{addr:08X} is not aligned to {align} bytes"
-            )
+        if addr % align:
+            if self.device.write_misaligned == "drop" and addr % 4 == 0:
+                self.dropped_writes += 1  # ACKed, nothing programmed
+                return
+            raise ProgramError(f"write at 0x{addr:08X} is not aligned to {align} bytes")
         buf = self.flash if kind == "flash" else self.otp
+        if len(data) % align:
+            # the ROM completes the last unit with 0xFF (it is programmed as such)
+            data = data + b"\xff" * (align - len(data) % align)
+            if off + len(data) > len(buf):
+                raise AccessError(f"write at 0x{addr:08X} crosses the end of its region")
         writable: list[int] = []
         for i in range(0, len(data), align):
             if kind == "flash" and self._unit_protected(addr + i):
@@ -349,15 +368,23 @@ class VirtualChip:
                 self._erase(units[i])
 
     def mass_erase(self) -> None:
-        """Erase all flash; refused as a whole (no change) while any unit is protected."""
+        """Erase all flash; :class:`Refused` on parts without mass erase (``mass_erase =
+        false`` in the table: every front-end refuses it alike); ignored as a whole (no
+        change) while any unit is protected."""
+        if not self.device.mass_erase:
+            raise Refused(f"{self.device.name}: mass erase is not available from the ROM")
         if self.wrp:
             return
         self.flash[:] = b"\xff" * len(self.flash)
 
     def erase_bank(self, bank: int) -> None:
+        """Bank erase (AN3155 0xFFFE/0xFFFD): a mass erase of one bank, so only on parts
+        with mass erase and that bank."""
         units = self.device.bank_units(bank)
-        if not units or bank > max(self.device.banks, 1):
-            raise AccessError(f"{self.device.name} has no flash bank {bank}")
+        if not units or bank > max(self.device.banks, 1) or self.device.banks < 2:
+            raise Refused(f"{self.device.name} has no flash bank {bank} to erase")
+        if not self.device.mass_erase:
+            raise Refused(f"{self.device.name}: bank erase is not available from the ROM")
         self.erase_units(u.index for u in units)
 
     # ---- option bytes and protection ----------------------------------------------------
