@@ -2,17 +2,23 @@
 
 It answers DFU class requests the way ST's ROM does: a DNLOAD only records the request,
 the first GETSTATUS executes it and answers dfuDNBUSY with a poll timeout from the timing
-model, the next GETSTATUS (once the time has passed) reports dfuDNLOAD-IDLE or dfuERROR
-with errTARGET (bad address) or errVENDOR (readout protection).  Leave, Read Unprotect and
+model, the next GETSTATUS reports dfuDNLOAD-IDLE or dfuERROR with errTARGET (bad address)
+or errVENDOR (readout protection).  While the operation runs the ROM does not serve the
+control pipe: a GETSTATUS sent before the operation is over (pydfu sends the second one
+back to back, never waiting for bwPollTimeout) is NAKed by the USB peripheral until the
+operation completes, then answered (:class:`SimNak`; the host sees a slow transfer, or a
+USB timeout when its own timeout is shorter).  AN3156 describes the host flow; pydfu,
+which works on real F4/F7/H7 ROMs, relies on this hold.  Leave, Read Unprotect and
 option-byte writes end with the chip leaving its bootloader (``chip.go``) or resetting
 (``chip.reset``); the USB backend turns that into a disconnect or a re-enumeration.
 
 ROM quirks come from the device table (``dfu.quirks``) and are reproduced generically:
 
-* ``mass_erase_poll_underreported``: mass erase announces 100 ms; polls before the end
-  are NAKed until done (the host sees a USB timeout if its timeout is shorter);
-* ``getstatus_stall_during_erase``: page erase announces half its time and STALLs polls
-  while still busy;
+* ``mass_erase_poll_underreported``: mass erase announces 100 ms for a 16-32 s erase
+  (polls are held as above: a host trusting the 100 ms with a short USB timeout fails);
+* ``getstatus_stall_during_erase``: page erase announces half its time; a GETSTATUS sent
+  after that announced time while the erase still runs is STALLed (dfu-util's L4 quirk:
+  it treats up to three EPIPEs as "still busy"); one sent earlier is held as above;
 * ``dnbusy_stuck``: after erasing a unit of bank 2 or above the ROM stays dfuDNBUSY with a
   zero poll timeout until CLRSTATUS (errUNKNOWN/dfuERROR), then CLRSTATUS again (dfuIDLE).
 """
@@ -110,6 +116,7 @@ class DfuseRom:
         self.pointer = self.chip.device.flash_start
         self.pending: _Pending | None = None
         self.busy_until = 0.0
+        self.announced_until = 0.0  # when the bwPollTimeout announced for it ran out
         self.busy_kind = ""
         self.result: tuple[int, int] = (State.DNLOAD_IDLE, Status.OK)
         self.stuck = False
@@ -133,7 +140,13 @@ class DfuseRom:
 
     # ---- requests --------------------------------------------------------------------------
     def request(self, req: int, value: int, data: bytes | None, length: int) -> bytes | int:
-        """One class request; returns the IN data or the OUT byte count, or raises."""
+        """One class request; returns the IN data or the OUT byte count, or raises.
+
+        :class:`SimNak`: the ROM is busy with the last operation; the transport holds the
+        request until ``until`` and then sends it again.
+        """
+        if req != GETSTATUS and self.state == State.DNBUSY and self.clock() < self.busy_until:
+            raise SimNak(self.busy_until)
         if req == DNLOAD:
             return self._dnload(value, data or b"")
         if req == UPLOAD:
@@ -195,6 +208,7 @@ class DfuseRom:
         if self.state == State.DNLOAD_SYNC:
             duration, reported = self._execute()
             self.busy_until = now + duration
+            self.announced_until = now + reported / 1000.0
             self.state, self.status = State.DNBUSY, Status.OK
             return self._status_bytes(reported)
         if self.state == State.MANIFEST_SYNC:
@@ -204,14 +218,13 @@ class DfuseRom:
             return answer
         if self.state == State.DNBUSY:
             if now < self.busy_until:
-                remaining = self.busy_until - now
                 if self.busy_kind == "mass_erase" and Q_MASS_ERASE_UNDERREPORTED in self.quirks:
                     self._hit(Q_MASS_ERASE_UNDERREPORTED)
-                    raise SimNak(self.busy_until)
-                if self.busy_kind == "erase" and Q_STALL_DURING_ERASE in self.quirks:
+                if (self.busy_kind == "erase" and Q_STALL_DURING_ERASE in self.quirks
+                        and now >= self.announced_until):
                     self._hit(Q_STALL_DURING_ERASE)
                     raise SimStall()
-                return self._status_bytes(math.ceil(remaining * 1000))
+                raise SimNak(self.busy_until)  # the ROM is busy: the control pipe waits
             if self.stuck:
                 self._hit(Q_DNBUSY_STUCK)
                 return self._status_bytes(0)
@@ -220,10 +233,6 @@ class DfuseRom:
 
     def _hit(self, quirk: str) -> None:
         self.quirk_hits[quirk] = self.quirk_hits.get(quirk, 0) + 1
-
-    def finish_nak(self) -> bytes:
-        """The answer a NAKed GETSTATUS finally gets once the operation is over."""
-        return self._getstatus()
 
     def _clrstatus(self) -> int:
         if self.state == State.DNBUSY and self.stuck and self.clock() >= self.busy_until:

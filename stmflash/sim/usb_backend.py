@@ -218,6 +218,7 @@ class VirtualUsbDevice:
         self.usb_faults = usb_faults or []
         self.rng = random.Random(getattr(chip, "seed", 0))
         self.requests = 0
+        self.held = 0  # requests NAKed (held) while the ROM was busy
         self.per_request: dict[str, int] = {}
         # Held for a whole transfer and for every change of the device's bus state, so
         # that another board's thread enumerating the bus never acts on this device.
@@ -442,18 +443,11 @@ class VirtualUsbDevice:
                     self.unplug()
                     raise _enodev()
                 try:
-                    out = self.rom.request(req, value, bytes(data) if not is_in else None, nbytes)
+                    out = self._rom_request(req, value, None if is_in else bytes(data), nbytes, t0, timeout_ms)
                 except SimStall:
                     raise _stall() from None
                 except PowerLoss:
                     raise _enodev() from None  # the chip died: off the bus until powered on
-                except SimNak as nak:
-                    wait = nak.until - time.perf_counter()
-                    if wait * 1000 > timeout_ms:
-                        time.sleep(timeout_ms / 1000.0)
-                        raise _timeout() from None
-                    sleep_until(nak.until)
-                    out = self.rom.finish_nak()
                 finally:
                     self.sync()
                     self.save_if_dropped()
@@ -465,6 +459,22 @@ class VirtualUsbDevice:
             finally:
                 if self.realistic:
                     sleep_until(t0 + control_cost(nbytes) / self.scale)
+
+
+    def _rom_request(self, req: int, value: int, data: bytes | None, nbytes: int, t0: float,
+                     timeout_ms: int) -> bytes | int:
+        """The ROM's answer; while it is busy the USB peripheral NAKs and the host's
+        controller retries the transfer until the ROM answers or the host's timeout ends."""
+        while True:
+            try:
+                return self.rom.request(req, value, data, nbytes)
+            except SimNak as nak:
+                deadline = t0 + (timeout_ms / 1000.0 if timeout_ms else float("inf"))
+                self.held += 1
+                if nak.until > deadline:
+                    sleep_until(deadline)
+                    raise _timeout() from None
+                sleep_until(nak.until)
 
 
 class _Handle:
