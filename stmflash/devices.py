@@ -465,10 +465,24 @@ def _norm(text: str) -> str:
 
 
 def find(query: str) -> Device:
-    """Resolve a user's device name: PID (``0x413``/``413``), alias (``F407``), or name.
+    """Resolve a user's device name: PID (``0x413``/``413``), alias (``F407``), or name;
+    ``NAME@BLID`` (``F407@0x91``) picks the bootloader variant with that ID.
 
     Raises :class:`KeyError` with the close matches when nothing or several things match.
     """
+    base, sep, bl_text = query.partition("@")
+    if sep:
+        # NAME@BLID: one bootloader variant of a product ID (F407@0x91)
+        try:
+            bl_id = int(bl_text.strip(), 16)
+        except ValueError:
+            raise KeyError(f"bad bootloader ID {bl_text!r} in {query!r} (e.g. F407@0x91)") from None
+        pid = find(base).pid
+        hit = next((d for d in _table() if d.pid == pid and bl_id in d.bl_ids), None)
+        if hit is None:
+            known = ", ".join(f"0x{b:02X}" for d in _table() if d.pid == pid for b in d.bl_ids)
+            raise KeyError(f"{base.strip()} has no bootloader ID 0x{bl_id:02X} in the table (known: {known})")
+        return hit
     q = _norm(query)
     table = _table()
     pid: int | None = None

@@ -11,7 +11,7 @@ import warnings
 import pytest
 
 from stmflash import devices
-from stmflash.devices import Device, Region, UnknownDeviceWarning
+from stmflash.devices import Device, Region, UnknownDeviceWarning, find, lookup
 
 TABLE = devices.all_devices()
 FAMILIES = [
@@ -278,3 +278,31 @@ def test_bl_id_byte_fits_when_located():
     for d in TABLE:
         if d.bl_id_address is not None:
             assert all(b <= 0xFF for b in d.bl_ids), d.name
+
+
+def test_bootloader_variant_by_name():
+    """``NAME@BLID`` selects one bootloader variant of a PID (AN2606 Table 226 RAM differs)."""
+    v31, v91 = find("F407"), find("F407@0x91")
+    assert (v31.bl_ids, v91.bl_ids) == ((0x31,), (0x91,))
+    assert (v31.ram_usable.start, v91.ram_usable.start) == (0x20002000, 0x20003000)
+    assert find("0x413@91") == v91 and find("L072@0xB2").ram_usable.start == 0x20001400
+    assert lookup(0x447, 0x41).ram_usable.start == 0x20001000
+    with pytest.raises(KeyError, match="no bootloader ID 0x55"):
+        find("F407@0x55")
+    with pytest.raises(KeyError, match="bad bootloader ID"):
+        find("F407@x")
+
+
+def test_resolved_device_facts():
+    """Facts where stm32flash's table disagrees, resolved as the TOML notes say."""
+    g0b1 = find("G0B1")
+    assert g0b1.ram[0].end == 0x20024000 and g0b1.ram_usable.end == 0x20020000
+    assert find("L412").ram_usable.start == 0x20002100
+    l4r5 = find("L4R5")
+    assert (l4r5.flash_size, l4r5.banks, l4r5.erase_units[0].size) == (0x200000, 2, 4096)
+    f429 = find("F429")
+    assert f429.unit_at(0x08100000).index == 12
+    h7r3 = find("H7R3")
+    assert h7r3.uid_reg == 0x08FFF800 and h7r3.flash_size_reg is None
+    for d in (f429, find("F469"), find("L476"), find("L496"), l4r5, find("L151xD"), find("L412")):
+        assert "stm32flash" in d.note, d.name  # the disagreement and the source followed are recorded

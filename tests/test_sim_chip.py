@@ -235,3 +235,17 @@ def test_modem_lines_are_recorded_and_pin_wiring_resets() -> None:
     assert chip.mode == "app"
     port.write(b"\x7f")
     assert port.read(1) == b""
+
+
+def test_rom_bytes_are_not_invented() -> None:
+    """System memory holds the BL-ID byte and zeros: a peer reading the H74x UID and
+    flash-size addresses on an H7R/S (ROM there) gets no plausible values; the UID is at
+    the part's own register (ST CMSIS UID_BASE 0x08FFF800)."""
+    from stmflash.devices import find as find_device
+
+    dev = find_device("H7R3")
+    chip = VirtualChip(dev)
+    assert chip.read(0x1FF1E800, 12) == bytes(12)
+    assert chip.read(0x1FF1E880, 2) == bytes(2)
+    assert chip.read(dev.bl_id_address, 1) == bytes([dev.bl_ids[0]])
+    assert chip.read(0x08FFF800, 12) == chip.uid

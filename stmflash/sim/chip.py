@@ -155,13 +155,14 @@ class VirtualChip:
 
     # ---- construction helpers -------------------------------------------------------
     def _fill_sysmem(self) -> None:
-        """Deterministic ROM bytes plus the bootloader ID where AN2606 puts it."""
+        """The ROM as far as it is modelled: the bootloader ID where AN2606 puts it, zeros
+        elsewhere. ST's ROM code is not modelled; zeros keep a host that reads an ID
+        register at an address where this part has ROM (H74x UID/flash-size addresses on
+        H7R/S) from seeing plausible values."""
         dev = self.device
         if not self.sysmem:
             return
-        pattern = hashlib.sha256(f"rom:{dev.pid:03x}".encode()).digest()
-        reps = -(-len(self.sysmem) // len(pattern))
-        self.sysmem[:] = (pattern * reps)[: len(self.sysmem)]
+        self.sysmem[:] = bytes(len(self.sysmem))
         if dev.bl_id_address is not None and dev.bl_ids and dev.system_memory:
             if dev.bl_id_address in dev.system_memory:
                 self.sysmem[dev.bl_id_address - dev.system_memory.start] = dev.bl_ids[0]
