@@ -23,20 +23,10 @@ from stmflash.dfu.protocol import ABORT, CLRSTATUS, DNLOAD, GETSTATUS, UPLOAD, S
 from stmflash.sim.an3155 import ACK, An3155Rom
 from stmflash.sim.chip import VirtualChip
 from stmflash.sim.dfuse import DfuseRom, SimStall
+from tests.test_sim_an3155 import addr as _addr
+from tests.test_sim_an3155 import xor as _xor
 
 DEVICES = ["F407", "F072", "G474", "H743", "L476", "WB55", "L072", "L151xC"]
-
-
-def _xor(data: bytes) -> int:
-    x = 0
-    for b in data:
-        x ^= b
-    return x
-
-
-def _addr(a: int) -> bytes:
-    raw = a.to_bytes(4, "big")
-    return raw + bytes([_xor(raw)])
 
 
 class Uart:
