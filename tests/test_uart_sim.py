@@ -258,3 +258,31 @@ def test_after_reset_runs_the_reset_stub(tmp_path):
         assert chip.mode == "app" and chip.reset_count == before + 1
     finally:
         registry.clear()
+
+
+@pytest.mark.parametrize("name", ["G031", "G474", "H743", "L476"])
+def test_verify_catches_a_dropped_peer_style_write(name: str) -> None:
+    """A peer writing 256-byte blocks from a start inside a programming unit gets ACKs and
+    nothing programmed (``write_misaligned = "drop"``); our verify reports it, and our own
+    programming of the same image at the same start succeeds (it aligns down, 0xFF-filled)."""
+    from stmflash.errors import VerifyError
+    from stmflash.pipeline import program, verify_image
+    from stmflash.progress import Reporter
+    from stmflash.uart.link import connect
+
+    dev = devices.find(name)
+    assert dev.write_misaligned == "drop" and dev.write_align > 4
+    chip = registry.register(f"drop-{name}", VirtualChip(dev))
+    data = random.Random(5).randbytes(1028)
+    start = dev.flash_start + 4
+    img = Image()
+    img.add(start, data)
+    with connect(f"sim://{dev.short_name}?chip=drop-{name}") as link:
+        for off in range(0, len(data), 256):  # what stm32flash -S start sends
+            link.bl.write_memory(start + off, data[off : off + 256])  # every block ACKed
+        assert chip.dropped_writes == 5 and chip.flash[: 2048] == b"\xff" * 2048
+        with pytest.raises(VerifyError):
+            verify_image(link, img, Reporter())
+        result = program(link, img, after="stay")
+    assert result.verified
+    assert chip.flash[:4] == b"\xff" * 4 and chip.flash[4 : 4 + len(data)] == data

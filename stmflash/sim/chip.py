@@ -18,7 +18,10 @@ Rules the chip enforces (the same for every device, so clients meet one behaviou
   whole write fail (:class:`ProgramError`, ROM answers NACK) and nothing is written — the
   PROGERR behaviour of newer parts, applied universally;
 * units under write protection are silently left unchanged (the ROM still ACKs, AN3155);
-* a mass erase is refused as a whole (no change) while any unit is write protected;
+* a mass erase is ignored as a whole (no change) while any unit is write protected;
+* capabilities the table denies are refused here, not in a front-end, so AN3155 and
+  DfuSe refuse them alike (:class:`Refused`: mass and bank erase on ``mass_erase =
+  false`` parts such as L0, L1, WB; bank erase on single-bank parts);
 * RAM below ``device.ram_usable`` belongs to the bootloader: writes there fail.
 
 Option bytes: the family's real layout from the device table (``ob_layout``, decoded by
