@@ -36,7 +36,10 @@ saved when a handle closes, when the device leaves DFU mode and at exit.
 USB timing model (``timing=realistic``): each control transfer costs one 1 ms frame for
 its setup/status stages plus its data stage at 1 MB/s (full-speed control throughput,
 64-byte packets), i.e. ``CONTROL_FRAME_S + len/CONTROL_BYTES_PER_S``.  Erase/program
-durations come from the chip's timing model.  A disconnect or reset takes the device off
+durations come from the chip's timing model; a request that reaches the ROM while it is
+busy is held (NAKed, as the USB peripheral does) until the operation ends, or fails with a
+USB timeout when the host's own timeout ends first (``VirtualUsbDevice.held`` counts
+them).  A disconnect or reset takes the device off
 the bus for the rest of the operation plus ``device.startup_ms``.
 """
 
