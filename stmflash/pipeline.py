@@ -214,12 +214,12 @@ def verify_image(
                     method = "read-back"
                     _read_back(link, addr, data, Reporter())
                 elif crc != stm32_crc(data):
-                    # locate the first difference so the message names an address
-                    _read_back(link, addr, data, Reporter())
-                    raise VerifyError(
-                        f"verify failed: on-chip CRC of 0x{addr:08X}-0x{addr + len(data) - 1:08X} "
-                        f"is 0x{crc:08X}, expected 0x{stm32_crc(data):08X}"
-                    )
+                    # ask again on a resynced link before believing it
+                    resync(link)
+                    if link.checksum(addr, len(data)) != stm32_crc(data):
+                        # locate the first difference (raises VerifyError when two reads
+                        # agree on wrong content); content that reads back right is right
+                        _read_back(link, addr, data, Reporter())
             except VerifyError:
                 if unit is not None and repair is not None and repair(unit):
                     continue
@@ -236,27 +236,66 @@ def _read_back(link: Link, address: int, expected: bytes, reporter: Reporter) ->
         want = expected[off : off + step]
         got = link.read(address + off, len(want))
         if got != want:
-            # a byte garbled on its way back is not a flash error: re-read the blocks that
-            # differ, and fail only when two reads agree on the same wrong content
+            # a byte garbled on its way back is not a flash error: the blocks that differ
+            # are read again until two reads agree, and "mismatch" is reported only when the
+            # agreed content, read once more on a resynced link, still differs
             for boff in range(0, len(want), block):
                 w = want[boff : boff + block]
-                seen = [got[boff : boff + block]]
-                while seen[-1] != w:
-                    again = link.read(address + off + boff, len(w))
-                    if again != w and (again in seen or len(seen) >= 5):
-                        _mismatch(address + off + boff, again, w)
-                    seen.append(again)
+                if got[boff : boff + block] == w:
+                    continue
+                at = address + off + boff
+                if not holds(link, at, w, confirm=True):
+                    _mismatch(at, confirmed_read(link, at, len(w)), w)
         reporter.advance(len(want))
 
 
-def _stable_read(link: Link, address: int, length: int) -> bytes:
-    """A read confirmed by a second identical one (a noisy line garbles single reads)."""
+def resync(link: Link) -> None:
+    """Bring the link back into step (UART: drain and resync; DFU: back to dfuIDLE)."""
+    fn = getattr(link, "resync", None)
+    if fn is not None:
+        fn()
+
+
+def confirmed_read(link: Link, address: int, length: int, *, tries: int = 6) -> bytes:
+    """A read believed only when two reads agree (AN3155 data carries no checksum).
+
+    A piece whose reads never agree is re-read in halves (a shorter frame is less likely
+    to be hit); when even 16 bytes never read the same twice the line is too noisy to say
+    anything, which is a :class:`LinkError` — never a protection or mismatch diagnosis.
+    """
+    out = bytearray()
+    step = max(link.max_read, 1)
+    for off in range(0, length, step):
+        out += _confirmed_piece(link, address + off, min(step, length - off), tries)
+    return bytes(out)
+
+
+def _confirmed_piece(link: Link, address: int, n: int, tries: int) -> bytes:
     seen: list[bytes] = []
-    while True:
-        got = link.read(address, length)
-        if got in seen or len(seen) >= 4:
+    for _ in range(tries):
+        got = link.read(address, n)
+        if got in seen:
             return got
         seen.append(got)
+    if n > 16:
+        half = n // 2
+        return _confirmed_piece(link, address, half, tries) + _confirmed_piece(link, address + half, n - half, tries)
+    from stmflash.errors import LinkError
+
+    raise LinkError(
+        f"no two reads of 0x{address:08X} agree (line noise): cannot tell what the chip holds there"
+    )
+
+
+def holds(link: Link, address: int, want: bytes, *, confirm: bool = False) -> bool:
+    """True when the chip holds ``want`` at ``address`` (confirmed read). With ``confirm``,
+    a "no" is checked once more on a resynced link before it is believed."""
+    if confirmed_read(link, address, len(want)) == want:
+        return True
+    if not confirm:
+        return False
+    resync(link)
+    return confirmed_read(link, address, len(want)) == want
 
 
 def _protected(unit: EraseUnit) -> Exception:
@@ -295,7 +334,7 @@ def _write_all(
         except NackError:
             if unit is None or not repair:
                 raise
-            got = _stable_read(link, addr, len(data))
+            got = confirmed_read(link, addr, len(data))
             if got == data:
                 pass
             elif got == b"\xff" * len(data) or repairs.get(unit.index, 0) >= 2:
@@ -378,11 +417,13 @@ def program(
             hi = max([unit.end] + [a + len(d) for a, d in mine])
             span = device.units_covering(lo, hi)
             mine = [(a, d) for a, d in blocks if a < span[-1].end and span[0].address < a + len(d)]
+            blank = b"\xff" * len(mine[0][1]) if mine else b""
             for attempt in range(3):
                 link.erase(span)
                 # a garbled page list can pass the XOR check and erase another unit:
-                # conclude "write-protected" only when erasing never takes
-                if not mine or _stable_read(link, mine[0][0], len(mine[0][1])) == b"\xff" * len(mine[0][1]):
+                # conclude "write-protected" only when erasing never takes, confirmed on a
+                # resynced link
+                if not mine or holds(link, mine[0][0], blank, confirm=attempt == 2):
                     break
                 if attempt == 2:
                     raise _protected(unit)
@@ -391,10 +432,13 @@ def program(
             if mine:
                 a, d = mine[0]
                 for attempt in range(3):
-                    if _stable_read(link, a, len(d)) != b"\xff" * len(d):
+                    if confirmed_read(link, a, len(d)) != blank:
                         break
                     if attempt == 2:
-                        raise _protected(unit)  # writing changes nothing
+                        resync(link)
+                        if confirmed_read(link, a, len(d)) == blank:
+                            raise _protected(unit)  # writing changes nothing
+                        break
                     link.write(a, d)
             return True
 

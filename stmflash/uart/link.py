@@ -91,6 +91,10 @@ class UartLink:
     def start(self, address: int) -> None:
         self.bl.go(address)
 
+    def resync(self) -> None:
+        """Drain and resynchronise (before a diagnosis is confirmed by a second look)."""
+        self.bl.recover("while resynchronising")
+
     def reset(self) -> None:
         """Reset through the entry strategy's exit pins, else a tiny SYSRESETREQ stub in RAM.
 
