@@ -223,9 +223,15 @@ class DfuLink:
             out.append((start, self.proto.read(start, end - start)))
         return out
 
-    def write_option_bytes(self, data: bytes, address: int | None = None) -> None:
-        """Write the whole option-byte area; the ROM applies it and resets (re-enumerates)."""
-        alt = self.select(self.option_bytes_alt())
+    def check_option_bytes(
+        self, data: bytes, address: int | None = None, *, confirm_permanent: bool = False, where: str = ""
+    ) -> int:
+        """Everything about an option-byte write that can be refused before the device is
+        opened (no request is sent): the alt and the range exist, and the RDP-2 gate
+        (:mod:`stmflash.safety`). Returns the start address."""
+        from stmflash.safety import check_option_bytes_data
+
+        alt = self.option_bytes_alt()
         regions = alt.layout.regions()
         start = address if address is not None else regions[0][0]
         region = next(((a, b) for a, b in regions if a <= start < b), None)
@@ -235,6 +241,22 @@ class DfuLink:
             raise UsageError(
                 f"{len(data)} option bytes at 0x{start:08X} overflow the area (ends 0x{region[1]:08X})"
             )
+        check_option_bytes_data(
+            self.device, start, data, rdp2_confirmed=confirm_permanent,
+            where=where or f"option bytes at 0x{start:08X}",
+        )
+        return start
+
+    def write_option_bytes(
+        self, data: bytes, address: int | None = None, *, confirm_permanent: bool = False
+    ) -> None:
+        """Write option bytes through their alt (checked by :meth:`check_option_bytes`
+        first); the ROM applies them and resets (re-enumerates)."""
+        start = self.check_option_bytes(data, address, confirm_permanent=confirm_permanent)
+        self._download_ob(start, data)
+
+    def _download_ob(self, start: int, data: bytes) -> None:
+        self.select(self.option_bytes_alt())
         try:
             self.proto.download(start, data, 5.0, expect_reset=True)
         except DeviceGone:
@@ -262,8 +284,27 @@ class DfuLink:
         obl.layout_of(dev)  # raises the UsageError naming the device
         raise AssertionError("unreachable")
 
-    def _ob_area(self) -> tuple[int, bytes, int]:
-        """(address, bytes of the alt's first region, length of the layout's area in it)."""
+    def check_protection(self, wp_units: Sequence[int] | None = None, rdp_level: int = 0) -> None:
+        """Refuse, before the device is opened (no request is sent), a protection request
+        that :meth:`write_protect` / :meth:`readout_protect` would refuse after flashing:
+        no option-bytes alt, an alt that is not the layout's area, a unit without a WRP bit."""
+        rules = self._ob_rules()
+        self._ob_geometry()
+        if wp_units:
+            dev = self.device
+            from stmflash import option_bytes as obl
+
+            if obl.supported(dev):
+                obl.wrp_codes(dev, wp_units)
+            else:
+                obl.sim_codes(dev, list(wp_units))
+        if rdp_level == 2:
+            ob = self.device.option_bytes
+            size = ob.size if ob is not None else 16
+            rules[1](self.device, b"\xff" * size, 2)
+
+    def _ob_geometry(self) -> tuple[int, int]:
+        """(address, size of the layout's area) of the option-bytes alt, checked (no I/O)."""
         alt = self.option_bytes_alt()
         start, end = alt.layout.regions()[0]
         ob = self.device.option_bytes
@@ -279,6 +320,11 @@ class DfuLink:
                 f"{self.device.short_name}: the DFU option-bytes alt holds {end - start} bytes, "
                 f"the option-byte layout needs {size}"
             )
+        return start, size
+
+    def _ob_area(self) -> tuple[int, bytes, int]:
+        """(address, bytes of the alt's first region, length of the layout's area in it)."""
+        start, size = self._ob_geometry()
         return start, self.read_option_bytes()[0][1], size
 
     def _rewrite_ob(self, change: Callable[[bytes], bytes], what: str) -> bytes:
@@ -287,7 +333,7 @@ class DfuLink:
         start, area, size = self._ob_area()
         new = change(area[:size])
         if new != area[:size]:
-            self.write_option_bytes(new + area[size:], start)
+            self._download_ob(start, new + area[size:])  # computed from the layout: not level 2
         back = self._ob_area()[1][:size]
         if back != new:
             from stmflash.errors import VerifyError

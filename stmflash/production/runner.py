@@ -95,7 +95,7 @@ def apply_protection(link: Any, job: JobConfig, image: Image, reporter: Any) -> 
         if fn is None:
             raise StmflashError("writing option bytes is not supported over this link")
         reporter.phase("option-bytes")
-        fn(job.option_bytes)
+        fn(job.option_bytes, confirm_permanent=job.rdp2_confirmed)  # gated again inside
         done.append("option-bytes")
     p = job.protect
     if p.wrp:
@@ -361,6 +361,11 @@ class BatchRunner:
     def _check_protection(self, device: Any, link: Any) -> None:
         """Refuse (before flashing) a protection this board's option-byte layout cannot encode."""
         p = self.job.protect
+        if self.job.option_bytes is not None:
+            check = getattr(link, "check_option_bytes", None)
+            if check is None:
+                raise UsageError("writing option bytes is not supported over this link")
+            check(self.job.option_bytes, confirm_permanent=self.job.rdp2_confirmed)
         if not (p.wrp or p.rdp == 2):
             return
         from stmflash import option_bytes as obl

@@ -134,6 +134,22 @@ class UartLink:
         region = self._ob_region()
         return self.bl.read(region.start, region.size)
 
+    def check_option_bytes(self, data: bytes, *, confirm_permanent: bool = False) -> Any:
+        """Everything about an option-byte write that can be refused before it starts: the
+        area exists, the size fits, and the RDP-2 gate (:mod:`stmflash.safety`)."""
+        from stmflash.safety import check_option_bytes_write
+
+        region = self._ob_region()
+        if not data or len(data) > region.size or len(data) % 4:
+            raise UsageError(
+                f"option bytes: {len(data)} bytes given; {self.device.short_name} takes up to "
+                f"{region.size}, a multiple of 4"
+            )
+        check_option_bytes_write(
+            self.device, data, rdp2_confirmed=confirm_permanent, where=f"option bytes of {self.device.short_name}"
+        )
+        return region
+
     def write_option_bytes(self, data: bytes, *, confirm_permanent: bool = False) -> None:
         """Write Memory at the option-bytes address (the chip reloads them and resets).
 
@@ -145,12 +161,7 @@ class UartLink:
         from stmflash import option_bytes as obl
         from stmflash.errors import VerifyError
 
-        region = self._ob_region()
-        if not data or len(data) > region.size or len(data) % 4:
-            raise UsageError(
-                f"option bytes: {len(data)} bytes given; {self.device.short_name} takes up to "
-                f"{region.size}, a multiple of 4"
-            )
+        region = self.check_option_bytes(data, confirm_permanent=confirm_permanent)
         expect: bytes | None = None
         current = b""
         level = 0
@@ -158,13 +169,10 @@ class UartLink:
             current = self.read_option_bytes()
             expect = obl.normalize(self.device, data + current[len(data) :])
             level = obl.rdp_level(self.device, expect)
-            if level == 2 and not confirm_permanent:
-                raise UsageError(
-                    "these option bytes set RDP level 2, which disables the bootloader and debug "
-                    "for good; pass --i-understand-rdp2-is-permanent to really do it"
-                )
+        else:
+            level = -1  # layout unknown (written only when confirmed): may be silent afterwards
         self._write_ob_chunks(
-            region.start, data, current=current if expect is not None else None, final_silent=level == 2
+            region.start, data, current=current if expect is not None else None, final_silent=level in (2, -1)
         )
         if level != 0:
             return
