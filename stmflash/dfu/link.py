@@ -6,6 +6,13 @@ numbers relative to the address pointer, an erase per page/sector, read-back thr
 UPLOAD (the ROM has no checksum command), and leave as "start".  Each operation gets a
 deadline from the device table's worst-case timings rather than a fixed timeout, so a 32 s
 F4 mass erase and a 20 ms L4 page erase are both waited for correctly.
+
+A stalled, timed-out or disconnected request is retried (:meth:`DfuLink._retry`): the
+status is cleared and the device brought back to dfuIDLE (or waited for on the same port
+after a disconnect), a block is read back before it is sent again (never programmed twice;
+a partly programmed block is handed to the pipeline, which erases and rewrites its unit),
+an erase is re-issued, and the pipeline's verification re-checks everything written. A
+readout-protection answer (errVENDOR) is believed only when it comes again after that.
 """
 
 from __future__ import annotations
@@ -13,18 +20,22 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from stmflash.devices import Device, EraseUnit
 from stmflash.dfu.facts import DfuFacts, dfu_facts, find_alt, identify
 from stmflash.dfu.layout import AltLayout
-from stmflash.dfu.protocol import DeviceGone, DfuProtocol
+from stmflash.dfu.protocol import DeviceGone, DfuProtocol, Stall
 from stmflash.dfu.usb import DfuAlt, DfuDeviceInfo, find_devices
-from stmflash.errors import LinkError, ProtectionError, UsageError
+from stmflash.errors import LinkError, NackError, ProtectionError, TimeoutError_, UsageError
 
 LINUX_MAX_TRANSFER = 4096  # usbfs limit on one control transfer
 FLASH, OPTION_BYTES, OTP, FEATURE = "Internal Flash", "Option Bytes", "OTP Memory", "Device Feature"
 REENUMERATE_S = 10.0
+RETRIES = 4  # per request: a USB hub glitch costs a retry, not a board
+REAPPEAR_S = 3.0  # after an unexpected disconnect: a glitch re-enumerates within a second or two
+
+T = TypeVar("T")
 
 
 class DfuLink:
@@ -37,8 +48,11 @@ class DfuLink:
         device: Device | None = None,
         timeout_ms: int = 5000,
         sleep: Callable[[float], None] = time.sleep,
+        retries: int = RETRIES,
     ) -> None:
         self.info = info
+        self.retries = retries
+        self.retried = 0  # requests that needed a retry (reported, tested)
         self.timeout_ms = timeout_ms
         self.sleep = sleep
         layouts = [a.layout for a in info.alts]
@@ -72,18 +86,78 @@ class DfuLink:
         """Configure, claim the DFU interface, select the flash alt and reach dfuIDLE."""
         import usb.core
 
-        dev = self.info.dev
-        try:
+        def once() -> None:
+            dev = self.info.dev
+            self.alt = None
             try:
-                dev.set_configuration()
-            except usb.core.USBError:
-                pass  # already configured (Linux/macOS may refuse a second SET_CONFIGURATION)
-            self.select(FLASH if self.find_alt(FLASH) is not None else self.info.alts[0])
-        except usb.core.USBError as exc:
-            from stmflash.dfu.protocol import translate_usb_error
+                try:
+                    dev.set_configuration()
+                except usb.core.USBError:
+                    pass  # already configured (Linux/macOS may refuse a second SET_CONFIGURATION)
+                self.select(FLASH if self.find_alt(FLASH) is not None else self.info.alts[0])
+            except usb.core.USBError as exc:
+                from stmflash.dfu.protocol import translate_usb_error
 
-            raise translate_usb_error(exc, f"opening the DFU device at {self.info.path}") from None
+                raise translate_usb_error(exc, f"opening the DFU device at {self.info.path}") from None
+
+        self._retry(f"opening the DFU device at {self.info.path}", once, reopen=False)
         return self
+
+    # ---- retries ------------------------------------------------------------------------
+    def _retry(
+        self,
+        what: str,
+        op: Callable[[], T],
+        *,
+        before_retry: Callable[[], T | None] | None = None,
+        reopen: bool = True,
+    ) -> T:
+        """Run ``op``; after a stall, timeout or disconnect recover the link and run it again
+        (``before_retry`` may find it already done). errVENDOR is confirmed the same way."""
+        last: LinkError | None = None
+        protection_seen = False
+        for attempt in range(self.retries + 1):
+            if attempt:
+                self.retried += 1
+                try:
+                    self._recover(last, reopen=reopen)
+                    if before_retry is not None:
+                        done = before_retry()
+                        if done is not None:
+                            return done
+                except (Stall, TimeoutError_, DeviceGone) as exc:
+                    last = exc
+                    continue
+            try:
+                return op()
+            except ProtectionError as exc:
+                if protection_seen or attempt == self.retries:
+                    raise
+                protection_seen = True  # a diagnosis is confirmed before it is reported
+                last = LinkError(str(exc))
+            except (Stall, TimeoutError_, DeviceGone) as exc:
+                last = exc
+        assert last is not None
+        raise type(last)(f"{last} (after {self.retries} retries)") if isinstance(last, LinkError) else last
+
+    def _recover(self, exc: BaseException | None, *, reopen: bool = True) -> None:
+        """Back to a known state: dfuIDLE with a cleared status, or (after a disconnect) the
+        device found again on the same port path and reopened."""
+        self.proto.pointer = None
+        self.proto.upload_next = None
+        self.proto.uploading = False
+        if not isinstance(exc, DeviceGone):
+            try:
+                self.proto.to_idle("recovering after a failed request")
+                return
+            except DeviceGone as gone:
+                exc = gone
+        try:
+            self._wait_back(REAPPEAR_S)
+        except LinkError:
+            raise LinkError(f"{exc}; it did not come back within {REAPPEAR_S:.0f} s") from None
+        if reopen:
+            self.open()
 
     def close(self) -> None:
         import usb.util
@@ -160,28 +234,58 @@ class DfuLink:
     def read(self, address: int, length: int, progress: Callable[[int], None] | None = None) -> bytes:
         if length <= 0:
             return b""
-        self._alt_for(address, length)
-        return self.proto.read(address, length, progress)
+
+        def op() -> bytes:
+            self._alt_for(address, length)
+            return self.proto.read(address, length, progress)
+
+        return self._retry(f"reading 0x{address:08X}", op)
 
     def write(self, address: int, data: bytes) -> None:
         if len(data) > self.max_write:
             raise UsageError(f"write of {len(data)} bytes exceeds the DFU transfer size {self.max_write}")
-        self._alt_for(address, len(data))
-        sector = self.alt.layout.sector_at(address) if self.alt else None
-        if sector is not None and not sector.writable:
-            raise ProtectionError(
-                f"0x{address:08X} is not writable through the DFU bootloader ({self.alt.name if self.alt else ''})"
-            )
-        self.proto.download(address, data, self._write_deadline(len(data)))
+
+        def op() -> None:
+            self._alt_for(address, len(data))
+            sector = self.alt.layout.sector_at(address) if self.alt else None
+            if sector is not None and not sector.writable:
+                raise ProtectionError(
+                    f"0x{address:08X} is not writable through the DFU bootloader ({self.alt.name if self.alt else ''})"
+                )
+            self.proto.download(address, data, self._write_deadline(len(data)))
+
+        def already_done() -> bool | None:
+            # the block may have been programmed before the failure: never program it twice
+            got = self.read(address, len(data))
+            if got == data:
+                return True
+            if got == b"\xff" * len(data):
+                return None  # not programmed: send it again
+            raise NackError(
+                f"writing {len(data)} bytes at 0x{address:08X}: the block was partly programmed when "
+                "the request failed"
+            )  # the pipeline erases the unit and rewrites it
+
+        self._retry(f"writing 0x{address:08X}", op, before_retry=already_done)
 
     def erase(self, units: Sequence[EraseUnit]) -> None:
         for unit in units:
-            self._alt_for(unit.address)
-            self.proto.erase_page(unit.address, self._unit_deadline(unit))
+            def op(u: EraseUnit = unit) -> None:
+                self._alt_for(u.address)
+                self.proto.erase_page(u.address, self._unit_deadline(u))
+
+            self._retry(f"erasing 0x{unit.address:08X}", op)
 
     def mass_erase(self) -> None:
-        self.select(FLASH)
-        self.proto.mass_erase(self._mass_deadline())
+        def op() -> None:
+            self.select(FLASH)
+            self.proto.mass_erase(self._mass_deadline())
+
+        self._retry("mass erase", op)
+
+    def resync(self) -> None:
+        """Back to dfuIDLE with a cleared status (before a diagnosis is confirmed)."""
+        self._retry("resynchronising", lambda: self._recover(None))
 
     def checksum(self, address: int, length: int) -> int | None:
         return None  # DfuSe has no checksum command: the pipeline reads back
@@ -406,6 +510,12 @@ class DfuLink:
 
     def reconnect(self, timeout_s: float = REENUMERATE_S) -> None:
         """Wait for the device to come back on the same port after a reset, and reopen it."""
+        self._wait_back(timeout_s)
+        self.open()
+
+    def _wait_back(self, timeout_s: float) -> None:
+        """Wait for the device to be listed again on the same port path (after a reset or
+        a disconnect) and take the new handle; not opened yet."""
         self.close()
         deadline = time.monotonic() + timeout_s
         while True:
@@ -417,7 +527,6 @@ class DfuLink:
                 self.closed = False
                 self.alt = None
                 self.proto = self._protocol()
-                self.open()
                 return
             if time.monotonic() >= deadline:
                 raise LinkError(
