@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stmflash.devices import Device, EraseUnit, Region
-from stmflash.errors import UsageError, VerifyError
+from stmflash.errors import NackError, UsageError, VerifyError
 from stmflash.image.model import Image
 from stmflash.link import Link
 from stmflash.progress import Reporter
@@ -323,36 +323,46 @@ def _write_all(
     """Write blocks in order; a flash block damaged by line noise (the ROM accepted a
     garbled payload whose checksum happened to match) is repaired by erasing its unit
     again and rewriting what that unit already received."""
-    from stmflash.errors import NackError
-
     done: list[tuple[int, bytes]] = []
     repairs: dict[int, int] = {}
     for addr, data in blocks:
         unit = device.unit_at(addr)
-        try:
-            link.write(addr, data)
-        except NackError:
-            if unit is None or not repair:
-                raise
-            got = confirmed_read(link, addr, len(data))
-            if got == data:
-                pass
-            elif got == b"\xff" * len(data) or repairs.get(unit.index, 0) >= 2:
-                raise
-            else:
+        while True:
+            try:
+                _write_confirmed(link, addr, data)
+            except NackError:
+                if unit is None or not repair:
+                    raise
+                got = confirmed_read(link, addr, len(data))
+                if got == b"\xff" * len(data) or repairs.get(unit.index, 0) >= 2:
+                    raise
                 repairs[unit.index] = repairs.get(unit.index, 0) + 1
                 rep.warn(
                     f"flash at 0x{addr:08X} holds garbled data (line noise); erasing unit "
                     f"{unit.index} again and rewriting it"
                 )
                 span = device.units_covering(addr, addr + len(data))
-                link.erase(span)
-                for a, d in done:
-                    if a < span[-1].end and span[0].address < a + len(d):
-                        link.write(a, d)
-                link.write(addr, data)
+                try:
+                    link.erase(span)
+                    for a, d in done:
+                        if a < span[-1].end and span[0].address < a + len(d):
+                            _write_confirmed(link, a, d)
+                except NackError:
+                    continue  # the rewrite was hit too: erase the unit again
+                continue  # now the block itself
+            break
         done.append((addr, data))
         rep.advance(len(data))
+
+
+def _write_confirmed(link: Link, addr: int, data: bytes) -> None:
+    """Write one block; a refusal is believed only when the flash does not already hold the
+    block (its ACK may have been lost after programming, and a second write is refused)."""
+    try:
+        link.write(addr, data)
+    except NackError:
+        if confirmed_read(link, addr, len(data)) != data:
+            raise
 
 
 def program(
@@ -428,7 +438,10 @@ def program(
                 if attempt == 2:
                     raise _protected(unit)
             for addr, data in mine:
-                link.write(addr, data)
+                try:
+                    _write_confirmed(link, addr, data)
+                except NackError:
+                    return True  # the block still differs: verification finds it and repairs again
             if mine:
                 a, d = mine[0]
                 for attempt in range(3):

@@ -11,7 +11,7 @@ import usb.core
 
 from stmflash.devices import find
 from stmflash.dfu.link import DfuLink
-from stmflash.dfu.protocol import DeviceGone, State, Status
+from stmflash.dfu.protocol import State, Status
 from stmflash.dfu.usb import find_devices
 from stmflash.errors import ProtectionError, TimeoutError_, UsageError
 from stmflash.image.model import Image

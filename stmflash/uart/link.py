@@ -48,9 +48,24 @@ class UartLink:
     def write(self, address: int, data: bytes) -> None:
         if len(data) > self.max_write:
             raise ValueError(f"write of {len(data)} bytes exceeds {self.max_write}")
-        step = max(self.bl.block, self.device.write_align)
-        for off in range(0, len(data), step):
-            self.bl.write_memory(address + off, data[off : off + step])
+        from stmflash.errors import NackError
+
+        align = max(self.device.write_align, 4)
+        off = 0
+        while off < len(data):
+            # the session shortens its frames while the line garbles them
+            step = max(self.bl.block, align)
+            chunk = data[off : off + step]
+            try:
+                self.bl.write_memory(address + off, chunk)
+            except NackError:
+                # every retry of this frame had its data refused (checksum): try shorter
+                # frames, which noise hits less often; the ROM programmed none of it
+                if len(chunk) <= max(32, align):
+                    raise
+                self.bl.block = max(32, align, min(self.bl.block, len(chunk) // 2))
+                continue
+            off += len(chunk)
 
     def erase(self, units: Sequence[EraseUnit]) -> None:
         if not units:

@@ -56,7 +56,14 @@ from stmflash.an3155 import (  # noqa: F401  (re-exported for callers of this mo
     WRITE_UNPROTECT,
 )
 from stmflash.devices import Device, lookup
-from stmflash.errors import IdentityError, LinkError, NackError, ProtectionError, TimeoutError_, UsageError
+from stmflash.errors import (
+    IdentityError,
+    LinkError,
+    NackError,
+    ProtectionError,
+    TimeoutError_,
+    UsageError,
+)
 
 MAX_BLOCK = 256
 MAX_PAGES_LEGACY = 255  # 0x43: N-1 in one byte, 0xFF means global erase
@@ -612,11 +619,15 @@ class Bootloader:
 
         def already_done() -> bool | None:
             # the ACK may have been lost after programming: do not program twice
-            try:
-                got = self.transaction(READ, lambda: self._read_raw(address, len(data)), retries=2)
-            except (NackError, ProtectionError, LinkError):
-                return None
-            return True if got == data else None
+            # (a read garbled on its way back never equals the data by chance: a few tries)
+            for _ in range(3):
+                try:
+                    got = self.transaction(READ, lambda: self._read_raw(address, len(data)), retries=2)
+                except (NackError, ProtectionError, LinkError):
+                    return None
+                if got == data:
+                    return True
+            return None
 
         self.transaction(WRITE, op, address=address, on_retry=already_done)
 
