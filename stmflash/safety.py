@@ -26,7 +26,28 @@ from stmflash.errors import UsageError
 
 RDP2_FLAG = "--i-understand-rdp2-is-permanent"
 
-__all__ = ["RDP2_FLAG", "check_option_bytes_data", "check_option_bytes_early", "check_option_bytes_write"]
+__all__ = [
+    "RDP2_FLAG",
+    "check_option_bytes_data",
+    "check_option_bytes_early",
+    "check_option_bytes_write",
+    "sets_rdp2",
+]
+
+
+def sets_rdp2(device: Device, address: int, data: bytes) -> bool | None:
+    """Whether ``data`` at ``address`` sets RDP level 2 (the chip never answers again);
+    None when nobody can tell (layout unknown, or data outside the known area)."""
+    region = device.option_bytes
+    if not obl.supported(device) or region is None:
+        return None
+    if not (region.start <= address and address + len(data) <= region.end):
+        return None
+    offset, rdp = address - region.start, int(device.ob_layout["rdp"])
+    if not offset <= rdp < offset + len(data):
+        return False
+    area = (b"\xff" * offset + bytes(data))[: region.size].ljust(region.size, b"\xff")
+    return obl.rdp_level(device, area) == 2
 
 
 def check_option_bytes_write(device: Device, new_area: bytes, *, rdp2_confirmed: bool, where: str) -> None:

@@ -240,7 +240,10 @@ def _session(link: Any, reporter: Any, kw: dict[str, Any], image: Any, file: str
             )
         for address, data in ob_segments:
             reporter.phase("options")
-            link.write_option_bytes(data, address, confirm_permanent=kw["rdp2_ok"])
+            if not link.write_option_bytes(data, address, confirm_permanent=kw["rdp2_ok"]):
+                reporter.info(f"option bytes at 0x{address:08X} written: the device is silent now (RDP level 2)")
+                kw["silent"] = True
+                break
             if kw["verify"]:
                 _verify_ob(link, address, data)
             reporter.info(f"option bytes at 0x{address:08X} written ({len(data)} bytes)")
@@ -255,10 +258,17 @@ def _session(link: Any, reporter: Any, kw: dict[str, Any], image: Any, file: str
                 f"option bytes: {len(ob_data)} bytes given; the option-bytes alt takes the whole area "
                 f"of {end - start} bytes at 0x{start:08X}"
             )
-        link.write_option_bytes(ob_data, confirm_permanent=kw["rdp2_ok"])
-        _verify_ob(link, start, ob_data)
-        reporter.info("option bytes written and verified (the device reset)")
+        if link.write_option_bytes(ob_data, confirm_permanent=kw["rdp2_ok"]):
+            _verify_ob(link, start, ob_data)
+            reporter.info("option bytes written and verified (the device reset)")
+        else:
+            reporter.info("option bytes written: the device is silent now (RDP level 2)")
+            kw["silent"] = True
         did = True
+    if kw.get("silent"):
+        if kw["read_out"] or kw["read_option_bytes"] or kw.get("wp_units") or kw["protect"] or kw["leave"]:
+            reporter.warn("the device no longer answers (RDP level 2): the remaining actions were skipped")
+        kw.update(read_out=None, read_option_bytes=False, wp_units=None, protect=False, leave=False)
 
     if kw["read_out"]:
         start, length = _read_range(kw, link)

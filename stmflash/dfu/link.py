@@ -353,19 +353,33 @@ class DfuLink:
 
     def write_option_bytes(
         self, data: bytes, address: int | None = None, *, confirm_permanent: bool = False
-    ) -> None:
+    ) -> bool:
         """Write option bytes through their alt (checked by :meth:`check_option_bytes`
-        first); the ROM applies them and resets (re-enumerates)."""
-        start = self.check_option_bytes(data, address, confirm_permanent=confirm_permanent)
-        self._download_ob(start, data)
+        first); the ROM applies them and resets (re-enumerates). False when the device
+        does not come back (RDP level 2, confirmed: its bootloader is gone for good)."""
+        from stmflash.safety import sets_rdp2
 
-    def _download_ob(self, start: int, data: bytes) -> None:
+        start = self.check_option_bytes(data, address, confirm_permanent=confirm_permanent)
+        level2 = sets_rdp2(self.device, start, data)
+        return self._download_ob(start, data, come_back=level2 is False, may_come_back=level2 is None)
+
+    def _download_ob(self, start: int, data: bytes, *, come_back: bool = True, may_come_back: bool = False) -> bool:
         self.select(self.option_bytes_alt())
         try:
             self.proto.download(start, data, 5.0, expect_reset=True)
         except DeviceGone:
             pass
-        self.reconnect()
+        if come_back:
+            self.reconnect()
+            return True
+        if may_come_back:
+            try:
+                self.reconnect()
+                return True
+            except LinkError:
+                return False
+        self.close()
+        return False
 
     # ---- protection: the option bytes, rewritten through their alt ---------------------------
     def _ob_rules(self) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any], Callable[..., Any]]:

@@ -165,7 +165,7 @@ class UartLink:
         )
         return region
 
-    def write_option_bytes(self, data: bytes, *, confirm_permanent: bool = False) -> None:
+    def write_option_bytes(self, data: bytes, *, confirm_permanent: bool = False) -> bool:
         """Write Memory at the option-bytes address (the chip reloads them and resets).
 
         ``data`` covers the area from its start (usually all of it). Complement bytes are
@@ -190,11 +190,12 @@ class UartLink:
             region.start, data, current=current if expect is not None else None, final_silent=level in (2, -1)
         )
         if level != 0:
-            return
+            return level == 1  # False: silent now (level 2, or a layout nobody can decode)
         back = self.bl.read(region.start, len(data))
         want = expect[: len(data)] if expect is not None else data
         if back != want:
             raise VerifyError(f"option bytes read back as {back.hex()} after writing {data.hex()}")
+        return True
 
     def _write_ob_chunks(
         self, start: int, data: bytes, *, current: bytes | None = None, final_silent: bool = False
