@@ -19,7 +19,11 @@ from stmflash.cli import main
 from stmflash.errors import EXIT_USAGE, UsageError
 from stmflash.image import save
 from stmflash.image.model import Image
-from stmflash.safety import check_option_bytes_data, check_option_bytes_early, check_option_bytes_write
+from stmflash.safety import (
+    check_option_bytes_data,
+    check_option_bytes_early,
+    check_option_bytes_write,
+)
 from stmflash.sim import registry, usb_backend
 
 ROOT = Path(__file__).resolve().parents[1]
