@@ -4,6 +4,12 @@ UART and DFU share this so that the safety rules live in one place: erase only w
 image covers, never report success without verification, and on parts that boot their ROM
 while the first flash word is blank ("empty check"), write the vector-table unit last so an
 interrupted flash leaves a chip that still enters its bootloader and can be flashed again.
+
+On a noisy line nothing is concluded from one reading: data read back is believed only
+when two reads agree (:func:`confirmed_read`; AN3155 answers carry no checksum), and
+"write-protected" or "mismatch" is reported only after a second look on a resynced link
+(:func:`holds`). A line too noisy to read the same bytes twice is a LinkError (exit 3),
+never a protection or verification verdict.
 """
 
 from __future__ import annotations

@@ -20,6 +20,11 @@ shared/reference/uart-an3155.md):
   state-changing command if the ROM dropped bytes (see ``_harmless``); Write Memory data
   is never sent before both ACKs; the first failure of a pipelined frame switches the
   session to waiting for every ACK (``pipeline=False``, CLI ``--no-pipeline``).
+* Identification believes nothing it heard once: Get, Get Version, Get ID and the Read
+  Memory of the bootloader ID, flash-size register and UID are repeated until two answers
+  agree, and the flash size must be plausible for the PID (device table). One flipped bit
+  in an unchecked Get ID answer once made an F407 an L053 whose "pages 0-9" were erased as
+  sectors 0-9; now such a chip is never erased (:class:`~stmflash.errors.IdentityError`).
 * Timeouts scale with the work: wire time of the answer at the port's baud rate, the
   device table's maximum programming and erase times, with a margin.
 """
