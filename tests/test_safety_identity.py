@@ -14,25 +14,16 @@ from pathlib import Path
 import pytest
 
 from stmflash import devices
-from stmflash.cli import main
 from stmflash.errors import EXIT_NO_ANSWER, IdentityError
 from stmflash.sim import registry
 from stmflash.sim.chip import VirtualChip
 from stmflash.uart.protocol import Bootloader, plausible_flash_size
+from tests.clirun import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 HEX = str(ROOT / "examples" / "blinky-f407.hex")
 F4 = devices.find("F407")
 
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_flash_size_plausible_for_the_pid() -> None:

@@ -22,7 +22,6 @@ import random
 import pytest
 
 from stmflash import devices
-from stmflash.cli import main
 from stmflash.devices import Device
 from stmflash.dfu.link import DfuLink
 from stmflash.dfu.usb import find_devices
@@ -34,18 +33,11 @@ from stmflash.sim import registry
 from stmflash.sim.chip import VirtualChip
 from stmflash.sim.faults import FaultPlan
 from stmflash.sim.usb_backend import UsbFault, VirtualBus
+from tests.clirun import exit_code
 
 PATTERN = 0x5A
 UART_PARTS = ("F407", "G071", "L053", "F103")
 DFU_PARTS = ("F407", "L476", "G474")
-
-
-def run_cli(*args: str) -> int:
-    try:
-        main(list(args))
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
 
 
 def filled_chip(dev: Device, *, faults: str = "", seed: int = 0) -> VirtualChip:
@@ -117,7 +109,7 @@ def uart_run(tmp_path, part: str, fault: str, seed: int) -> int:
     name = f"noise-{part}-{seed}"
     chip = registry.register(name, filled_chip(dev, faults=fault, seed=seed))
     try:
-        rc = run_cli("uart", f"sim://{part}?chip={name}", str(path), "--after", "stay", "-q",
+        rc = exit_code("uart", f"sim://{part}?chip={name}", str(path), "--after", "stay", "-q",
                      "--timeout", "0.05", "--retries", "4")
         what = f"{part}, {fault}, seed {seed}, exit {rc}"
         check_outcome(rc, chip, img, what)
@@ -127,7 +119,7 @@ def uart_run(tmp_path, part: str, fault: str, seed: int) -> int:
             assert rc == 0, what
         chip.faults = FaultPlan()  # the line is clean again: a re-run completes
         noisy = rc
-        rc = run_cli("uart", f"sim://{part}?chip={name}", str(path), "--after", "stay", "-q")
+        rc = exit_code("uart", f"sim://{part}?chip={name}", str(path), "--after", "stay", "-q")
         assert rc == 0, f"fault-free re-run failed ({what})"
         check_outcome(rc, chip, img, f"re-run after {what}")
         return noisy
@@ -159,8 +151,8 @@ def test_issue_reproducer_f407_corrupt_0_005_seed_2422(tmp_path, capsys) -> None
     fill = tmp_path / "fill.bin"
     fill.write_bytes(bytes([PATTERN]) * 0x10000)
     blinky = Path(__file__).resolve().parents[1] / "examples" / "blinky-f407.hex"
-    assert run_cli("uart", f"sim://F407?image={image}", str(fill), "-q") == 0
-    rc = run_cli("uart", f"sim://F407?image={image}&seed=2422&fault=corrupt=0.005", str(blinky), "--json")
+    assert exit_code("uart", f"sim://F407?image={image}", str(fill), "-q") == 0
+    rc = exit_code("uart", f"sim://F407?image={image}&seed=2422&fault=corrupt=0.005", str(blinky), "--json")
     out = capsys.readouterr().out
     from stmflash.image import load
 

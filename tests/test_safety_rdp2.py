@@ -15,7 +15,6 @@ import pytest
 
 from stmflash import devices
 from stmflash import option_bytes as obl
-from stmflash.cli import main
 from stmflash.errors import EXIT_USAGE, UsageError
 from stmflash.image import save
 from stmflash.image.model import Image
@@ -25,6 +24,7 @@ from stmflash.safety import (
     check_option_bytes_write,
 )
 from stmflash.sim import registry, usb_backend
+from tests.clirun import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 HEX = str(ROOT / "examples" / "blinky-f407.hex")
@@ -33,15 +33,6 @@ F4_RDP2 = obl.set_rdp(F4, obl.default_ob(F4), 2)  # ec cc ff ff ... (RDP byte 1 
 F4_LEVEL0 = obl.default_ob(F4)
 FLAG = "--i-understand-rdp2-is-permanent"
 
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.fixture

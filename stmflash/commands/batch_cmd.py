@@ -154,14 +154,9 @@ def _run(args: tuple[str, ...], job_file: str | None, o: dict[str, Any]) -> None
     from stmflash.production.targets import expand_targets
 
     job = _build_job(args, job_file, o)
-    device = None
-    if job.device:
-        from stmflash.devices import find
+    from stmflash.commands.common import find_device
 
-        try:
-            device = find(job.device)
-        except KeyError as exc:
-            raise UsageError(str(exc.args[0])) from None
+    device = find_device(job.device) if job.device else None
     image = load_image(job.image, address=job.address, device=device)
     if job.serial is not None:
         from stmflash.production.serials import check_serial_address

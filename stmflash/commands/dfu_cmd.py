@@ -15,6 +15,7 @@ import click
 from stmflash.commands.common import (
     INT,
     describe_result,
+    find_device,
     load_image,
     option_bytes_arg,
     output_options,
@@ -100,14 +101,7 @@ def _run(reporter: Any, **kw: Any) -> None:
         from stmflash.dfu.usb import parse_vid_pid
 
         vid_pid = parse_vid_pid(kw["vid_pid"])
-    forced = None
-    if kw["device_name"]:
-        from stmflash.devices import find
-
-        try:
-            forced = find(kw["device_name"])
-        except KeyError as exc:
-            raise UsageError(str(exc.args[0])) from None
+    forced = find_device(kw["device_name"]) if kw["device_name"] else None
     image = None
     if file:
         if not os.path.exists(file):
@@ -136,19 +130,25 @@ def _run(reporter: Any, **kw: Any) -> None:
         link.close()
 
 
+def _whole_area(link: Any, ob_data: bytes) -> int:
+    """--write-option-bytes writes the alt's whole first region: its start, or UsageError."""
+    from stmflash.errors import UsageError
+
+    start, end = link.option_bytes_alt().layout.regions()[0]
+    if len(ob_data) != end - start:
+        raise UsageError(
+            f"option bytes: {len(ob_data)} bytes given; the option-bytes alt takes the whole area "
+            f"of {end - start} bytes at 0x{start:08X}"
+        )
+    return start
+
+
 def _precheck(link: Any, kw: dict[str, Any], image: Any, ob_data: bytes | None) -> None:
     """Option bytes and protection requests against the alt and the layout, unit numbers:
     refused (exit 2) from the descriptors alone, before a request reaches the device."""
-    from stmflash.errors import UsageError
 
     if ob_data is not None:
-        alt = link.option_bytes_alt()
-        start, end = alt.layout.regions()[0]
-        if len(ob_data) != end - start:
-            raise UsageError(
-                f"option bytes: {len(ob_data)} bytes given; the option-bytes alt takes the whole area "
-                f"of {end - start} bytes at 0x{start:08X}"
-            )
+        _whole_area(link, ob_data)
         link.check_option_bytes(ob_data, confirm_permanent=kw["rdp2_ok"], where="--write-option-bytes")
     if image is not None:
         _, ob_segments = _split_option_bytes(image, link)
@@ -251,13 +251,7 @@ def _session(link: Any, reporter: Any, kw: dict[str, Any], image: Any, file: str
 
     if ob_data is not None:
         reporter.phase("options")
-        alt = link.option_bytes_alt()
-        start, end = alt.layout.regions()[0]
-        if len(ob_data) != end - start:
-            raise UsageError(
-                f"option bytes: {len(ob_data)} bytes given; the option-bytes alt takes the whole area "
-                f"of {end - start} bytes at 0x{start:08X}"
-            )
+        start = _whole_area(link, ob_data)
         if link.write_option_bytes(ob_data, confirm_permanent=kw["rdp2_ok"]):
             _verify_ob(link, start, ob_data)
             reporter.info("option bytes written and verified (the device reset)")

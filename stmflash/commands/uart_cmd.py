@@ -15,6 +15,7 @@ from stmflash.commands.common import (
     INT,
     SIZE,
     describe_result,
+    find_device,
     load_image,
     option_bytes_arg,
     output_options,
@@ -169,14 +170,7 @@ def _run(reporter: Any, **kw: Any) -> None:
             "--protect-level 2 makes the chip permanently unreadable and disables its bootloader "
             "and debug port for good; add --i-understand-rdp2-is-permanent to really do it"
         )
-    expected = None
-    if kw["device_name"]:
-        from stmflash.devices import find
-
-        try:
-            expected = find(kw["device_name"])
-        except KeyError as exc:
-            raise UsageError(str(exc.args[0])) from None
+    expected = find_device(kw["device_name"]) if kw["device_name"] else None
     kw["expected_device"] = expected
     ob_data = option_bytes_arg(kw["write_option_bytes"]) if kw["write_option_bytes"] else None
     if ob_data is not None:
