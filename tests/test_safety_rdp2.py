@@ -224,3 +224,10 @@ def test_dfu_protect_where_the_alt_is_not_the_layout(usb, capsys) -> None:
     code, _, err = run_cli(["dfu", os.path.join(ROOT, "examples", "blinky-g071.elf"), "--protect"], capsys)
     assert code == EXIT_USAGE and "option-bytes alt" in err
     assert untouched(dev)
+
+
+def test_batch_image_with_option_byte_data_refused_before_any_board(tmp_path, capsys) -> None:
+    code, _, err = run_cli(["batch", ob_image(tmp_path, "hex"), "sim://F407?chip=r2-batchimg", "--device", "F407",
+                            "--report-dir", str(tmp_path / "rep")], capsys)
+    assert code == EXIT_USAGE and "0x1FFFC000" in err and "outside the flash" in err
+    assert registry.get("r2-batchimg") is None

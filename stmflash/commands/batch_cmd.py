@@ -158,6 +158,10 @@ def _run(args: tuple[str, ...], job_file: str | None, o: dict[str, Any]) -> None
 
     device = find_device(job.device) if job.device else None
     image = load_image(job.image, address=job.address, device=device)
+    if device is not None:
+        from stmflash.pipeline import split_image
+
+        split_image(image, device)  # data outside the part's flash/OTP/RAM: refused now, not per board
     if job.serial is not None:
         from stmflash.production.serials import check_serial_address
 

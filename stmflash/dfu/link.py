@@ -321,11 +321,11 @@ class DfuLink:
 
     def read_option_bytes(self) -> list[tuple[int, bytes]]:
         """Every region of the option-bytes alt, read whole as the ROM requires."""
-        alt = self.select(self.option_bytes_alt())
-        out = []
-        for start, end in alt.layout.regions():
-            out.append((start, self.proto.read(start, end - start)))
-        return out
+        def op() -> list[tuple[int, bytes]]:
+            alt = self.select(self.option_bytes_alt())
+            return [(start, self.proto.read(start, end - start)) for start, end in alt.layout.regions()]
+
+        return self._retry("reading the option bytes", op)
 
     def check_option_bytes(
         self, data: bytes, address: int | None = None, *, confirm_permanent: bool = False, where: str = ""
