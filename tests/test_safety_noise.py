@@ -213,3 +213,33 @@ def test_dfu_faults_never_lie(part: str, fault: str) -> None:
         assert rc == 0, f"fault-free re-run failed ({what})"
         check_outcome(rc, chip, img, f"re-run after {what}")
     assert passed >= 5, f"{part} {fault}: only {passed} of 6 runs recovered (the client should retry)"
+
+
+def test_dfu_leave_is_retried_after_a_stall() -> None:
+    """A stall on the request that leaves DFU must not leave the board in its ROM while
+    the run reports the application started."""
+    from stmflash.dfu.usb import find_devices as find
+
+    from pathlib import Path
+
+    from stmflash.image import load
+
+    dev = devices.find("F407")
+    img = load(str(Path(__file__).resolve().parents[1] / "examples" / "blinky-f407.hex"))  # a real app
+    clean = VirtualBus()
+    probe = clean.attach(VirtualChip(dev))
+    (info,) = find(backend=clean.backend)
+    link = DfuLink(info).open()
+    program(link, img, after="stay")
+    before_leave = probe.requests
+    link.start(dev.flash_start)
+    leave_requests = range(before_leave + 1, probe.requests + 1)
+    assert probe.chip.mode == "app"
+    for n in leave_requests:  # a stall on each request of the leave sequence in turn
+        bus = VirtualBus()
+        usb_dev = bus.attach(VirtualChip(dev), usb_faults=[UsbFault("stall", None, n)])
+        (info,) = find(backend=bus.backend)
+        link = DfuLink(info).open()
+        result = program(link, img, after="go")
+        assert result.started == "go" and usb_dev.usb_faults[0].fired
+        assert usb_dev.chip.mode == "app", f"stall on request {n} left the chip in its ROM"
