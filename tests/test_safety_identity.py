@@ -110,3 +110,38 @@ def test_noisy_uid_one_chip_one_serial(tmp_path, capsys) -> None:
     assert uids == {chip.uid.hex().upper()}
     assert serials == {1}
     assert int.from_bytes(chip.flash[0x3F00:0x3F04], "little") == 1
+
+
+def test_dfu_descriptors_read_until_two_readings_agree(monkeypatch) -> None:
+    """The alt strings decide the memory layout: one garbled reading is not believed."""
+    from stmflash.dfu.usb import find_devices
+    from stmflash.errors import LinkError
+    from stmflash.sim import usb_backend
+
+    bus = usb_backend.VirtualBus()
+    dev = bus.attach(VirtualChip(F4))
+    real = usb_backend.VirtualUsbDevice.strings
+    assert "16Kg" in real(dev)[usb_backend.S_ALT0]  # so the glitch below changes the layout
+    readings = {"n": 0}
+
+    def glitchy(self):  # the first reading of the flash alt string is garbled
+        s = real(self)
+        readings["n"] += 1
+        if readings["n"] <= 1:
+            s = dict(s)
+            s[usb_backend.S_ALT0] = s[usb_backend.S_ALT0].replace("16Kg", "64Kg")
+        return s
+
+    monkeypatch.setattr(usb_backend.VirtualUsbDevice, "strings", glitchy)
+    (info,) = find_devices(backend=bus.backend)
+    assert info.alts[0].layout.text == real(dev)[usb_backend.S_ALT0]
+
+    def always_different(self):
+        s = dict(real(self))
+        readings["n"] += 1
+        s[usb_backend.S_ALT0] += "," * readings["n"]
+        return s
+
+    monkeypatch.setattr(usb_backend.VirtualUsbDevice, "strings", always_different)
+    with pytest.raises(LinkError, match="different descriptors"):
+        find_devices(backend=bus.backend)
