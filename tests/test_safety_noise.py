@@ -18,6 +18,7 @@ instant timing, so several hundred runs take well under a minute.
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 
@@ -26,7 +27,7 @@ from stmflash.devices import Device
 from stmflash.dfu.link import DfuLink
 from stmflash.dfu.usb import find_devices
 from stmflash.errors import StmflashError
-from stmflash.image import save
+from stmflash.image import load, save
 from stmflash.image.model import Image
 from stmflash.pipeline import program
 from stmflash.sim import registry
@@ -143,8 +144,6 @@ def test_issue_reproducer_f407_corrupt_0_005_seed_2422(tmp_path, capsys) -> None
     """fill.bin (64 KiB of 0x5A), then blinky over a line flipping 0.5 % of the bytes: one
     flipped bit in Get ID once made this an L053 whose pages 0-9 were erased as F4 sectors
     0-9, exit 0."""
-    from pathlib import Path
-
     from stmflash.sim import flash_bytes
 
     image = tmp_path / "x.img"
@@ -154,8 +153,6 @@ def test_issue_reproducer_f407_corrupt_0_005_seed_2422(tmp_path, capsys) -> None
     assert exit_code("uart", f"sim://F407?image={image}", str(fill), "-q") == 0
     rc = exit_code("uart", f"sim://F407?image={image}&seed=2422&fault=corrupt=0.005", str(blinky), "--json")
     out = capsys.readouterr().out
-    from stmflash.image import load
-
     img = load(str(blinky))
     flash = flash_bytes(image)
     want = bytearray(b"\xff" * len(flash))
@@ -218,17 +215,11 @@ def test_dfu_faults_never_lie(part: str, fault: str) -> None:
 def test_dfu_leave_is_retried_after_a_stall() -> None:
     """A stall on the request that leaves DFU must not leave the board in its ROM while
     the run reports the application started."""
-    from stmflash.dfu.usb import find_devices as find
-
-    from pathlib import Path
-
-    from stmflash.image import load
-
     dev = devices.find("F407")
     img = load(str(Path(__file__).resolve().parents[1] / "examples" / "blinky-f407.hex"))  # a real app
     clean = VirtualBus()
     probe = clean.attach(VirtualChip(dev))
-    (info,) = find(backend=clean.backend)
+    (info,) = find_devices(backend=clean.backend)
     link = DfuLink(info).open()
     program(link, img, after="stay")
     before_leave = probe.requests
@@ -238,7 +229,7 @@ def test_dfu_leave_is_retried_after_a_stall() -> None:
     for n in leave_requests:  # a stall on each request of the leave sequence in turn
         bus = VirtualBus()
         usb_dev = bus.attach(VirtualChip(dev), usb_faults=[UsbFault("stall", None, n)])
-        (info,) = find(backend=bus.backend)
+        (info,) = find_devices(backend=bus.backend)
         link = DfuLink(info).open()
         result = program(link, img, after="go")
         assert result.started == "go" and usb_dev.usb_faults[0].fired
