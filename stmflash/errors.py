@@ -43,6 +43,11 @@ class TimeoutError_(LinkError):
     """The chip stopped answering in the middle of an operation."""
 
 
+class IdentityError(LinkError):
+    """The chip's identity (PID, bootloader, flash size, UID) could not be confirmed: two
+    answers never agreed, or they contradict the device table. Nothing was erased."""
+
+
 class NackError(StmflashError):
     """The bootloader refused a command (NACK) for a reason we could not pin down."""
 

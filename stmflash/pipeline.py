@@ -4,6 +4,12 @@ UART and DFU share this so that the safety rules live in one place: erase only w
 image covers, never report success without verification, and on parts that boot their ROM
 while the first flash word is blank ("empty check"), write the vector-table unit last so an
 interrupted flash leaves a chip that still enters its bootloader and can be flashed again.
+
+On a noisy line nothing is concluded from one reading: data read back is believed only
+when two reads agree (:func:`confirmed_read`; AN3155 answers carry no checksum), and
+"write-protected" or "mismatch" is reported only after a second look on a resynced link
+(:func:`holds`). A line too noisy to read the same bytes twice is a LinkError (exit 3),
+never a protection or verification verdict.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stmflash.devices import Device, EraseUnit, Region
-from stmflash.errors import UsageError, VerifyError
+from stmflash.errors import NackError, UsageError, VerifyError
 from stmflash.image.model import Image
 from stmflash.link import Link
 from stmflash.progress import Reporter
@@ -214,12 +220,12 @@ def verify_image(
                     method = "read-back"
                     _read_back(link, addr, data, Reporter())
                 elif crc != stm32_crc(data):
-                    # locate the first difference so the message names an address
-                    _read_back(link, addr, data, Reporter())
-                    raise VerifyError(
-                        f"verify failed: on-chip CRC of 0x{addr:08X}-0x{addr + len(data) - 1:08X} "
-                        f"is 0x{crc:08X}, expected 0x{stm32_crc(data):08X}"
-                    )
+                    # ask again on a resynced link before believing it
+                    resync(link)
+                    if link.checksum(addr, len(data)) != stm32_crc(data):
+                        # locate the first difference (raises VerifyError when two reads
+                        # agree on wrong content); content that reads back right is right
+                        _read_back(link, addr, data, Reporter())
             except VerifyError:
                 if unit is not None and repair is not None and repair(unit):
                     continue
@@ -236,27 +242,66 @@ def _read_back(link: Link, address: int, expected: bytes, reporter: Reporter) ->
         want = expected[off : off + step]
         got = link.read(address + off, len(want))
         if got != want:
-            # a byte garbled on its way back is not a flash error: re-read the blocks that
-            # differ, and fail only when two reads agree on the same wrong content
+            # a byte garbled on its way back is not a flash error: the blocks that differ
+            # are read again until two reads agree, and "mismatch" is reported only when the
+            # agreed content, read once more on a resynced link, still differs
             for boff in range(0, len(want), block):
                 w = want[boff : boff + block]
-                seen = [got[boff : boff + block]]
-                while seen[-1] != w:
-                    again = link.read(address + off + boff, len(w))
-                    if again != w and (again in seen or len(seen) >= 5):
-                        _mismatch(address + off + boff, again, w)
-                    seen.append(again)
+                if got[boff : boff + block] == w:
+                    continue
+                at = address + off + boff
+                if not holds(link, at, w, confirm=True):
+                    _mismatch(at, confirmed_read(link, at, len(w)), w)
         reporter.advance(len(want))
 
 
-def _stable_read(link: Link, address: int, length: int) -> bytes:
-    """A read confirmed by a second identical one (a noisy line garbles single reads)."""
+def resync(link: Link) -> None:
+    """Bring the link back into step (UART: drain and resync; DFU: back to dfuIDLE)."""
+    fn = getattr(link, "resync", None)
+    if fn is not None:
+        fn()
+
+
+def confirmed_read(link: Link, address: int, length: int, *, tries: int = 6) -> bytes:
+    """A read believed only when two reads agree (AN3155 data carries no checksum).
+
+    A piece whose reads never agree is re-read in halves (a shorter frame is less likely
+    to be hit); when even 16 bytes never read the same twice the line is too noisy to say
+    anything, which is a :class:`LinkError` — never a protection or mismatch diagnosis.
+    """
+    out = bytearray()
+    step = max(link.max_read, 1)
+    for off in range(0, length, step):
+        out += _confirmed_piece(link, address + off, min(step, length - off), tries)
+    return bytes(out)
+
+
+def _confirmed_piece(link: Link, address: int, n: int, tries: int) -> bytes:
     seen: list[bytes] = []
-    while True:
-        got = link.read(address, length)
-        if got in seen or len(seen) >= 4:
+    for _ in range(tries):
+        got = link.read(address, n)
+        if got in seen:
             return got
         seen.append(got)
+    if n > 16:
+        half = n // 2
+        return _confirmed_piece(link, address, half, tries) + _confirmed_piece(link, address + half, n - half, tries)
+    from stmflash.errors import LinkError
+
+    raise LinkError(
+        f"no two reads of 0x{address:08X} agree (line noise): cannot tell what the chip holds there"
+    )
+
+
+def holds(link: Link, address: int, want: bytes, *, confirm: bool = False) -> bool:
+    """True when the chip holds ``want`` at ``address`` (confirmed read). With ``confirm``,
+    a "no" is checked once more on a resynced link before it is believed."""
+    if confirmed_read(link, address, len(want)) == want:
+        return True
+    if not confirm:
+        return False
+    resync(link)
+    return confirmed_read(link, address, len(want)) == want
 
 
 def _protected(unit: EraseUnit) -> Exception:
@@ -284,36 +329,46 @@ def _write_all(
     """Write blocks in order; a flash block damaged by line noise (the ROM accepted a
     garbled payload whose checksum happened to match) is repaired by erasing its unit
     again and rewriting what that unit already received."""
-    from stmflash.errors import NackError
-
     done: list[tuple[int, bytes]] = []
     repairs: dict[int, int] = {}
     for addr, data in blocks:
         unit = device.unit_at(addr)
-        try:
-            link.write(addr, data)
-        except NackError:
-            if unit is None or not repair:
-                raise
-            got = _stable_read(link, addr, len(data))
-            if got == data:
-                pass
-            elif got == b"\xff" * len(data) or repairs.get(unit.index, 0) >= 2:
-                raise
-            else:
+        while True:
+            try:
+                _write_confirmed(link, addr, data)
+            except NackError:
+                if unit is None or not repair:
+                    raise
+                got = confirmed_read(link, addr, len(data))
+                if got == b"\xff" * len(data) or repairs.get(unit.index, 0) >= 2:
+                    raise
                 repairs[unit.index] = repairs.get(unit.index, 0) + 1
                 rep.warn(
                     f"flash at 0x{addr:08X} holds garbled data (line noise); erasing unit "
                     f"{unit.index} again and rewriting it"
                 )
                 span = device.units_covering(addr, addr + len(data))
-                link.erase(span)
-                for a, d in done:
-                    if a < span[-1].end and span[0].address < a + len(d):
-                        link.write(a, d)
-                link.write(addr, data)
+                try:
+                    link.erase(span)
+                    for a, d in done:
+                        if a < span[-1].end and span[0].address < a + len(d):
+                            _write_confirmed(link, a, d)
+                except NackError:
+                    continue  # the rewrite was hit too: erase the unit again
+                continue  # now the block itself
+            break
         done.append((addr, data))
         rep.advance(len(data))
+
+
+def _write_confirmed(link: Link, addr: int, data: bytes) -> None:
+    """Write one block; a refusal is believed only when the flash does not already hold the
+    block (its ACK may have been lost after programming, and a second write is refused)."""
+    try:
+        link.write(addr, data)
+    except NackError:
+        if confirmed_read(link, addr, len(data)) != data:
+            raise
 
 
 def program(
@@ -378,23 +433,31 @@ def program(
             hi = max([unit.end] + [a + len(d) for a, d in mine])
             span = device.units_covering(lo, hi)
             mine = [(a, d) for a, d in blocks if a < span[-1].end and span[0].address < a + len(d)]
+            blank = b"\xff" * len(mine[0][1]) if mine else b""
             for attempt in range(3):
                 link.erase(span)
                 # a garbled page list can pass the XOR check and erase another unit:
-                # conclude "write-protected" only when erasing never takes
-                if not mine or _stable_read(link, mine[0][0], len(mine[0][1])) == b"\xff" * len(mine[0][1]):
+                # conclude "write-protected" only when erasing never takes, confirmed on a
+                # resynced link
+                if not mine or holds(link, mine[0][0], blank, confirm=attempt == 2):
                     break
                 if attempt == 2:
                     raise _protected(unit)
             for addr, data in mine:
-                link.write(addr, data)
+                try:
+                    _write_confirmed(link, addr, data)
+                except NackError:
+                    return True  # the block still differs: verification finds it and repairs again
             if mine:
                 a, d = mine[0]
                 for attempt in range(3):
-                    if _stable_read(link, a, len(d)) != b"\xff" * len(d):
+                    if confirmed_read(link, a, len(d)) != blank:
                         break
                     if attempt == 2:
-                        raise _protected(unit)  # writing changes nothing
+                        resync(link)
+                        if confirmed_read(link, a, len(d)) == blank:
+                            raise _protected(unit)  # writing changes nothing
+                        break
                     link.write(a, d)
             return True
 

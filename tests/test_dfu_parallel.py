@@ -115,8 +115,9 @@ def test_bus_attach_is_thread_safe_and_ports_unique(tmp_path):
 
 @pytest.mark.parametrize("after", ["reset", "stay"])
 def test_eight_usb_boards_two_faulty(tmp_path, capsys, monkeypatch, fresh_bus, after):
-    """8 virtual F407s in one batch; a disconnect on one and a power loss on another fail
-    only those two: the six others pass, verified on their own image files (exit 6)."""
+    """8 virtual F407s in one batch; a disconnect on one costs a retry, a power loss on
+    another fails only that one: the seven others pass, verified on their own image files
+    (exit 6)."""
     data = load(HEX).segments[0].data
     faulty = {2: "fault=disconnect@dnload:3", 5: "fault=power_loss=after:512"}
     entries = []
@@ -135,7 +136,7 @@ def test_eight_usb_boards_two_faulty(tmp_path, capsys, monkeypatch, fresh_bus, a
     assert len(results) == 8
     for i in range(8):
         r = results[f"dfu:path=1-{i + 1}"]
-        if i in faulty:
+        if i == 5:
             assert r["result"] == "failed" and r["error"], r
             assert "disconnected" in r["error"]
         else:

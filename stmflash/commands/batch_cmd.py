@@ -105,6 +105,7 @@ def _build_job(args: tuple[str, ...], job_file: str | None, o: dict[str, Any]) -
         parity=o["parity"], entry=o["entry"], invert=tuple(o["invert"]) or None, erase=o["erase"],
         verify=o["verify"], after=o["after"], protect=protect, retries=o["retries"],
         report_dir=o["report_dir"], loop=o["loop"], max_boards=o["max_boards"], image_check=o["image_check"],
+        rdp2_confirmed=True if o["rdp2_ok"] else None,
     )
     serial_opts = {k: o[k] for k in ("serial_address", "serial_format", "serial_prefix", "serial_width",
                                      "serial_template", "serial_size", "serial_first", "serial_last", "ledger")}
@@ -153,19 +154,25 @@ def _run(args: tuple[str, ...], job_file: str | None, o: dict[str, Any]) -> None
     from stmflash.production.targets import expand_targets
 
     job = _build_job(args, job_file, o)
-    device = None
-    if job.device:
-        from stmflash.devices import find
+    from stmflash.commands.common import find_device
 
-        try:
-            device = find(job.device)
-        except KeyError as exc:
-            raise UsageError(str(exc.args[0])) from None
+    device = find_device(job.device) if job.device else None
     image = load_image(job.image, address=job.address, device=device)
+    if device is not None:
+        from stmflash.pipeline import split_image
+
+        split_image(image, device)  # data outside the part's flash/OTP/RAM: refused now, not per board
     if job.serial is not None:
         from stmflash.production.serials import check_serial_address
 
         check_serial_address(image, job.serial.address, len(job.serial.encode(job.serial.first)), device)
+    if job.option_bytes is not None:
+        # decided before any board is touched: a named part decodes the bytes, otherwise
+        # only the confirmation lets them through (stmflash.safety)
+        from stmflash.safety import check_option_bytes_early
+
+        check_option_bytes_early(device, job.option_bytes, rdp2_confirmed=job.rdp2_confirmed,
+                                 where=f"{job.source or 'job'}: option_bytes")
     targets = expand_targets(job.targets, loop=job.loop)
     if job.protect.rdp == 2 and device is not None:
         # level 2 is written through the family's option-byte layout: refuse parts whose

@@ -116,6 +116,17 @@ def program_options(f: F) -> F:
     return f
 
 
+def find_device(name: str) -> Any:
+    """``--device NAME``: the table entry, or a UsageError naming the unknown part."""
+    from stmflash.devices import find
+    from stmflash.errors import UsageError
+
+    try:
+        return find(name)
+    except KeyError as exc:
+        raise UsageError(str(exc.args[0])) from None
+
+
 def load_image(path: str, *, address: int | None, device: Any = None) -> Any:
     """Load a firmware file; every failure is an ImageError naming the file."""
     import os

@@ -15,6 +15,7 @@ import click
 from stmflash.commands.common import (
     INT,
     describe_result,
+    find_device,
     load_image,
     option_bytes_arg,
     output_options,
@@ -46,6 +47,9 @@ from stmflash.commands.common import (
 @click.option("--write-protect", metavar="UNITS", help="Write-protect sectors/pages (e.g. 0-3,7) at the end.")
 @click.option("--read-option-bytes", is_flag=True, help="Print the option bytes (read through their alt).")
 @click.option("--write-option-bytes", metavar="FILE|HEX", help="Write the whole option-byte area (the chip resets).")
+@click.option("--i-understand-rdp2-is-permanent", "rdp2_ok", is_flag=True,
+              help="Required for option bytes (--write-option-bytes, or inside FILE) that set RDP level 2, "
+              "and for any option-byte write on a part whose layout is not in the table.")
 @click.option("--enter", default="none", show_default=True, metavar="CHAIN",
               help="Bring a running application into the ROM DFU bootloader first, tried in order: "
               "1200[:PORT] (1200-baud touch on its USB CDC port), detach[:PATH|VID:PID] (DFU_DETACH "
@@ -97,22 +101,13 @@ def _run(reporter: Any, **kw: Any) -> None:
         from stmflash.dfu.usb import parse_vid_pid
 
         vid_pid = parse_vid_pid(kw["vid_pid"])
-    forced = None
-    if kw["device_name"]:
-        from stmflash.devices import find
-
-        try:
-            forced = find(kw["device_name"])
-        except KeyError as exc:
-            raise UsageError(str(exc.args[0])) from None
+    forced = find_device(kw["device_name"]) if kw["device_name"] else None
     image = None
     if file:
         if not os.path.exists(file):
             raise ImageError(f"{file}: no such file")
         if not raw_needs_device(file, kw["address"]):
             image = load_image(file, address=kw["address"])
-
-    from stmflash.dfu.link import connect
 
     if kw.get("enter") and kw["enter"].strip().lower() != "none":  # pin-less entry (stmflash.trigger)
         from stmflash.trigger.host import enter_dfu
@@ -121,12 +116,47 @@ def _run(reporter: Any, **kw: Any) -> None:
         seen = enter_dfu(kw["enter"], timeout=kw["enter_timeout"], log=reporter.info)
         if seen is not None and seen.path and not kw["serial"] and not kw["port_path"]:
             kw["port_path"] = seen.path  # the board we just rebooted, not another one in DFU
+    from stmflash.dfu.link import DfuLink
+    from stmflash.dfu.usb import open_one
+
     reporter.phase("connect")
-    link = connect(serial=kw["serial"], path=kw["port_path"], vid_pid=vid_pid, device=forced)
+    # the descriptors identify the part: everything checkable is checked before it is opened
+    link = DfuLink(open_one(serial=kw["serial"], path=kw["port_path"], vid_pid=vid_pid), device=forced)
     try:
+        _precheck(link, kw, image, ob_data)
+        link.open()
         _session(link, reporter, kw, image, file, ob_data)
     finally:
         link.close()
+
+
+def _whole_area(link: Any, ob_data: bytes) -> int:
+    """--write-option-bytes writes the alt's whole first region: its start, or UsageError."""
+    from stmflash.errors import UsageError
+
+    start, end = link.option_bytes_alt().layout.regions()[0]
+    if len(ob_data) != end - start:
+        raise UsageError(
+            f"option bytes: {len(ob_data)} bytes given; the option-bytes alt takes the whole area "
+            f"of {end - start} bytes at 0x{start:08X}"
+        )
+    return start
+
+
+def _precheck(link: Any, kw: dict[str, Any], image: Any, ob_data: bytes | None) -> None:
+    """Option bytes and protection requests against the alt and the layout, unit numbers:
+    refused (exit 2) from the descriptors alone, before a request reaches the device."""
+
+    if ob_data is not None:
+        _whole_area(link, ob_data)
+        link.check_option_bytes(ob_data, confirm_permanent=kw["rdp2_ok"], where="--write-option-bytes")
+    if image is not None:
+        _, ob_segments = _split_option_bytes(image, link)
+        for address, data in ob_segments:
+            link.check_option_bytes(data, address, confirm_permanent=kw["rdp2_ok"],
+                                    where=f"{image.source or 'image'}: option bytes at 0x{address:08X}")
+    if kw.get("wp_units") or kw["protect"]:
+        link.check_protection(kw.get("wp_units"), 1 if kw["protect"] else 0)
 
 
 def _split_option_bytes(image: Any, link: Any) -> tuple[Any, list[tuple[int, bytes]]]:
@@ -210,7 +240,10 @@ def _session(link: Any, reporter: Any, kw: dict[str, Any], image: Any, file: str
             )
         for address, data in ob_segments:
             reporter.phase("options")
-            link.write_option_bytes(data, address)
+            if not link.write_option_bytes(data, address, confirm_permanent=kw["rdp2_ok"]):
+                reporter.info(f"option bytes at 0x{address:08X} written: the device is silent now (RDP level 2)")
+                kw["silent"] = True
+                break
             if kw["verify"]:
                 _verify_ob(link, address, data)
             reporter.info(f"option bytes at 0x{address:08X} written ({len(data)} bytes)")
@@ -218,17 +251,18 @@ def _session(link: Any, reporter: Any, kw: dict[str, Any], image: Any, file: str
 
     if ob_data is not None:
         reporter.phase("options")
-        alt = link.option_bytes_alt()
-        start, end = alt.layout.regions()[0]
-        if len(ob_data) != end - start:
-            raise UsageError(
-                f"option bytes: {len(ob_data)} bytes given; the option-bytes alt takes the whole area "
-                f"of {end - start} bytes at 0x{start:08X}"
-            )
-        link.write_option_bytes(ob_data)
-        _verify_ob(link, start, ob_data)
-        reporter.info("option bytes written and verified (the device reset)")
+        start = _whole_area(link, ob_data)
+        if link.write_option_bytes(ob_data, confirm_permanent=kw["rdp2_ok"]):
+            _verify_ob(link, start, ob_data)
+            reporter.info("option bytes written and verified (the device reset)")
+        else:
+            reporter.info("option bytes written: the device is silent now (RDP level 2)")
+            kw["silent"] = True
         did = True
+    if kw.get("silent"):
+        if kw["read_out"] or kw["read_option_bytes"] or kw.get("wp_units") or kw["protect"] or kw["leave"]:
+            reporter.warn("the device no longer answers (RDP level 2): the remaining actions were skipped")
+        kw.update(read_out=None, read_option_bytes=False, wp_units=None, protect=False, leave=False)
 
     if kw["read_out"]:
         start, length = _read_range(kw, link)

@@ -15,6 +15,7 @@ from stmflash.commands.common import (
     INT,
     SIZE,
     describe_result,
+    find_device,
     load_image,
     option_bytes_arg,
     output_options,
@@ -107,7 +108,12 @@ def _print_info(info: Any, device: Any) -> None:
               help="Write-protect these pages/sectors (e.g. 0-3,7) at the end; where one option bit "
               "covers several units, their whole group is protected.")
 @click.option("--read-option-bytes", is_flag=True, help="Print the option bytes.")
-@click.option("--write-option-bytes", metavar="FILE|HEX", help="Write the option bytes (the chip resets).")
+@click.option("--write-option-bytes", metavar="FILE|HEX",
+              help="Write the option bytes (the chip resets); needs --device (so they can be decoded "
+              "before the port is opened) or --i-understand-rdp2-is-permanent.")
+@click.option("--device", "device_name", metavar="NAME",
+              help="The part you expect (e.g. F407): any other chip is refused before anything is "
+              "written, and option bytes are decoded before the port is opened.")
 @click.option("--timeout", type=float, default=0.3, show_default=True, help="Base answer timeout (s).")
 @click.option("--retries", type=int, default=6, show_default=True, help="Retries per command on a noisy line.")
 @click.option("--no-pipeline", is_flag=True, help="Wait for every ACK (ROMs/adapters that lose bytes sent early).")
@@ -164,7 +170,13 @@ def _run(reporter: Any, **kw: Any) -> None:
             "--protect-level 2 makes the chip permanently unreadable and disables its bootloader "
             "and debug port for good; add --i-understand-rdp2-is-permanent to really do it"
         )
+    expected = find_device(kw["device_name"]) if kw["device_name"] else None
+    kw["expected_device"] = expected
     ob_data = option_bytes_arg(kw["write_option_bytes"]) if kw["write_option_bytes"] else None
+    if ob_data is not None:
+        from stmflash.safety import check_option_bytes_early
+
+        check_option_bytes_early(expected, ob_data, rdp2_confirmed=kw["rdp2_ok"], where="--write-option-bytes")
     image = None
     if file:
         if not raw_needs_device(file, kw["address"]):
@@ -224,6 +236,14 @@ def _session(
     info = link.info
     device = link.device
     reporter.info(f"{device.name} (PID 0x{device.pid:03X}) on {link.port_name}")
+    expected = kw.get("expected_device")
+    if expected is not None and expected.pid != device.pid:
+        raise UsageError(
+            f"the chip on {link.port_name} is a {device.short_name} (PID 0x{device.pid:03X}), not the "
+            f"{expected.short_name} given with --device; nothing was written"
+        )
+    if ob_data is not None:
+        link.check_option_bytes(ob_data, confirm_permanent=kw["rdp2_ok"])
     did = False
 
     if kw["unprotect"]:

@@ -6,6 +6,13 @@ numbers relative to the address pointer, an erase per page/sector, read-back thr
 UPLOAD (the ROM has no checksum command), and leave as "start".  Each operation gets a
 deadline from the device table's worst-case timings rather than a fixed timeout, so a 32 s
 F4 mass erase and a 20 ms L4 page erase are both waited for correctly.
+
+A stalled, timed-out or disconnected request is retried (:meth:`DfuLink._retry`): the
+status is cleared and the device brought back to dfuIDLE (or waited for on the same port
+after a disconnect), a block is read back before it is sent again (never programmed twice;
+a partly programmed block is handed to the pipeline, which erases and rewrites its unit),
+an erase is re-issued, and the pipeline's verification re-checks everything written. A
+readout-protection answer (errVENDOR) is believed only when it comes again after that.
 """
 
 from __future__ import annotations
@@ -13,18 +20,22 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from stmflash.devices import Device, EraseUnit
 from stmflash.dfu.facts import DfuFacts, dfu_facts, find_alt, identify
 from stmflash.dfu.layout import AltLayout
-from stmflash.dfu.protocol import DeviceGone, DfuProtocol
+from stmflash.dfu.protocol import DeviceGone, DfuProtocol, Stall
 from stmflash.dfu.usb import DfuAlt, DfuDeviceInfo, find_devices
-from stmflash.errors import LinkError, ProtectionError, UsageError
+from stmflash.errors import LinkError, NackError, ProtectionError, TimeoutError_, UsageError
 
 LINUX_MAX_TRANSFER = 4096  # usbfs limit on one control transfer
 FLASH, OPTION_BYTES, OTP, FEATURE = "Internal Flash", "Option Bytes", "OTP Memory", "Device Feature"
 REENUMERATE_S = 10.0
+RETRIES = 4  # per request: a USB hub glitch costs a retry, not a board
+REAPPEAR_S = 3.0  # after an unexpected disconnect: a glitch re-enumerates within a second or two
+
+T = TypeVar("T")
 
 
 class DfuLink:
@@ -37,8 +48,11 @@ class DfuLink:
         device: Device | None = None,
         timeout_ms: int = 5000,
         sleep: Callable[[float], None] = time.sleep,
+        retries: int = RETRIES,
     ) -> None:
         self.info = info
+        self.retries = retries
+        self.retried = 0  # requests that needed a retry (reported, tested)
         self.timeout_ms = timeout_ms
         self.sleep = sleep
         layouts = [a.layout for a in info.alts]
@@ -72,18 +86,78 @@ class DfuLink:
         """Configure, claim the DFU interface, select the flash alt and reach dfuIDLE."""
         import usb.core
 
-        dev = self.info.dev
-        try:
+        def once() -> None:
+            dev = self.info.dev
+            self.alt = None
             try:
-                dev.set_configuration()
-            except usb.core.USBError:
-                pass  # already configured (Linux/macOS may refuse a second SET_CONFIGURATION)
-            self.select(FLASH if self.find_alt(FLASH) is not None else self.info.alts[0])
-        except usb.core.USBError as exc:
-            from stmflash.dfu.protocol import translate_usb_error
+                try:
+                    dev.set_configuration()
+                except usb.core.USBError:
+                    pass  # already configured (Linux/macOS may refuse a second SET_CONFIGURATION)
+                self.select(FLASH if self.find_alt(FLASH) is not None else self.info.alts[0])
+            except usb.core.USBError as exc:
+                from stmflash.dfu.protocol import translate_usb_error
 
-            raise translate_usb_error(exc, f"opening the DFU device at {self.info.path}") from None
+                raise translate_usb_error(exc, f"opening the DFU device at {self.info.path}") from None
+
+        self._retry(f"opening the DFU device at {self.info.path}", once, reopen=False)
         return self
+
+    # ---- retries ------------------------------------------------------------------------
+    def _retry(
+        self,
+        what: str,
+        op: Callable[[], T],
+        *,
+        before_retry: Callable[[], T | None] | None = None,
+        reopen: bool = True,
+    ) -> T:
+        """Run ``op``; after a stall, timeout or disconnect recover the link and run it again
+        (``before_retry`` may find it already done). errVENDOR is confirmed the same way."""
+        last: LinkError | None = None
+        protection_seen = False
+        for attempt in range(self.retries + 1):
+            if attempt:
+                self.retried += 1
+                try:
+                    self._recover(last, reopen=reopen)
+                    if before_retry is not None:
+                        done = before_retry()
+                        if done is not None:
+                            return done
+                except (Stall, TimeoutError_, DeviceGone) as exc:
+                    last = exc
+                    continue
+            try:
+                return op()
+            except ProtectionError as exc:
+                if protection_seen or attempt == self.retries:
+                    raise
+                protection_seen = True  # a diagnosis is confirmed before it is reported
+                last = LinkError(str(exc))
+            except (Stall, TimeoutError_, DeviceGone) as exc:
+                last = exc
+        assert last is not None
+        raise type(last)(f"{last} (after {self.retries} retries)") if isinstance(last, LinkError) else last
+
+    def _recover(self, exc: BaseException | None, *, reopen: bool = True) -> None:
+        """Back to a known state: dfuIDLE with a cleared status, or (after a disconnect) the
+        device found again on the same port path and reopened."""
+        self.proto.pointer = None
+        self.proto.upload_next = None
+        self.proto.uploading = False
+        if not isinstance(exc, DeviceGone):
+            try:
+                self.proto.to_idle("recovering after a failed request")
+                return
+            except DeviceGone as gone:
+                exc = gone
+        try:
+            self._wait_back(REAPPEAR_S)
+        except LinkError:
+            raise LinkError(f"{exc}; it did not come back within {REAPPEAR_S:.0f} s") from None
+        if reopen:
+            self.open()
 
     def close(self) -> None:
         import usb.util
@@ -160,28 +234,58 @@ class DfuLink:
     def read(self, address: int, length: int, progress: Callable[[int], None] | None = None) -> bytes:
         if length <= 0:
             return b""
-        self._alt_for(address, length)
-        return self.proto.read(address, length, progress)
+
+        def op() -> bytes:
+            self._alt_for(address, length)
+            return self.proto.read(address, length, progress)
+
+        return self._retry(f"reading 0x{address:08X}", op)
 
     def write(self, address: int, data: bytes) -> None:
         if len(data) > self.max_write:
             raise UsageError(f"write of {len(data)} bytes exceeds the DFU transfer size {self.max_write}")
-        self._alt_for(address, len(data))
-        sector = self.alt.layout.sector_at(address) if self.alt else None
-        if sector is not None and not sector.writable:
-            raise ProtectionError(
-                f"0x{address:08X} is not writable through the DFU bootloader ({self.alt.name if self.alt else ''})"
-            )
-        self.proto.download(address, data, self._write_deadline(len(data)))
+
+        def op() -> None:
+            self._alt_for(address, len(data))
+            sector = self.alt.layout.sector_at(address) if self.alt else None
+            if sector is not None and not sector.writable:
+                raise ProtectionError(
+                    f"0x{address:08X} is not writable through the DFU bootloader ({self.alt.name if self.alt else ''})"
+                )
+            self.proto.download(address, data, self._write_deadline(len(data)))
+
+        def already_done() -> bool | None:
+            # the block may have been programmed before the failure: never program it twice
+            got = self.read(address, len(data))
+            if got == data:
+                return True
+            if got == b"\xff" * len(data):
+                return None  # not programmed: send it again
+            raise NackError(
+                f"writing {len(data)} bytes at 0x{address:08X}: the block was partly programmed when "
+                "the request failed"
+            )  # the pipeline erases the unit and rewrites it
+
+        self._retry(f"writing 0x{address:08X}", op, before_retry=already_done)
 
     def erase(self, units: Sequence[EraseUnit]) -> None:
         for unit in units:
-            self._alt_for(unit.address)
-            self.proto.erase_page(unit.address, self._unit_deadline(unit))
+            def op(u: EraseUnit = unit) -> None:
+                self._alt_for(u.address)
+                self.proto.erase_page(u.address, self._unit_deadline(u))
+
+            self._retry(f"erasing 0x{unit.address:08X}", op)
 
     def mass_erase(self) -> None:
-        self.select(FLASH)
-        self.proto.mass_erase(self._mass_deadline())
+        def op() -> None:
+            self.select(FLASH)
+            self.proto.mass_erase(self._mass_deadline())
+
+        self._retry("mass erase", op)
+
+    def resync(self) -> None:
+        """Back to dfuIDLE with a cleared status (before a diagnosis is confirmed)."""
+        self._retry("resynchronising", lambda: self._recover(None))
 
     def checksum(self, address: int, length: int) -> int | None:
         return None  # DfuSe has no checksum command: the pipeline reads back
@@ -217,15 +321,21 @@ class DfuLink:
 
     def read_option_bytes(self) -> list[tuple[int, bytes]]:
         """Every region of the option-bytes alt, read whole as the ROM requires."""
-        alt = self.select(self.option_bytes_alt())
-        out = []
-        for start, end in alt.layout.regions():
-            out.append((start, self.proto.read(start, end - start)))
-        return out
+        def op() -> list[tuple[int, bytes]]:
+            alt = self.select(self.option_bytes_alt())
+            return [(start, self.proto.read(start, end - start)) for start, end in alt.layout.regions()]
 
-    def write_option_bytes(self, data: bytes, address: int | None = None) -> None:
-        """Write the whole option-byte area; the ROM applies it and resets (re-enumerates)."""
-        alt = self.select(self.option_bytes_alt())
+        return self._retry("reading the option bytes", op)
+
+    def check_option_bytes(
+        self, data: bytes, address: int | None = None, *, confirm_permanent: bool = False, where: str = ""
+    ) -> int:
+        """Everything about an option-byte write that can be refused before the device is
+        opened (no request is sent): the alt and the range exist, and the RDP-2 gate
+        (:mod:`stmflash.safety`). Returns the start address."""
+        from stmflash.safety import check_option_bytes_data
+
+        alt = self.option_bytes_alt()
         regions = alt.layout.regions()
         start = address if address is not None else regions[0][0]
         region = next(((a, b) for a, b in regions if a <= start < b), None)
@@ -235,11 +345,41 @@ class DfuLink:
             raise UsageError(
                 f"{len(data)} option bytes at 0x{start:08X} overflow the area (ends 0x{region[1]:08X})"
             )
+        check_option_bytes_data(
+            self.device, start, data, rdp2_confirmed=confirm_permanent,
+            where=where or f"option bytes at 0x{start:08X}",
+        )
+        return start
+
+    def write_option_bytes(
+        self, data: bytes, address: int | None = None, *, confirm_permanent: bool = False
+    ) -> bool:
+        """Write option bytes through their alt (checked by :meth:`check_option_bytes`
+        first); the ROM applies them and resets (re-enumerates). False when the device
+        does not come back (RDP level 2, confirmed: its bootloader is gone for good)."""
+        from stmflash.safety import sets_rdp2
+
+        start = self.check_option_bytes(data, address, confirm_permanent=confirm_permanent)
+        level2 = sets_rdp2(self.device, start, data)
+        return self._download_ob(start, data, come_back=level2 is False, may_come_back=level2 is None)
+
+    def _download_ob(self, start: int, data: bytes, *, come_back: bool = True, may_come_back: bool = False) -> bool:
+        self.select(self.option_bytes_alt())
         try:
             self.proto.download(start, data, 5.0, expect_reset=True)
         except DeviceGone:
             pass
-        self.reconnect()
+        if come_back:
+            self.reconnect()
+            return True
+        if may_come_back:
+            try:
+                self.reconnect()
+                return True
+            except LinkError:
+                return False
+        self.close()
+        return False
 
     # ---- protection: the option bytes, rewritten through their alt ---------------------------
     def _ob_rules(self) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any], Callable[..., Any]]:
@@ -262,8 +402,27 @@ class DfuLink:
         obl.layout_of(dev)  # raises the UsageError naming the device
         raise AssertionError("unreachable")
 
-    def _ob_area(self) -> tuple[int, bytes, int]:
-        """(address, bytes of the alt's first region, length of the layout's area in it)."""
+    def check_protection(self, wp_units: Sequence[int] | None = None, rdp_level: int = 0) -> None:
+        """Refuse, before the device is opened (no request is sent), a protection request
+        that :meth:`write_protect` / :meth:`readout_protect` would refuse after flashing:
+        no option-bytes alt, an alt that is not the layout's area, a unit without a WRP bit."""
+        rules = self._ob_rules()
+        self._ob_geometry()
+        if wp_units:
+            dev = self.device
+            from stmflash import option_bytes as obl
+
+            if obl.supported(dev):
+                obl.wrp_codes(dev, wp_units)
+            else:
+                obl.sim_codes(dev, list(wp_units))
+        if rdp_level == 2:
+            ob = self.device.option_bytes
+            size = ob.size if ob is not None else 16
+            rules[1](self.device, b"\xff" * size, 2)
+
+    def _ob_geometry(self) -> tuple[int, int]:
+        """(address, size of the layout's area) of the option-bytes alt, checked (no I/O)."""
         alt = self.option_bytes_alt()
         start, end = alt.layout.regions()[0]
         ob = self.device.option_bytes
@@ -279,6 +438,11 @@ class DfuLink:
                 f"{self.device.short_name}: the DFU option-bytes alt holds {end - start} bytes, "
                 f"the option-byte layout needs {size}"
             )
+        return start, size
+
+    def _ob_area(self) -> tuple[int, bytes, int]:
+        """(address, bytes of the alt's first region, length of the layout's area in it)."""
+        start, size = self._ob_geometry()
         return start, self.read_option_bytes()[0][1], size
 
     def _rewrite_ob(self, change: Callable[[bytes], bytes], what: str) -> bytes:
@@ -287,7 +451,7 @@ class DfuLink:
         start, area, size = self._ob_area()
         new = change(area[:size])
         if new != area[:size]:
-            self.write_option_bytes(new + area[size:], start)
+            self._download_ob(start, new + area[size:])  # computed from the layout: not level 2
         back = self._ob_area()[1][:size]
         if back != new:
             from stmflash.errors import VerifyError
@@ -360,6 +524,12 @@ class DfuLink:
 
     def reconnect(self, timeout_s: float = REENUMERATE_S) -> None:
         """Wait for the device to come back on the same port after a reset, and reopen it."""
+        self._wait_back(timeout_s)
+        self.open()
+
+    def _wait_back(self, timeout_s: float) -> None:
+        """Wait for the device to be listed again on the same port path (after a reset or
+        a disconnect) and take the new handle; not opened yet."""
         self.close()
         deadline = time.monotonic() + timeout_s
         while True:
@@ -371,7 +541,6 @@ class DfuLink:
                 self.closed = False
                 self.alt = None
                 self.proto = self._protocol()
-                self.open()
                 return
             if time.monotonic() >= deadline:
                 raise LinkError(

@@ -461,13 +461,25 @@ class DfuProtocol:
         The ROM jumps to the application and drops off the bus, often before answering;
         a disconnect, stall or I/O error from here on is the expected outcome.
         """
-        if address is not None:
-            self.set_address(address)
-        self._leave_upload()
-        try:
-            self.dnload(2, b"", "leave DFU")
-            st = self.get_status("leave DFU")
-        except LinkError:
+        for attempt in range(2):
+            try:
+                if address is not None:
+                    self.set_address(address)
+                self._leave_upload()
+                self.dnload(2, b"", "leave DFU")
+                st = self.get_status("leave DFU")
+            except DeviceGone:
+                return
+            except LinkError:
+                # a stall or timeout before the ROM took the request: once more from dfuIDLE
+                # (a device that already left answers nothing, which is success)
+                if attempt:
+                    return
+                try:
+                    self.to_idle("leave DFU")
+                except LinkError:
+                    return
+                continue
+            if st.state == State.ERROR:
+                raise status_error(st, "leave DFU")
             return
-        if st.state == State.ERROR:
-            raise status_error(st, "leave DFU")

@@ -143,8 +143,30 @@ def _functional(extra: bytes) -> tuple[int, int, int, int] | None:
     return None
 
 
-def describe(dev: Any, *, virtual: bool = False) -> DfuDeviceInfo | None:
-    """Read the descriptors of a device; None when it has no DFU-mode interface."""
+def describe(dev: Any, *, virtual: bool = False, tries: int = 4) -> DfuDeviceInfo | None:
+    """Read the descriptors of a device; None when it has no DFU-mode interface.
+
+    The alt strings, the functional descriptor and the product string decide the memory
+    layout and the device: they are read until two readings agree (a glitch on a hub must
+    not turn one part into another), else LinkError.
+    """
+    seen: list[tuple[Any, ...]] = []
+    for _ in range(tries):
+        info = _describe_once(dev, virtual=virtual)
+        key = None if info is None else (
+            tuple((a.alt, a.interface, a.name, a.layout.text) for a in info.alts),
+            info.transfer_size, info.attributes, info.bcd_dfu, info.product, info.serial, info.bcd_device,
+        )
+        if key in seen:
+            return info
+        seen.append(key)
+    raise LinkError(
+        f"the DFU device at {port_path(dev)} gives different descriptors on every reading; "
+        "check the cable and the hub"
+    )
+
+
+def _describe_once(dev: Any, *, virtual: bool = False) -> DfuDeviceInfo | None:
     import usb.core
 
     try:

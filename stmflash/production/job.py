@@ -80,6 +80,7 @@ class JobConfig:
     loop: bool = False
     max_boards: int | None = None
     image_check: bool = True
+    rdp2_confirmed: bool = False  # i_understand_rdp2_is_permanent (file) / the flag (command line)
     source: str = ""
 
     def with_overrides(self, **kw: Any) -> JobConfig:
@@ -217,6 +218,7 @@ def parse_job(data: dict[str, Any], *, source: str = "job", base: str | None = N
     if "image_check" in data:
         kw["image_check"] = ctx.bool_("image_check", data["image_check"])
     confirmed = ctx.bool_(RDP2_CONFIRM, data.get(RDP2_CONFIRM, False))
+    kw["rdp2_confirmed"] = confirmed
     if "protect" in data:
         p = data["protect"]
         if isinstance(p, str):

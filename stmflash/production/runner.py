@@ -95,8 +95,10 @@ def apply_protection(link: Any, job: JobConfig, image: Image, reporter: Any) -> 
         if fn is None:
             raise StmflashError("writing option bytes is not supported over this link")
         reporter.phase("option-bytes")
-        fn(job.option_bytes)
+        answers = fn(job.option_bytes, confirm_permanent=job.rdp2_confirmed)  # gated again inside
         done.append("option-bytes")
+        if answers is False:  # RDP level 2 (confirmed): the chip never answers again
+            return "+".join(done + ["silent"])
     p = job.protect
     if p.wrp:
         units = list(p.wrp_units) if p.wrp_units else image_units(image, link.device)
@@ -317,7 +319,8 @@ class BatchRunner:
                 program(link, image, erase=job.erase, verify=job.verify, after=after, reporter=rep)
                 if job.protect.any or job.option_bytes is not None:
                     res.protection = apply_protection(link, job, image, rep)
-                    if job.after != "stay" and job.protect.rdp != 2:  # level 2: silent for good
+                    silent = job.protect.rdp == 2 or res.protection.endswith("+silent")
+                    if job.after != "stay" and not silent:  # level 2: silent for good
                         # the ROM re-entered itself after the option change; Go is refused
                         # under RDP, so a reset (best effort) is how the board starts its app
                         rep.phase("reset")
@@ -361,6 +364,11 @@ class BatchRunner:
     def _check_protection(self, device: Any, link: Any) -> None:
         """Refuse (before flashing) a protection this board's option-byte layout cannot encode."""
         p = self.job.protect
+        if self.job.option_bytes is not None:
+            check = getattr(link, "check_option_bytes", None)
+            if check is None:
+                raise UsageError("writing option bytes is not supported over this link")
+            check(self.job.option_bytes, confirm_permanent=self.job.rdp2_confirmed)
         if not (p.wrp or p.rdp == 2):
             return
         from stmflash import option_bytes as obl

@@ -48,9 +48,24 @@ class UartLink:
     def write(self, address: int, data: bytes) -> None:
         if len(data) > self.max_write:
             raise ValueError(f"write of {len(data)} bytes exceeds {self.max_write}")
-        step = max(self.bl.block, self.device.write_align)
-        for off in range(0, len(data), step):
-            self.bl.write_memory(address + off, data[off : off + step])
+        from stmflash.errors import NackError
+
+        align = max(self.device.write_align, 4)
+        off = 0
+        while off < len(data):
+            # the session shortens its frames while the line garbles them
+            step = max(self.bl.block, align)
+            chunk = data[off : off + step]
+            try:
+                self.bl.write_memory(address + off, chunk)
+            except NackError:
+                # every retry of this frame had its data refused (checksum): try shorter
+                # frames, which noise hits less often; the ROM programmed none of it
+                if len(chunk) <= max(32, align):
+                    raise
+                self.bl.block = max(32, align, min(self.bl.block, len(chunk) // 2))
+                continue
+            off += len(chunk)
 
     def erase(self, units: Sequence[EraseUnit]) -> None:
         if not units:
@@ -91,6 +106,10 @@ class UartLink:
     def start(self, address: int) -> None:
         self.bl.go(address)
 
+    def resync(self) -> None:
+        """Drain and resynchronise (before a diagnosis is confirmed by a second look)."""
+        self.bl.recover("while resynchronising")
+
     def reset(self) -> None:
         """Reset through the entry strategy's exit pins, else a tiny SYSRESETREQ stub in RAM.
 
@@ -130,7 +149,23 @@ class UartLink:
         region = self._ob_region()
         return self.bl.read(region.start, region.size)
 
-    def write_option_bytes(self, data: bytes, *, confirm_permanent: bool = False) -> None:
+    def check_option_bytes(self, data: bytes, *, confirm_permanent: bool = False) -> Any:
+        """Everything about an option-byte write that can be refused before it starts: the
+        area exists, the size fits, and the RDP-2 gate (:mod:`stmflash.safety`)."""
+        from stmflash.safety import check_option_bytes_write
+
+        region = self._ob_region()
+        if not data or len(data) > region.size or len(data) % 4:
+            raise UsageError(
+                f"option bytes: {len(data)} bytes given; {self.device.short_name} takes up to "
+                f"{region.size}, a multiple of 4"
+            )
+        check_option_bytes_write(
+            self.device, data, rdp2_confirmed=confirm_permanent, where=f"option bytes of {self.device.short_name}"
+        )
+        return region
+
+    def write_option_bytes(self, data: bytes, *, confirm_permanent: bool = False) -> bool:
         """Write Memory at the option-bytes address (the chip reloads them and resets).
 
         ``data`` covers the area from its start (usually all of it). Complement bytes are
@@ -141,12 +176,7 @@ class UartLink:
         from stmflash import option_bytes as obl
         from stmflash.errors import VerifyError
 
-        region = self._ob_region()
-        if not data or len(data) > region.size or len(data) % 4:
-            raise UsageError(
-                f"option bytes: {len(data)} bytes given; {self.device.short_name} takes up to "
-                f"{region.size}, a multiple of 4"
-            )
+        region = self.check_option_bytes(data, confirm_permanent=confirm_permanent)
         expect: bytes | None = None
         current = b""
         level = 0
@@ -154,20 +184,18 @@ class UartLink:
             current = self.read_option_bytes()
             expect = obl.normalize(self.device, data + current[len(data) :])
             level = obl.rdp_level(self.device, expect)
-            if level == 2 and not confirm_permanent:
-                raise UsageError(
-                    "these option bytes set RDP level 2, which disables the bootloader and debug "
-                    "for good; pass --i-understand-rdp2-is-permanent to really do it"
-                )
+        else:
+            level = -1  # layout unknown (written only when confirmed): may be silent afterwards
         self._write_ob_chunks(
-            region.start, data, current=current if expect is not None else None, final_silent=level == 2
+            region.start, data, current=current if expect is not None else None, final_silent=level in (2, -1)
         )
         if level != 0:
-            return
+            return level == 1  # False: silent now (level 2, or a layout nobody can decode)
         back = self.bl.read(region.start, len(data))
         want = expect[: len(data)] if expect is not None else data
         if back != want:
             raise VerifyError(f"option bytes read back as {back.hex()} after writing {data.hex()}")
+        return True
 
     def _write_ob_chunks(
         self, start: int, data: bytes, *, current: bytes | None = None, final_silent: bool = False

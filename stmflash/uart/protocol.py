@@ -20,6 +20,11 @@ shared/reference/uart-an3155.md):
   state-changing command if the ROM dropped bytes (see ``_harmless``); Write Memory data
   is never sent before both ACKs; the first failure of a pipelined frame switches the
   session to waiting for every ACK (``pipeline=False``, CLI ``--no-pipeline``).
+* Identification believes nothing it heard once: Get, Get Version, Get ID and the Read
+  Memory of the bootloader ID, flash-size register and UID are repeated until two answers
+  agree, and the flash size must be plausible for the PID (device table). One flipped bit
+  in an unchecked Get ID answer once made an F407 an L053 whose "pages 0-9" were erased as
+  sectors 0-9; now such a chip is never erased (:class:`~stmflash.errors.IdentityError`).
 * Timeouts scale with the work: wire time of the answer at the port's baud rate, the
   device table's maximum programming and erase times, with a margin.
 """
@@ -56,7 +61,14 @@ from stmflash.an3155 import (  # noqa: F401  (re-exported for callers of this mo
     WRITE_UNPROTECT,
 )
 from stmflash.devices import Device, lookup
-from stmflash.errors import LinkError, NackError, ProtectionError, TimeoutError_, UsageError
+from stmflash.errors import (
+    IdentityError,
+    LinkError,
+    NackError,
+    ProtectionError,
+    TimeoutError_,
+    UsageError,
+)
 
 MAX_BLOCK = 256
 MAX_PAGES_LEGACY = 255  # 0x43: N-1 in one byte, 0xFF means global erase
@@ -89,6 +101,15 @@ def xor(data: bytes | Sequence[int]) -> int:
 
 def cmd_name(code: int) -> str:
     return f"{COMMAND_NAMES.get(code, 'command')} (0x{code:02X})"
+
+
+def plausible_flash_size(device: Device, size: int) -> bool:
+    """A flash-size register value the device table allows for this product ID: not more
+    than the table's size, at least one erase unit, and ending on an erase-unit boundary."""
+    if not 0 < size <= device.flash_size:
+        return False
+    ends = {u.end - device.flash_start for u in device.erase_units}
+    return size in ends
 
 
 @dataclass
@@ -355,7 +376,7 @@ class Bootloader:
         where = f" at 0x{address:08X}" if address is not None else ""
         if code in (READ, WRITE, GO, ERASE, EXT_ERASE, GET_CHECKSUM, WRITE_PROTECT, WRITE_UNPROTECT,
                     READOUT_PROTECT) and all(p == "command" for p in phases):
-            if self.probe_read_protected():
+            if self.probe_read_protected() and self._reprobe_read_protected():
                 raise ProtectionError(
                     f"the chip on {self.name} is read-protected (RDP level 1): it refuses "
                     f"{cmd_name(code)}; run with --unprotect to remove the protection "
@@ -363,6 +384,14 @@ class Bootloader:
                 )
         phase = phases[-1] if phases else "command"
         raise NackError(f"the chip refused {cmd_name(code)}{where} (NACK after the {phase})")
+
+    def _reprobe_read_protected(self) -> bool:
+        """The second look before "read-protected" is reported: on a resynced link."""
+        try:
+            self.recover("while confirming readout protection")
+        except LinkError:
+            return False
+        return self.probe_read_protected()
 
     def probe_read_protected(self) -> bool:
         """True when Read Memory itself is refused (RDP level 1), six times in a row (a
@@ -416,13 +445,45 @@ class Bootloader:
 
         return self.transaction(GET_ID, op)
 
+    def _confirmed(self, what: str, read: Callable[[], T], tries: int = 6) -> T:
+        """``read()`` repeated until two answers agree.
+
+        Get, Get Version, Get ID and Read Memory answers carry no checksum: one flipped bit
+        turns an F407 into an L053 whose "pages 0-9" are then sent as F4 sector numbers. A
+        value is believed only when a second, independent answer says the same.
+        """
+        seen: list[T] = []
+        for _ in range(tries):
+            got = read()
+            if got in seen:
+                return got
+            seen.append(got)
+        raise IdentityError(
+            f"the chip on {self.name} could not be identified reliably: {len(seen)} answers to "
+            f"{what} all differ (line noise? try a lower --baud); nothing was erased or written"
+        )
+
+    def _confirmed_read(self, address: int, n: int) -> bytes | None:
+        """Read Memory confirmed by a second identical read; None when the ROM refuses it."""
+        try:
+            return self._confirmed(f"Read Memory at 0x{address:08X}", lambda: self.read_memory(address, n))
+        except NackError:
+            return None
+
     def identify(self) -> ChipInfo:
-        """Get, Get Version, Get ID, BL ID byte, flash-size register, UID; device lookup."""
+        """Get, Get Version, Get ID, BL ID byte, flash-size register, UID; device lookup.
+
+        Every answer is confirmed by a second identical one (see :meth:`_confirmed`) and the
+        flash size must be plausible for the product ID (:func:`plausible_flash_size`): a
+        chip whose identity cannot be confirmed raises :class:`IdentityError` before
+        anything is erased.
+        """
         import warnings
 
-        protocol, commands = self.get()
-        version = self.get_version()
-        pid = self.get_id()
+        protocol, commands = self._confirmed("Get", self.get)
+        self.protocol, self.commands = protocol, commands
+        version = self._confirmed("Get Version", self.get_version)
+        pid = self._confirmed("Get ID", self.get_id)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             base = lookup(pid)
@@ -430,35 +491,40 @@ class Bootloader:
         if base.generic:
             info.notes.append(f"PID 0x{pid:03X} is not in the device table: generic profile")
         protected = READ in commands and self.probe_read_protected()
+        if protected:
+            # a diagnosis is confirmed before it is reported: probe again on a resynced link
+            protected = self._reprobe_read_protected()
         info.read_protected = protected
         device = base
         if not protected:
             if base.bl_id_address is not None:
-                raw = self._try_read(base.bl_id_address, 1)
+                raw = self._confirmed_read(base.bl_id_address, 1)
                 if raw is not None:
                     info.bl_id = raw[0]
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
                         device = lookup(pid, info.bl_id)
             if device.flash_size_reg is not None:
-                raw = self._try_read(device.flash_size_reg, 2)
+                raw = self._confirmed_read(device.flash_size_reg, 2)
                 if raw is not None:
                     kib = int.from_bytes(raw, "little")
                     if 0 < kib < 0xFFFF:
-                        info.flash_size = kib * 1024
-                        device = device.with_flash_size(kib * 1024)
+                        size = kib * 1024
+                        if not device.generic and not plausible_flash_size(device, size):
+                            raise IdentityError(
+                                f"the chip on {self.name} answers PID 0x{pid:03X} ({device.short_name}) "
+                                f"but its flash-size register says {kib} KiB, which no "
+                                f"{device.short_name} has (at most {device.flash_size // 1024} KiB, on "
+                                "an erase-unit boundary): identity not confirmed, nothing was erased"
+                            )
+                        info.flash_size = size
+                        device = device.with_flash_size(size)
             if device.uid_reg is not None:
-                info.uid = self._try_read(device.uid_reg, 12)
+                info.uid = self._confirmed_read(device.uid_reg, 12)
         info.device = device
         self.device = device
         self.info = info
         return info
-
-    def _try_read(self, address: int, n: int) -> bytes | None:
-        try:
-            return self.read_memory(address, n)
-        except NackError:
-            return None
 
     def connect(self) -> ChipInfo:
         self.sync()
@@ -558,11 +624,15 @@ class Bootloader:
 
         def already_done() -> bool | None:
             # the ACK may have been lost after programming: do not program twice
-            try:
-                got = self.transaction(READ, lambda: self._read_raw(address, len(data)), retries=2)
-            except (NackError, ProtectionError, LinkError):
-                return None
-            return True if got == data else None
+            # (a read garbled on its way back never equals the data by chance: a few tries)
+            for _ in range(3):
+                try:
+                    got = self.transaction(READ, lambda: self._read_raw(address, len(data)), retries=2)
+                except (NackError, ProtectionError, LinkError):
+                    return None
+                if got == data:
+                    return True
+            return None
 
         self.transaction(WRITE, op, address=address, on_retry=already_done)
 
