@@ -369,6 +369,6 @@ def _ob_encoded(link: Any, address: int, data: bytes) -> bytes | None:
     if not at_area or len(data) < size:
         return None
     try:
-        return obl.normalize(dev, data[:size], fallback=virtual) + data[size:]
+        return obl.as_stored(dev, data[:size]) + data[size:]
     except UsageError:
         return None

@@ -245,22 +245,13 @@ class DfuLink:
     def _ob_rules(self) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any], Callable[..., Any]]:
         """(rdp_level, set_rdp, wrp_units, set_wrp) for this device's option-byte layout.
 
-        Only the table's layout is ever used on a real chip (a wrong guess can lock it);
-        a virtual chip whose layout is not in the table uses the simulator's fallback,
-        which is what that chip itself uses.
+        Only the table's layout is ever used, on a real chip and a virtual one alike (a
+        wrong guess can lock a chip; the virtual chip refuses what the table cannot encode).
         """
         from stmflash import option_bytes as obl
 
-        dev = self.device
-        if obl.supported(dev):
-            return obl.rdp_level, obl.set_rdp, obl.wrp_units, obl.set_wrp
-        if self.info.virtual:
-            def set_wrp(d: Device, ob: bytes, units: list[int]) -> bytes:
-                return obl.sim_set_codes(d, ob, obl.sim_codes(d, units))
-
-            return obl.sim_rdp_level, obl.sim_set_rdp, obl.sim_wrp_units, set_wrp
-        obl.layout_of(dev)  # raises the UsageError naming the device
-        raise AssertionError("unreachable")
+        obl.layout_of(self.device)  # raises the UsageError naming the device
+        return obl.rdp_level, obl.set_rdp, obl.wrp_units, obl.set_wrp
 
     def _ob_area(self) -> tuple[int, bytes, int]:
         """(address, bytes of the alt's first region, length of the layout's area in it)."""
@@ -268,7 +259,7 @@ class DfuLink:
         start, end = alt.layout.regions()[0]
         ob = self.device.option_bytes
         size = ob.size if ob is not None else end - start
-        if not self.info.virtual and (ob is None or ob.start != start):
+        if ob is None or ob.start != start:
             where = f"0x{ob.start:08X}" if ob is not None else "unknown"
             raise UsageError(
                 f"{self.device.short_name}: the DFU option-bytes alt starts at 0x{start:08X}, not at the "

@@ -152,7 +152,7 @@ class UartLink:
         level = 0
         if obl.supported(self.device):
             current = self.read_option_bytes()
-            expect = obl.normalize(self.device, data + current[len(data) :])
+            expect = obl.as_stored(self.device, data + current[len(data) :])
             level = obl.rdp_level(self.device, expect)
             if level == 2 and not confirm_permanent:
                 raise UsageError(
