@@ -17,11 +17,12 @@ otherwise is an :class:`OptionByteMismatch` naming the field.
 from __future__ import annotations
 
 import functools
-import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
+
+import tomllib
 
 from stmflash.devices import Device
 from stmflash.errors import UsageError, VerifyError
@@ -163,7 +164,7 @@ def _merged(name: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _table(name: str) -> Table:
     m = _merged(name)
     fields = tuple(_field(f) for f in m["fields"].values())

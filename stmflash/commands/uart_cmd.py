@@ -25,6 +25,7 @@ from stmflash.commands.common import (
     read_to_file,
     run_and_report,
 )
+from stmflash.commands.ob_cli import device_hint, echo_rows, ob_options, ob_request, run_ob_actions
 
 
 def _parse_units(text: str) -> list[int]:
@@ -108,6 +109,10 @@ def _print_info(info: Any, device: Any) -> None:
               "covers several units, their whole group is protected.")
 @click.option("--read-option-bytes", is_flag=True, help="Print the option bytes.")
 @click.option("--write-option-bytes", metavar="FILE|HEX", help="Write the option bytes (the chip resets).")
+@ob_options
+@click.option("--device", "device_name", metavar="NAME",
+              help="The part you expect (e.g. G071): option-field requests are checked against it "
+              "before the port is opened, and any other chip is refused before anything is written.")
 @click.option("--timeout", type=float, default=0.3, show_default=True, help="Base answer timeout (s).")
 @click.option("--retries", type=int, default=6, show_default=True, help="Retries per command on a noisy line.")
 @click.option("--no-pipeline", is_flag=True, help="Wait for every ACK (ROMs/adapters that lose bytes sent early).")
@@ -165,6 +170,10 @@ def _run(reporter: Any, **kw: Any) -> None:
             "and debug port for good; add --i-understand-rdp2-is-permanent to really do it"
         )
     ob_data = option_bytes_arg(kw["write_option_bytes"]) if kw["write_option_bytes"] else None
+    kw["ob_req"] = ob_req = ob_request(kw)
+    kw["expected_device"] = hint = device_hint(port, kw["device_name"])
+    if ob_req is not None:
+        ob_req.precheck(hint)  # exit 2 before the port is opened
     image = None
     if file:
         if not raw_needs_device(file, kw["address"]):
@@ -225,6 +234,15 @@ def _session(
     device = link.device
     reporter.info(f"{device.name} (PID 0x{device.pid:03X}) on {link.port_name}")
     did = False
+    ob_req = kw["ob_req"]
+    expected = kw["expected_device"]
+    if kw["device_name"] and expected is not None and expected.pid != device.pid:
+        raise UsageError(f"--device {kw['device_name']}: the chip on {link.port_name} is {device.name} "
+                         f"(PID 0x{device.pid:03X}), not {expected.name}; nothing written")
+    if ob_req is not None and ob_req.writes:
+        from stmflash.ob_ops import values_for
+
+        values_for(device, ob_req, rdp2_confirmed=True)  # the identified chip's table: exit 2, nothing written
 
     if kw["unprotect"]:
         reporter.phase("unprotect")
@@ -241,7 +259,8 @@ def _session(
         reporter.info("write protection removed")
         did = True
 
-    wants_memory = bool(file or kw["erase_only"] or kw["read_out"] or wp_units or ob_data or kw["read_option_bytes"])
+    wants_memory = bool(file or kw["erase_only"] or kw["read_out"] or wp_units or ob_data or kw["read_option_bytes"]
+                        or ob_req is not None)
     if info.read_protected and wants_memory:
         raise _rdp_error(link)
     if wp_units or (kw["rdp_level"] == 2 and kw["protect"]):
@@ -286,7 +305,7 @@ def _session(
             image,
             erase=kw["erase"],
             verify=kw["verify"],
-            after="stay" if (wp_units or ob_data or kw["protect"] or kw["read_out"]) else kw["after"],
+            after="stay" if (wp_units or ob_data or kw["protect"] or kw["read_out"] or ob_req) else kw["after"],
             reporter=reporter,
         )
         did = True
@@ -305,6 +324,9 @@ def _session(
     if kw["read_option_bytes"]:
         ob_read = link.read_option_bytes()
         did = True
+    ob_fields_out: dict[str, Any] = {}
+    ob_did, ob_rows = run_ob_actions(link, ob_req, kw, reporter, ob_fields_out)
+    did = did or ob_did
 
     if wp_units:
         reporter.phase("protect")
@@ -320,7 +342,7 @@ def _session(
             else "RDP level 2 set: the bootloader and debug port are disabled for good"
         )
         did = True
-    if result is not None and (wp_units or ob_data or kw["protect"] or kw["read_out"]):
+    if result is not None and (wp_units or ob_data or kw["protect"] or kw["read_out"] or ob_req):
         if kw["after"] == "go" and not kw["protect"]:
             from stmflash.pipeline import start_address
 
@@ -336,10 +358,12 @@ def _session(
     if ob_read is not None:
         fields["option_bytes"] = ob_read.hex()
         fields.update(_decode_ob(device, ob_read))
+    fields.update(ob_fields_out)
     fields["retries"] = link.bl.retried
     reporter.result(ok=True, **fields)
     if json_mode:
         return
+    echo_rows(ob_rows)
     if ob_read is not None:
         click.echo(f"option bytes @0x{device.option_bytes.start:08X}: {ob_read.hex(' ')}")
         decoded = _decode_ob(device, ob_read)
@@ -352,7 +376,7 @@ def _session(
             click.echo(describe_result(result), err=True)
     elif not did:
         _print_info(info, device)
-    if result is None and did and not kw["quiet"] and ob_read is None:
+    if result is None and did and not kw["quiet"] and ob_read is None and ob_rows is None:
         click.echo("done", err=True)
 
 

@@ -288,6 +288,29 @@ class DfuLink:
             )
         return back
 
+    def ob_area_read(self) -> bytes:
+        """The option-byte area the table describes (for :mod:`stmflash.ob_ops`)."""
+        return self._ob_area()[1][: self._ob_area_size()]
+
+    def _ob_area_size(self) -> int:
+        ob = self.device.option_bytes
+        return ob.size if ob is not None else 0
+
+    def ob_area_write(self, new: bytes, current: bytes, *, silent: bool = False) -> None:
+        """Write the area through its alt (the ROM resets and re-enumerates, waited for);
+        ``silent``: it will not come back in DFU mode (RDP level 2), so it is not waited for."""
+        start, area, size = self._ob_area()
+        data = new + area[size:]
+        if not silent:
+            self.write_option_bytes(data, start)
+            return
+        self.select(self.option_bytes_alt())
+        try:
+            self.proto.download(start, data, 5.0, expect_reset=True)
+        except DeviceGone:
+            pass
+        self.close()
+
     def readout_protect(self, level: int = 1, *, confirm_permanent: bool = False) -> None:
         """Set readout protection through the option bytes (the ROM resets and comes back).
 
