@@ -314,10 +314,15 @@ def resolve(device: Device, requests: Mapping[str, str | int], where: str = "--o
     return out
 
 
-def precheck(requests: Mapping[str, str | int], device: Device | None, where: str = "--ob") -> None:
+def precheck(
+    requests: Mapping[str, str | int], device: Device | None, where: str = "--ob", *, rdp2_confirmed: bool = False
+) -> None:
     """Check a request before any port is opened. With a device (``--device``, ``sim://NAME``):
-    fully. Without: the names must exist in some family's table and the values must parse
-    there (the full check follows once the chip has said what it is, still before writing)."""
+    fully. Without: the names must exist in some family's table, the values must parse there,
+    and a value that is permanent in any family (RDP level 2, BOOT_LOCK ...) needs the
+    confirmation (the full check follows once the chip has said what it is, before writing)."""
+    from stmflash.safety import RDP2_FLAG
+
     if device is not None:
         resolve(device, requests, where)
         return
@@ -326,15 +331,21 @@ def precheck(requests: Mapping[str, str | int], device: Device | None, where: st
         cands = [f for t in tables if (f := t.find(name)) is not None]
         if not cands:
             raise UsageError(f"{where} {name}: no STM32 family has an option field of that name")
-        errors = []
+        errors, ok = [], []
         for f in cands:
             try:
-                _value(f, raw, where)
-                break
+                ok.append((f, _value(f, raw, where)))
             except UsageError as exc:
                 errors.append(str(exc))
-        else:
+        if not ok:
             raise UsageError(errors[0])
+        if not rdp2_confirmed:
+            for f, v in ok:
+                if v in f.permanent:
+                    raise UsageError(
+                        f"{where} {f.name}={raw}: permanent on {f.name}'s families ({f.danger}); "
+                        f"pass {RDP2_FLAG} to really do it"
+                    )
 
 
 def apply(device: Device, area: bytes, values: Mapping[Field, int]) -> bytes:

@@ -42,12 +42,12 @@ class ObRequest:
     def writes(self) -> bool:
         return bool(self.assignments) or self.reset_defaults
 
-    def precheck(self, device: Device | None) -> None:
+    def precheck(self, device: Device | None, *, rdp2_confirmed: bool = False) -> None:
         """Before the port is opened (exit 2, nothing touched)."""
         if self.assignments:
-            ob_fields.precheck(self.assignments, device, self.where)
+            ob_fields.precheck(self.assignments, device, self.where, rdp2_confirmed=rdp2_confirmed)
         if device is not None and self.writes:
-            values_for(device, self)
+            values_for(device, self, rdp2_confirmed=rdp2_confirmed)
 
 
 def _permanent(values: Mapping[ob_fields.Field, int], *, rdp2_confirmed: bool, where: str) -> None:

@@ -105,7 +105,19 @@ def _build_job(args: tuple[str, ...], job_file: str | None, o: dict[str, Any]) -
         parity=o["parity"], entry=o["entry"], invert=tuple(o["invert"]) or None, erase=o["erase"],
         verify=o["verify"], after=o["after"], protect=protect, retries=o["retries"],
         report_dir=o["report_dir"], loop=o["loop"], max_boards=o["max_boards"], image_check=o["image_check"],
+        ob_confirmed=True if o["rdp2_ok"] else None,
     )
+    req = job.ob_request
+    if req is not None:  # names and values, before any board is touched
+        from stmflash.devices import find
+
+        hint = None
+        if job.device:
+            try:
+                hint = find(job.device)
+            except KeyError as exc:
+                raise UsageError(str(exc.args[0])) from None
+        req.precheck(hint, rdp2_confirmed=job.ob_confirmed)
     serial_opts = {k: o[k] for k in ("serial_address", "serial_format", "serial_prefix", "serial_width",
                                      "serial_template", "serial_size", "serial_first", "serial_last", "ledger")}
     if any(v is not None for v in serial_opts.values()):

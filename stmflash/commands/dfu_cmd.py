@@ -111,7 +111,7 @@ def _run(reporter: Any, **kw: Any) -> None:
             raise UsageError(str(exc.args[0])) from None
     kw["ob_req"] = ob_req = ob_request(kw)
     if ob_req is not None:
-        ob_req.precheck(device_hint(None, kw["device_name"]))  # exit 2 before the device is opened
+        ob_req.precheck(device_hint(None, kw["device_name"]), rdp2_confirmed=kw["rdp2_ok"])  # exit 2 before the device is opened
     image = None
     if file:
         if not os.path.exists(file):

@@ -173,7 +173,7 @@ def _run(reporter: Any, **kw: Any) -> None:
     kw["ob_req"] = ob_req = ob_request(kw)
     kw["expected_device"] = hint = device_hint(port, kw["device_name"])
     if ob_req is not None:
-        ob_req.precheck(hint)  # exit 2 before the port is opened
+        ob_req.precheck(hint, rdp2_confirmed=kw["rdp2_ok"])  # exit 2 before the port is opened
     image = None
     if file:
         if not raw_needs_device(file, kw["address"]):
