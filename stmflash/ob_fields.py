@@ -200,6 +200,8 @@ def table_of(device: Device) -> Table | None:
 
 def _need_table(device: Device) -> Table:
     t = table_of(device)
+    if t is not None and device.option_bytes is None and t.unknown:
+        raise UsageError(f"{device.short_name}: option fields not supported: {t.unknown}")
     if t is None or device.option_bytes is None:
         raise UsageError(f"{device.short_name}: no option-byte field table (option bytes by name are not supported)")
     return t
@@ -301,6 +303,8 @@ def resolve(device: Device, requests: Mapping[str, str | int], where: str = "--o
     out: dict[Field, int] = {}
     for name, raw in requests.items():
         f = t.find(name)
+        if f is None and t.unknown:
+            raise UsageError(f"{where} {name}: not written: {t.unknown}")
         if f is None:
             known = ", ".join(x.name for x in t.fields)
             raise UsageError(f"{where} {name}: {device.short_name} has no option field of that name (fields: {known or 'none'})")

@@ -26,9 +26,9 @@ protection). Every change goes through :meth:`VirtualChip._store_option_bytes`, 
 place a protection-state cache would be invalidated. Families whose boot table is in the
 field table (G0, C0) boot what that table says after each reset (``chip.boots``: "flash",
 "system" or "sram"; the empty check uses the EMPTY flag latched at power-on and at each
-option-byte load). Parts whose layout is not in the table refuse RDP and WRP changes
-exactly as the clients do; only test fixtures (:meth:`set_rdp`) can still set their
-readout level, which is internal to this model.
+option-byte load). Parts whose layout is not in the table refuse option-byte writes and
+Write Protect exactly as the clients do; their readout level (AN3155 Readout
+Protect/Unprotect, which need no layout, and test fixtures) is internal to this model.
 
 Image file (``image_path``): one JSON header line, then the raw regions back to back in
 the order the header lists them (``flash``, ``option_bytes``, ``otp`` when present)::
@@ -457,7 +457,12 @@ class VirtualChip:
         self._store_option_bytes(obl.set_rdp(self.device, bytes(self._ob), level), reload=False)
 
     def readout_protect(self) -> None:
-        self._refuse_unknown("readout protect")
+        """AN3155 Readout Protect: the ROM knows its own layout, and so does this model for
+        the level alone (the clients send this command without decoding any byte)."""
+        if not self.layout_known:
+            self._fixture_rdp = 1
+            self.reset()
+            return
         self._store_option_bytes(obl.set_rdp(self.device, bytes(self._ob), 1), reload=True)
 
     def _wipe(self) -> None:
@@ -467,8 +472,11 @@ class VirtualChip:
 
     def readout_unprotect(self) -> None:
         """Level 1 -> 0: mass erase (ignoring WRP), RAM cleared, reset (AN3155)."""
-        self._refuse_unknown("readout unprotect")
         self._wipe()
+        if not self.layout_known:
+            self._fixture_rdp = 0
+            self.reset()
+            return
         self._store_option_bytes(obl.set_rdp(self.device, bytes(self._ob), 0), reload=True)
 
     @property
@@ -514,6 +522,10 @@ class VirtualChip:
         self.write_protect_groups(codes, reset=reset)
 
     def write_unprotect(self, *, reset: bool = True) -> None:
+        if not self.layout_known:  # AN3155 Write Unprotect: nothing this model protects
+            if reset:
+                self.reset()
+            return
         self.write_protect_groups([], reset=reset)
 
     # ---- what a reset boots ------------------------------------------------------------
