@@ -25,7 +25,9 @@ def _representatives() -> list[devices.Device]:
     seen: dict[str, devices.Device] = {}
     for d in devices.all_devices():
         key = d.ob_fields or f"none:{d.family}"
-        seen.setdefault(key, d)
+        # the quickest to restart (the client waits the ROM's startup time after each reload)
+        if key not in seen or d.startup_ms < seen[key].startup_ms:
+            seen[key] = d
     return list(seen.values())
 
 
@@ -204,9 +206,9 @@ def test_every_writable_field_round_trips_over_dfu(dev: devices.Device, usb_sim,
 
 
 def test_several_fields_in_one_write_and_reset_defaults(capsys: pytest.CaptureFixture[str]) -> None:
-    dev = devices.find("L476")
-    url = uart_url(dev, "many-l476")
-    chip = registry.get("many-l476")
+    dev = devices.find("L496")
+    url = uart_url(dev, "many-l4")
+    chip = registry.get("many-l4")
     resets = chip.reset_count
     code, out, err = cli(["uart", url, "--ob", "BOR_LEV=2.8V", "--ob", "nRST_STOP=reset", "--ob", "IWDG_SW=0",
                           "--json"], capsys)

@@ -71,6 +71,7 @@ def dfu(**kw: Any) -> None:
       stmflash dfu app.bin --address 0x08004000 --serial 3677345D3236
       stmflash dfu --path 1-4.2 --read dump.bin --start 0x08000000 --length 64K
       stmflash dfu --read-option-bytes
+      stmflash dfu --ob BOR_LEV=off --ob nRST_STOP=1 --ob-show
       STMFLASH_USB_SIM=F407 stmflash dfu fw.hex --leave    (virtual chip)
     """
     from stmflash.progress import make_reporter

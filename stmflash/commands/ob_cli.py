@@ -77,9 +77,15 @@ def run_ob_actions(link: Any, req: ObRequest | None, kw: dict[str, Any], reporte
         else:
             reporter.info(f"option fields written ({names}); the chip refuses reads now, not read back")
     if req.show:
+        from stmflash import option_bytes as obl
+
         area, rows = show(link)
         fields["option_bytes_area"] = area.hex()
         fields["option_fields"] = rows
+        if obl.supported(link.device):
+            fields["rdp_level"] = obl.rdp_level(link.device, area)
+            if link.device.ob_layout.get("wrp"):
+                fields["wrp_units"] = sorted(obl.wrp_units(link.device, area))
     return True, rows
 
 

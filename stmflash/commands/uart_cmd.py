@@ -131,6 +131,7 @@ def uart(**kw: Any) -> None:
       stmflash uart /dev/ttyUSB0 fw.elf --enter pins:rts,dtr,-dtr:-rts,dtr,-dtr
       stmflash uart /dev/ttyUSB0 --read dump.bin --range 0x08000000:64K
       stmflash uart "sim://F407" fw.hex --json
+      stmflash uart /dev/ttyUSB0 --ob nBOOT_SEL=0 --ob BORR_LEV=2 --ob-show
     """
     from stmflash.progress import make_reporter
 
