@@ -160,8 +160,10 @@ def test_l0_sectors_active_high() -> None:
 
 def test_g0_areas() -> None:
     ob = obl.set_wrp(G0, obl.default_ob(G0), [3, 4, 5, 40])
-    assert ob[0x18:0x20] == bytes.fromhex("03000500" "fcfffaff")  # WRP1AR start 3 end 5 + complement
-    assert ob[0x20:0x24] == bytes.fromhex("28002800")
+    # WRP1AR start 3 end 5 in 6-bit fields (G07x: CMSIS FLASH_WRP1AR_WRP1A_STRT_Msk 0x3F), the
+    # factory's other bits kept, + complement
+    assert ob[0x18:0x20] == bytes.fromhex("c3000500" "3cfffaff")
+    assert ob[0x20:0x24] == bytes.fromhex("e8002800")
     assert obl.wrp_units(G0, ob) == {3, 4, 5, 40}
     with pytest.raises(UsageError, match="2 contiguous areas"):
         obl.set_wrp(G0, ob, [1, 3, 5])

@@ -48,15 +48,17 @@ def device_hint(port: str | None, device_name: str | None) -> Any:
     from stmflash.devices import find
     from stmflash.errors import UsageError
 
-    name = device_name
-    if not name and port and port.startswith("sim://"):
-        name = port[len("sim://") :].split("?", 1)[0]
-    if not name:
-        return None
-    try:
-        return find(name)
-    except KeyError as exc:
-        raise UsageError(str(exc.args[0])) from None
+    if device_name:
+        try:
+            return find(device_name)
+        except KeyError as exc:
+            raise UsageError(str(exc.args[0])) from None
+    if port and port.startswith("sim://"):
+        try:  # sim://NAME; with ?chip= the name may be anything: the chip will tell
+            return find(port[len("sim://") :].split("?", 1)[0])
+        except KeyError:
+            return None
+    return None
 
 
 def run_ob_actions(link: Any, req: ObRequest | None, kw: dict[str, Any], reporter: Any,
