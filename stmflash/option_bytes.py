@@ -26,6 +26,7 @@ __all__ = [
     "loaded_view",
     "reload_registers",
     "set_codes",
+    "with_complements",
     "layout_of",
     "normalize",
     "rdp_level",
@@ -120,15 +121,19 @@ def loaded_view(device: Device, stored: bytes) -> bytes:
     return bytes(out)
 
 
+def with_complements(device: Device, data: bytes) -> bytes:
+    """``data`` with its complement bytes as the flash interface programs them."""
+    ob = _check(device, data)
+    for value, comp in _complement_pairs(layout_of(device), len(ob)):
+        ob[comp] = ob[value] ^ 0xFF
+    return bytes(ob)
+
+
 def as_stored(device: Device, data: bytes) -> bytes:
     """What a whole-area write of ``data`` reads back as after the reload: complement bytes
     rewritten by the flash interface, H7-style _CUR registers showing the _PRG ones written
     (what the host put in a read-only _CUR register is ignored)."""
-    layout = layout_of(device)
-    ob = _check(device, data)
-    for value, comp in _complement_pairs(layout, len(ob)):
-        ob[comp] = ob[value] ^ 0xFF
-    return reload_registers(device, bytes(ob))
+    return reload_registers(device, with_complements(device, data))
 
 
 def reload_registers(device: Device, stored: bytes) -> bytes:

@@ -433,10 +433,7 @@ class VirtualChip:
         for cur, _prg in self.device.ob_layout.get("mirror", []):
             # _CUR registers are read-only: what the host put there is ignored
             new[int(cur) : int(cur) + 4] = self._ob[int(cur) : int(cur) + 4]
-        stored = bytes(new)
-        comp = self.device.ob_layout.get("complement")
-        if comp:
-            stored = bytes(obl._normalize({"complement": comp}, bytearray(stored)))
+        stored = obl.with_complements(self.device, bytes(new))
         if was >= 1 and obl.rdp_level(self.device, obl.loaded_view(self.device, obl.reload_registers(self.device, stored))) == 0:
             self._wipe()
         self._store_option_bytes(stored, reload=True)
