@@ -316,7 +316,7 @@ def test_boot_table_walk(name: str) -> None:
     for lock, n1, pin, sel, n0, empty in combos:
         chip = VirtualChip(dev)
         if not empty:
-            chip.preload(dev.flash_start, b"\x00\x10\x00\x20\x01\x01\x00\x08")
+            chip.preload(dev.flash_start, APP)
         values = {t.find("BOOT_LOCK"): lock, t.find("nBOOT1"): n1, t.find("nBOOT_SEL"): sel, t.find("nBOOT0"): n0}
         chip.write_option_bytes(ob_fields.apply(dev, chip.option_bytes(), values))  # ROM write: reload
         chip.reset("bootloader" if pin else "app")
@@ -325,12 +325,19 @@ def test_boot_table_walk(name: str) -> None:
         assert chip.mode == {"system": "bootloader", "flash": "app", "sram": "sram"}[want]
 
 
-def test_empty_check_is_latched_at_power_on_and_option_load(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    dev = devices.find("G071")
-    url = uart_url(dev, "empty-g071")
-    chip = registry.get("empty-g071")
+APP = b"\x00\x10\x00\x20\x01\x01\x00\x08"  # a vector table: stack in RAM, reset handler in flash
+
+
+def _chip_and_firmware(name: str, chip_name: str, tmp_path: Path) -> tuple[devices.Device, str, VirtualChip, Path]:
+    dev = devices.find(name)
+    url = uart_url(dev, chip_name)
     fw = tmp_path / "fw.bin"
-    fw.write_bytes(b"\x00\x10\x00\x20\x01\x01\x00\x08" * 128)
+    fw.write_bytes(APP * 128)
+    return dev, url, registry.get(chip_name), fw
+
+
+def test_empty_check_is_latched_at_power_on_and_option_load(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    dev, url, chip, fw = _chip_and_firmware("G071", "empty-g071", tmp_path)
     # factory options (nBOOT_SEL = 1, nBOOT0 = 1): a blank part boots its ROM through the empty check
     assert chip.boots == "system"
     assert cli(["uart", url, str(fw), "--after", "reset", "-q"], capsys)[0] == 0
@@ -342,11 +349,7 @@ def test_empty_check_is_latched_at_power_on_and_option_load(capsys: pytest.Captu
 
 
 def test_ob_nboot_sel_hands_boot_to_the_pin(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    dev = devices.find("C031")
-    url = uart_url(dev, "sel-c031")
-    chip = registry.get("sel-c031")
-    fw = tmp_path / "fw.bin"
-    fw.write_bytes(b"\x00\x10\x00\x20\x01\x01\x00\x08" * 128)
+    dev, url, chip, fw = _chip_and_firmware("C031", "sel-c031", tmp_path)
     assert cli(["uart", url, str(fw), "--ob", "nBOOT_SEL=0", "-q"], capsys)[0] == 0
     assert chip.boots == "system"  # the option load re-sampled EMPTY; BOOT0 pin (strapped high) wins
     chip.reset("app")
@@ -423,7 +426,7 @@ def test_batch_job_sets_fields(tmp_path: Path, capsys) -> None:
     dev = devices.find("G071")
     registry.register("job-g071", VirtualChip(dev))
     fw = tmp_path / "fw.bin"
-    fw.write_bytes(b"\x00\x10\x00\x20\x01\x01\x00\x08" * 256)  # stack in RAM, reset vector in flash
+    fw.write_bytes(APP * 256)
     job = tmp_path / "line.toml"
     job.write_text(
         f'image = "{fw}"\ndevice = "G071"\ntargets = ["sim://G071?chip=job-g071"]\n'

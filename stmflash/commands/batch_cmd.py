@@ -83,6 +83,19 @@ def _looks_like_image(arg: str) -> bool:
         return os.path.splitext(arg)[1].lower() in (".hex", ".ihex", ".bin", ".elf", ".srec", ".s19", ".dfu")
 
 
+def _job_device(job: Any) -> Any:
+    """The part the job names (``device =`` / ``--device``), or None."""
+    from stmflash.devices import find
+    from stmflash.errors import UsageError
+
+    if not job.device:
+        return None
+    try:
+        return find(job.device)
+    except KeyError as exc:
+        raise UsageError(str(exc.args[0])) from None
+
+
 def _build_job(args: tuple[str, ...], job_file: str | None, o: dict[str, Any]) -> Any:
     """The job file (if any) with the command line on top; all checks that need no board."""
     from stmflash.errors import UsageError
@@ -109,15 +122,7 @@ def _build_job(args: tuple[str, ...], job_file: str | None, o: dict[str, Any]) -
     )
     req = job.ob_request
     if req is not None:  # names and values, before any board is touched
-        from stmflash.devices import find
-
-        hint = None
-        if job.device:
-            try:
-                hint = find(job.device)
-            except KeyError as exc:
-                raise UsageError(str(exc.args[0])) from None
-        req.precheck(hint, rdp2_confirmed=job.ob_confirmed)
+        req.precheck(_job_device(job), rdp2_confirmed=job.ob_confirmed)
     serial_opts = {k: o[k] for k in ("serial_address", "serial_format", "serial_prefix", "serial_width",
                                      "serial_template", "serial_size", "serial_first", "serial_last", "ledger")}
     if any(v is not None for v in serial_opts.values()):
@@ -165,14 +170,7 @@ def _run(args: tuple[str, ...], job_file: str | None, o: dict[str, Any]) -> None
     from stmflash.production.targets import expand_targets
 
     job = _build_job(args, job_file, o)
-    device = None
-    if job.device:
-        from stmflash.devices import find
-
-        try:
-            device = find(job.device)
-        except KeyError as exc:
-            raise UsageError(str(exc.args[0])) from None
+    device = _job_device(job)
     image = load_image(job.image, address=job.address, device=device)
     if job.serial is not None:
         from stmflash.production.serials import check_serial_address

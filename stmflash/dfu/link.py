@@ -328,14 +328,8 @@ class DfuLink:
                     "RDP level 2 is permanent (no bootloader, no debug, ever); pass "
                     "--i-understand-rdp2-is-permanent to really do it"
                 )
-            start, area, size = self._ob_area()
-            new = set_rdp(dev, area[:size], 2) + area[size:]
-            self.select(self.option_bytes_alt())
-            try:
-                self.proto.download(start, new, 5.0, expect_reset=True)
-            except DeviceGone:
-                pass
-            self.close()
+            current = self.ob_area_read()
+            self.ob_area_write(set_rdp(dev, current, 2), current, silent=True)
             return
         back = self._rewrite_ob(lambda ob: set_rdp(dev, ob, level), f"setting RDP level {level}")
         if rdp_level(dev, back) != level:
