@@ -23,7 +23,7 @@ from typing import Any
 from stmflash import ob_fields
 from stmflash import option_bytes as obl
 from stmflash.devices import Device
-from stmflash.errors import StmflashError, UsageError
+from stmflash.errors import LinkError, StmflashError, UsageError
 from stmflash.safety import RDP2_FLAG, check_option_bytes_write
 
 __all__ = ["ObRequest", "apply_request", "show", "values_for"]
@@ -88,7 +88,10 @@ def apply_request(link: Any, req: ObRequest, *, rdp2_confirmed: bool, reporter: 
     level = obl.rdp_level(device, new) if obl.supported(device) else 0
     if reporter is not None:
         reporter.phase("options")
-    link.ob_area_write(new, current, silent=level == 2)
+    try:
+        link.ob_area_write(new, current, silent=level == 2)
+    except LinkError as exc:
+        raise LinkError(f"{exc}{_boot_hint(device, new)}") from None
     if level == 2:  # the chip never answers its bootloader again
         return {"option_fields_written": written, "option_bytes_changed": True, "option_fields_verified": False}
     try:
@@ -99,6 +102,18 @@ def apply_request(link: Any, req: ObRequest, *, rdp2_confirmed: bool, reporter: 
         raise
     ob_fields.check_written(device, back, values, f"{req.where} on {device.short_name}")
     return {"option_fields_written": written, "option_bytes_changed": True, "option_fields_verified": True}
+
+
+def _boot_hint(device: Device, new: bytes) -> str:
+    """Why a chip may not come back to its ROM after the reload (G0/C0 boot table)."""
+    pin_high = ob_fields.boot_source(device, new, boot0_pin=True, flash_empty=False)
+    if pin_high is None or pin_high == "system":
+        return ""
+    return (
+        f"; with these option bytes a {device.short_name} whose flash is programmed boots "
+        f"{pin_high} after the reload whatever the BOOT0 pin (reference manual boot table): "
+        "add --ob nBOOT_SEL=0 (BOOT0 pin decides) or --ob nBOOT0=0 to keep the bootloader"
+    )
 
 
 def show(link: Any) -> tuple[bytes, list[dict[str, Any]]]:

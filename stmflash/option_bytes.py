@@ -7,7 +7,8 @@ client, the DFU client, ``stmflash batch`` and the virtual STM32 all read and wr
 encoding, and a new family is a table entry rather than a code branch.
 
 Functions take and return the whole option-byte area as ``bytes``; they never talk to a
-chip. Devices whose layout is not in the table raise :class:`UsageError` instead of
+chip. Every option field by name (``--ob``) is :mod:`stmflash.ob_fields`, on top of this
+layout (it uses :func:`encode_layout` for complements and H7-style _PRG mirrors). Devices whose layout is not in the table raise :class:`UsageError` instead of
 guessing: a wrong guess here can lock a part for good.
 """
 

@@ -443,3 +443,12 @@ def test_batch_job_sets_fields(tmp_path: Path, capsys) -> None:
     code, out, err = cli(["batch", "--job", str(bad), "--report-dir", str(tmp_path / "r2")], capsys)
     assert code == 2 and "BOR_LEVEL" in err
     assert registry.get("job-bad") is None
+
+
+def test_a_g0_that_boots_its_flash_after_the_reload_is_explained(capsys, tmp_path: Path) -> None:
+    dev, url, chip, fw = _chip_and_firmware("G071", "gone-g071", tmp_path)
+    assert cli(["uart", url, str(fw), "-q", "--after", "stay"], capsys)[0] == 0
+    code, _, err = cli(["uart", url, "--ob", "BORR_LEV=1", "--timeout", "0.05", "--retries", "1"], capsys)
+    assert code == 3  # factory nBOOT_SEL = 1, nBOOT0 = 1 and programmed flash: the ROM is gone
+    assert "boots flash after the reload" in err and "nBOOT_SEL=0" in err
+    assert chip.boots == "flash" and chip.mode == "app"
