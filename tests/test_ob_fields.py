@@ -452,3 +452,21 @@ def test_a_g0_that_boots_its_flash_after_the_reload_is_explained(capsys, tmp_pat
     assert code == 3  # factory nBOOT_SEL = 1, nBOOT0 = 1 and programmed flash: the ROM is gone
     assert "boots flash after the reload" in err and "nBOOT_SEL=0" in err
     assert chip.boots == "flash" and chip.mode == "app"
+
+
+def test_the_sim_app_mode_follows_the_boot_table() -> None:
+    """A G0 with an application and pin-selected boot (nBOOT_SEL = 0) runs it with BOOT0
+    low; with factory options (nBOOT_SEL = 1) BOOT0 is ignored and nBOOT0 = 0 keeps the ROM."""
+    from stmflash.sim.app import VirtualApp, has_valid_app
+
+    dev = devices.find("G071")
+    t = ob_fields.table_of(dev)
+    for fields, boots in (({"nBOOT_SEL": 0}, "flash"), ({"nBOOT0": 0}, "system"), ({}, "flash")):
+        chip = VirtualChip(dev)
+        chip.preload(dev.flash_start, APP * 16)
+        assert has_valid_app(chip)
+        values = {t.find(k): v for k, v in fields.items()}
+        chip.store_raw_option_bytes(ob_fields.apply(dev, chip.option_bytes(), values))
+        VirtualApp(chip)  # attached = powered on with BOOT0 low
+        assert chip.boots == boots, fields
+        assert chip.mode == ("app" if boots == "flash" else "bootloader")

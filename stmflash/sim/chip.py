@@ -530,6 +530,12 @@ class VirtualChip:
         """FLASH_ACR.EMPTY: sampled at power-on and option-byte load (RM0444 / RM0490 3.1.4)."""
         self.flash_empty_flag = self.flash[:4] == b"\xff\xff\xff\xff"
 
+    def boot_at_power_on(self, want: str) -> None:
+        """Decide what a power-on boots with the pins strapped as ``want`` ("bootloader" =
+        BOOT0 high, "app" = low): EMPTY sampled, then the boot table (no reset counted)."""
+        self._latch_empty()
+        self._boot(want)
+
     def power_cycle(self) -> None:
         """Power-on reset: the EMPTY flag is sampled again, then the chip boots."""
         self._latch_empty()
@@ -648,7 +654,6 @@ class VirtualChip:
                 f"{len(self._ob)} (image made by another stmflash version; delete it to start afresh)"
             )
         else:
-            self._ob[:] = ob
             self._store_option_bytes(bytes(ob), reload=False)
         otp = regions.get("otp", b"")
         self.otp[: min(len(otp), len(self.otp))] = otp[: len(self.otp)]
