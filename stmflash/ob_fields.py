@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from typing import Any
 
@@ -169,9 +169,7 @@ def _table(name: str) -> Table:
     m = _merged(name)
     fields = tuple(_field(f) for f in m["fields"].values())
     if m["unknown"]:
-        fields = tuple(
-            Field(**{**f.__dict__, "unknown": f.unknown or m["unknown"]}) for f in fields
-        )
+        fields = tuple(replace(f, unknown=f.unknown or m["unknown"]) for f in fields)
     by_name: dict[str, Field] = {}
     for f in fields:
         for key in (f.name, *f.aliases):
