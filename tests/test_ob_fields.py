@@ -143,22 +143,25 @@ def _readback_ok(dev: devices.Device, f: ob_fields.Field, v: int) -> bool:
 
 @pytest.mark.parametrize("dev", [d for d in REPS if field_ok(d)], ids=lambda d: d.short_name)
 def test_every_writable_field_round_trips_over_uart(dev: devices.Device, capsys: pytest.CaptureFixture[str]) -> None:
-    pairs = _writable(dev)
+    pairs = [(f, v) for f, v in _writable(dev) if _readback_ok(dev, f, v)]
     assert pairs, f"{dev.short_name}: nothing writable"
-    for i, (f, v) in enumerate(pairs):
-        if not _readback_ok(dev, f, v):
-            continue
+    # one field per request; parts whose ROM takes seconds to restart (L476 without LSE:
+    # the client waits 2.56 s after each reload) get every field in one request instead
+    groups = [pairs] if dev.startup_ms > 500 else [[p] for p in pairs]
+    for i, group in enumerate(groups):
         name = f"rt-{dev.short_name}-{i}"
         url = uart_url(dev, name)
-        code, out, err = cli(["uart", url, "--ob", f"{f.name}={v}", "--ob-show", "--json"], capsys)
-        assert code == 0, f"{f.name}={v}: {err}"
+        args = [a for f, v in group for a in ("--ob", f"{f.name}={v}")]
+        code, out, err = cli(["uart", url, *args, "--ob-show", "--json"], capsys)
+        assert code == 0, f"{args}: {err}"
         res = result(out)
-        assert res["option_fields_verified"] and res["option_fields_written"] == {f.name: v}
-        row = next(r for r in res["option_fields"] if r["field"] == f.name)
-        assert row["value"] == v
+        assert res["option_fields_verified"] and res["option_fields_written"] == {f.name: v for f, v in group}
         chip = registry.get(name)
-        assert f.get(chip.loaded_option_bytes()) == v  # what the chip loaded at its reset
-        others = [g for g in ob_fields.table_of(dev).fields if g is not f]
+        for f, v in group:
+            assert next(r for r in res["option_fields"] if r["field"] == f.name)["value"] == v
+            assert f.get(chip.loaded_option_bytes()) == v  # what the chip loaded at its reset
+        written = {f for f, _ in group}
+        others = [g for g in ob_fields.table_of(dev).fields if g not in written]
         assert all(g.get(chip.option_bytes()) == g.default for g in others), "other fields preserved"
 
 
