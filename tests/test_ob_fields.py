@@ -473,3 +473,13 @@ def test_the_sim_app_mode_follows_the_boot_table() -> None:
         VirtualApp(chip)  # attached = powered on with BOOT0 low
         assert chip.boots == boots, fields
         assert chip.mode == ("app" if boots == "flash" else "bootloader")
+
+
+def test_device_names_the_part_the_request_was_checked_against(capsys) -> None:
+    dev = devices.find("G071")
+    registry.register("other-part", VirtualChip(dev))
+    chip = registry.get("other-part")
+    before = chip.option_bytes()
+    code, _, err = cli(["uart", "sim://G071?chip=other-part", "--device", "F407", "--ob", "BOR_LEV=3"], capsys)
+    assert code == 2 and "not STM32F405" in err  # checked against F407, the chip is a G071
+    assert chip.option_bytes() == before and chip.reset_count == 0
