@@ -129,6 +129,8 @@ class Device:
     dfu: dict[str, Any] = field(default_factory=dict)
     # option-byte layout as the ROM presents it (stmflash.option_bytes); {} = not known
     ob_layout: dict[str, Any] = field(default_factory=dict)
+    # option fields by name: a table of stmflash/data/option_bytes.toml (stmflash.ob_fields)
+    ob_fields: str = ""
     note: str = ""
     generic: bool = False
 
@@ -322,6 +324,7 @@ class Device:
             "program_ms_per_256": list(self.program_ms_per_256),
             "dfu": ({**self.dfu, "alts": self.dfu_alts()} if "dfu" in self.interfaces and self.dfu else None),
             "ob_layout": self.ob_layout or None,
+            "ob_fields": self.ob_fields or None,
             "generic": self.generic,
             "note": self.note,
         }

@@ -7,7 +7,8 @@ client, the DFU client, ``stmflash batch`` and the virtual STM32 all read and wr
 encoding, and a new family is a table entry rather than a code branch.
 
 Functions take and return the whole option-byte area as ``bytes``; they never talk to a
-chip. Devices whose layout is not in the table raise :class:`UsageError` instead of
+chip. Every option field by name (``--ob``) is :mod:`stmflash.ob_fields`, on top of this
+layout (it uses :func:`encode_layout` for complements and H7-style _PRG mirrors). Devices whose layout is not in the table raise :class:`UsageError` instead of
 guessing: a wrong guess here can lock a part for good.
 """
 
@@ -21,6 +22,12 @@ from stmflash.errors import UsageError
 
 __all__ = [
     "default_ob",
+    "as_stored",
+    "encode_layout",
+    "loaded_view",
+    "reload_registers",
+    "set_codes",
+    "with_complements",
     "layout_of",
     "normalize",
     "rdp_level",
@@ -35,29 +42,15 @@ __all__ = [
 
 Layout = Mapping[str, Any]
 
-#: What the simulator uses for parts whose layout is unknown (never used by a client):
-#: F1-style bytes with one WRP bit per group of ceil(units/32) units.
-SIM_FALLBACK: Layout = {
-    "rdp": 0,
-    "rdp0": 0xAA,
-    "rdp1": 0x55,
-    "rdp2": 0xCC,
-    "complement": [2, 1, 1],
-    "wrp": {"kind": "bits", "bytes": [8, 10, 12, 14], "protected": 0, "groups": 32},
-}
-
-
 def supported(device: Device) -> bool:
     """True when the table holds this device's option-byte layout (and its address)."""
     return bool(device.ob_layout) and device.option_bytes is not None
 
 
-def layout_of(device: Device, *, fallback: bool = False) -> Layout:
-    """The device's layout; unknown -> UsageError, or :data:`SIM_FALLBACK` for the simulator."""
+def layout_of(device: Device) -> Layout:
+    """The device's layout; unknown -> UsageError (client and virtual chip alike)."""
     if supported(device):
         return device.ob_layout
-    if fallback:
-        return SIM_FALLBACK
     raise UsageError(
         f"option-byte layout of {device.short_name} is not in the table; protection over the "
         "bootloader is not supported for it"
@@ -78,23 +71,81 @@ def _check(device: Device, ob: bytes) -> bytearray:
 
 
 # ---- complements -------------------------------------------------------------------------
-def _normalize(layout: Layout, ob: bytearray) -> bytearray:
+def _complement_pairs(layout: Layout, size: int) -> list[tuple[int, int]]:
+    """(value byte, complement byte) offsets of the family's complement rule."""
     comp = layout.get("complement")
     if not comp:
-        return ob
+        return []
     period, offset, width = (int(x) for x in comp)
-    for base in range(0, len(ob) - period + 1, period):
-        for i in range(width):
-            ob[base + offset + i] = ob[base + i] ^ 0xFF
+    return [
+        (base + i, base + offset + i)
+        for base in range(0, size - period + 1, period)
+        for i in range(width)
+    ]
+
+
+def _normalize(layout: Layout, ob: bytearray) -> bytearray:
+    for value, comp in _complement_pairs(layout, len(ob)):
+        ob[comp] = ob[value] ^ 0xFF
+    # H7-style register views: what is wanted goes to the _PRG register of each _CUR one
+    for cur, prg in layout.get("mirror", []):
+        if int(prg) + 4 <= len(ob):
+            ob[int(prg) : int(prg) + 4] = ob[int(cur) : int(cur) + 4]
     return ob
 
 
-def normalize(device: Device, ob: bytes, *, fallback: bool = False) -> bytes:
-    """The area with every complement byte recomputed from its value byte.
+def normalize(device: Device, ob: bytes) -> bytes:
+    """The area with every complement byte recomputed from its value byte (and H7-style
+    _PRG registers set from their _CUR ones): what the host writes for the wanted state.
 
     The flash interface writes complements itself, so what a host puts there is ignored.
     """
-    return bytes(_normalize(layout_of(device, fallback=fallback), _check(device, ob)))
+    return bytes(_normalize(layout_of(device), _check(device, ob)))
+
+
+def encode_layout(device: Device, ob: bytes) -> bytes:
+    """:func:`normalize` where the layout is known; the bytes unchanged elsewhere."""
+    return normalize(device, ob) if supported(device) else bytes(ob)
+
+
+def loaded_view(device: Device, stored: bytes) -> bytes:
+    """The option bytes as the option-byte loader takes them from ``stored``: a value byte
+    whose complement does not match loads as 0xFF (both bytes erased, 0xFF/0xFF, is not an
+    error) - RM0008 / RM0091 section 4 (OPTERR), the same rule for every complement family.
+    On F1 a bad RDP complement therefore means readout protection."""
+    if not supported(device):
+        return bytes(stored)
+    out = bytearray(stored)
+    for value, comp in _complement_pairs(device.ob_layout, len(out)):
+        if out[value] ^ out[comp] != 0xFF and not (out[value] == out[comp] == 0xFF):
+            out[value] = 0xFF
+    return bytes(out)
+
+
+def with_complements(device: Device, data: bytes) -> bytes:
+    """``data`` with its complement bytes as the flash interface programs them."""
+    ob = _check(device, data)
+    for value, comp in _complement_pairs(layout_of(device), len(ob)):
+        ob[comp] = ob[value] ^ 0xFF
+    return bytes(ob)
+
+
+def as_stored(device: Device, data: bytes) -> bytes:
+    """What a whole-area write of ``data`` reads back as after the reload: complement bytes
+    rewritten by the flash interface, H7-style _CUR registers showing the _PRG ones written
+    (what the host put in a read-only _CUR register is ignored)."""
+    return reload_registers(device, with_complements(device, data))
+
+
+def reload_registers(device: Device, stored: bytes) -> bytes:
+    """After an option-byte load, each H7-style _CUR register shows its _PRG register."""
+    if not supported(device):
+        return bytes(stored)
+    out = bytearray(stored)
+    for cur, prg in device.ob_layout.get("mirror", []):
+        if int(prg) + 4 <= len(out):
+            out[int(cur) : int(cur) + 4] = out[int(prg) : int(prg) + 4]
+    return bytes(out)
 
 
 # ---- RDP ---------------------------------------------------------------------------------
@@ -132,12 +183,6 @@ def _bit_units(device: Device, wrp: Layout) -> list[list[int]]:
     units = device.erase_units
     nbits = int(wrp.get("max_bits", 8 * len(wrp["bytes"])))
     out: list[list[int]] = [[] for _ in range(nbits)]
-    if "groups" in wrp:  # simulator fallback: ceil(units/groups) units per bit
-        per = max(1, -(-len(units) // int(wrp["groups"])))
-        for u in units:
-            if u.index // per < nbits:
-                out[u.index // per].append(u.index)
-        return out
     for u in units:
         if "bytes_per_bit" in wrp:
             bit = (u.address - device.flash_start) // int(wrp["bytes_per_bit"])
@@ -280,9 +325,9 @@ def wrp_codes(device: Device, units: Iterable[int]) -> list[int]:
     return _codes(device, layout_of(device), units)
 
 
-def wrp_code_count(device: Device, *, fallback: bool = False) -> int:
+def wrp_code_count(device: Device) -> int:
     """How many Write Protect codes exist (bits, or pages an area can name)."""
-    layout = layout_of(device, fallback=fallback)
+    layout = layout_of(device)
     wrp = layout.get("wrp")
     if not wrp:
         return 0
@@ -291,9 +336,9 @@ def wrp_code_count(device: Device, *, fallback: bool = False) -> int:
     return len(_bit_units(device, wrp))
 
 
-def units_for_codes(device: Device, codes: Iterable[int], *, fallback: bool = False) -> set[int]:
+def units_for_codes(device: Device, codes: Iterable[int]) -> set[int]:
     """The erase units that Write Protect ``codes`` protect (inverse of :func:`wrp_codes`)."""
-    layout = layout_of(device, fallback=fallback)
+    layout = layout_of(device)
     ob = _set_codes(device, layout, bytearray(_default(device, layout)), list(codes))
     return _wrp_units(device, layout, ob)
 
@@ -307,6 +352,11 @@ def set_wrp(device: Device, ob: bytes, units: list[int]) -> bytes:
 
 # ---- factory state -------------------------------------------------------------------------
 def _default(device: Device, layout: Layout) -> bytes:
+    from stmflash import ob_fields
+
+    factory = ob_fields.factory_area(device)
+    if factory is not None:
+        return factory
     ob = bytearray(b"\xff" * _size(device))
     raw = bytes.fromhex(str(layout.get("default", "")))
     ob[: min(len(raw), len(ob))] = raw[: len(ob)]
@@ -317,34 +367,11 @@ def _default(device: Device, layout: Layout) -> bytes:
 
 
 def default_ob(device: Device) -> bytes:
-    """The option bytes as the part leaves the factory: RDP level 0, nothing protected."""
+    """The option bytes as the part leaves the factory: the field table's production
+    values where it has them, else RDP level 0 and nothing protected on the layout."""
     return _default(device, layout_of(device))
 
 
-# ---- simulator entry points (same rules, fallback layout for unknown parts) ---------------
-def sim_rdp_level(device: Device, ob: bytes) -> int:
-    return _rdp_level(layout_of(device, fallback=True), ob)
-
-
-def sim_set_rdp(device: Device, ob: bytes, level: int) -> bytes:
-    return bytes(_set_rdp(device, layout_of(device, fallback=True), bytearray(ob), level))
-
-
-def sim_wrp_units(device: Device, ob: bytes) -> set[int]:
-    return _wrp_units(device, layout_of(device, fallback=True), ob)
-
-
-def sim_set_codes(device: Device, ob: bytes, codes: list[int]) -> bytes:
-    return bytes(_set_codes(device, layout_of(device, fallback=True), bytearray(ob), codes))
-
-
-def sim_codes(device: Device, units: Iterable[int]) -> list[int]:
-    return _codes(device, layout_of(device, fallback=True), units)
-
-
-def sim_default(device: Device) -> bytes:
-    return _default(device, layout_of(device, fallback=True))
-
-
-def sim_normalize(device: Device, ob: bytes) -> bytes:
-    return bytes(_normalize(layout_of(device, fallback=True), bytearray(ob)))
+def set_codes(device: Device, ob: bytes, codes: list[int]) -> bytes:
+    """The area with exactly these Write Protect codes applied (AN3155 0x63 as the ROM does)."""
+    return bytes(_set_codes(device, layout_of(device), _check(device, ob), codes))

@@ -84,7 +84,11 @@ def test_multi_target_dfu_file(name, sim, tmp_path, capsys):
     ob_len = {"F407": 16, "G474": 48, "H743": 128}[name]
     ob_addr = {"F407": 0x1FFFC000, "G474": 0x1FFF7800, "H743": 0x5200201C}[name]
     ob = bytearray(chip.option_bytes().ljust(ob_len, b"\xff")[:ob_len])
-    ob[2], ob[3] = 0x3C, 0xC3
+    want = b"\x3c\xc3"
+    ob[2], ob[3] = want
+    if name == "H743":  # H7: the write programs OPTSR_PRG (+4); OPTSR_CUR shows it after the reload
+        want = b"\x86\x01"  # FZ_IWDG_SDBY, bits 23/24 kept; SECURITY stays 0
+        ob[6], ob[7] = want
     if name == "G474":  # G4: the complement word of OPTR follows it (the chip rewrites it)
         ob[6], ob[7] = 0xC3, 0x3C
     img = Image(alt_names={0: "Internal Flash", 1: "Option Bytes"})
@@ -105,7 +109,7 @@ def test_multi_target_dfu_file(name, sim, tmp_path, capsys):
     header, regions = load_image_file(image_file(bus))
     assert regions["flash"][: len(a)] == a
     assert regions["flash"][0x40000 : 0x40000 + len(b)] == b
-    assert regions["option_bytes"][2:4] == b"\x3c\xc3"
+    assert regions["option_bytes"][2:4] == want
     assert chip.mode == "app"
 
 

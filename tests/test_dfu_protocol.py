@@ -143,16 +143,17 @@ def test_option_bytes_through_their_alt_reset_the_device():
     bus, chip = attach("H743")
     link = open_link(bus)
     ((addr, ob),) = link.read_option_bytes()
-    assert addr == 0x5200201C and len(ob) == 128 and ob[0] == 0xAA
+    assert addr == 0x5200201C and len(ob) == 128 and ob[1] == 0xAA  # OPTSR_CUR: RDP in bits 15:8
     new = bytearray(ob)
-    new[2], new[3] = 0x5A, 0xA5
+    new[6], new[7] = 0x86, 0x01  # OPTSR_PRG (FZ_IWDG_SDBY ...); OPTSR_CUR is read-only
     resets = chip.reset_count
     with pytest.raises(UsageError, match="not in the device table"):  # H7 layout unknown
         link.write_option_bytes(bytes(new))
     assert chip.reset_count == resets
     link.write_option_bytes(bytes(new), confirm_permanent=True)
     assert chip.reset_count == resets + 1
-    assert chip.option_bytes()[2:4] == b"\x5a\xa5"
+    assert chip.option_bytes()[2:4] == b"\x86\x01"  # the reload copied _PRG into _CUR
+    new[2], new[3] = 0x86, 0x01
     assert link.read_option_bytes()[0][1] == bytes(new)
 
 

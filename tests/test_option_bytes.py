@@ -55,7 +55,7 @@ def test_every_layout_fits_its_option_byte_area() -> None:
         assert len(ob) == size and obl.rdp_level(dev, ob) == 0 and obl.wrp_units(dev, ob) == set()
 
 
-@pytest.mark.parametrize("name", ["H743", "F746", "C031", "U575", "H563", "L552"])
+@pytest.mark.parametrize("name", ["F746", "H7A3", "U575", "H563", "L552", "U031"])
 def test_unknown_layouts_refuse_instead_of_guessing(name: str) -> None:
     dev = devices.find(name)
     assert not obl.supported(dev)
@@ -74,7 +74,7 @@ def test_unknown_layouts_refuse_instead_of_guessing(name: str) -> None:
         (F0, "aa55ff00ff00ff00ff00ff00ff00ff00"),  # RM0091: ST production value 0x00FF55AA
         (F3, "aa55ff00ff00ff00ff00ff00ff00ff00"),
         (F4, "ecaaffffffffffffff0fffffffffffff"),  # USER, RDP; nWRP bits 0-11 set
-        (G0, "aae1ffdf551e0020"),  # OPTR, then its complement word
+        (G0, "aafeffff55010000"),  # OPTR 0xFFFFFEAA (RM0444 production value), then its complement
         (L0, "aa0055ff"),  # RDP, then nRDP in the upper half-word (RM0367 xx55xxAA)
     ],
 )
@@ -160,8 +160,10 @@ def test_l0_sectors_active_high() -> None:
 
 def test_g0_areas() -> None:
     ob = obl.set_wrp(G0, obl.default_ob(G0), [3, 4, 5, 40])
-    assert ob[0x18:0x20] == bytes.fromhex("03ff05ff" "fc00fa00")  # WRP1AR start 3 end 5 + complement
-    assert ob[0x20:0x24] == bytes.fromhex("28ff28ff")
+    # WRP1AR start 3 end 5 in 6-bit fields (G07x: CMSIS FLASH_WRP1AR_WRP1A_STRT_Msk 0x3F), the
+    # factory's other bits kept, + complement
+    assert ob[0x18:0x20] == bytes.fromhex("c3000500" "3cfffaff")
+    assert ob[0x20:0x24] == bytes.fromhex("e8002800")
     assert obl.wrp_units(G0, ob) == {3, 4, 5, 40}
     with pytest.raises(UsageError, match="2 contiguous areas"):
         obl.set_wrp(G0, ob, [1, 3, 5])
@@ -262,12 +264,12 @@ def test_rdp2_with_confirmation_silences_the_chip(name: str, rdp_at: int, tmp_pa
 
 def test_rdp2_refused_before_flashing_when_the_layout_is_unknown(tmp_path: Path,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
-    chip = registry.register("r2h", VirtualChip(devices.find("H743")))
+    chip = registry.register("r2h", VirtualChip(devices.find("F746")))
     fw = tmp_path / "fw.bin"
     fw.write_bytes(b"\x42" * 1024)
-    assert run_cli("uart", "sim://H743?chip=r2h", str(fw), "--protect-level", "2",
+    assert run_cli("uart", "sim://F746?chip=r2h", str(fw), "--protect-level", "2",
                    "--i-understand-rdp2-is-permanent", "-q") == 2
-    assert "option-byte layout of H743 is not in the table" in capsys.readouterr().err
+    assert "option-byte layout of F746 is not in the table" in capsys.readouterr().err
     assert chip.flash[:16] == b"\xff" * 16 and chip.rdp_level == 0
 
 

@@ -272,7 +272,13 @@ def test_go_jumps_and_bootloader_goes_quiet() -> None:
 
 
 def test_readout_protection_rules() -> None:
+    from stmflash import ob_fields
+
     h = Host(G0, "g0")
+    # a G0 boots main flash after the option-byte reload once flash is programmed, unless
+    # nBOOT_SEL = 0 lets the (strapped-high) BOOT0 pin choose system memory (RM0444 Table 8)
+    pin = ob_fields.resolve(G0, {"nBOOT_SEL": "pin"})
+    h.chip.store_raw_option_bytes(ob_fields.apply(G0, h.chip.option_bytes(), pin))
     h.sync()
     h.chip.preload(G0.flash_start, b"\x11" * 64)
     assert h.cmd(0x82) == bytes([ACK, ACK])

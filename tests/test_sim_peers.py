@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from stmflash import devices
+from stmflash import devices, ob_fields
 from stmflash.sim.chip import VirtualChip, flash_bytes, load_image_file
 from stmflash.sim.spawn import pty_server, stm32loader_command
 from tests.peers import require, run
@@ -38,8 +38,24 @@ DEVICES = {
 
 
 def sim_server(device: str, image: Path, *extra: str):
-    """``stmflash sim uart`` in a child process; SIGINT (saves the image) on exit."""
+    """``stmflash sim uart`` in a child process; SIGINT (saves the image) on exit.
+
+    Each server start is a power-on. A G0 with programmed flash and factory option bytes
+    boots that flash then (nBOOT_SEL = 1 ignores the BOOT0 pin, RM0444 Table 8), so the
+    image is given nBOOT_SEL = 0 first: the strapped-high BOOT0 pin then selects the ROM,
+    as on a board wired for the bootloader."""
+    _pin_boot(devices.find(device), image)
     return pty_server(device, image, *extra, stop_timeout=20)
+
+
+def _pin_boot(device: devices.Device, image: Path) -> None:
+    table = ob_fields.table_of(device)
+    if table is None or not table.boot:
+        return
+    chip = VirtualChip(device, image_path=image)
+    values = ob_fields.resolve(device, {"nBOOT_SEL": "pin"})
+    chip.store_raw_option_bytes(ob_fields.apply(device, chip.option_bytes(), values))
+    chip.save()
 
 
 def firmware(tmp_path: Path, size: int, seed: int = 1) -> Path:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from stmflash import devices
+from stmflash import devices, ob_fields
 from stmflash.cli import main
 from stmflash.image import load, save
 from stmflash.image.model import Image
@@ -120,6 +120,10 @@ def test_info_read_erase_and_protection_actions(tmp_path: Path, capsys: pytest.C
     dev = devices.find("0x460")
     chip = registry.register("act", VirtualChip(dev))
     url = "sim://0x460?chip=act"
+    # a G0 whose flash is programmed boots it after an option-byte reload unless
+    # nBOOT_SEL = 0 hands boot selection to the (strapped-high) BOOT0 pin (RM0444 Table 8)
+    pin = ob_fields.resolve(dev, {"nBOOT_SEL": 0})
+    chip.store_raw_option_bytes(ob_fields.apply(dev, chip.option_bytes(), pin))
     try:
         data = random.Random(3).randbytes(4096)
         chip.preload(dev.flash_start, data)

@@ -83,6 +83,13 @@ def _looks_like_image(arg: str) -> bool:
         return os.path.splitext(arg)[1].lower() in (".hex", ".ihex", ".bin", ".elf", ".srec", ".s19", ".dfu")
 
 
+def _job_device(job: Any) -> Any:
+    """The part the job names (``device =`` / ``--device``), or None."""
+    from stmflash.commands.common import find_device
+
+    return find_device(job.device) if job.device else None
+
+
 def _build_job(args: tuple[str, ...], job_file: str | None, o: dict[str, Any]) -> Any:
     """The job file (if any) with the command line on top; all checks that need no board."""
     from stmflash.errors import UsageError
@@ -107,6 +114,9 @@ def _build_job(args: tuple[str, ...], job_file: str | None, o: dict[str, Any]) -
         report_dir=o["report_dir"], loop=o["loop"], max_boards=o["max_boards"], image_check=o["image_check"],
         rdp2_confirmed=True if o["rdp2_ok"] else None,
     )
+    req = job.ob_request
+    if req is not None:  # names and values, before any board is touched
+        req.precheck(_job_device(job), rdp2_confirmed=job.rdp2_confirmed)
     serial_opts = {k: o[k] for k in ("serial_address", "serial_format", "serial_prefix", "serial_width",
                                      "serial_template", "serial_size", "serial_first", "serial_last", "ledger")}
     if any(v is not None for v in serial_opts.values()):
@@ -154,9 +164,7 @@ def _run(args: tuple[str, ...], job_file: str | None, o: dict[str, Any]) -> None
     from stmflash.production.targets import expand_targets
 
     job = _build_job(args, job_file, o)
-    from stmflash.commands.common import find_device
-
-    device = find_device(job.device) if job.device else None
+    device = _job_device(job)
     image = load_image(job.image, address=job.address, device=device)
     if device is not None:
         from stmflash.pipeline import split_image

@@ -21,6 +21,19 @@ def _hex(v: int | None) -> str:
     return "-" if v is None else f"0x{v:08X}"
 
 
+def _ob_fields(dev: Any) -> str:
+    """The option-field table (--ob/--ob-show): how many fields, how many writable."""
+    from stmflash import ob_fields
+
+    t = ob_fields.table_of(dev)
+    if t is None:
+        return "-"
+    if t.unknown:
+        return f"{t.name}: {t.unknown}"
+    writable = sum(1 for f in t.fields if not f.writable_reason())
+    return f"{t.name}: {len(t.fields)} fields, {writable} writable (stmflash uart/dfu --ob-show)"
+
+
 def _region(r: Any) -> str:
     if r is None:
         return "-"
@@ -74,6 +87,7 @@ def _detail(dev: Any) -> str:
         f"  system memory:    {_region(dev.system_memory)}",
         f"  BL ID byte at:    {_hex(dev.bl_id_address)}",
         f"  option bytes:     {_region(dev.option_bytes)}",
+        f"  option fields:    {_ob_fields(dev)}",
         f"  OTP:              {_region(dev.otp)}",
         f"  data EEPROM:      {_region(dev.eeprom)}",
         f"  flash-size reg:   {_hex(dev.flash_size_reg)}",

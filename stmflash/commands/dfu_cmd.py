@@ -23,6 +23,7 @@ from stmflash.commands.common import (
     read_to_file,
     run_and_report,
 )
+from stmflash.commands.ob_cli import echo_rows, ob_options, ob_request, run_ob_actions
 
 
 @click.command("dfu", context_settings={"help_option_names": ["-h", "--help"]})
@@ -47,9 +48,11 @@ from stmflash.commands.common import (
 @click.option("--write-protect", metavar="UNITS", help="Write-protect sectors/pages (e.g. 0-3,7) at the end.")
 @click.option("--read-option-bytes", is_flag=True, help="Print the option bytes (read through their alt).")
 @click.option("--write-option-bytes", metavar="FILE|HEX", help="Write the whole option-byte area (the chip resets).")
+@ob_options
 @click.option("--i-understand-rdp2-is-permanent", "rdp2_ok", is_flag=True,
-              help="Required for option bytes (--write-option-bytes, or inside FILE) that set RDP level 2, "
-              "and for any option-byte write on a part whose layout is not in the table.")
+              help="Required for option bytes that set RDP level 2 or another permanent value "
+              "(--write-option-bytes, --ob RDP=level2, or inside FILE), and for any option-byte write "
+              "on a part whose layout is not in the table.")
 @click.option("--enter", default="none", show_default=True, metavar="CHAIN",
               help="Bring a running application into the ROM DFU bootloader first, tried in order: "
               "1200[:PORT] (1200-baud touch on its USB CDC port), detach[:PATH|VID:PID] (DFU_DETACH "
@@ -71,6 +74,7 @@ def dfu(**kw: Any) -> None:
       stmflash dfu app.bin --address 0x08004000 --serial 3677345D3236
       stmflash dfu --path 1-4.2 --read dump.bin --start 0x08000000 --length 64K
       stmflash dfu --read-option-bytes
+      stmflash dfu --ob BOR_LEV=off --ob nRST_STOP=1 --ob-show
       STMFLASH_USB_SIM=F407 stmflash dfu fw.hex --leave    (virtual chip)
     """
     from stmflash.progress import make_reporter
@@ -102,6 +106,9 @@ def _run(reporter: Any, **kw: Any) -> None:
 
         vid_pid = parse_vid_pid(kw["vid_pid"])
     forced = find_device(kw["device_name"]) if kw["device_name"] else None
+    kw["ob_req"] = ob_req = ob_request(kw)
+    if ob_req is not None:
+        ob_req.precheck(forced, rdp2_confirmed=kw["rdp2_ok"])  # exit 2 before the device is opened
     image = None
     if file:
         if not os.path.exists(file):
@@ -200,6 +207,11 @@ def _session(link: Any, reporter: Any, kw: dict[str, Any], image: Any, file: str
     did = False
     result = None
     fields: dict[str, Any] = {"usb": info.to_dict()}
+    ob_req = kw["ob_req"]
+    if ob_req is not None and ob_req.writes:
+        from stmflash.ob_ops import values_for
+
+        values_for(device, ob_req, rdp2_confirmed=True)  # the identified chip's table: exit 2, nothing written
 
     if kw["unprotect"]:
         reporter.phase("unprotect")
@@ -228,7 +240,7 @@ def _session(link: Any, reporter: Any, kw: dict[str, Any], image: Any, file: str
                 raise UsageError(f"{file}: data lies outside alternate setting {alt.name!r} ({alt.layout.describe()})")
         image, ob_segments = _split_option_bytes(image, link)
         leave_after = (kw["leave"] and not ob_segments and not ob_data and not kw["read_out"]
-                       and not kw["protect"] and not kw.get("wp_units"))
+                       and not kw["protect"] and not kw.get("wp_units") and ob_req is None)
         if image:
             result = program(
                 link,
@@ -276,6 +288,9 @@ def _session(link: Any, reporter: Any, kw: dict[str, Any], image: Any, file: str
         fields["option_bytes"] = [{"address": a, "data": d.hex()} for a, d in ob_read]
         did = True
 
+    ob_did, ob_rows = run_ob_actions(link, ob_req, kw, reporter, fields)
+    did = did or ob_did
+
     # protection last, after the flash verified: RDP would refuse the read-back
     if kw.get("wp_units"):
         reporter.phase("protect")
@@ -312,6 +327,7 @@ def _session(link: Any, reporter: Any, kw: dict[str, Any], image: Any, file: str
     reporter.result(ok=True, **fields)
     if kw["json_"]:
         return
+    echo_rows(ob_rows)
     if ob_read is not None:
         for a, d in ob_read:
             click.echo(f"option bytes @0x{a:08X}: {d.hex(' ')}")
@@ -320,7 +336,7 @@ def _session(link: Any, reporter: Any, kw: dict[str, Any], image: Any, file: str
             click.echo(describe_result(result), err=True)
     elif not did:
         _print_info(link)
-    elif not kw["quiet"] and ob_read is None:
+    elif not kw["quiet"] and ob_read is None and ob_rows is None:
         click.echo("done", err=True)
 
 
@@ -403,6 +419,6 @@ def _ob_encoded(link: Any, address: int, data: bytes) -> bytes | None:
     if not at_area or len(data) < size:
         return None
     try:
-        return obl.normalize(dev, data[:size], fallback=virtual) + data[size:]
+        return obl.as_stored(dev, data[:size]) + data[size:]
     except UsageError:
         return None

@@ -15,7 +15,6 @@ from stmflash.commands.common import (
     INT,
     SIZE,
     describe_result,
-    find_device,
     load_image,
     option_bytes_arg,
     output_options,
@@ -26,6 +25,7 @@ from stmflash.commands.common import (
     read_to_file,
     run_and_report,
 )
+from stmflash.commands.ob_cli import device_hint, echo_rows, ob_options, ob_request, run_ob_actions
 
 
 def _parse_units(text: str) -> list[int]:
@@ -109,11 +109,13 @@ def _print_info(info: Any, device: Any) -> None:
               "covers several units, their whole group is protected.")
 @click.option("--read-option-bytes", is_flag=True, help="Print the option bytes.")
 @click.option("--write-option-bytes", metavar="FILE|HEX",
-              help="Write the option bytes (the chip resets); needs --device (so they can be decoded "
-              "before the port is opened) or --i-understand-rdp2-is-permanent.")
+              help="Write the option bytes (the chip resets); needs --device or a sim://NAME port (so "
+              "they can be decoded before the port is opened) or --i-understand-rdp2-is-permanent.")
+@ob_options
 @click.option("--device", "device_name", metavar="NAME",
-              help="The part you expect (e.g. F407): any other chip is refused before anything is "
-              "written, and option bytes are decoded before the port is opened.")
+              help="The part you expect (e.g. F407): option bytes and option-field requests are "
+              "checked against it before the port is opened, and any other chip is refused before "
+              "anything is written.")
 @click.option("--timeout", type=float, default=0.3, show_default=True, help="Base answer timeout (s).")
 @click.option("--retries", type=int, default=6, show_default=True, help="Retries per command on a noisy line.")
 @click.option("--no-pipeline", is_flag=True, help="Wait for every ACK (ROMs/adapters that lose bytes sent early).")
@@ -132,6 +134,7 @@ def uart(**kw: Any) -> None:
       stmflash uart /dev/ttyUSB0 fw.elf --enter pins:rts,dtr,-dtr:-rts,dtr,-dtr
       stmflash uart /dev/ttyUSB0 --read dump.bin --range 0x08000000:64K
       stmflash uart "sim://F407" fw.hex --json
+      stmflash uart /dev/ttyUSB0 --ob nBOOT_SEL=0 --ob BORR_LEV=2 --ob-show
     """
     from stmflash.progress import make_reporter
 
@@ -170,13 +173,15 @@ def _run(reporter: Any, **kw: Any) -> None:
             "--protect-level 2 makes the chip permanently unreadable and disables its bootloader "
             "and debug port for good; add --i-understand-rdp2-is-permanent to really do it"
         )
-    expected = find_device(kw["device_name"]) if kw["device_name"] else None
-    kw["expected_device"] = expected
     ob_data = option_bytes_arg(kw["write_option_bytes"]) if kw["write_option_bytes"] else None
+    kw["ob_req"] = ob_req = ob_request(kw)
+    kw["expected_device"] = expected = device_hint(port, kw["device_name"])
     if ob_data is not None:
         from stmflash.safety import check_option_bytes_early
 
         check_option_bytes_early(expected, ob_data, rdp2_confirmed=kw["rdp2_ok"], where="--write-option-bytes")
+    if ob_req is not None:
+        ob_req.precheck(expected, rdp2_confirmed=kw["rdp2_ok"])  # exit 2 before the port is opened
     image = None
     if file:
         if not raw_needs_device(file, kw["address"]):
@@ -236,14 +241,19 @@ def _session(
     info = link.info
     device = link.device
     reporter.info(f"{device.name} (PID 0x{device.pid:03X}) on {link.port_name}")
-    expected = kw.get("expected_device")
-    if expected is not None and expected.pid != device.pid:
+    ob_req = kw["ob_req"]
+    expected = kw["expected_device"]
+    if kw["device_name"] and expected is not None and expected.pid != device.pid:
         raise UsageError(
             f"the chip on {link.port_name} is a {device.short_name} (PID 0x{device.pid:03X}), not the "
             f"{expected.short_name} given with --device; nothing was written"
         )
     if ob_data is not None:
         link.check_option_bytes(ob_data, confirm_permanent=kw["rdp2_ok"])
+    if ob_req is not None and ob_req.writes:
+        from stmflash.ob_ops import values_for
+
+        values_for(device, ob_req, rdp2_confirmed=True)  # the identified chip's table: exit 2, nothing written
     did = False
 
     if kw["unprotect"]:
@@ -261,7 +271,8 @@ def _session(
         reporter.info("write protection removed")
         did = True
 
-    wants_memory = bool(file or kw["erase_only"] or kw["read_out"] or wp_units or ob_data or kw["read_option_bytes"])
+    wants_memory = bool(file or kw["erase_only"] or kw["read_out"] or wp_units or ob_data or kw["read_option_bytes"]
+                        or ob_req is not None)
     if info.read_protected and wants_memory:
         raise _rdp_error(link)
     if wp_units or (kw["rdp_level"] == 2 and kw["protect"]):
@@ -306,7 +317,7 @@ def _session(
             image,
             erase=kw["erase"],
             verify=kw["verify"],
-            after="stay" if (wp_units or ob_data or kw["protect"] or kw["read_out"]) else kw["after"],
+            after="stay" if (wp_units or ob_data or kw["protect"] or kw["read_out"] or ob_req) else kw["after"],
             reporter=reporter,
         )
         did = True
@@ -325,6 +336,9 @@ def _session(
     if kw["read_option_bytes"]:
         ob_read = link.read_option_bytes()
         did = True
+    ob_fields_out: dict[str, Any] = {}
+    ob_did, ob_rows = run_ob_actions(link, ob_req, kw, reporter, ob_fields_out)
+    did = did or ob_did
 
     if wp_units:
         reporter.phase("protect")
@@ -340,7 +354,7 @@ def _session(
             else "RDP level 2 set: the bootloader and debug port are disabled for good"
         )
         did = True
-    if result is not None and (wp_units or ob_data or kw["protect"] or kw["read_out"]):
+    if result is not None and (wp_units or ob_data or kw["protect"] or kw["read_out"] or ob_req):
         if kw["after"] == "go" and not kw["protect"]:
             from stmflash.pipeline import start_address
 
@@ -356,10 +370,12 @@ def _session(
     if ob_read is not None:
         fields["option_bytes"] = ob_read.hex()
         fields.update(_decode_ob(device, ob_read))
+    fields.update(ob_fields_out)
     fields["retries"] = link.bl.retried
     reporter.result(ok=True, **fields)
     if json_mode:
         return
+    echo_rows(ob_rows)
     if ob_read is not None:
         click.echo(f"option bytes @0x{device.option_bytes.start:08X}: {ob_read.hex(' ')}")
         decoded = _decode_ob(device, ob_read)
@@ -372,7 +388,7 @@ def _session(
             click.echo(describe_result(result), err=True)
     elif not did:
         _print_info(info, device)
-    if result is None and did and not kw["quiet"] and ob_read is None:
+    if result is None and did and not kw["quiet"] and ob_read is None and ob_rows is None:
         click.echo("done", err=True)
 
 

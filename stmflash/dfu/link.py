@@ -385,22 +385,13 @@ class DfuLink:
     def _ob_rules(self) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any], Callable[..., Any]]:
         """(rdp_level, set_rdp, wrp_units, set_wrp) for this device's option-byte layout.
 
-        Only the table's layout is ever used on a real chip (a wrong guess can lock it);
-        a virtual chip whose layout is not in the table uses the simulator's fallback,
-        which is what that chip itself uses.
+        Only the table's layout is ever used, on a real chip and a virtual one alike (a
+        wrong guess can lock a chip; the virtual chip refuses what the table cannot encode).
         """
         from stmflash import option_bytes as obl
 
-        dev = self.device
-        if obl.supported(dev):
-            return obl.rdp_level, obl.set_rdp, obl.wrp_units, obl.set_wrp
-        if self.info.virtual:
-            def set_wrp(d: Device, ob: bytes, units: list[int]) -> bytes:
-                return obl.sim_set_codes(d, ob, obl.sim_codes(d, units))
-
-            return obl.sim_rdp_level, obl.sim_set_rdp, obl.sim_wrp_units, set_wrp
-        obl.layout_of(dev)  # raises the UsageError naming the device
-        raise AssertionError("unreachable")
+        obl.layout_of(self.device)  # raises the UsageError naming the device
+        return obl.rdp_level, obl.set_rdp, obl.wrp_units, obl.set_wrp
 
     def check_protection(self, wp_units: Sequence[int] | None = None, rdp_level: int = 0) -> None:
         """Refuse, before the device is opened (no request is sent), a protection request
@@ -427,7 +418,7 @@ class DfuLink:
         start, end = alt.layout.regions()[0]
         ob = self.device.option_bytes
         size = ob.size if ob is not None else end - start
-        if not self.info.virtual and (ob is None or ob.start != start):
+        if ob is None or ob.start != start:
             where = f"0x{ob.start:08X}" if ob is not None else "unknown"
             raise UsageError(
                 f"{self.device.short_name}: the DFU option-bytes alt starts at 0x{start:08X}, not at the "
@@ -461,6 +452,29 @@ class DfuLink:
             )
         return back
 
+    def ob_area_read(self) -> bytes:
+        """The option-byte area the table describes (for :mod:`stmflash.ob_ops`)."""
+        return self._ob_area()[1][: self._ob_area_size()]
+
+    def _ob_area_size(self) -> int:
+        ob = self.device.option_bytes
+        return ob.size if ob is not None else 0
+
+    def ob_area_write(self, new: bytes, current: bytes, *, silent: bool = False) -> None:
+        """Write the area through its alt (the ROM resets and re-enumerates, waited for);
+        ``silent``: it will not come back in DFU mode (RDP level 2), so it is not waited for."""
+        start, area, size = self._ob_area()
+        data = new + area[size:]
+        if not silent:
+            self.write_option_bytes(data, start)
+            return
+        self.select(self.option_bytes_alt())
+        try:
+            self.proto.download(start, data, 5.0, expect_reset=True)
+        except DeviceGone:
+            pass
+        self.close()
+
     def readout_protect(self, level: int = 1, *, confirm_permanent: bool = False) -> None:
         """Set readout protection through the option bytes (the ROM resets and comes back).
 
@@ -478,14 +492,8 @@ class DfuLink:
                     "RDP level 2 is permanent (no bootloader, no debug, ever); pass "
                     "--i-understand-rdp2-is-permanent to really do it"
                 )
-            start, area, size = self._ob_area()
-            new = set_rdp(dev, area[:size], 2) + area[size:]
-            self.select(self.option_bytes_alt())
-            try:
-                self.proto.download(start, new, 5.0, expect_reset=True)
-            except DeviceGone:
-                pass
-            self.close()
+            current = self.ob_area_read()
+            self.ob_area_write(set_rdp(dev, current, 2), current, silent=True)
             return
         back = self._rewrite_ob(lambda ob: set_rdp(dev, ob, level), f"setting RDP level {level}")
         if rdp_level(dev, back) != level:

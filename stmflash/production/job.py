@@ -73,6 +73,9 @@ class JobConfig:
     verify: bool = True
     after: str = "reset"
     option_bytes: bytes | None = None
+    # [option_bytes] fields = { nBOOT_SEL = 0, BOR_LEV = 3 } (stmflash.ob_fields), as (name, value)
+    ob_fields: tuple[tuple[str, Any], ...] = ()
+    ob_reset_defaults: bool = False
     protect: Protection = Protection()
     serial: SerialConfig | None = None
     retries: int = 1
@@ -80,8 +83,24 @@ class JobConfig:
     loop: bool = False
     max_boards: int | None = None
     image_check: bool = True
-    rdp2_confirmed: bool = False  # i_understand_rdp2_is_permanent (file) / the flag (command line)
+    # i_understand_rdp2_is_permanent (file) / the flag (command line): RDP level 2 and other
+    # permanent option values (raw option bytes, --protect rdp2, [option_bytes] fields) allowed
+    rdp2_confirmed: bool = False
     source: str = ""
+
+    @property
+    def ob_request(self) -> Any:
+        """The option fields to set (stmflash.ob_ops.ObRequest), or None."""
+        if not self.ob_fields and not self.ob_reset_defaults:
+            return None
+        from stmflash.ob_ops import ObRequest
+
+        return ObRequest(assignments=dict(self.ob_fields), reset_defaults=self.ob_reset_defaults,
+                         where=f"{self.source or 'job'}: option_bytes.fields")
+
+    @property
+    def writes_option_bytes(self) -> bool:
+        return self.option_bytes is not None or self.ob_request is not None
 
     def with_overrides(self, **kw: Any) -> JobConfig:
         """Command-line values (``None`` = not given) over the file's."""
@@ -255,9 +274,19 @@ def parse_job(data: dict[str, Any], *, source: str = "job", base: str | None = N
         if "after" in prog:
             kw["after"] = ctx.choice("program.after", prog["after"], AFTER_MODES)
     if "option_bytes" in data:
-        ob = ctx.table("option_bytes", data["option_bytes"], {"file", "hex"})
-        if ("file" in ob) == ("hex" in ob):
-            raise ctx.err("option_bytes", "give exactly one of file or hex")
+        ob = ctx.table("option_bytes", data["option_bytes"], {"file", "hex", "fields", "reset_defaults"})
+        if "file" in ob and "hex" in ob:
+            raise ctx.err("option_bytes", "give at most one of file or hex")
+        if not ({"file", "hex", "fields"} & set(ob)) and not ob.get("reset_defaults"):
+            raise ctx.err("option_bytes", "give file, hex, fields = { NAME = VALUE, ... } or reset_defaults = true")
+        if "fields" in ob:
+            from stmflash.ob_fields import parse_assignments
+
+            if not isinstance(ob["fields"], dict) or not ob["fields"]:
+                raise ctx.err("option_bytes.fields", f"expected a table like {{ nBOOT_SEL = 0 }}, got {ob['fields']!r}")
+            kw["ob_fields"] = tuple(parse_assignments(ob["fields"], f"{source}: option_bytes.fields").items())
+        if "reset_defaults" in ob:
+            kw["ob_reset_defaults"] = ctx.bool_("option_bytes.reset_defaults", ob["reset_defaults"])
         if "file" in ob:
             p = ctx.path("option_bytes.file", ob["file"])
             try:
@@ -265,7 +294,7 @@ def parse_job(data: dict[str, Any], *, source: str = "job", base: str | None = N
                     kw["option_bytes"] = fh.read()
             except OSError as exc:
                 raise ctx.err("option_bytes.file", f"cannot read {p}: {exc.strerror}") from None
-        else:
+        elif "hex" in ob:
             try:
                 kw["option_bytes"] = bytes.fromhex(ctx.str_("option_bytes.hex", ob["hex"]))
             except ValueError:

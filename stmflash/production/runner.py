@@ -99,6 +99,14 @@ def apply_protection(link: Any, job: JobConfig, image: Image, reporter: Any) -> 
         done.append("option-bytes")
         if answers is False:  # RDP level 2 (confirmed): the chip never answers again
             return "+".join(done + ["silent"])
+    req = job.ob_request
+    if req is not None:
+        from stmflash.ob_ops import apply_request
+
+        if not hasattr(link, "ob_area_write"):
+            raise StmflashError("option fields are not supported over this link")
+        apply_request(link, req, rdp2_confirmed=job.rdp2_confirmed, reporter=reporter)
+        done.append("option-fields")
     p = job.protect
     if p.wrp:
         units = list(p.wrp_units) if p.wrp_units else image_units(image, link.device)
@@ -315,9 +323,9 @@ class BatchRunner:
                                  attempt=attempt)
                 from stmflash.pipeline import program
 
-                after = "stay" if (job.protect.any or job.option_bytes is not None) else job.after
+                after = "stay" if (job.protect.any or job.writes_option_bytes) else job.after
                 program(link, image, erase=job.erase, verify=job.verify, after=after, reporter=rep)
-                if job.protect.any or job.option_bytes is not None:
+                if job.protect.any or job.writes_option_bytes:
                     res.protection = apply_protection(link, job, image, rep)
                     silent = job.protect.rdp == 2 or res.protection.endswith("+silent")
                     if job.after != "stay" and not silent:  # level 2: silent for good
@@ -363,6 +371,11 @@ class BatchRunner:
 
     def _check_protection(self, device: Any, link: Any) -> None:
         """Refuse (before flashing) a protection this board's option-byte layout cannot encode."""
+        req = self.job.ob_request
+        if req is not None:  # the board's field table: exit 2 before flashing
+            from stmflash.ob_ops import values_for
+
+            values_for(device, req, rdp2_confirmed=self.job.rdp2_confirmed)
         p = self.job.protect
         if self.job.option_bytes is not None:
             check = getattr(link, "check_option_bytes", None)

@@ -107,10 +107,13 @@ class VirtualApp:
 
     # ---- boot decision -----------------------------------------------------------------------
     def _boot(self) -> None:
-        """Power-on: BOOT0 low, so the flash runs when it holds an application."""
+        """Power-on: BOOT0 low, so the flash runs when it holds an application (and, on
+        G0/C0, when the option bytes' boot table says flash)."""
         self.chip.boot_mode = "app"
-        if self.chip.powered and self.chip.mode == "bootloader" and has_valid_app(self.chip):
-            self.chip.mode = "app"
+        if self.chip.powered and self.chip.mode == "bootloader":
+            self.chip.boot_at_power_on("app")
+            if self.chip.mode == "app" and not has_valid_app(self.chip):
+                self.chip.mode = "bootloader"
 
     def _after_reset(self, chip: VirtualChip) -> None:
         if chip.mode != "app":

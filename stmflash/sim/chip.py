@@ -25,11 +25,19 @@ Rules the chip enforces (the same for every device, so clients meet one behaviou
 * RAM below ``device.ram_usable`` belongs to the bootloader: writes there fail.
 
 Option bytes: the family's real layout from the device table (``ob_layout``, decoded by
-:mod:`stmflash.option_bytes`), so Read Memory at the option-bytes address shows what the
-chip shows, and a write there changes RDP/WRP as on the chip (complements recomputed by
-the "flash interface", level 1 -> 0 mass-erases, then a reset). Parts whose layout is not
-in the table use :data:`stmflash.option_bytes.SIM_FALLBACK` (F1-style bytes, one WRP bit
-per ceil(units/32) units) so fixtures still work; clients refuse protection on them.
+:mod:`stmflash.option_bytes`; field names and factory values from
+``stmflash/data/option_bytes.toml``), so Read Memory at the option-bytes address shows what
+the chip stores, and a write there changes the chip as on silicon: complements recomputed by
+the "flash interface", H7-style _PRG registers copied into _CUR at the reload, level 1 -> 0
+mass-erases, then a reset. The option-byte loader's complement check is applied to what is
+stored (a value byte with a wrong complement loads as 0xFF: on F1 that is readout
+protection). Every change goes through :meth:`VirtualChip._store_option_bytes`, the one
+place a protection-state cache would be invalidated. Families whose boot table is in the
+field table (G0, C0) boot what that table says after each reset (``chip.boots``: "flash",
+"system" or "sram"; the empty check uses the EMPTY flag latched at power-on and at each
+option-byte load). Parts whose layout is not in the table refuse option-byte writes and
+Write Protect exactly as the clients do; their readout level (AN3155 Readout
+Protect/Unprotect, which need no layout, and test fixtures) is internal to this model.
 
 Image file (``image_path``): one JSON header line, then the raw regions back to back in
 the order the header lists them (``flash``, ``option_bytes``, ``otp`` when present)::
@@ -55,6 +63,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from stmflash import ob_fields
 from stmflash import option_bytes as obl
 from stmflash.devices import Device, EraseUnit, Region
 from stmflash.errors import StmflashError, UsageError
@@ -133,13 +142,20 @@ class VirtualChip:
         self.flash = bytearray(b"\xff" * device.flash_size)
         self.ram: list[tuple[Region, bytearray]] = [(r, bytearray(r.size)) for r in device.ram]
         self.sysmem = bytearray(device.system_memory.size) if device.system_memory else bytearray()
-        self._ob = bytearray(obl.sim_default(device))
+        # the option-byte area as stored (what Read Memory shows); unknown layouts: erased
+        size = device.option_bytes.size if device.option_bytes is not None else 16
+        self._ob = bytearray(obl.default_ob(device) if obl.supported(device) else b"\xff" * size)
+        self._fixture_rdp = 0  # readout level of parts without a known layout (fixtures only)
         self.otp = bytearray(b"\xff" * device.otp.size) if device.otp else bytearray()
         self.uid = _uid_for(device, seed, self.image_path)
 
         self.mode = "bootloader"
         # What a plain reset boots (the BOOT0 strapping): stmflash.sim.app sets "app".
         self.boot_mode = "bootloader"
+        # what the last reset booted ("system", "flash", "sram") and the EMPTY flag the boot
+        # table's empty check reads (latched at power-on and at each option-byte load)
+        self.boots = "system"
+        self.flash_empty_flag = True
         self.reset_count = 0
         self.go_address: int | None = None
         self.powered = True
@@ -155,6 +171,8 @@ class VirtualChip:
         if self.image_path is not None and self.image_path.exists():
             self._load(self.image_path)
         self._fill_sysmem()
+        self._latch_empty()
+        self._boot(self.boot_mode)  # power-on: boot as the option bytes and pins say
 
     # ---- construction helpers -------------------------------------------------------
     def _fill_sysmem(self) -> None:
@@ -393,8 +411,40 @@ class VirtualChip:
 
     # ---- option bytes and protection ----------------------------------------------------
     def option_bytes(self) -> bytes:
-        """The option-byte area as Read Memory shows it (the family layout)."""
+        """The option-byte area as Read Memory shows it (what is stored, family layout)."""
         return bytes(self._ob)
+
+    def loaded_option_bytes(self) -> bytes:
+        """The option bytes as the loader took them (complement check applied)."""
+        return obl.loaded_view(self.device, bytes(self._ob))
+
+    @property
+    def layout_known(self) -> bool:
+        return obl.supported(self.device)
+
+    def _refuse_unknown(self, what: str) -> None:
+        if not self.layout_known:
+            raise AccessError(
+                f"{what}: the option-byte layout of {self.device.short_name} is not in the table "
+                "(refused, as the clients refuse it)"
+            )
+
+    def _store_option_bytes(self, stored: bytes, *, reload: bool) -> None:
+        """THE one place option-byte state changes (caches of protection state are
+        invalidated here). ``reload``: an option-byte load follows (H7 _CUR <- _PRG, the
+        EMPTY flag re-latched, a system reset)."""
+        self._ob[:] = stored
+        if reload:
+            self._ob[:] = obl.reload_registers(self.device, bytes(self._ob))
+            self._latch_empty()
+            self.reset()
+
+    def store_raw_option_bytes(self, stored: bytes) -> None:
+        """Put bytes in the option-byte area exactly as given, complements included (a test
+        fixture for what an interrupted programming leaves); takes effect at the next reset."""
+        if len(stored) != len(self._ob):
+            raise AccessError(f"{len(stored)} option bytes given, the area is {len(self._ob)}")
+        self._store_option_bytes(bytes(stored), reload=False)
 
     def write_option_bytes(self, data: bytes) -> None:
         """Program the option bytes and reset (option-byte loading), as the ROM does.
@@ -403,6 +453,7 @@ class VirtualChip:
         are written by the flash interface, whatever the host sent; leaving RDP level 1 for
         level 0 mass-erases the flash first; at level 2 nothing changes any more.
         """
+        self._refuse_unknown("option-byte write")
         if len(data) > len(self._ob):
             raise AccessError(f"{len(data)} option bytes do not fit in {len(self._ob)}")
         if self.rdp_level == 2:
@@ -410,22 +461,37 @@ class VirtualChip:
         was = self.rdp_level
         new = bytearray(self._ob)
         new[: len(data)] = data
-        self._ob[:] = obl.sim_normalize(self.device, bytes(new))
-        if was >= 1 and self.rdp_level == 0:
+        for cur, _prg in self.device.ob_layout.get("mirror", []):
+            # _CUR registers are read-only: what the host put there is ignored
+            new[int(cur) : int(cur) + 4] = self._ob[int(cur) : int(cur) + 4]
+        stored = obl.with_complements(self.device, bytes(new))
+        if was >= 1 and obl.rdp_level(self.device, obl.loaded_view(self.device, obl.reload_registers(self.device, stored))) == 0:
             self._wipe()
-        self.reset()
+        self._store_option_bytes(stored, reload=True)
 
     @property
     def rdp_level(self) -> int:
-        return obl.sim_rdp_level(self.device, bytes(self._ob))
+        if not self.layout_known:
+            return self._fixture_rdp
+        return obl.rdp_level(self.device, self.loaded_option_bytes())
 
     def set_rdp(self, level: int) -> None:
         """Set the RDP level directly (fixtures; no mass erase, no reset)."""
-        self._ob[:] = obl.sim_set_rdp(self.device, bytes(self._ob), level)
+        if not self.layout_known:
+            if level not in (0, 1, 2):
+                raise AccessError(f"RDP level {level} does not exist")
+            self._fixture_rdp = level
+            return
+        self._store_option_bytes(obl.set_rdp(self.device, bytes(self._ob), level), reload=False)
 
     def readout_protect(self) -> None:
-        self.set_rdp(1)
-        self.reset()
+        """AN3155 Readout Protect: the ROM knows its own layout, and so does this model for
+        the level alone (the clients send this command without decoding any byte)."""
+        if not self.layout_known:
+            self._fixture_rdp = 1
+            self.reset()
+            return
+        self._store_option_bytes(obl.set_rdp(self.device, bytes(self._ob), 1), reload=True)
 
     def _wipe(self) -> None:
         self.flash[:] = b"\xff" * len(self.flash)
@@ -435,58 +501,103 @@ class VirtualChip:
     def readout_unprotect(self) -> None:
         """Level 1 -> 0: mass erase (ignoring WRP), RAM cleared, reset (AN3155)."""
         self._wipe()
-        self.set_rdp(0)
-        self.reset()
+        if not self.layout_known:
+            self._fixture_rdp = 0
+            self.reset()
+            return
+        self._store_option_bytes(obl.set_rdp(self.device, bytes(self._ob), 0), reload=True)
 
     @property
     def wrp(self) -> set[int]:
         """Indices of write-protected erase units."""
-        return obl.sim_wrp_units(self.device, bytes(self._ob))
+        if not self.layout_known or not self.device.ob_layout.get("wrp"):
+            return set()
+        return obl.wrp_units(self.device, self.loaded_option_bytes())
 
     @property
     def wrp_groups(self) -> int:
         """How many AN3155 Write Protect codes exist (0..wrp_groups-1)."""
-        return obl.wrp_code_count(self.device, fallback=True)
+        return obl.wrp_code_count(self.device) if self.layout_known else 0
 
     def group_of(self, unit_index: int) -> int:
         """The Write Protect code covering one erase unit."""
-        return obl.sim_codes(self.device, [unit_index])[0]
+        self._refuse_unknown("write protect")
+        try:
+            return obl.wrp_codes(self.device, [unit_index])[0]
+        except UsageError as exc:
+            raise AccessError(str(exc)) from None
 
     def write_protect_groups(self, groups: Iterable[int], *, reset: bool = True) -> None:
         """Replace the protected set with these AN3155 Write Protect codes."""
+        self._refuse_unknown("write protect")
         gs = sorted(set(groups))
         for g in gs:
             if not 0 <= g < self.wrp_groups:
                 raise AccessError(f"write-protect code {g} does not exist ({self.wrp_groups} codes)")
         try:
-            self._ob[:] = obl.sim_set_codes(self.device, bytes(self._ob), gs)
+            new = obl.set_codes(self.device, bytes(self._ob), gs)
         except UsageError as exc:
             raise AccessError(str(exc)) from None
-        if reset:
-            self.reset()
+        self._store_option_bytes(new, reload=reset)
 
     def write_protect(self, units: Iterable[int], *, reset: bool = True) -> None:
         """Protect the WRP groups holding these unit indices (replaces the previous set)."""
+        self._refuse_unknown("write protect")
         try:
-            codes = obl.sim_codes(self.device, list(units))
+            codes = obl.wrp_codes(self.device, list(units))
         except UsageError as exc:
             raise AccessError(str(exc)) from None
         self.write_protect_groups(codes, reset=reset)
 
     def write_unprotect(self, *, reset: bool = True) -> None:
+        if not self.layout_known:  # AN3155 Write Unprotect: nothing this model protects
+            if reset:
+                self.reset()
+            return
         self.write_protect_groups([], reset=reset)
+
+    # ---- what a reset boots ------------------------------------------------------------
+    def _latch_empty(self) -> None:
+        """FLASH_ACR.EMPTY: sampled at power-on and option-byte load (RM0444 / RM0490 3.1.4)."""
+        self.flash_empty_flag = self.flash[:4] == b"\xff\xff\xff\xff"
+
+    def boot_at_power_on(self, want: str) -> None:
+        """Decide what a power-on boots with the pins strapped as ``want`` ("bootloader" =
+        BOOT0 high, "app" = low): EMPTY sampled, then the boot table (no reset counted)."""
+        self._latch_empty()
+        self._boot(want)
+
+    def power_cycle(self) -> None:
+        """Power-on reset: the EMPTY flag is sampled again, then the chip boots."""
+        self._latch_empty()
+        self.reset()
 
     # ---- mode -----------------------------------------------------------------------------
     def reset(self, mode: str | None = None) -> None:
         """System reset: into the ROM bootloader (which must be synced again) or, with
         ``mode="app"`` (BOOT0 low at reset), straight into the application. ``None``:
         as the pins are strapped (``boot_mode``; the ROM unless an application is set up)."""
-        self.mode = mode or self.boot_mode
+        self._boot(mode or self.boot_mode)
         self.go_address = None
         self.reset_count += 1
         self.last_reset_time = time.perf_counter()
         for hook in list(self.reset_hooks):
             hook(self)
+
+    def _boot(self, want: str) -> None:
+        boots = None
+        if self.layout_known:
+            # the reference manual's boot table (G0/C0: nBOOT_SEL, nBOOT0, nBOOT1, BOOT0
+            # pin, empty check); the pin is high when the strapping says "bootloader"
+            boots = ob_fields.boot_source(
+                self.device, self.loaded_option_bytes(), boot0_pin=want != "app", flash_empty=self.flash_empty_flag
+            )
+        if boots is None:
+            self.mode = want
+            self.boots = "system" if want == "bootloader" else "flash"
+        else:
+            self.boots = boots
+            self.mode = {"system": "bootloader", "flash": "app", "sram": "sram"}[boots]
 
     def go(self, address: int) -> None:
         """The ROM jumps to the application: the bootloader stops answering.
@@ -574,7 +685,7 @@ class VirtualChip:
                 f"{len(self._ob)} (image made by another stmflash version; delete it to start afresh)"
             )
         else:
-            self._ob[:] = ob
+            self._store_option_bytes(bytes(ob), reload=False)
         otp = regions.get("otp", b"")
         self.otp[: min(len(otp), len(self.otp))] = otp[: len(self.otp)]
 

@@ -182,7 +182,7 @@ class UartLink:
         level = 0
         if obl.supported(self.device):
             current = self.read_option_bytes()
-            expect = obl.normalize(self.device, data + current[len(data) :])
+            expect = obl.as_stored(self.device, data + current[len(data) :])
             level = obl.rdp_level(self.device, expect)
         else:
             level = -1  # layout unknown (written only when confirmed): may be silent afterwards
@@ -217,6 +217,15 @@ class UartLink:
             self.bl.write_memory(start + off, data[off : off + step])
             if not (i == len(blocks) - 1 and final_silent):
                 self.bl._after_reset("the option-byte write")
+
+    def ob_area_read(self) -> bytes:
+        """The whole option-byte area (for :mod:`stmflash.ob_ops`)."""
+        return self.read_option_bytes()
+
+    def ob_area_write(self, new: bytes, current: bytes, *, silent: bool = False) -> None:
+        """Write the whole area (changed blocks, the RDP block last) and resync after the
+        chip's reload; ``silent``: it will not answer after the last block (RDP level 2)."""
+        self._write_ob_chunks(self._ob_region().start, new, current=current, final_silent=silent)
 
     def readout_protect(self, level: int = 1, *, confirm_permanent: bool = False) -> None:
         """Level 1: AN3155 Readout Protect. Level 2: the option bytes rewritten with the

@@ -1,0 +1,485 @@
+"""Option bytes by field name (stmflash.ob_fields, ``--ob``/``--ob-show``/``--ob-reset-defaults``)
+on every family of the device table, over UART (in-process ``sim://``) and virtual USB DFU.
+
+The factory values checked here are the field defaults written in
+``stmflash/data/option_bytes.toml`` from the reference manuals; the virtual chip's factory
+area is built from that file's production-value words, never from stmflash's own writer.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from stmflash import devices, ob_fields
+from stmflash import option_bytes as obl
+from stmflash.cli import main
+from stmflash.sim import registry, usb_backend
+from stmflash.sim.chip import VirtualChip
+
+
+def _representatives() -> list[devices.Device]:
+    """One device per field table (so every family of the device table is covered)."""
+    seen: dict[str, devices.Device] = {}
+    for d in devices.all_devices():
+        key = d.ob_fields or f"none:{d.family}"
+        # the quickest to restart (the client waits the ROM's startup time after each reload)
+        if key not in seen or d.startup_ms < seen[key].startup_ms:
+            seen[key] = d
+    return list(seen.values())
+
+
+REPS = _representatives()
+IDS = [f"{d.ob_fields}-{d.short_name}" for d in REPS]
+
+
+def cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    out, err = capsys.readouterr()
+    return int(exc.value.code or 0), out, err
+
+
+def result(out: str) -> dict:
+    lines = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
+    return next(e for e in reversed(lines) if e.get("event") == "result")
+
+
+def uart_url(dev: devices.Device, name: str) -> str:
+    registry.register(name, VirtualChip(dev))
+    return f"sim://{dev.short_name}?chip={name}"
+
+
+def field_ok(dev: devices.Device) -> bool:
+    t = ob_fields.table_of(dev)
+    return t is not None and not t.unknown and dev.option_bytes is not None
+
+
+# ---- the data itself -------------------------------------------------------------------------
+def test_every_family_names_a_field_table() -> None:
+    for d in devices.all_devices():
+        assert d.ob_fields, f"{d.name}: no ob_fields"
+        t = ob_fields.table_of(d)
+        assert t is not None and t.source, d.name
+        assert t.unknown or t.fields, f"{d.name}: table {t.name} has no fields and no reason"
+
+
+@pytest.mark.parametrize("table", ob_fields.all_tables(), ids=lambda t: t.name)
+def test_tables_are_consistent(table: ob_fields.Table) -> None:
+    used: dict[int, set[int]] = {}
+    for f in table.fields:
+        bits = {f.bit + i for i in range(f.width)}
+        assert not bits & used.get(f.offset, set()), f"{table.name}: {f.name} overlaps another field"
+        used.setdefault(f.offset, set()).update(bits)
+        assert 0 <= f.default <= f.mask, f.name
+        names = [n.lower() for _, n, _ in f.values]
+        assert len(names) == len(set(names)), f"{f.name}: duplicate value names"
+        assert all(0 <= v <= f.mask for v, _, _ in f.values), f.name
+        if f.values and not f.other:
+            assert f.default in {v for v, _, _ in f.values}, f"{f.name}: default not a documented value"
+    if table.fields and not table.unknown:
+        assert table.factory, f"{table.name}: fields without factory words"
+
+
+@pytest.mark.parametrize("dev", [d for d in REPS if obl.supported(d) and field_ok(d)], ids=lambda d: d.short_name)
+def test_rdp_field_is_where_the_layout_says(dev: devices.Device) -> None:
+    rdp = ob_fields.table_of(dev).find("RDP")
+    assert rdp is not None and rdp.width == 8
+    assert rdp.offset + rdp.bit // 8 == int(dev.ob_layout["rdp"])
+    assert rdp.default == int(dev.ob_layout["rdp0"])
+
+
+# ---- --ob-show of the factory area -------------------------------------------------------------
+@pytest.mark.parametrize("dev", REPS, ids=IDS)
+def test_ob_show_decodes_the_factory_area(dev: devices.Device, capsys: pytest.CaptureFixture[str]) -> None:
+    t = ob_fields.table_of(dev)
+    url = uart_url(dev, f"show-{dev.short_name}")
+    code, out, err = cli(["uart", url, "--ob-show", "--json"], capsys)
+    if dev.option_bytes is None:  # the ROM's option-byte area is not established: refused, reason given
+        assert code == 2 and t.unknown.split(":")[0] in err
+        return
+    assert code == 0, err
+    rows = result(out)["option_fields"]
+    assert [r["field"] for r in rows] == [f.name for f in t.fields]
+    if t.unknown:  # decoded for inspection, never written, the reason on every row
+        assert all(not r["writable"] and r["why"] == t.unknown for r in rows)
+        return
+    for r in rows:
+        f = t.find(r["field"])
+        assert r["value"] == f.default, f"{dev.short_name} {f.name}: 0x{r['value']:X}, factory 0x{f.default:X}"
+        assert r["is_default"] and r["writable"] == (not (f.unknown or f.readonly))
+    code, out, _ = cli(["uart", url, "--ob-show"], capsys)
+    assert code == 0 and all(f.name in out for f in t.fields)
+
+
+# ---- round trip of every writable field --------------------------------------------------------
+def _other_value(f: ob_fields.Field) -> int | None:
+    """A documented, reversible value other than the default (None: nothing safe to try)."""
+    if f.name == "RDP":
+        return None  # readout protection: its own tests (the ROM refuses the read-back at level 1)
+    cands = [v for v, _, _ in f.values] if f.values else [f.default ^ 1, f.default ^ (1 << (f.width - 1))]
+    cands = [v for v in cands if v != f.default and v not in f.permanent and 0 <= v <= f.mask]
+    return cands[0] if cands else None
+
+
+def _writable(dev: devices.Device) -> list[tuple[ob_fields.Field, int]]:
+    out = []
+    for f in ob_fields.table_of(dev).fields:
+        if f.unknown or f.readonly:
+            continue
+        v = _other_value(f)
+        if v is not None:
+            out.append((f, v))
+    return out
+
+
+def _readback_ok(dev: devices.Device, f: ob_fields.Field, v: int) -> bool:
+    """Fields after which the part no longer runs its ROM (it boots SRAM) are walked in the
+    boot-table test instead."""
+    return not (f.name == "nBOOT1" and v == 0 and ob_fields.table_of(dev).boot)
+
+
+@pytest.mark.parametrize("dev", [d for d in REPS if field_ok(d)], ids=lambda d: d.short_name)
+def test_every_writable_field_round_trips_over_uart(dev: devices.Device, capsys: pytest.CaptureFixture[str]) -> None:
+    pairs = [(f, v) for f, v in _writable(dev) if _readback_ok(dev, f, v)]
+    assert pairs, f"{dev.short_name}: nothing writable"
+    # one field per request; parts whose ROM takes seconds to restart (L476 without LSE:
+    # the client waits 2.56 s after each reload) get every field in one request instead
+    groups = [pairs] if dev.startup_ms > 500 else [[p] for p in pairs]
+    for i, group in enumerate(groups):
+        name = f"rt-{dev.short_name}-{i}"
+        url = uart_url(dev, name)
+        args = [a for f, v in group for a in ("--ob", f"{f.name}={v}")]
+        code, out, err = cli(["uart", url, *args, "--ob-show", "--json"], capsys)
+        assert code == 0, f"{args}: {err}"
+        res = result(out)
+        assert res["option_fields_verified"] and res["option_fields_written"] == {f.name: v for f, v in group}
+        chip = registry.get(name)
+        for f, v in group:
+            assert next(r for r in res["option_fields"] if r["field"] == f.name)["value"] == v
+            assert f.get(chip.loaded_option_bytes()) == v  # what the chip loaded at its reset
+        written = {f for f, _ in group}
+        others = [g for g in ob_fields.table_of(dev).fields if g not in written]
+        assert all(g.get(chip.option_bytes()) == g.default for g in others), "other fields preserved"
+
+
+def _dfu_devices() -> list[devices.Device]:
+    out = []
+    for d in REPS:
+        if "dfu" not in d.interfaces or not field_ok(d) or not obl.supported(d):
+            continue
+        alts = [a for a in d.dfu_alts() if "option" in a.lower()]
+        if alts and f"0x{d.option_bytes.start:08X}".lower() in alts[0].lower():
+            out.append(d)
+    return out
+
+
+DFU_DEVS = _dfu_devices()
+
+
+def test_dfu_families_are_covered() -> None:
+    assert {"F4", "L4", "G4", "H7"} <= {d.ob_fields for d in DFU_DEVS}
+
+
+@pytest.fixture
+def usb_sim(monkeypatch, tmp_path):
+    def make(dev: devices.Device, n: int) -> usb_backend.VirtualBus:
+        usb_backend.forget()
+        monkeypatch.setenv("STMFLASH_USB_SIM", f"{dev.short_name}={tmp_path / f'{n}.img'}")
+        return usb_backend.bus_from_env()
+
+    yield make
+    usb_backend.forget()
+
+
+@pytest.mark.parametrize("dev", DFU_DEVS, ids=lambda d: d.short_name)
+def test_every_writable_field_round_trips_over_dfu(dev: devices.Device, usb_sim, capsys) -> None:
+    for i, (f, v) in enumerate(_writable(dev)):
+        bus = usb_sim(dev, i)
+        # --device: DfuSe descriptors alone do not tell every part apart (F373 looks like F09x)
+        code, out, err = cli(["dfu", "--device", dev.short_name, "--ob", f"{f.name}={v}", "--ob-show", "--json"],
+                             capsys)
+        assert code == 0, f"{f.name}={v}: {err}"
+        res = result(out)
+        assert res["option_fields_verified"]
+        assert next(r for r in res["option_fields"] if r["field"] == f.name)["value"] == v
+        assert f.get(bus.devices[0].chip.loaded_option_bytes()) == v
+
+
+def test_several_fields_in_one_write_and_reset_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    dev = devices.find("L496")
+    url = uart_url(dev, "many-l4")
+    chip = registry.get("many-l4")
+    resets = chip.reset_count
+    code, out, err = cli(["uart", url, "--ob", "BOR_LEV=2.8V", "--ob", "nRST_STOP=reset", "--ob", "IWDG_SW=0",
+                          "--json"], capsys)
+    assert code == 0, err
+    assert chip.reset_count == resets + 1  # one read-modify-write, one reload
+    t = ob_fields.table_of(dev)
+    ob = chip.option_bytes()
+    assert (t.find("BOR_LEV").get(ob), t.find("nRST_STOP").get(ob), t.find("IWDG_SW").get(ob)) == (4, 0, 0)
+    assert obl.normalize(dev, ob) == ob  # complements computed
+    code, out, err = cli(["uart", url, "--ob-reset-defaults", "--json"], capsys)
+    assert code == 0, err
+    assert chip.option_bytes() == ob_fields.factory_area(dev)
+    # RDP is left alone unless asked: at level 1 a reset to defaults keeps level 1
+    chip.set_rdp(1)
+    chip.reset()
+    code, out, err = cli(["uart", url, "--unprotect", "--ob-reset-defaults", "-q"], capsys)
+    assert code == 0, err and chip.rdp_level == 0
+
+
+def test_names_and_numbers_are_the_same_request(capsys: pytest.CaptureFixture[str]) -> None:
+    dev = devices.find("F407")
+    url = uart_url(dev, "names-f407")
+    chip = registry.get("names-f407")
+    assert cli(["uart", url, "--ob", "RDP=level0", "--ob", "BOR_LEV=level1", "-q"], capsys)[0] == 0
+    assert ob_fields.table_of(dev).find("BOR_LEV").get(chip.option_bytes()) == 2
+    assert cli(["uart", url, "--ob", "rdp=0xAA", "--ob", "bor_lev=3", "-q"], capsys)[0] == 0
+    assert chip.option_bytes() == ob_fields.factory_area(dev)
+
+
+def test_h7_writes_the_prg_registers_and_reads_the_cur_ones(usb_sim, capsys) -> None:
+    dev = devices.find("H743")
+    bus = usb_sim(dev, 0)
+    code, _, err = cli(["dfu", "--ob", "BOOT_ADD0=0x0801", "--ob", "SWAP_BANK_OPT=swapped", "-q"], capsys)
+    assert code == 0, err
+    ob = bus.devices[0].chip.option_bytes()
+    assert int.from_bytes(ob[0x24:0x28], "little") == int.from_bytes(ob[0x28:0x2C], "little") == 0x1FF00801
+    assert ob[3] & 0x80 and ob[7] & 0x80  # OPTSR_CUR and OPTSR_PRG bit 31
+
+
+# ---- readback mismatch is its own error -------------------------------------------------------
+def test_a_field_that_does_not_take_is_named(capsys: pytest.CaptureFixture[str]) -> None:
+    dev = devices.find("G071")
+    url = uart_url(dev, "stuck-g071")
+    chip = registry.get("stuck-g071")
+    real = chip.write_option_bytes
+
+    def stuck(data: bytes) -> None:  # a part whose IWDG_SW bit does not program
+        t = ob_fields.table_of(dev)
+        area = bytearray(data)
+        t.find("IWDG_SW").put(area, 1)
+        real(bytes(area))
+
+    chip.write_option_bytes = stuck  # type: ignore[method-assign]
+    code, out, err = cli(["uart", url, "--ob", "IWDG_SW=hw", "--ob", "WWDG_SW=hw", "--json"], capsys)
+    assert code == 5
+    assert "option field IWDG_SW reads back as 0x1 after writing 0x0" in (err + out)
+
+
+# ---- the complement check of the option-byte loader --------------------------------------------
+def test_f1_wrong_rdp_complement_means_readout_protection(capsys: pytest.CaptureFixture[str]) -> None:
+    dev = devices.find("F103")
+    url = uart_url(dev, "comp-f103")
+    chip = registry.get("comp-f103")
+    ob = bytearray(chip.option_bytes())
+    assert ob[0] == 0xA5 and ob[1] == 0x5A
+    ob[1] = 0x00  # the complement no longer matches: RDP loads as 0xFF (RM0008: OPTERR)
+    chip.store_raw_option_bytes(bytes(ob))
+    chip.reset()
+    assert chip.rdp_level == 1
+    code, _, err = cli(["uart", url, "--ob-show"], capsys)
+    assert code == 4 and "read-protected" in err
+
+
+# ---- G0 / C0: what a reset boots ----------------------------------------------------------------
+# RM0444 section 2.5 Table 8 and RM0490 section 3.1 Table 9 (identical): written out here from
+# the manuals, independently of the data file's boot table.
+#   BOOT_LOCK nBOOT1 BOOT0pin nBOOT_SEL nBOOT0 -> boots (flash rows: system while EMPTY)
+BOOT_TABLE = [
+    (0, None, 0, 0, None, "flash"),
+    (0, 1, 1, 0, None, "system"),
+    (0, 0, 1, 0, None, "sram"),
+    (0, None, None, 1, 1, "flash"),
+    (0, 1, None, 1, 0, "system"),
+    (0, 0, None, 1, 0, "sram"),
+    (1, None, None, None, None, "locked"),
+]
+
+
+def _expected(lock: int, n1: int, pin: int, sel: int, n0: int, empty: bool) -> str:
+    for row in BOOT_TABLE:
+        want = (lock, n1, pin, sel, n0)
+        if all(w is None or w == h for w, h in zip(row[:5], want, strict=True)):
+            if row[5] == "locked":
+                return "flash"  # BOOT_LOCK: main flash, no empty check
+            return "system" if row[5] == "flash" and empty else row[5]
+    raise AssertionError("boot table incomplete")
+
+
+@pytest.mark.parametrize("name", ["G071", "C031"])
+def test_boot_table_walk(name: str) -> None:
+    dev = devices.find(name)
+    t = ob_fields.table_of(dev)
+    combos = [(lock, n1, pin, sel, n0, empty) for lock in (0, 1) for n1 in (0, 1) for pin in (0, 1)
+              for sel in (0, 1) for n0 in (0, 1) for empty in (True, False)]
+    for lock, n1, pin, sel, n0, empty in combos:
+        chip = VirtualChip(dev)
+        if not empty:
+            chip.preload(dev.flash_start, APP)
+        values = {t.find("BOOT_LOCK"): lock, t.find("nBOOT1"): n1, t.find("nBOOT_SEL"): sel, t.find("nBOOT0"): n0}
+        chip.write_option_bytes(ob_fields.apply(dev, chip.option_bytes(), values))  # ROM write: reload
+        chip.reset("bootloader" if pin else "app")
+        want = _expected(lock, n1, pin, sel, n0, empty)
+        assert chip.boots == want, f"{name} {(lock, n1, pin, sel, n0, empty)}: {chip.boots}, RM says {want}"
+        assert chip.mode == {"system": "bootloader", "flash": "app", "sram": "sram"}[want]
+
+
+APP = b"\x00\x10\x00\x20\x01\x01\x00\x08"  # a vector table: stack in RAM, reset handler in flash
+
+
+def _chip_and_firmware(name: str, chip_name: str, tmp_path: Path) -> tuple[devices.Device, str, VirtualChip, Path]:
+    dev = devices.find(name)
+    url = uart_url(dev, chip_name)
+    fw = tmp_path / "fw.bin"
+    fw.write_bytes(APP * 128)
+    return dev, url, registry.get(chip_name), fw
+
+
+def test_empty_check_is_latched_at_power_on_and_option_load(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    dev, url, chip, fw = _chip_and_firmware("G071", "empty-g071", tmp_path)
+    # factory options (nBOOT_SEL = 1, nBOOT0 = 1): a blank part boots its ROM through the empty check
+    assert chip.boots == "system"
+    assert cli(["uart", url, str(fw), "--after", "reset", "-q"], capsys)[0] == 0
+    assert chip.boots == "system"  # EMPTY still set: a system reset does not sample it again
+    chip.power_cycle()
+    assert chip.boots == "flash" and chip.mode == "app"  # the application runs, the ROM is gone
+    chip.reset("bootloader")  # BOOT0 pin high is ignored while nBOOT_SEL = 1
+    assert chip.boots == "flash"
+
+
+def test_ob_nboot_sel_hands_boot_to_the_pin(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    dev, url, chip, fw = _chip_and_firmware("C031", "sel-c031", tmp_path)
+    assert cli(["uart", url, str(fw), "--ob", "nBOOT_SEL=0", "-q"], capsys)[0] == 0
+    assert chip.boots == "system"  # the option load re-sampled EMPTY; BOOT0 pin (strapped high) wins
+    chip.reset("app")
+    assert chip.boots == "flash"  # BOOT0 low: main flash
+    chip.reset("bootloader")
+    assert chip.boots == "system"
+
+
+# ---- refused before the port is opened --------------------------------------------------------
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--ob", "NO_SUCH=1"], "no option field of that name"),
+        (["--ob", "BORR_LEV=4"], "out of range"),
+        (["--ob", "NRST_MODE=0"], "not a documented value"),
+        (["--ob", "IWDG_SW=maybe"], "not a number nor one of hw, sw"),
+        (["--ob", "PCROP1A_STRT=3"], "decoded only"),
+        (["--ob", "RDP=level2"], "--i-understand-rdp2-is-permanent"),
+        (["--ob", "RDP=0xCC"], "--i-understand-rdp2-is-permanent"),
+        (["--ob", "BOOT_LOCK=1"], "--i-understand-rdp2-is-permanent"),
+        (["--ob", "nBOOT_SEL"], "expected NAME=VALUE"),
+        (["--ob", "nBOOT0=0", "--ob", "nboot0=1"], "given twice"),
+    ],
+)
+def test_bad_requests_exit_2_before_the_port_is_opened(args, message, capsys) -> None:
+    code, _, err = cli(["uart", "sim://G071?chip=never-opened", *args], capsys)
+    assert code == 2 and message in err, err
+    assert registry.get("never-opened") is None  # the sim:// port was never opened
+    code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--device", "G071", *args], capsys)
+    assert code == 2 and message in err, err  # a missing port would be exit 3: it was never opened
+
+
+def test_unknown_fields_and_families_refused_with_their_reason(capsys) -> None:
+    code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--device", "U031", "--ob", "nBOOT0=0"], capsys)
+    assert code == 2 and "not written: U0: the option-byte area address" in err
+    code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--device", "F746", "--ob", "RDP=level0"], capsys)
+    assert code == 2 and "F7: the organization of the option-byte area" in err
+    code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--device", "U575", "--ob-reset-defaults"], capsys)
+    assert code == 2 and "U5: the option-byte area the ROM bootloader presents is not established" in err
+    # no part named: names unknown to every family, and permanent values anywhere, still refused
+    code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--ob", "FOO=1"], capsys)
+    assert code == 2 and "no STM32 family has an option field of that name" in err
+    code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--ob", "RDP=level2"], capsys)
+    assert code == 2 and "--i-understand-rdp2-is-permanent" in err
+    code, _, err = cli(["dfu", "--device", "G071", "--ob", "BORR_LEV=9"], capsys)
+    assert code == 2 and "out of range" in err  # no USB device at all: it was never opened
+
+
+def test_rdp2_with_the_flag_goes_through(capsys) -> None:
+    dev = devices.find("G071")
+    url = uart_url(dev, "rdp2-g071")
+    chip = registry.get("rdp2-g071")
+    code, _, err = cli(["uart", url, "--ob", "RDP=level2", "--i-understand-rdp2-is-permanent", "-q"], capsys)
+    assert code == 0, err
+    assert chip.rdp_level == 2
+
+
+def test_virtual_chip_refuses_what_the_client_cannot_encode(usb_sim, capsys) -> None:
+    """No simulator fallback: an unknown layout is refused over virtual DFU as over UART."""
+    dev = devices.find("F746")
+    bus = usb_sim(dev, 0)
+    code, _, err = cli(["dfu", "--protect"], capsys)
+    assert code == 2 and "not in the table" in err
+    chip = bus.devices[0].chip
+    assert chip.rdp_level == 0 and chip.reset_count == 0
+    with pytest.raises(Exception, match="not in the table"):
+        chip.write_option_bytes(b"\x00" * 4)
+    with pytest.raises(Exception, match="not in the table"):
+        chip.write_protect([0])
+
+
+# ---- batch jobs ---------------------------------------------------------------------------------
+def test_batch_job_sets_fields(tmp_path: Path, capsys) -> None:
+    dev = devices.find("G071")
+    registry.register("job-g071", VirtualChip(dev))
+    fw = tmp_path / "fw.bin"
+    fw.write_bytes(APP * 256)
+    job = tmp_path / "line.toml"
+    job.write_text(
+        f'image = "{fw}"\ndevice = "G071"\ntargets = ["sim://G071?chip=job-g071"]\n'
+        '[program]\nafter = "stay"\n'
+        '[option_bytes]\nfields = { nBOOT_SEL = 0, BORR_LEV = 2, IWDG_SW = "hw" }\n'
+    )
+    code, out, err = cli(["batch", "--job", str(job), "--report-dir", str(tmp_path / "r")], capsys)
+    assert code == 0, err
+    t = ob_fields.table_of(dev)
+    ob = registry.get("job-g071").option_bytes()
+    assert [t.find(n).get(ob) for n in ("nBOOT_SEL", "BORR_LEV", "IWDG_SW")] == [0, 2, 0]
+    bad = tmp_path / "bad.toml"
+    bad.write_text(job.read_text().replace("BORR_LEV = 2", "BOR_LEVEL = 2").replace("job-g071", "job-bad"))
+    code, out, err = cli(["batch", "--job", str(bad), "--report-dir", str(tmp_path / "r2")], capsys)
+    assert code == 2 and "BOR_LEVEL" in err
+    assert registry.get("job-bad") is None
+
+
+def test_a_g0_that_boots_its_flash_after_the_reload_is_explained(capsys, tmp_path: Path) -> None:
+    dev, url, chip, fw = _chip_and_firmware("G071", "gone-g071", tmp_path)
+    assert cli(["uart", url, str(fw), "-q", "--after", "stay"], capsys)[0] == 0
+    code, _, err = cli(["uart", url, "--ob", "BORR_LEV=1", "--timeout", "0.05", "--retries", "1"], capsys)
+    assert code == 3  # factory nBOOT_SEL = 1, nBOOT0 = 1 and programmed flash: the ROM is gone
+    assert "boots flash after the reload" in err and "nBOOT_SEL=0" in err
+    assert chip.boots == "flash" and chip.mode == "app"
+
+
+def test_the_sim_app_mode_follows_the_boot_table() -> None:
+    """A G0 with an application and pin-selected boot (nBOOT_SEL = 0) runs it with BOOT0
+    low; with factory options (nBOOT_SEL = 1) BOOT0 is ignored and nBOOT0 = 0 keeps the ROM."""
+    from stmflash.sim.app import VirtualApp, has_valid_app
+
+    dev = devices.find("G071")
+    t = ob_fields.table_of(dev)
+    for fields, boots in (({"nBOOT_SEL": 0}, "flash"), ({"nBOOT0": 0}, "system"), ({}, "flash")):
+        chip = VirtualChip(dev)
+        chip.preload(dev.flash_start, APP * 16)
+        assert has_valid_app(chip)
+        values = {t.find(k): v for k, v in fields.items()}
+        chip.store_raw_option_bytes(ob_fields.apply(dev, chip.option_bytes(), values))
+        VirtualApp(chip)  # attached = powered on with BOOT0 low
+        assert chip.boots == boots, fields
+        assert chip.mode == ("app" if boots == "flash" else "bootloader")
+
+
+def test_device_names_the_part_the_request_was_checked_against(capsys) -> None:
+    dev = devices.find("G071")
+    registry.register("other-part", VirtualChip(dev))
+    chip = registry.get("other-part")
+    before = chip.option_bytes()
+    code, _, err = cli(["uart", "sim://G071?chip=other-part", "--device", "F407", "--ob", "BOR_LEV=3"], capsys)
+    assert code == 2 and "not STM32F405" in err  # checked against F407, the chip is a G071
+    assert chip.option_bytes() == before and chip.reset_count == 0
