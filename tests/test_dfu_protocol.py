@@ -147,10 +147,7 @@ def test_option_bytes_through_their_alt_reset_the_device():
     new = bytearray(ob)
     new[6], new[7] = 0x86, 0x01  # OPTSR_PRG (FZ_IWDG_SDBY ...); OPTSR_CUR is read-only
     resets = chip.reset_count
-    with pytest.raises(UsageError, match="not in the device table"):  # H7 layout unknown
-        link.write_option_bytes(bytes(new))
-    assert chip.reset_count == resets
-    link.write_option_bytes(bytes(new), confirm_permanent=True)
+    link.write_option_bytes(bytes(new))  # the H7 layout is in the table: no confirmation needed
     assert chip.reset_count == resets + 1
     assert chip.option_bytes()[2:4] == b"\x86\x01"  # the reload copied _PRG into _CUR
     new[2], new[3] = 0x86, 0x01

@@ -207,7 +207,7 @@ def test_option_bytes_write_and_after_reset(tmp_path: Path, capsys: pytest.Captu
         ob = bytearray(chip.option_bytes()[:16])
         ob[2], ob[3] = 0x5A, 0xA5  # two G0 OPTR user bytes (their complements at 6, 7)
         # before the port is opened the bytes can only be decoded for a named part
-        assert run_cli("uart", "sim://0x460?chip=ob", "--write-option-bytes", ob.hex(), "-q") == 2
+        assert run_cli("uart", "sim://unnamed?chip=ob", "--write-option-bytes", ob.hex(), "-q") == 2
         assert chip.reset_count == 0
         assert run_cli("uart", "sim://0x460?chip=ob", "--write-option-bytes", ob.hex(), "--device", "G071",
                        "-q") == 0

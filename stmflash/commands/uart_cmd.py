@@ -245,8 +245,8 @@ def _session(
     expected = kw["expected_device"]
     if kw["device_name"] and expected is not None and expected.pid != device.pid:
         raise UsageError(
-            f"the chip on {link.port_name} is a {device.short_name} (PID 0x{device.pid:03X}), not the "
-            f"{expected.short_name} given with --device; nothing was written"
+            f"the chip on {link.port_name} is {device.name} (PID 0x{device.pid:03X}), "
+            f"not {expected.name} as given with --device; nothing was written"
         )
     if ob_data is not None:
         link.check_option_bytes(ob_data, confirm_permanent=kw["rdp2_ok"])
