@@ -414,6 +414,13 @@ class SqlStore:
             out.append({k: d[k] for k in RUN_COLUMNS})
         return out
 
+    def history(self, n: int | None = None) -> list[dict[str, Any]]:
+        """Every state change (reserve, written, done, failed, void, import), oldest first."""
+        where, args = ("WHERE n = ?", (n,)) if n is not None else ("", ())
+        rows = self._tx(lambda cur: self._x(cur, "SELECT n, op, uid, station, run_id, detail, t FROM stmflash_events "
+                                            f"{where} ORDER BY seq", args).fetchall(), write=False)
+        return [dict(zip(("n", "op", "uid", "station", "run", "detail", "t"), r, strict=True)) for r in rows]
+
     def gaps(self) -> list[tuple[int, int, str]]:
         rows = self._tx(lambda cur: self._x(cur, "SELECT lo, hi, reason FROM stmflash_gaps ORDER BY lo").fetchall(),
                         write=False)
