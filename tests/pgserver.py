@@ -79,7 +79,9 @@ class PgServer:
                   "-t", "60", "start")
 
     def restart(self) -> None:
-        self._run("pg_ctl", "-D", self.data, "-m", "fast", "-w", "-t", "60", "restart")
+        # -l again: without it the server would log to (and hold open) our pipe
+        self._run("pg_ctl", "-D", self.data, "-l", os.path.join(self.base, "log"), "-m", "fast", "-w",
+                  "-t", "60", "restart")
 
     def stop(self) -> None:
         self._run("pg_ctl", "-D", self.data, "-m", "fast", "-w", "-t", "60", "stop", check=False)

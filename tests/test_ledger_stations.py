@@ -79,7 +79,7 @@ class Line:
                     self.where[slot] = f"inserting {seed}"
                     srv = self.insert(slot, seed)
                     self.where[slot] = f"waiting {seed}"
-                    state = self.wait_board(store, uid)
+                    state = self.wait_board(store, uid, srv)
                     self.where[slot] = f"removing {seed} ({state})"
                     srv.send_signal(signal.SIGTERM)
                     srv.wait(20)
@@ -90,15 +90,17 @@ class Line:
             self.errors.append(f"{slot}: {exc!r}")
 
     def insert(self, slot: str, seed: int) -> subprocess.Popen:
+        log = open(self.tmp / f"board{seed}.log", "ab")
         proc = subprocess.Popen(
             [sys.executable, "-m", "stmflash", "sim", "uart", "-d", "F407", "--image",
              str(self.tmp / f"board{seed}.img"), "--seed", str(seed), "--link", slot,
              "--timing", "realistic", "--baud", "230400"],  # a board takes long enough to be killed mid-way
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
+            stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT)
+        log.close()
         assert proc.stdout.readline().startswith("/dev/")
         return proc
 
-    def wait_board(self, store, uid: str) -> str:
+    def wait_board(self, store, uid: str, srv: subprocess.Popen) -> str:
         while not self.stop.is_set():
             with self.lock:
                 try:
@@ -108,6 +110,8 @@ class Line:
                     e = []
             if e and e[0].status in ("done", "failed"):
                 return e[0].status
+            if srv.poll() is not None:
+                raise AssertionError(f"board {uid} left its slot: exit {srv.returncode}")
             time.sleep(0.2)
         return "stopped"
 
