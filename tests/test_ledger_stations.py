@@ -116,7 +116,7 @@ class Line:
         return "stopped"
 
 
-def _run_line(tmp_path, spec: str, restart_server=None, seed: int = 15) -> None:
+def _run_line(tmp_path, spec: str, restart_server=None, seed: int = 15, secret: str | None = None) -> None:
     rnd = random.Random(seed)
     line = Line(tmp_path, spec)
     store = open_ledger(spec, station="fixture")
@@ -164,6 +164,11 @@ def _run_line(tmp_path, spec: str, restart_server=None, seed: int = 15) -> None:
     assert not line.errors, line.errors
     assert line.kills >= 2 and interrupted == ["interrupted"] * line.kills
     assert restart_server is None or restarted
+    logs = "".join(open(tmp_path / f"st{k}.log").read() for k in range(STATIONS))
+    if restart_server is not None:
+        assert "reconnected to ledger" in logs  # the stations rode through the restart
+    assert "Traceback" not in logs
+    assert secret is None or secret not in logs
     entries = _entries(line, store)
     runs = store.runs()
     store.close()
@@ -215,7 +220,7 @@ def _entries(line: Line, store):
 
 @pytest.mark.timeout(150)
 def test_four_stations_postgresql_with_kills_and_a_server_restart(tmp_path, pg_server, pg_url):
-    _run_line(tmp_path, pg_url, restart_server=pg_server.restart)
+    _run_line(tmp_path, pg_url, restart_server=pg_server.restart, secret=pg_server.password)
 
 
 @pytest.mark.timeout(150)
