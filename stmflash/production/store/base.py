@@ -19,7 +19,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from stmflash.errors import StmflashError, UsageError
+from stmflash.errors import EXIT_NO_ANSWER, StmflashError, UsageError
 
 #: states stored in the ``serials`` table (``interrupted`` is also derived, see above)
 STATES = ("reserved", "written", "done", "failed", "interrupted", "void")
@@ -31,6 +31,8 @@ class LedgerError(StmflashError):
 
 class LedgerUnavailable(LedgerError):
     """The database cannot be reached (after reconnecting with backoff)."""
+
+    exit_code = EXIT_NO_ANSWER
 
 
 class LedgerRefused(UsageError):

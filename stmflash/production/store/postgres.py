@@ -87,3 +87,6 @@ class PostgresStore(SqlStore):
 
     def _is_conflict(self, exc: BaseException) -> bool:
         return isinstance(exc, self._psycopg.errors.UniqueViolation)
+
+    def _db_errors(self) -> tuple[type[BaseException], ...]:
+        return (self._psycopg.Error,)

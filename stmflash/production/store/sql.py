@@ -142,6 +142,10 @@ class SqlStore:
     def _is_conflict(self, exc: BaseException) -> bool:
         return False
 
+    def _db_errors(self) -> tuple[type[BaseException], ...]:
+        """The driver's own error classes (turned into one-line ledger errors)."""
+        return ()
+
     # ---- plumbing --------------------------------------------------------------------------
     def _q(self, sql: str) -> str:
         return sql if self.placeholder == "?" else sql.replace("?", self.placeholder)
@@ -217,6 +221,8 @@ class SqlStore:
                             self._drop()
                     if self._is_conflict(exc) and attempt < 3:
                         continue  # another station inserted the same chip first: re-read
+                    if isinstance(exc, self._db_errors()):
+                        raise LedgerError(f"ledger {self.where}: {self._clean(exc)}") from None
                     raise
             raise LedgerError(f"ledger {self.where}: transaction kept failing")  # pragma: no cover
 

@@ -106,3 +106,6 @@ class SqliteStore(SqlStore):
 
     def _is_conflict(self, exc: BaseException) -> bool:
         return isinstance(exc, sqlite3.IntegrityError)
+
+    def _db_errors(self) -> tuple[type[BaseException], ...]:
+        return (sqlite3.Error,)
