@@ -181,7 +181,7 @@ def check(spec: str | None) -> None:
 @click.argument("journal", type=click.Path(dir_okay=False))
 @_ledger_option
 def import_(journal: str, spec: str | None) -> None:
-    """Bring a JSON-lines journal (the format stmflash used before its database ledger) into an empty ledger.
+    """Bring an old JSON-lines journal into an empty ledger (this database).
 
     A damaged journal is refused with its file and line, and nothing is imported.
     """

@@ -377,13 +377,10 @@ class BatchRunner:
         """
         if self.ledger is None:
             return
-        rec = RunRecord(
-            res.target, port=res.port, attempts=res.attempts, uid=res.uid, device=res.device,
-            image=self.image.source or "", image_crc=res.image_crc, serial=res.serial,
-            serial_number=res.serial_number, duration_s=round(time.monotonic() - t0, 3), phases=phases,
-            result=res.result, error=res.error,
-            exit_code=res.exit_code, protection=res.protection, station=self.station, run=self.report.run_id,
-            job=self.job.source, operator=self.operator, started=started, finished=_now())
+        rec = RunRecord(**{**res.to_dict(), "duration_s": round(time.monotonic() - t0, 3), "started": started,
+                           "finished": _now()},
+                        image=self.image.source or "", phases=phases, run=self.report.run_id, job=self.job.source,
+                        operator=self.operator)
         try:
             self.ledger.record(rec, outcome)
         except (LedgerError, OSError) as exc:

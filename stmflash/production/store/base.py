@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from stmflash.errors import EXIT_NO_ANSWER, StmflashError, UsageError
+from stmflash.production.report import BoardResult
 
 #: states stored in the ``serials`` table (``interrupted`` is also derived, see above)
 STATES = ("reserved", "written", "done", "failed", "interrupted", "void")
@@ -76,30 +77,14 @@ RUN_COLUMNS = (
 
 
 @dataclass
-class RunRecord:
-    """One board, one attempt: what the line's MES asks about."""
+class RunRecord(BoardResult):
+    """One board, one attempt: the report's row plus what the line's MES asks about."""
 
-    target: str
-    port: str = ""
-    attempts: int = 1
-    uid: str = ""
-    device: str = ""
     image: str = ""
-    image_crc: str = ""
-    serial: str = ""
-    serial_number: int | None = None
-    duration_s: float = 0.0
     phases: dict[str, float] = field(default_factory=dict)
-    result: str = "failed"
-    error: str = ""
-    exit_code: int = 0
-    protection: str = ""
-    station: str = ""
     run: str = ""
     job: str = ""
     operator: str = ""
-    started: str = ""
-    finished: str = ""
     rid: str = field(default_factory=lambda: uuid.uuid4().hex)  # idempotent insert key
 
     def to_dict(self) -> dict[str, Any]:
