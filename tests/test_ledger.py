@@ -230,9 +230,20 @@ def test_postgres_password_from_pgpassword_and_never_in_messages(pg_server, monk
         assert led.reserve("a").n == 1
     monkeypatch.delenv("PGPASSWORD")
     wrong = pg_server.url(db).replace(pg_server.password, "not-the-password")
-    with pytest.raises(LedgerError) as ei:
+    with pytest.raises(LedgerRefused) as ei:  # exit 2 at once: waiting will not fix a password
         open_ledger(wrong)
+    assert "authentication failed" in str(ei.value)
     assert "not-the-password" not in str(ei.value) and "***" in str(ei.value)
+
+
+def test_postgres_unreachable_is_exit_3_after_waiting(pg_server):
+    from stmflash.production.store import LedgerUnavailable
+
+    url = pg_server.url("postgres").replace(f":{pg_server.port}/", ":1/")  # nothing listens there
+    with pytest.raises(LedgerUnavailable) as ei:
+        open_ledger(url, connect_wait=0.5)
+    assert ei.value.exit_code == 3 and "cannot reach ledger" in str(ei.value)
+    assert pg_server.password not in str(ei.value)
 
 
 def test_postgres_reconnects_after_a_server_restart(pg_server, pg_url):

@@ -157,8 +157,10 @@ def _open_ledger(job: Any, run_id: str, events: Any, report: Any) -> Any:
     if spec is None:
         return None
     first, last = (job.serial.first, job.serial.last) if job.serial is not None else (1, None)
+    # a --loop station waits for a database that is restarting, as it does between boards
     ledger = open_ledger(spec, first=first, last=last, run_id=run_id, station=job.station,
-                         on_reconnect=lambda msg: events.emit("warning", message=msg))
+                         on_reconnect=lambda msg: events.emit("warning", message=msg),
+                         connect_wait=60.0 if job.loop else 5.0)
     try:
         ledger.guard(job.report_dir)
         interrupted = ledger.interrupted()

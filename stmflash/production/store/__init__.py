@@ -76,11 +76,14 @@ def check_spec(spec: str) -> None:
 
 
 def open_ledger(spec: str, *, first: int = 1, last: int | None = None, run_id: str | None = None,
-                station: str | None = None, on_reconnect: Callable[[str], None] | None = None) -> SqlStore:
-    """Open (creating or migrating its schema) the ledger named by ``spec``."""
+                station: str | None = None, on_reconnect: Callable[[str], None] | None = None,
+                connect_wait: float = 5.0) -> SqlStore:
+    """Open (creating or migrating its schema) the ledger named by ``spec``; a database
+    server that does not answer is retried with backoff for ``connect_wait`` seconds."""
     check_spec(spec)
     kw: dict[str, Any] = {"first": first, "last": last, "run_id": run_id or new_run_id(),
-                          "station": station or default_station(), "on_reconnect": on_reconnect}
+                          "station": station or default_station(), "on_reconnect": on_reconnect,
+                          "connect_wait": connect_wait}
     path = sqlite_path(spec)
     if path is not None:
         from stmflash.production.store.sqlite import SqliteStore

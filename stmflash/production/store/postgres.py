@@ -19,6 +19,9 @@ from typing import Any
 from stmflash.production.store.base import LedgerRefused, LedgerUnavailable
 from stmflash.production.store.sql import SqlStore
 
+#: libpq's words for a connection that retrying will not fix (credentials, names)
+_REFUSED = ("authentication failed", "no password supplied", "does not exist", "permission denied")
+
 #: any constant: serialises schema creation when four stations start at once
 _MIGRATION_LOCK = 0x53544D46
 
@@ -47,7 +50,10 @@ class PostgresStore(SqlStore):
             return psycopg.connect(self.url, autocommit=False, connect_timeout=5,
                                    application_name=f"stmflash {self.station}"[:63])
         except psycopg.OperationalError as exc:
-            raise LedgerUnavailable(f"cannot reach ledger {self.where}: {self._clean(exc)}") from None
+            text = self._clean(exc)
+            if any(m in text for m in _REFUSED):  # waiting will not help: say so now (exit 2)
+                raise LedgerRefused(f"ledger {self.where}: {text}") from None
+            raise LedgerUnavailable(text) from None
         except psycopg.ProgrammingError as exc:  # malformed connection string
             raise LedgerRefused(f"bad ledger URL {self.where}: {self._clean(exc)}") from None
 

@@ -88,7 +88,8 @@ class SqlStore:
     reconnect_s = 60.0
 
     def __init__(self, where: str, *, first: int = 1, last: int | None = None, run_id: str,
-                 station: str, on_reconnect: Callable[[str], None] | None = None) -> None:
+                 station: str, on_reconnect: Callable[[str], None] | None = None,
+                 connect_wait: float = 5.0) -> None:
         if first < 0 or (last is not None and last < first):
             raise LedgerRefused(f"{where}: bad serial range {first}..{last}")
         self.where = where  # printable (password redacted)
@@ -106,9 +107,8 @@ class SqlStore:
         with LIVE_LOCK:
             LIVE_RUNS.add(run_id)
         try:
-            self._conn = self._connect()
-            self._token = self._owner_token()
-            self._tx(self._migrate, retry=False)
+            self._reconnect(connect_wait, announce=False)  # rides through a server restart
+            self._tx(self._migrate)
         except BaseException:
             self.close()
             raise
@@ -157,24 +157,28 @@ class SqlStore:
     def _one(self, cur: Any, sql: str, args: Iterable[Any] = ()) -> Any:
         return self._x(cur, sql, args).fetchone()
 
-    def _reconnect(self) -> None:
-        """Back off and reconnect until the database answers or ``reconnect_s`` passes."""
-        deadline = time.monotonic() + self.reconnect_s
+    def _reconnect(self, wait_s: float | None = None, *, announce: bool = True) -> None:
+        """Back off and reconnect until the database answers or ``wait_s`` (default
+        ``reconnect_s``) passes; a refused ledger (damaged, bad URL) is not retried."""
+        deadline = time.monotonic() + (self.reconnect_s if wait_s is None else wait_s)
         delay = 0.1
         last: BaseException | None = None
         while True:
             try:
                 self._conn = self._connect()
                 self._token = self._owner_token()
+            except LedgerRefused:
+                self._drop()
+                raise
             except Exception as exc:  # noqa: BLE001 - any failure to connect is retried
                 self._drop()
                 last = exc
                 if time.monotonic() + delay > deadline:
-                    raise LedgerUnavailable(f"ledger {self.where} unreachable: {self._clean(last)}") from None
+                    raise LedgerUnavailable(f"cannot reach ledger {self.where}: {self._clean(last)}") from None
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
                 continue
-            if self.on_reconnect is not None:
+            if announce and self.on_reconnect is not None:
                 self.on_reconnect(f"reconnected to ledger {self.where}")
             return
 
