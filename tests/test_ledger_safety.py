@@ -98,9 +98,17 @@ def test_import_refuses_contradictions(tmp_path, capsys, bad, why):
     assert code == EXIT_USAGE and f"{path}:6: {why}" in err
 
 
-def test_import_then_batch_continues_without_reuse(tmp_path, capsys):
+@pytest.fixture(params=["sqlite", "postgresql"])
+def spec(request, tmp_path):
+    if request.param == "sqlite":
+        return str(tmp_path / "l.db")
+    return request.getfixturevalue("pg_url")
+
+
+def test_import_then_batch_continues_without_reuse(tmp_path, capsys, spec):
     path = _journal(tmp_path, GOOD, tail='{"v":1,"op":"reserve","n":4,"ui')  # torn by a power loss
-    db = str(tmp_path / "l.db")
+    db = spec
+    tag = "pg" if "://" in spec else "sq"
     code, out, err = run_cli(["ledger", "import", path, "--ledger", db], capsys)
     assert code == 0 and "imported 3 serial numbers" in out and "cut mid-write" in err
     with open_ledger(db) as led:
@@ -108,9 +116,9 @@ def test_import_then_batch_continues_without_reuse(tmp_path, capsys):
         assert led.check() == []  # imported numbers need no run rows
     code, out, err = run_cli(["ledger", "import", path, "--ledger", db], capsys)
     assert code == EXIT_USAGE and "already holds serial numbers" in err
-    code, out, err = _batch(capsys, db, tmp_path / "r", _chip("imp-a", 11), _chip("imp-b", 12))
+    code, out, err = _batch(capsys, db, tmp_path / "r", _chip(f"imp-{tag}-a", 11), _chip(f"imp-{tag}-b", 12))
     assert code == 0, err
-    assert sorted([_serial_on("imp-a"), _serial_on("imp-b")]) == [4, 5]  # 1..3 never again
+    assert sorted([_serial_on(f"imp-{tag}-a"), _serial_on(f"imp-{tag}-b")]) == [4, 5]  # 1..3 never again
 
 
 # ---- a ledger that went backwards --------------------------------------------------------
