@@ -14,30 +14,16 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from stmflash.production.store.base import LedgerRefused, now_iso
+from stmflash.production.store.base import Entry, LedgerRefused, now_iso
 from stmflash.production.store.sql import _SERIAL_COLS, SqlStore
 
 _OPS = ("reserve", "done", "failed")
 
 
 @dataclass
-class JournalEntry:
-    n: int
-    uid: str | None
-    state: str
-    serial: str = ""
-    target: str = ""
-    run: str = ""
-    host: str = ""
-    error: str = ""
-    created: str = ""
-    updated: str = ""
-
-
-@dataclass
 class Journal:
     path: str
-    entries: dict[int, JournalEntry] = field(default_factory=dict)
+    entries: dict[int, Entry] = field(default_factory=dict)
     torn_tail: bool = False
 
 
@@ -89,13 +75,13 @@ def read_journal(path: str) -> Journal:
             if uid and by_uid.get(uid, n) != n:
                 raise _damaged(path, lineno, f"chip {uid} reserved #{n} but it already holds #{by_uid[uid]}")
             if e is None:
-                e = journal.entries[n] = JournalEntry(n, uid, "reserved", created=t)
+                e = journal.entries[n] = Entry(n, uid, "reserved", created=t)
             e.uid = uid or e.uid
-            e.state = "reserved"
+            e.status = "reserved"
             e.serial = str(rec.get("serial", e.serial))
             e.target = str(rec.get("target", ""))
             e.run = str(rec.get("run", ""))
-            e.host = str(rec.get("host", ""))
+            e.station = str(rec.get("host", ""))  # the journal knew hosts, not stations
             e.error = ""
             e.updated = t
             if uid:
@@ -103,7 +89,7 @@ def read_journal(path: str) -> Journal:
         else:
             if e is None:
                 raise _damaged(path, lineno, f"{op} for serial #{n}, which was never reserved")
-            e.state = op
+            e.status = op
             e.error = str(rec.get("error", "")) if op == "failed" else ""
             e.updated = t
     return journal
@@ -118,9 +104,9 @@ def import_journal(store: SqlStore, journal: Journal) -> int:
             raise LedgerRefused(f"ledger {store.where} already holds serial numbers: import into an empty one")
         now = now_iso()
         for e in sorted(journal.entries.values(), key=lambda x: x.n):
-            state = "interrupted" if e.state == "reserved" else e.state  # its process is long gone
+            state = "interrupted" if e.status == "reserved" else e.status  # its process is long gone
             store._x(cur, f"INSERT INTO stmflash_serials ({_SERIAL_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, '', ?, '', ?, ?, ?)",
-                     (e.n, e.uid, e.serial, state, e.host, e.target, e.run, e.error, source,
+                     (e.n, e.uid, e.serial, state, e.station, e.target, e.run, e.error, source,
                       e.created or now, e.updated or now))
             store._event(cur, e.n, "import", e.uid, journal.path)
         if journal.entries:
