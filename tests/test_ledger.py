@@ -280,3 +280,27 @@ def test_property_uid_number_bijection(tmp_path_factory, ops):
         entries = again.entries()
     assert sorted(e.n for e in entries) == sorted(uid_of)
     assert all(e.status in ("done", "failed", "interrupted") for e in entries)
+
+
+def test_postgres_liveness_across_roles(pg_server, pg_url):
+    """A station logged in as another role sees a live reservation as live (pid only), and as
+    interrupted once that station's session is gone."""
+    db = pg_url.rsplit("/", 1)[1]
+    role = f"station_{db}"
+    with open_ledger(pg_url, station="a") as a:
+        pg_server.sql(f"CREATE ROLE {role} LOGIN PASSWORD 'pw-{db}'")
+        for grant in (f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}",
+                      f"GRANT USAGE, CREATE ON SCHEMA public TO {role}"):
+            pg_server.sql(grant, db)
+        other = f"postgresql://{role}:pw-{db}@127.0.0.1:{pg_server.port}/{db}"
+        r = a.reserve("chip-1", target="t0")
+        with open_ledger(other, station="b") as b:
+            assert {e.n: e.status for e in b.entries()} == {r.n: "reserved"}
+            with pytest.raises(LedgerError, match="being programmed"):
+                b.void(r.n, "not while station a works on it")
+            a.close()
+            for _ in range(50):  # the server notices the closed session at once, or nearly
+                if b.entries()[0].status == "interrupted":
+                    break
+            assert b.entries()[0].status == "interrupted"
+            assert b.reserve("chip-2").n == r.n + 1

@@ -6,7 +6,8 @@ that dies (station killed, server restarted) releases the lock and leaves nothin
 behind. An owner is alive while its database session is: the session's backend pid and
 start time are stored with each reservation and looked up in ``pg_stat_activity``
 (PostgreSQL manual, 28.2.3 pg_stat_activity), so a station killed mid-board leaves its
-number *interrupted* the moment its connection is gone.
+number *interrupted* the moment its connection is gone. Stations sharing one role see each
+other's start times; with a role per station, the pid alone is used.
 
 Credentials come from wherever libpq finds them: the URL, ``PGPASSWORD``, ``~/.pgpass``,
 a service file (``postgresql:///?service=line3``); they are never printed.
@@ -79,8 +80,12 @@ class PostgresStore(SqlStore):
         if not tokens:
             return set()
         cur.execute("SELECT pid, backend_start::text FROM pg_stat_activity")
-        alive = {f"pg/{pid}/{start}" for pid, start in cur.fetchall()}
-        return tokens & alive
+        rows = cur.fetchall()
+        alive = {f"pg/{pid}/{start}" for pid, start in rows if start is not None}
+        # another role's session shows its pid but not its start time (unless this role
+        # has pg_read_all_stats): its pid alone then keeps its reservation alive
+        hidden = {str(pid) for pid, start in rows if start is None}
+        return {t for t in tokens if t in alive or t.split("/")[1] in hidden}
 
     def _migration_lock(self, cur: Any) -> None:
         cur.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
