@@ -239,3 +239,45 @@ format = "u32"
         assert {r["station"] for r in led.runs()} == {"line3-station2"}
     code, out, err = run_cli(["ledger", "show", "--ledger", url], capsys)
     assert code == 0 and pg_server.password not in out + err and "***" in out
+
+
+def test_board_is_failed_safe_when_the_database_stays_down(tmp_path, pg_server, pg_url):
+    """The server goes away while a board is being written and does not come back in time:
+    the board is not counted (failed, exit 1), its number stays aside (interrupted)."""
+    from stmflash.production.job import JobConfig, SerialConfig
+    from stmflash.production.live import Events
+    from stmflash.production.report import RunReport
+    from stmflash.production.runner import BatchRunner
+    from stmflash.production.serials import SerialFormat
+    from stmflash.production.targets import Target
+    from tests.test_batch_runner import DEV, IMAGE, ChipLink, FakeConnector
+    from tests.test_batch_runner import SERIAL_AT as AT
+
+    class DyingLink(ChipLink):
+        def write(self, address, data):
+            if not stopped:
+                stopped.append(True)
+                pg_server.stop()  # mid-board: the image is being written
+            super().write(address, data)
+
+    stopped: list[bool] = []
+    chip = VirtualChip(DEV, seed=5)
+    conn = FakeConnector({"t0": chip})
+    conn.connect = lambda target, job, reporter: DyingLink(chip)
+    led = open_ledger(pg_url, station="s1")
+    led.reconnect_s = 1.0
+    job = JobConfig(serial=SerialConfig(AT, SerialFormat("u32"), pg_url), retries=0, after="go")
+    report = RunReport(str(tmp_path / "rep"), "run1")
+    try:
+        BatchRunner(job, IMAGE, [Target("uart", "t0", "t0")], events=Events(live=False, stderr=io.StringIO()),
+                    report=report, connector=conn, ledger=led).run()
+    finally:
+        pg_server.start()
+    led.close()
+    (board,) = report.boards
+    assert stopped and board.result == "failed" and board.exit_code == 1
+    assert "board not counted" in board.error and f"serial #{board.serial_number} stays reserved" in board.error
+    with open_ledger(pg_url) as again:
+        assert {e.n: e.status for e in again.entries()} == {board.serial_number: "interrupted"}
+        assert [r["result"] for r in again.runs()] == []  # nothing counted
+        assert again.reserve(chip.uid.hex().upper()).n == board.serial_number  # its chip gets it back
