@@ -51,6 +51,7 @@ class Line:
         self.errors: list[str] = []
         self.lock = threading.Lock()
         self.where: dict[str, str] = {}  # what each slot's feeder is doing (for failure messages)
+        self.reseat = {s: threading.Event() for s in self.slots}
 
     # ---- stations ---------------------------------------------------------------------
     def station_cmd(self, k: int) -> list[str]:
@@ -69,6 +70,11 @@ class Line:
         self.stations[k].send_signal(signal.SIGKILL)
         self.stations[k].wait(10)
         self.kills += 1
+        # the operator re-seats the boards of the dead station: a ROM bootloader left in the
+        # middle of a command by a host that died waits for its bytes forever (AN3155 has no
+        # timeout), and a pty has no reset line to bring it back
+        for slot in self.slots[k * SLOTS_PER_STATION:(k + 1) * SLOTS_PER_STATION]:
+            self.reseat[slot].set()
 
     # ---- boards -------------------------------------------------------------------------
     def feeder(self, slot: str, store) -> None:
@@ -79,13 +85,13 @@ class Line:
                     self.where[slot] = f"inserting {seed}"
                     srv = self.insert(slot, seed)
                     self.where[slot] = f"waiting {seed}"
-                    state = self.wait_board(store, uid, srv)
+                    state = self.wait_board(store, uid, srv, self.reseat[slot])
                     self.where[slot] = f"removing {seed} ({state})"
                     srv.send_signal(signal.SIGTERM)
                     srv.wait(20)
                     if state == "done" or self.stop.is_set():
                         break
-                    time.sleep(0.3)  # failed: the operator pulls it and plugs it in again
+                    time.sleep(0.3)  # failed or re-seated: pulled and plugged in again
         except Exception as exc:  # noqa: BLE001 - reported by the test
             self.errors.append(f"{slot}: {exc!r}")
 
@@ -100,8 +106,11 @@ class Line:
         assert proc.stdout.readline().startswith("/dev/")
         return proc
 
-    def wait_board(self, store, uid: str, srv: subprocess.Popen) -> str:
+    def wait_board(self, store, uid: str, srv: subprocess.Popen, reseat: threading.Event) -> str:
         while not self.stop.is_set():
+            if reseat.is_set():
+                reseat.clear()
+                return "reseat"
             with self.lock:
                 try:
                     e = [x for x in store.entries() if x.uid == uid]
