@@ -7,9 +7,10 @@ whose owner is gone (process killed, station's database connection dropped) read
 ``interrupted``: kept aside, never handed to another chip; only the same chip (by its
 96-bit UID) gets it back. ``void`` numbers are retired by hand and never issued again.
 
-The rules live here once; :mod:`.sql` holds the one SQL implementation and the engine
-modules (:mod:`.sqlite`, :mod:`.postgres`) only say how to connect, lock and tell
-whether an owner is alive.
+The rules live here once; :mod:`.sql` holds the one SQL implementation (with the
+consistency and going-backwards checks of :mod:`.audit`) and the engine modules
+(:mod:`.sqlite`, :mod:`.postgres`) only say how to connect, lock and tell whether an owner
+is alive.
 """
 
 from __future__ import annotations
