@@ -46,7 +46,7 @@ def run_batch(targets: list[str], tmp: str, tag: str, baud: int, image: str, ser
     from stmflash.cli import main
 
     args = ["batch", image, *targets, "--parity", "none", "--after", "stay", "--baud", str(baud), "--quiet", "--json",
-            "--serial-address", hex(serial_at), "--ledger", os.path.join(tmp, f"{tag}.jsonl"),
+            "--serial-address", hex(serial_at), "--ledger", os.path.join(tmp, f"{tag}.db"),
             "--report-dir", os.path.join(tmp, "rep"), "--no-image-check"]
     t0 = time.perf_counter()
     code = 0

@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "batch": ("stmflash.commands.batch_cmd", "batch", "Program many boards in parallel (production line)."),
     "trigger": ("stmflash.commands.trigger_cmd", "trigger", "Send the bootloader-entry trigger to a running application."),
     "list": ("stmflash.commands.list_cmd", "list_", "List serial ports and DFU devices."),
+    "ledger": ("stmflash.commands.ledger_cmd", "ledger", "Serial numbers and run records: show, find, export, void, check, import."),
     "image": ("stmflash.commands.image_cmd", "image", "Inspect, convert, merge and stamp firmware images."),
     "devices": ("stmflash.commands.devices_cmd", "devices", "Show the STM32 device table."),
     "sim": ("stmflash.commands.sim_cmd", "sim", "Run a virtual STM32 (pseudo-terminal or USB)."),

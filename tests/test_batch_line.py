@@ -14,8 +14,8 @@ import pytest
 from stmflash.cli import main
 from stmflash.errors import EXIT_BATCH, EXIT_USAGE
 from stmflash.image import load
-from stmflash.production.ledger import Ledger, read_records
 from stmflash.production.serials import SerialFormat
+from stmflash.production.store import open_ledger
 from stmflash.sim import registry
 from stmflash.sim.chip import flash_bytes
 
@@ -74,7 +74,7 @@ def test_sixteen_mixed_boards(tmp_path, capsys, usb_sim):
         targets = [p for _, p, _ in ptys] + [u for _, u in sims] + ["dfu:*"]
         code, out, err = run_cli(
             ["batch", HEX, *targets, "--serial-address", hex(SERIAL_AT), "--serial-format", "ascii",
-             "--serial-prefix", "LN", "--serial-width", "8", "--ledger", str(tmp_path / "serials.jsonl"),
+             "--serial-prefix", "LN", "--serial-width", "8", "--ledger", str(tmp_path / "serials.db"),
              "--report-dir", str(tmp_path / "reports"), "--retries", "1", "--json", "--after", "stay",
              "--parity", "none"],  # Linux ptys refuse PARENB (tcsetattr EINVAL); the sims ignore parity
             capsys,
@@ -120,7 +120,7 @@ def test_sixteen_mixed_boards(tmp_path, capsys, usb_sim):
             assert r["result"] == "failed" and r["error"]
     assert sum(1 for r in results.values() if r["result"] == "passed") >= 11
     # the ledger agrees with the report: every number handed out has an outcome
-    with Ledger(tmp_path / "serials.jsonl") as led:
+    with open_ledger(str(tmp_path / "serials.db")) as led:
         entries = {e.n: e for e in led.entries()}
     assert {e.status for e in entries.values()} <= {"done", "failed"}
     assert sorted(n for n, e in entries.items() if e.status == "done") == sorted(serials)
@@ -147,7 +147,7 @@ report_dir = "rep"
 [serial]
 address = {SERIAL_AT}
 format = "u32"
-ledger = "serials.jsonl"
+ledger = "serials.db"
 first = 5000
 """)
     code, out, err = run_cli(["batch", "--job", str(job)], capsys)
@@ -159,13 +159,15 @@ first = 5000
     nums = sorted(int.from_bytes(registry.get(n).flash[SERIAL_AT - FLASH:][:4], "little") for n in ("job-a", "job-b"))
     assert nums == [5000, 5001]
     assert len(list((tmp_path / "rep").glob("batch-*.csv"))) == 1
-    recs = read_records(tmp_path / "serials.jsonl")
-    assert sorted(r["n"] for r in recs if r["op"] == "done") == [5000, 5001]
+    with open_ledger(str(tmp_path / "serials.db")) as led:
+        assert sorted(e.n for e in led.entries() if e.status == "done") == [5000, 5001]
+        runs = led.runs()
+    assert sorted(r["serial_number"] for r in runs if r["result"] == "passed") == [5000, 5001]
 
 
 def test_serial_over_code_is_a_usage_error(tmp_path, capsys):
     code, out, err = run_cli(["batch", HEX, "sim://F407", "--serial-address", "0x08000010",
-                              "--ledger", str(tmp_path / "l.jsonl"), "--report-dir", str(tmp_path / "r")], capsys)
+                              "--ledger", str(tmp_path / "l.db"), "--report-dir", str(tmp_path / "r")], capsys)
     assert code == EXIT_USAGE and "overlaps image data at 0x08000010" in err
 
 
@@ -187,7 +189,7 @@ def test_station_loop_swaps_boards(tmp_path):
     batch = subprocess.Popen(
         [sys.executable, "-m", "stmflash", "batch", HEX, str(link), "--loop", "--max-boards", "2", "--json",
          "--parity", "none", "--serial-address", hex(SERIAL_AT), "--serial-format", "ascii", "--serial-prefix",
-         "LN", "--serial-width", "8", "--ledger", str(tmp_path / "l.jsonl"), "--report-dir", str(tmp_path / "r")],
+         "LN", "--serial-width", "8", "--ledger", str(tmp_path / "l.db"), "--report-dir", str(tmp_path / "r")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     events = []
     try:

@@ -12,11 +12,11 @@ from stmflash.devices import find
 from stmflash.errors import LinkError, UsageError
 from stmflash.image.model import Image
 from stmflash.production.job import JobConfig, SerialConfig, parse_protect
-from stmflash.production.ledger import Ledger, read_records
 from stmflash.production.live import Events
 from stmflash.production.report import RunReport
 from stmflash.production.runner import BatchRunner
 from stmflash.production.serials import SerialFormat
+from stmflash.production.store import open_ledger
 from stmflash.production.targets import Target
 from stmflash.sim.chip import VirtualChip
 
@@ -100,10 +100,10 @@ class FakeConnector:
 def _run(tmp_path, n=6, *, silent=(), flaky=None, protect=(), retries=1, ledger=None, serial=True):
     chips = {f"t{i}": VirtualChip(DEV, seed=i) for i in range(n)}
     targets = [Target("uart", name, name) for name in chips]
-    sc = SerialConfig(SERIAL_AT, SerialFormat("ascii", prefix="SN", width=6), str(tmp_path / "l.jsonl"), first=1)
+    sc = SerialConfig(SERIAL_AT, SerialFormat("ascii", prefix="SN", width=6), str(tmp_path / "l.db"), first=1)
     job = JobConfig(serial=sc if serial else None, retries=retries,
                     protect=parse_protect(list(protect), confirmed=True), after="go")
-    led = ledger or (Ledger(sc.ledger) if serial else None)
+    led = ledger or (open_ledger(sc.ledger) if serial else None)
     events = Events(stdout=io.StringIO(), stderr=io.StringIO(), live=False)
     report = RunReport(str(tmp_path / "reports"), "run")
     conn = FakeConnector(chips, silent=silent, flaky=flaky)
@@ -136,8 +136,8 @@ def test_failures_are_recorded_and_retries_help(tmp_path):
     assert by["t1"].serial == ""  # never identified, so no number was burnt
     assert by["t2"].result == "passed" and by["t2"].attempts == 2
     assert chips["t2"].read(SERIAL_AT, 8) == by["t2"].serial.encode()
-    recs = read_records(tmp_path / "l.jsonl")
-    ops = [(r["op"], r["n"]) for r in recs]
+    with open_ledger(str(tmp_path / "l.db")) as led:
+        ops = [(r["op"], r["n"]) for r in led.history()]
     assert sorted(n for op, n in ops if op == "reserve") == [1, 2, 3]  # one reserve per board
     assert sorted(n for op, n in ops if op == "done") == [1, 2, 3]
 
@@ -146,13 +146,13 @@ def test_failed_board_keeps_its_number_with_the_error(tmp_path):
     chips, report, conn, events = _run(tmp_path, n=2, flaky={"t0": 5}, retries=1)
     by = {b.target: b for b in report.boards}
     assert by["t0"].result == "failed" and "timeout writing" in by["t0"].error
-    with Ledger(tmp_path / "l.jsonl") as led:
+    with open_ledger(str(tmp_path / "l.db")) as led:
         e = {x.n: x for x in led.entries()}[by["t0"].serial_number]
     assert e.status == "failed" and "timeout writing" in e.error
 
 
 def test_reflash_keeps_number(tmp_path):
-    led = Ledger(tmp_path / "l.jsonl")
+    led = open_ledger(str(tmp_path / "l.db"))
     chips1, rep1, _, _ = _run(tmp_path, n=3, ledger=led)
     chips2, rep2, _, _ = _run(tmp_path, n=3, ledger=led)  # same seeds -> same UIDs
     led.close()
@@ -171,8 +171,8 @@ def test_protection_after_verify(tmp_path):
 
 
 def test_serial_over_image_data_is_refused_up_front(tmp_path):
-    sc = SerialConfig(BASE + 4, SerialFormat("u32"), str(tmp_path / "l.jsonl"))
-    with Ledger(sc.ledger) as led, pytest.raises(UsageError, match="overlaps image data"):
+    sc = SerialConfig(BASE + 4, SerialFormat("u32"), str(tmp_path / "l.db"))
+    with open_ledger(sc.ledger) as led, pytest.raises(UsageError, match="overlaps image data"):
         BatchRunner(JobConfig(serial=sc), IMAGE, [], events=Events(live=False), report=RunReport(str(tmp_path), "r"),
                     connector=FakeConnector({}), ledger=led)
 

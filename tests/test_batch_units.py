@@ -105,7 +105,7 @@ address = 0x0800FF00
 format = "template"
 template = "SN-{year}{n:06d}"
 size = 16
-ledger = "serials.jsonl"
+ledger = "serials.db"
 first = 1000
 
 [loop]
@@ -124,7 +124,7 @@ def test_job_file_full(tmp_path):
     assert job.entry == "pins:-rts,-dtr,dtr:rts,-dtr,dtr" and job.invert == ("rts",)
     assert job.protect.rdp == 1 and job.protect.wrp
     assert job.serial.address == 0x0800FF00 and job.serial.first == 1000
-    assert job.serial.ledger == str(tmp_path / "serials.jsonl")
+    assert job.serial.ledger == str(tmp_path / "serials.db")
     assert job.serial.fmt.size == 16
     assert job.loop and job.max_boards == 50
     over = job.with_overrides(baud=115200, retries=None, targets=("sim://F407",))
@@ -141,7 +141,9 @@ def test_job_file_full(tmp_path):
         ("retries = -1", "retries"),
         ("[serial]\naddress = 1\nledger='l'\nformat='hex'", "serial.format"),
         ("[serial]\nledger='l'", "serial.address"),
-        ("[serial]\naddress = 1", "serial.ledger"),
+        ("[serial]\naddress = 1\nledger = 'mysql://db/line3'", "serial.ledger"),
+        ("ledger = 'mysql://db/line3'", "ledger: ledger mysql://db/line3: unknown engine"),
+        ("station = ''", "station: empty station name"),
         ("[program]\nverify = 'yes'", "program.verify"),
         ("protect = ['rdp2']", "protect"),
         ("[option_bytes]\nhex = 'zz'", "option_bytes.hex"),

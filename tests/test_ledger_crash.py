@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from stmflash.production.ledger import Ledger, read_records
+from stmflash.production.store import open_ledger
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HEX = os.path.join(ROOT, "examples", "blinky-f407.hex")
@@ -25,40 +25,42 @@ def _batch(tmp_path, targets, ledger):
             "--json", "--quiet"]
 
 
+def _reserves(ledger):
+    with open_ledger(str(ledger)) as led:
+        return [r for r in led.history() if r["op"] == "reserve"], led.entries()
+
+
 def test_sigkill_mid_batch_then_rerun(tmp_path):
-    ledger = tmp_path / "serials.jsonl"
+    ledger = tmp_path / "serials.db"
     proc = subprocess.Popen(_batch(tmp_path, _targets(tmp_path, range(8), "realistic"), ledger),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
     deadline = time.monotonic() + 60
     try:
         while time.monotonic() < deadline:
-            if ledger.exists() and sum(r["op"] == "reserve" for r in read_records(ledger)) >= 4:
+            if ledger.exists() and len(_reserves(ledger)[0]) >= 4:
                 break
-            time.sleep(0.01)
+            time.sleep(0.02)
         else:
             raise AssertionError("the batch never reserved numbers")
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
-    first = read_records(ledger)
-    reserved_first = {r["n"]: r["uid"] for r in first if r["op"] == "reserve"}
-    outcomes_first = {r["n"] for r in first if r["op"] in ("done", "failed")}
-    assert reserved_first and len(outcomes_first) < 8  # really killed mid-run
-
-    with Ledger(ledger) as led:
-        status = {e.n: e.status for e in led.entries()}
+    first, entries = _reserves(ledger)
+    reserved_first = {r["n"]: r["uid"] for r in first}
+    finished_first = {e.n for e in entries if e.status in ("done", "failed")}
+    assert reserved_first and len(finished_first) < 8  # really killed mid-run
+    status = {e.n: e.status for e in entries}
     assert set(status) == set(reserved_first)
-    assert all(status[n] == "interrupted" for n in reserved_first if n not in outcomes_first)
+    assert all(status[n] == "interrupted" for n in reserved_first if n not in finished_first)
 
     # same 8 boards again plus 4 new ones, instant timing
     rerun = subprocess.run(_batch(tmp_path, _targets(tmp_path, range(12), "instant"), ledger),
                            capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert rerun.returncode == 0, rerun.stderr
-    recs = read_records(ledger)
+    recs, entries = _reserves(ledger)
     uid_of: dict[int, str] = {}
     for r in recs:
-        if r["op"] == "reserve":
-            assert uid_of.setdefault(r["n"], r["uid"]) == r["uid"], f"number {r['n']} given to two chips"
+        assert uid_of.setdefault(r["n"], r["uid"]) == r["uid"], f"number {r['n']} given to two chips"
     numbers_of_uid: dict[str, set[int]] = {}
     for n, uid in uid_of.items():
         numbers_of_uid.setdefault(uid, set()).add(n)
@@ -70,8 +72,8 @@ def test_sigkill_mid_batch_then_rerun(tmp_path):
     # new chips got fresh numbers above everything handed out before
     old_uids = set(reserved_first.values())
     assert min(n for n, u in uid_of.items() if u not in old_uids) > max(reserved_first)
-    with Ledger(ledger) as led:
-        entries = led.entries()
     assert {e.n for e in entries} == set(uid_of)
     assert all(e.status in ("done", "failed", "interrupted") for e in entries)
     assert sum(e.status == "done" for e in entries) == 12
+    with open_ledger(str(ledger)) as led:
+        assert led.check() == []

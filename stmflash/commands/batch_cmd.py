@@ -43,8 +43,11 @@ from stmflash.commands.common import INT
 @click.option("--serial-size", type=int, default=None, help="Text formats: pad with NULs to this many bytes.")
 @click.option("--serial-first", type=int, default=None, help="First number of the range [1].")
 @click.option("--serial-last", type=int, default=None, help="Last number of the range.")
-@click.option("--ledger", default=None, type=click.Path(dir_okay=False),
-              help="Serial-number ledger (JSON lines journal) [stmflash-serials.jsonl].")
+@click.option("--ledger", default=None, metavar="FILE|URL",
+              help="Serial numbers and run records: an SQLite file (sqlite:///FILE) or "
+              "postgresql://USER@HOST/DB for a line of stations [stmflash-serials.db].")
+@click.option("--station", default=None, help="Station name recorded with every row [host name].")
+@click.option("--operator", default=None, help="Operator recorded with every run row [$USER].")
 @click.option("--retries", type=int, default=None, help="Extra attempts per board [1].")
 @click.option("--report-dir", default=None, type=click.Path(file_okay=False),
               help="Where the CSV/JSON report goes [./stmflash-reports].")
@@ -113,12 +116,17 @@ def _build_job(args: tuple[str, ...], job_file: str | None, o: dict[str, Any]) -
         verify=o["verify"], after=o["after"], protect=protect, retries=o["retries"],
         report_dir=o["report_dir"], loop=o["loop"], max_boards=o["max_boards"], image_check=o["image_check"],
         rdp2_confirmed=True if o["rdp2_ok"] else None,
+        ledger=o["ledger"], station=o["station"],
     )
     req = job.ob_request
     if req is not None:  # names and values, before any board is touched
         req.precheck(_job_device(job), rdp2_confirmed=job.rdp2_confirmed)
+    if job.ledger is not None:
+        from stmflash.production.store import check_spec
+
+        check_spec(job.ledger)
     serial_opts = {k: o[k] for k in ("serial_address", "serial_format", "serial_prefix", "serial_width",
-                                     "serial_template", "serial_size", "serial_first", "serial_last", "ledger")}
+                                     "serial_template", "serial_size", "serial_first", "serial_last")}
     if any(v is not None for v in serial_opts.values()):
         base = job.serial
         address = o["serial_address"] if o["serial_address"] is not None else (base.address if base else None)
@@ -135,7 +143,7 @@ def _build_job(args: tuple[str, ...], job_file: str | None, o: dict[str, Any]) -
         )
         first = o["serial_first"] if o["serial_first"] is not None else (base.first if base else 1)
         last = o["serial_last"] if o["serial_last"] is not None else (base.last if base else None)
-        ledger = o["ledger"] or (base.ledger if base else "stmflash-serials.jsonl")
+        ledger = base.ledger if base else ""
         if first < 0 or (last is not None and last < first):
             raise UsageError(f"bad serial range {first}..{last}")
         job = job.with_overrides(serial=SerialConfig(address, fmt, ledger, first, last))
@@ -152,15 +160,41 @@ def _build_job(args: tuple[str, ...], job_file: str | None, o: dict[str, Any]) -
     return job
 
 
+def _open_ledger(job: Any, run_id: str, events: Any, report: Any) -> Any:
+    """The job's ledger, opened, migrated and checked against this station's evidence."""
+    from stmflash.production.store import open_ledger
+
+    spec = job.ledger_spec
+    if spec is None:
+        return None
+    first, last = (job.serial.first, job.serial.last) if job.serial is not None else (1, None)
+    # a --loop station waits for a database that is restarting, as it does between boards
+    ledger = open_ledger(spec, first=first, last=last, run_id=run_id, station=job.station,
+                         on_reconnect=lambda msg: events.emit("warning", message=msg),
+                         connect_wait=60.0 if job.loop else 5.0)
+    try:
+        ledger.guard(job.report_dir)
+        interrupted = ledger.interrupted()
+    except BaseException:
+        ledger.close()
+        raise
+    for e in interrupted:
+        report.interrupted_serials.append(e.to_dict())
+        events.emit("warning", message=f"serial #{e.n} ({e.serial}) was reserved for chip {e.uid} on "
+                    f"{e.target} ({e.station}) by an interrupted run {e.run}: kept aside, never reused")
+    return ledger
+
+
 def _run(args: tuple[str, ...], job_file: str | None, o: dict[str, Any]) -> None:
+    import os
     import threading
 
     from stmflash.commands.common import load_image
     from stmflash.errors import BatchError, UsageError
-    from stmflash.production.ledger import Ledger, new_run_id
     from stmflash.production.live import Events
     from stmflash.production.report import RunReport, _now_iso
     from stmflash.production.runner import BatchRunner, LinkConnector
+    from stmflash.production.store import new_run_id, redact
     from stmflash.production.targets import expand_targets
 
     job = _build_job(args, job_file, o)
@@ -197,28 +231,27 @@ def _run(args: tuple[str, ...], job_file: str | None, o: dict[str, Any]) -> None
         if missing:
             raise UsageError(f"--protect {job.protect.describe()} is not supported over DFU yet ({', '.join(dfu)})")
 
-    events = Events(json_out=o["json_"], quiet=o["quiet"])
-    run_id = new_run_id()
-    report = RunReport(job.report_dir, run_id, image=job.image, image_crc=f"0x{image.crc32():08X}",
-                       job=job.source, started=_now_iso())
-    ledger = None
-    if job.serial is not None:
-        ledger = Ledger(job.serial.ledger, first=job.serial.first, last=job.serial.last, run_id=run_id)
-        for e in ledger.interrupted():
-            report.interrupted_serials.append(e.to_dict())
-            events.emit("warning", message=f"serial #{e.n} ({e.serial}) was reserved for chip {e.uid} on "
-                        f"{e.target} by an interrupted run {e.run}: kept aside, never reused")
-    events.emit("start", run=run_id, image=job.image, image_crc=report.image_crc,
-                targets=[t.label for t in targets], loop=job.loop)
-    stop = threading.Event()
     if job.image_check:
         from stmflash.image.vectors import check_vector_table
 
         problems = check_vector_table(image, device)
         if problems:
             raise UsageError(f"{job.image}: {problems[0]} (wrong file or part? --no-image-check to flash anyway)")
+
+    events = Events(json_out=o["json_"], quiet=o["quiet"])
+    run_id = new_run_id()
+    report = RunReport(job.report_dir, run_id, image=job.image, image_crc=f"0x{image.crc32():08X}",
+                       job=job.source, started=_now_iso())
+    # the ledger is opened and checked (damage, went backwards) before any board is touched
+    ledger = _open_ledger(job, run_id, events, report)
+    events.emit("start", run=run_id, image=job.image, image_crc=report.image_crc,
+                targets=[t.label for t in targets], loop=job.loop,
+                station=ledger.station if ledger is not None else (job.station or ""),
+                ledger=redact(job.ledger_spec) if job.ledger_spec else None)
+    stop = threading.Event()
     runner = BatchRunner(job, image, targets, events=events, report=report, connector=LinkConnector(),
-                         ledger=ledger, stop=stop)
+                         ledger=ledger, stop=stop, station=job.station or "",
+                         operator=o["operator"] if o["operator"] is not None else os.environ.get("USER", ""))
     try:
         runner.run()
     finally:

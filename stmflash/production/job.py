@@ -30,7 +30,7 @@ RDP2_CONFIRM = "i_understand_rdp2_is_permanent"
 class SerialConfig:
     address: int
     fmt: SerialFormat
-    ledger: str
+    ledger: str = ""  # "" = the job's ledger, else the default file
     first: int = 1
     last: int | None = None
 
@@ -86,6 +86,8 @@ class JobConfig:
     # i_understand_rdp2_is_permanent (file) / the flag (command line): RDP level 2 and other
     # permanent option values (raw option bytes, --protect rdp2, [option_bytes] fields) allowed
     rdp2_confirmed: bool = False
+    ledger: str | None = None  # file, sqlite:///FILE or postgresql://... (serials and run records)
+    station: str | None = None  # name recorded with every row [host name]
     source: str = ""
 
     @property
@@ -101,6 +103,17 @@ class JobConfig:
     @property
     def writes_option_bytes(self) -> bool:
         return self.option_bytes is not None or self.ob_request is not None
+
+    @property
+    def ledger_spec(self) -> str | None:
+        """The ledger this job uses: named, or the default file when serials are issued."""
+        if self.ledger:
+            return self.ledger
+        if self.serial is not None:
+            from stmflash.production.store import DEFAULT_LEDGER
+
+            return self.serial.ledger or DEFAULT_LEDGER
+        return None
 
     def with_overrides(self, **kw: Any) -> JobConfig:
         """Command-line values (``None`` = not given) over the file's."""
@@ -121,6 +134,19 @@ class _Ctx:
         if not isinstance(value, str) or not value:
             raise self.err(key, f"expected a file path, got {value!r}")
         return value if os.path.isabs(value) else os.path.join(self.base, value)
+
+    def ledger(self, key: str, value: Any) -> str:
+        """A ledger file (relative to the job file) or a database URL (taken as is)."""
+        from stmflash.production.store import check_spec, is_url
+
+        spec = self.path(key, value)
+        if is_url(value):
+            spec = value
+        try:
+            check_spec(spec)
+        except UsageError as exc:
+            raise self.err(key, str(exc)) from None
+        return spec
 
     def int_(self, key: str, value: Any, *, minimum: int | None = None) -> int:
         if isinstance(value, str):
@@ -193,7 +219,7 @@ def parse_protect(items: list[str] | tuple[str, ...], *, confirmed: bool, where:
 
 TOP_KEYS = {
     "image", "address", "device", "targets", "retries", "report_dir", "protect", RDP2_CONFIRM,
-    "image_check", "link", "entry", "program", "option_bytes", "serial", "loop",
+    "image_check", "link", "entry", "program", "option_bytes", "serial", "loop", "ledger", "station",
 }
 
 
@@ -236,6 +262,12 @@ def parse_job(data: dict[str, Any], *, source: str = "job", base: str | None = N
         kw["report_dir"] = ctx.path("report_dir", data["report_dir"])
     if "image_check" in data:
         kw["image_check"] = ctx.bool_("image_check", data["image_check"])
+    if "ledger" in data:
+        kw["ledger"] = ctx.ledger("ledger", data["ledger"])
+    if "station" in data:
+        kw["station"] = ctx.str_("station", data["station"]).strip() or None
+        if kw["station"] is None:
+            raise ctx.err("station", "empty station name")
     confirmed = ctx.bool_(RDP2_CONFIRM, data.get(RDP2_CONFIRM, False))
     kw["rdp2_confirmed"] = confirmed
     if "protect" in data:
@@ -304,8 +336,6 @@ def parse_job(data: dict[str, Any], *, source: str = "job", base: str | None = N
                       {"address", "format", "prefix", "width", "template", "size", "nul", "ledger", "first", "last"})
         if "address" not in s:
             raise ctx.err("serial.address", "missing (where the serial number goes in flash)")
-        if "ledger" not in s:
-            raise ctx.err("serial.ledger", "missing (the journal file that hands out numbers)")
         address = ctx.int_("serial.address", s["address"], minimum=0)
         fmt_d: dict[str, Any] = {}
         if "format" in s:
@@ -326,7 +356,8 @@ def parse_job(data: dict[str, Any], *, source: str = "job", base: str | None = N
         last = ctx.int_("serial.last", s["last"], minimum=first) if "last" in s else None
         if fmt.max_number is not None and (last or first) > fmt.max_number:
             raise ctx.err("serial.last", f"does not fit in {fmt.kind}")
-        kw["serial"] = SerialConfig(address, fmt, ctx.path("serial.ledger", s["ledger"]), first, last)
+        ledger = ctx.ledger("serial.ledger", s["ledger"]) if "ledger" in s else ""
+        kw["serial"] = SerialConfig(address, fmt, ledger, first, last)
     if "loop" in data:
         lp = ctx.table("loop", data["loop"], {"enabled", "max_boards"})
         if "enabled" in lp:

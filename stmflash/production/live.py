@@ -200,10 +200,29 @@ class TargetReporter(Reporter):
         self.events = events
         self.target = target
         self._last = 0.0
+        self.durations: dict[str, float] = {}  # seconds per phase, for the run record
 
     def phase(self, name: str, total: int | None = None) -> None:
+        self._clock()
         super().phase(name, total)
         self.events.emit("phase", self.target, phase=name, total=total)
+
+    def close(self) -> None:
+        self._clock()
+        super().close()
+
+    def _clock(self) -> None:
+        now = time.monotonic()
+        if self.name is not None:
+            self.durations[self.name] = self.durations.get(self.name, 0.0) + now - self.phase_started
+        self.phase_started = now
+
+    def take_durations(self) -> dict[str, float]:
+        """Phase durations since the last call (one board attempt), rounded to ms."""
+        self._clock()
+        out = {k: round(v, 3) for k, v in self.durations.items()}
+        self.durations = {}
+        return out
 
     def advance(self, n: int) -> None:
         super().advance(n)

@@ -17,7 +17,7 @@ from typing import Any
 
 COLUMNS = (
     "target", "port", "attempts", "uid", "device", "image_crc", "serial", "serial_number",
-    "duration_s", "result", "error", "exit_code", "protection", "started", "finished",
+    "duration_s", "result", "error", "exit_code", "protection", "started", "finished", "station",
 )
 
 
@@ -38,6 +38,7 @@ class BoardResult:
     protection: str = ""
     started: str = ""
     finished: str = ""
+    station: str = ""
 
     @property
     def passed(self) -> bool:

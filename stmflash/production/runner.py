@@ -4,11 +4,15 @@
 Per board, in this order (the order is the safety argument):
 
 1. connect and identify (entry strategy, sync, Get ID, flash size, UID);
-2. reserve the serial number in the ledger (fsynced) — only then is it used;
-3. merge the serial into the image, erase/write/verify everything in one pipeline run;
-4. option bytes, then write protection, then readout protection — only after the flash
+2. read the serial field the chip already holds: a number the ledger never issued means
+   the ledger went backwards, and the station stops issuing numbers;
+3. reserve the serial number in the ledger (committed) — only then is it used;
+4. mark it ``written``, merge the serial into the image, erase/write/verify everything in
+   one pipeline run;
+5. option bytes, then write protection, then readout protection — only after the flash
    verified, since RDP blocks reading it back and RDP2 is forever;
-5. record ``done`` (or ``failed`` with the error) in the ledger and the report.
+6. record the attempt's run row and ``done`` (or ``failed`` with the error) in the ledger
+   in one transaction, then the report.
 
 Threads are enough: the work is waiting on serial ports and USB, and each worker owns
 its link, so workers share only the ledger, the report and the event sink (all locked).
@@ -31,10 +35,10 @@ from stmflash.errors import (
 )
 from stmflash.image.model import Image
 from stmflash.production.job import JobConfig
-from stmflash.production.ledger import Ledger, LedgerError
 from stmflash.production.live import Events
 from stmflash.production.report import BoardResult, RunReport
 from stmflash.production.serials import check_serial_address, merge_serial
+from stmflash.production.store import LedgerError, RunRecord, Store
 from stmflash.production.targets import Target
 
 #: errors that a retry on the same board will not fix
@@ -147,9 +151,11 @@ class BatchRunner:
         events: Events,
         report: RunReport,
         connector: Connector,
-        ledger: Ledger | None = None,
+        ledger: Store | None = None,
         stop: threading.Event | None = None,
         poll_s: float = 0.25,
+        station: str = "",
+        operator: str = "",
     ) -> None:
         if job.serial is not None and ledger is None:
             raise UsageError("serial numbers need a ledger")
@@ -165,6 +171,8 @@ class BatchRunner:
         self.ledger = ledger
         self.stop = stop or threading.Event()
         self.poll_s = poll_s
+        self.station = station or (ledger.station if ledger is not None else "")
+        self.operator = operator
         self._count_lock = threading.Lock()
         self._boards_started = 0
         self._boards_finished = 0
@@ -281,7 +289,8 @@ class BatchRunner:
     def board(self, target: Target, *, skip_uid: str | None = None) -> BoardOutcome:
         job = self.job
         rep = self.events.reporter(target.label)
-        res = BoardResult(target.label, port=target.spec, image_crc=self.image_crc, started=_now())
+        res = BoardResult(target.label, port=target.spec, image_crc=self.image_crc, started=_now(),
+                          station=self.station)
         t0 = time.monotonic()
         reservation = None
         stamp = datetime.datetime.now(datetime.timezone.utc)
@@ -292,6 +301,7 @@ class BatchRunner:
             if attempt > 1:
                 self.events.emit("attempt", target.label, attempt=attempt, error=str(last_exc))
             link = None
+            attempt_started, attempt_t0 = _now(), time.monotonic()
             try:
                 rep.phase("connect")
                 link = self.connector.connect(target, job, rep)
@@ -311,6 +321,7 @@ class BatchRunner:
                     if reservation is None or (uid is not None and reservation.uid != uid):
                         if reservation is not None:
                             self.ledger.failed(reservation.n, "board changed during retries", uid=reservation.uid)
+                        self._check_chip_serial(link, uid)
                         stamp = datetime.datetime.now(datetime.timezone.utc)  # one date for ledger and flash
                         reservation = self.ledger.reserve(
                             uid, target=target.label, serial_of=lambda n, u=uid, t=stamp, f=fmt: f.text(n, uid=u, now=t)
@@ -319,6 +330,7 @@ class BatchRunner:
                     res.serial_number = n
                     res.serial = fmt.text(n, uid=uid, now=stamp)
                     image = merge_serial(image, job.serial.address, fmt.encode(n, uid=uid, now=stamp), device)
+                    self.ledger.written(n)
                 self.events.emit("identified", target.label, device=res.device, uid=uid, serial=res.serial or None,
                                  attempt=attempt)
                 from stmflash.pipeline import program
@@ -355,19 +367,51 @@ class BatchRunner:
             finally:
                 if link is not None:
                     _safe(lambda lk=link: self.connector.close(lk))
+            if attempt <= job.retries:  # a failed attempt that will be retried: its own run row
+                self._record(res, attempt_started, attempt_t0, rep.take_durations(), None)
         res.duration_s = time.monotonic() - t0
         res.finished = _now()
-        if reservation is not None and self.ledger is not None:
-            try:
-                if res.passed:
-                    self.ledger.done(reservation.n, uid=reservation.uid)
-                else:
-                    self.ledger.failed(reservation.n, res.error, uid=reservation.uid)
-            except OSError as exc:  # the board is fine but the record is not: say so loudly
-                res.result, res.error, res.exit_code = "failed", f"ledger write failed: {exc}", 1
+        outcome = None
+        if reservation is not None:
+            outcome = "done" if res.passed else "failed"
+        self._record(res, attempt_started, attempt_t0, rep.take_durations(), outcome)
         fields = {k: v for k, v in res.to_dict().items() if k not in ("target",)}
         self.events.emit("board", target.label, **fields)
         return BoardOutcome(res, uid)
+
+    def _record(self, res: BoardResult, started: str, t0: float, phases: dict[str, float],
+                outcome: str | None) -> None:
+        """The attempt's run row (and the number's outcome) in the ledger, in one transaction.
+
+        If the ledger cannot take it (the database stayed down), the board is failed safe:
+        it is not counted as passed, and its number stays reserved (interrupted), never reused.
+        """
+        if self.ledger is None:
+            return
+        rec = RunRecord(**{**res.to_dict(), "duration_s": round(time.monotonic() - t0, 3), "started": started,
+                           "finished": _now()},
+                        image=self.image.source or "", phases=phases, run=self.report.run_id, job=self.job.source,
+                        operator=self.operator)
+        try:
+            self.ledger.record(rec, outcome)
+        except (LedgerError, OSError) as exc:
+            if outcome is None:
+                return  # an intermediate attempt: the final row says how the board ended
+            serial = f"; serial #{res.serial_number} stays reserved, never reused" if res.serial_number else ""
+            res.result, res.exit_code = "failed", 1
+            res.error = f"ledger write failed, board not counted: {exc}{serial}"
+
+    def _check_chip_serial(self, link: Any, uid: str | None) -> None:
+        """Refuse (for the rest of the run) a chip carrying a number the ledger never issued."""
+        assert self.job.serial is not None and self.ledger is not None
+        sc = self.job.serial
+        length = sc.fmt.size or len(sc.fmt.encode(sc.first))
+        try:
+            held = sc.fmt.decode(bytes(link.read(sc.address, length)))
+        except (ProtectionError, LinkError):
+            return  # unreadable (RDP): the pipeline reports the protection on its own
+        if held is not None:
+            self.ledger.check_chip(held, uid)
 
     def _check_protection(self, device: Any, link: Any) -> None:
         """Refuse (before flashing) a protection this board's option-byte layout cannot encode."""

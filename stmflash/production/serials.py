@@ -9,6 +9,7 @@ all-0xFF span), so a mistyped address cannot silently overwrite code.
 from __future__ import annotations
 
 import datetime as _dt
+import re
 import string
 from dataclasses import dataclass
 from typing import Any
@@ -97,6 +98,44 @@ class SerialFormat:
                 raise UsageError(f"serial {data.decode()!r} is longer than serial.size={self.size}")
             return data + b"\0" * (self.size - len(data))
         return data + (b"\0" if self.nul else b"")
+
+    def decode(self, data: bytes) -> int | None:
+        """The number a chip's serial field already holds; None when it holds none.
+
+        Used to notice a ledger that went backwards (a chip arrives carrying a number the
+        ledger never issued). Erased (0xFF) or zeroed fields hold no number.
+        """
+        if not data or data.count(0xFF) == len(data) or data.count(0) == len(data):
+            return None
+        if self.kind in ("u32", "u64"):
+            return int.from_bytes(data, "little")
+        try:
+            text = data.split(b"\0", 1)[0].rstrip(b"\xff").decode("ascii")
+        except UnicodeDecodeError:
+            return None
+        if self.kind == "ascii":
+            digits = text[len(self.prefix):] if text.startswith(self.prefix) else ""
+            return int(digits) if digits.isdigit() else None
+        pattern, seen_n = "", False
+        for lit, name, spec, _conv in string.Formatter().parse(self.template):
+            pattern += re.escape(lit)
+            if name is None:
+                continue
+            width = re.match(r"0?(\d+)", spec or "")
+            if name == "uid":
+                field = "[0-9A-Fa-f]*"
+            elif name in ("year", "date"):
+                field = r"\d{4}" if name == "year" else r"\d{8}"
+            elif name == "n":
+                field = rf"\d{{{width.group(1)},}}" if width else r"\d+"
+            else:  # yy, month, day
+                field = rf"\d{{{width.group(1)}}}" if width else r"\d{1,2}"
+            if name == "n" and not seen_n:
+                pattern, seen_n = pattern + f"(?P<n>{field})", True
+            else:
+                pattern += f"(?:{field})"
+        m = re.fullmatch(pattern, text) if seen_n else None
+        return int(m.group("n")) if m else None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SerialFormat:
