@@ -24,6 +24,7 @@ Transport-free like :class:`~stmflash.sim.an3155.An3155Rom` (``feed``/``take_out
 from __future__ import annotations
 
 import struct
+import time
 from typing import Any
 
 from stmflash.sim.chip import AccessError, VirtualChip
@@ -223,9 +224,13 @@ class UsbStall(Exception):
 class UsbApp:
     """The application's USB face: CDC-ACM (ST VCP) plus a DFU 1.1 runtime interface.
 
-    Interfaces: 0 CDC communication (02/02/01), 1 CDC data (0A/00/00), 2 DFU runtime
-    (FE/01/01, functional descriptor after it). Endpoints are not modelled (no data
-    flows on the virtual bus; only the control requests that matter for entry do):
+    Interfaces: 0 CDC communication (02/02/01, notification endpoint 0x82), 1 CDC data
+    (0A/00/00, bulk 0x01 OUT / 0x81 IN: the application's console), 2 DFU runtime
+    (FE/01/01, functional descriptor after it), laid out like a CubeMX CDC device (IAD,
+    CDC 1.2 header/call-management/ACM/union functional descriptors, so the Linux
+    ``cdc_acm`` driver binds it as it binds a board). Bytes written to the data endpoint
+    reach the application only at its own line settings (SET_LINE_CODING), as on a UART
+    bridge; the control requests that matter for entry:
 
     * the 1200-baud touch: SET_LINE_CODING 1200 then SET_CONTROL_LINE_STATE with DTR=0;
     * DFU_DETACH: with bitWillDetach the application reboots into the ROM at once;
@@ -241,6 +246,14 @@ class UsbApp:
         (0xFE, 0x01, 0x01, "DFU runtime (stmflash companion)"),
     )
     S_MANUFACTURER, S_PRODUCT, S_SERIAL, S_CONFIG, S_INTF0 = 1, 2, 3, 4, 5
+    # (address, attributes, wMaxPacketSize, bInterval) per interface (USB 2.0 §9.6.6)
+    ENDPOINTS: tuple[tuple[tuple[int, int, int, int], ...], ...] = (
+        ((0x82, 0x03, 8, 16),),  # interrupt IN: serial-state notifications
+        ((0x01, 0x02, 64, 0), (0x81, 0x02, 64, 0)),  # bulk OUT / IN: the data
+        (),
+    )
+    EP_TYPES = {2: "bulk", 3: "interrupt"}
+    PARITY = "NOEMS"  # bParityType 0..4 (CDC PSTN 1.2, table 17)
 
     def __init__(self, app: VirtualApp, *, vid_pid: tuple[int, int] = APP_VID_PID,
                  will_detach: bool = True, detach_timeout_ms: int = DETACH_TIMEOUT_MS) -> None:
@@ -251,6 +264,7 @@ class UsbApp:
         self.line_coding = struct.pack("<IBBB", DEFAULT_APP_BAUD, 0, 0, 8)
         self.dtr = self.rts = False
         self.dfu_state = APP_IDLE
+        self._rx = bytearray()
         self.touches = 0
         self.detaches = 0
         app.chip.usb_app = self  # the USB backend shows this face while the chip runs the app
@@ -266,6 +280,42 @@ class UsbApp:
         return struct.unpack_from("<I", self.line_coding)[0]
 
     # ---- descriptors ------------------------------------------------------------------------
+    def n_interfaces(self) -> int:
+        return len(self.INTERFACES)
+
+    def endpoints(self) -> dict[int, tuple[str, int]]:
+        return {a: (self.EP_TYPES[t & 3], mps) for eps in self.ENDPOINTS for a, t, mps, _ in eps}
+
+    def endpoint_fields(self, intf: int, alt: int, ep: int) -> dict[str, int]:
+        address, attrs, mps, interval = self.ENDPOINTS[intf][ep]
+        return {"bLength": 7, "bDescriptorType": 5, "bEndpointAddress": address,
+                "bmAttributes": attrs, "wMaxPacketSize": mps, "bInterval": interval,
+                "bRefresh": 0, "bSynchAddress": 0, "extra_descriptors": []}
+
+    def configured(self) -> None:
+        """SET_CONFIGURATION: nothing buffered survives it."""
+        self._rx = bytearray()
+
+    def _line(self) -> tuple[int, str]:
+        baud, _stop, parity, _bits = struct.unpack("<IBBB", self.line_coding)
+        return baud, self.PARITY[parity] if parity < len(self.PARITY) else "?"
+
+    def endpoint_out(self, ep: int, data: bytes) -> None:
+        """Bytes the host wrote to the data endpoint: the application's UART input."""
+        self.app.line_settings(*self._line())
+        self.app.feed(data, time.perf_counter())
+
+    def endpoint_in(self, ep: int, maxlen: int) -> bytes | None:
+        """The application's output (data endpoint); notifications never come (None = NAK)."""
+        if ep != 0x81:
+            return None
+        self.app.line_settings(*self._line())
+        self._rx += self.app.take_output(time.perf_counter())
+        if not self._rx:
+            return None
+        out, self._rx = bytes(self._rx[:maxlen]), self._rx[maxlen:]
+        return out
+
     def functional_descriptor(self) -> bytes:
         attrs = 0x03 | (0x08 if self.will_detach else 0)  # download, upload, (will detach)
         return struct.pack("<BBBHHH", 9, 0x21, attrs, self.detach_timeout_ms, 2048, 0x011A)
@@ -303,9 +353,11 @@ class UsbApp:
             raise IndexError(f"no interface {intf} alt {alt}")
         cls, sub, proto, _ = self.INTERFACES[intf]
         extra = list(self.functional_descriptor()) if cls == 0xFE else []
+        if cls == 0x02:
+            extra = list(self.cdc_functional())
         return {
             "bLength": 9, "bDescriptorType": 4, "bInterfaceNumber": intf, "bAlternateSetting": 0,
-            "bNumEndpoints": 0, "bInterfaceClass": cls, "bInterfaceSubClass": sub,
+            "bNumEndpoints": len(self.ENDPOINTS[intf]), "bInterfaceClass": cls, "bInterfaceSubClass": sub,
             "bInterfaceProtocol": proto, "iInterface": self.S_INTF0 + intf,
             "extra_descriptors": extra,
         }
@@ -318,10 +370,22 @@ class UsbApp:
             self.S_PRODUCT, self.S_SERIAL, 1,
         )
 
+    @staticmethod
+    def cdc_functional() -> bytes:
+        """Header (CDC 1.10), call management, ACM (line coding + line state), union 0->1."""
+        return bytes([5, 0x24, 0x00, 0x10, 0x01, 5, 0x24, 0x01, 0x00, 0x01,
+                      4, 0x24, 0x02, 0x02, 5, 0x24, 0x06, 0x00, 0x01])
+
     def config_blob(self) -> bytes:
-        body = b""
+        # interface association: the CDC pair is one function (USB IAD ECN)
+        body = bytes([8, 0x0B, 0, 2, 0x02, 0x02, 0x01, 0])
         for i, (cls, sub, proto, _) in enumerate(self.INTERFACES):
-            body += struct.pack("<BBBBBBBBB", 9, 4, i, 0, 0, cls, sub, proto, self.S_INTF0 + i)
+            body += struct.pack("<BBBBBBBBB", 9, 4, i, 0, len(self.ENDPOINTS[i]), cls, sub, proto,
+                                self.S_INTF0 + i)
+            if cls == 0x02:
+                body += self.cdc_functional()
+            for address, attrs, mps, interval in self.ENDPOINTS[i]:
+                body += struct.pack("<BBBBHB", 7, 5, address, attrs, mps, interval)
             if cls == 0xFE:
                 body += self.functional_descriptor()
         head = struct.pack("<BBHBBBBB", 9, 2, 9 + len(body), len(self.INTERFACES), 1,

@@ -27,7 +27,10 @@ fault          ``+``-separated items: ``stall@N``, ``timeout@N``, ``disconnect@N
                the N-th DFU class request (1-based); ``stall@dnload:N`` counts only DNLOAD
                (also ``upload``, ``getstatus``); ``stall=P`` (``timeout=P``,
                ``disconnect=P``) hits each request with probability P (seeded); other
-               items go to the chip's fault plan (e.g. ``power_loss=after:4096``)
+               items go to the chip's fault plan (e.g. ``power_loss=after:4096``).
+               ``wtransfersize=N``: a *broken* ROM whose DFU functional descriptor
+               announces N while it still takes at most its real transfer size (the
+               kernel tier's test of the test: dfu-util must fail on it)
 =============  ==========================================================================
 
 Flash persists in IMAGEFILE (the simulator image format of :mod:`stmflash.sim.chip`),
@@ -76,6 +79,7 @@ S_MANUFACTURER, S_PRODUCT, S_SERIAL, S_CONFIG, S_ALT0 = 1, 2, 3, 4, 5
 USB_FAULT_KINDS = ("stall", "timeout", "disconnect")
 _FAULT_RE = re.compile(r"^(stall|timeout|disconnect)@(?:(dnload|upload|getstatus):)?(\d+)$")
 _FAULT_P_RE = re.compile(r"^(stall|timeout|disconnect)=(0(?:\.\d+)?|1(?:\.0*)?|\.\d+)$")
+_FAULT_TS_RE = re.compile(r"^wtransfersize=(\d+)$", re.IGNORECASE)
 
 
 def control_cost(nbytes: int) -> float:
@@ -120,14 +124,22 @@ class SimEntry:
     usb_faults: list[UsbFault] = field(default_factory=list)
     chip_faults: str = ""
     app: str | None = None  # run the flash application (stmflash.sim.app): "1" or "nodetach"
+    announced_transfer_size: int | None = None  # fault wtransfersize=N (a lying descriptor)
 
 
-def parse_fault_items(text: str) -> tuple[list[UsbFault], str]:
+def parse_fault_items(text: str, entry: SimEntry | None = None) -> tuple[list[UsbFault], str]:
     usb_faults: list[UsbFault] = []
     rest: list[str] = []
     for item in re.split(r"[+|]", text):
         item = item.strip()
         if not item:
+            continue
+        ts = _FAULT_TS_RE.match(item)
+        if ts and entry is not None:
+            size = int(ts.group(1))
+            if not 1 <= size <= 0xFFFF:
+                raise UsageError(f"bad USB fault {item!r} (wTransferSize is 1..65535)")
+            entry.announced_transfer_size = size
             continue
         m = _FAULT_RE.match(item)
         mp = _FAULT_P_RE.match(item)
@@ -185,7 +197,7 @@ def parse_spec(text: str) -> list[SimEntry]:
                         raise ValueError
                     entry.app = value.lower()
                 elif key in ("fault", "faults"):
-                    uf, cf = parse_fault_items(value)
+                    uf, cf = parse_fault_items(value, entry)
                     entry.usb_faults += uf
                     entry.chip_faults = ",".join(x for x in (entry.chip_faults, cf) if x)
                 else:
@@ -378,6 +390,70 @@ class VirtualUsbDevice:
             return self.rom.functional_descriptor()
         raise _stall()
 
+    # ---- standard requests and endpoints (USB 2.0 §9.4) ---------------------------------
+    def set_interface(self, intf: int, alt: int) -> None:
+        """SET_INTERFACE: the ROM selects the memory of that alternate setting."""
+        persona = self.persona()
+        if persona is not None:
+            if alt != 0 or not 0 <= intf < persona.n_interfaces():
+                raise _stall()
+            return
+        if intf != 0:
+            raise _stall()
+        try:
+            self.rom.set_alt(alt)
+        except SimStall:
+            raise _stall() from None
+
+    def standard_request(self, rtype: int, req: int, value: int, index: int) -> bytes:
+        """The chapter 9 requests other than GET_DESCRIPTOR; IN data (or b"" for OUT)."""
+        if req == 0 and rtype & 0x80:  # GET_STATUS: self-powered 0, no remote wakeup
+            return b"\x00\x00"
+        if req == 8 and rtype == 0x80:  # GET_CONFIGURATION
+            return b"\x01"
+        if req == 10 and rtype == 0x81:  # GET_INTERFACE
+            return bytes([self.rom.alt if self.persona() is None else 0])
+        if req == 11 and rtype == 0x01:  # SET_INTERFACE
+            self.set_interface(index, value)
+            return b""
+        if req == 9 and rtype == 0x00:  # SET_CONFIGURATION
+            if value not in (0, 1):
+                raise _stall()
+            persona = self.persona()
+            if persona is not None:
+                persona.configured()
+            return b""
+        if req in (1, 3) and rtype in (0x00, 0x01, 0x02):  # CLEAR_FEATURE / SET_FEATURE
+            return b""
+        raise _stall()
+
+    def endpoints(self) -> dict[int, tuple[str, int]]:
+        """``{address: (type, wMaxPacketSize)}`` of the current face (the ROM has none)."""
+        persona = self.persona()
+        return persona.endpoints() if persona is not None else {}
+
+    def endpoint_out(self, generation: int, ep: int, data: bytes) -> None:
+        """Bulk/interrupt OUT data to endpoint ``ep`` (address without the direction bit)."""
+        with self.lock:
+            if generation != self.generation or not self.attached:
+                raise _enodev()
+            if ep not in self.endpoints():
+                raise _stall()
+            try:
+                self.persona().endpoint_out(ep, data)
+            finally:
+                self.sync()
+                self.save_if_dropped()
+
+    def endpoint_in(self, generation: int, ep: int, maxlen: int) -> bytes | None:
+        """Bulk/interrupt IN: the bytes ready, or None while the endpoint NAKs."""
+        with self.lock:
+            if generation != self.generation or not self.attached:
+                raise _enodev()
+            if ep | 0x80 not in self.endpoints():
+                raise _stall()
+            return self.persona().endpoint_in(ep | 0x80, maxlen)
+
     # ---- transfers -------------------------------------------------------------------------
     def _fault(self, req: int) -> str | None:
         self.requests += 1
@@ -410,11 +486,10 @@ class VirtualUsbDevice:
                     raw = self.raw_descriptor(value >> 8, value & 0xFF, index)[:nbytes]
                     data[: len(raw)] = array("B", raw)
                     return len(raw)
-                if rtype in (0x00, 0x01, 0x80, 0x81):  # other standard requests
-                    if is_in:
-                        data[:1] = array("B", [1 if req == 8 else 0])
-                        return min(1, nbytes)
-                    return 0
+                if rtype in (0x00, 0x01, 0x02, 0x80, 0x81, 0x82):  # other standard requests
+                    raw = self.standard_request(rtype, req, value, index)[:nbytes]
+                    data[: len(raw)] = array("B", raw)
+                    return len(raw) if is_in else 0
                 persona = self.persona()
                 if persona is not None:  # the application's CDC / DFU runtime requests
                     from stmflash.sim.app import UsbStall
@@ -497,8 +572,11 @@ class VirtualUsbBackend(usb.backend.IBackend):
             raise IndexError(f"no configuration {config}")
         return dev.interface_descriptor(intf, alt)
 
-    def get_endpoint_descriptor(self, dev: Any, ep: int, intf: int, alt: int, config: int) -> Any:
-        raise IndexError("DFU devices have no endpoints")
+    def get_endpoint_descriptor(self, dev: VirtualUsbDevice, ep: int, intf: int, alt: int, config: int) -> Any:
+        persona = dev.persona()
+        if persona is None:
+            raise IndexError("DFU devices have no endpoints")
+        return SimpleNamespace(**persona.endpoint_fields(intf, alt, ep))
 
     def open_device(self, dev: VirtualUsbDevice) -> _Handle:
         if not dev.attached:
@@ -533,10 +611,7 @@ class VirtualUsbBackend(usb.backend.IBackend):
     def set_interface_altsetting(self, handle: _Handle, intf: int, altsetting: int) -> None:
         dev = self._check(handle)
         with dev.lock:
-            try:
-                dev.rom.set_alt(altsetting)
-            except SimStall:
-                raise _stall() from None
+            dev.set_interface(intf, altsetting)
             if dev.realistic:
                 time.sleep(control_cost(0) / dev.scale)
 
@@ -635,7 +710,9 @@ def bus_from_spec(text: str) -> VirtualBus:
             from stmflash.sim.app import install_usb
 
             install_usb(chip, {"app": entry.app})
-        bus.attach(chip, port=entry.port, scale=entry.scale, usb_faults=entry.usb_faults)
+        dev = bus.attach(chip, port=entry.port, scale=entry.scale, usb_faults=entry.usb_faults)
+        if entry.announced_transfer_size is not None:
+            dev.rom.announced_transfer_size = entry.announced_transfer_size
     return bus
 
 
