@@ -53,6 +53,7 @@ from typing import Any, Protocol
 
 import usb.core
 
+from stmflash.errors import StmflashError
 from stmflash.sim.usb_backend import VirtualBus, VirtualUsbDevice
 
 USBIP_VERSION = 0x0111
@@ -68,6 +69,7 @@ HEADER_LEN = 48
 # done, up to this long; the host's own timeout (an unlink) usually comes first.
 NAK_LIMIT_MS = 60_000
 IN_POLL_S = 0.005  # how often waiting IN URBs look for new data
+SAVE_IDLE_S = 0.3  # ep0 quiet this long after a class OUT request: save the image file
 
 
 class Conn(Protocol):
@@ -201,6 +203,7 @@ class _Session:
         self.waiting_in: collections.deque[Urb] = collections.deque()
         self.closed = threading.Event()
         self.left = False
+        self.changed = False
         self.stats = SessionStats()
 
     # ---- answering -------------------------------------------------------------------------
@@ -245,9 +248,15 @@ class _Session:
     # ---- workers -------------------------------------------------------------------------------
     def control_worker(self) -> None:
         while True:
-            urb = self.controls.get()
+            try:
+                urb = self.controls.get(timeout=SAVE_IDLE_S)
+            except queue.Empty:
+                self.save_if_changed()
+                continue
             if urb is None or self.closed.is_set():
                 return
+            if urb.setup[0] & 0x80 == 0 and urb.setup[0] & 0x60:
+                self.changed = True  # a class OUT request may have changed the chip
             with self.lock:
                 if urb.seq not in self.in_flight:
                     continue  # unlinked before it started
@@ -258,6 +267,18 @@ class _Session:
             else:
                 self.complete(urb, status, data, actual)
             self.check_left()
+
+    def save_if_changed(self) -> None:
+        """The host went quiet: write the image file, so it shows what the host just did
+        (a host program ending has no request of its own on the wire)."""
+        if not self.changed:
+            return
+        self.changed = False
+        with self.dev.lock:
+            try:
+                self.dev.chip.save()
+            except (OSError, StmflashError) as exc:
+                self.log(f"{self.dev.path}: cannot save the image: {exc}")
 
     def control(self, urb: Urb) -> tuple[int, bytes, int]:
         rtype, req, value, index, length = struct.unpack("<BBHHH", urb.setup)
@@ -286,6 +307,7 @@ class _Session:
             for urb in outs:
                 try:
                     self.dev.endpoint_out(self.generation, urb.ep, urb.data)
+                    self.changed = True
                     self.complete(urb, 0, actual=len(urb.data))
                 except usb.core.USBError as exc:
                     self.complete(urb, -(exc.errno or errno.EPIPE), actual=0)
@@ -432,7 +454,7 @@ class UsbipServer:
                 dev.save_if_dropped()
                 try:
                     dev.chip.save()
-                except OSError as exc:
+                except (OSError, StmflashError) as exc:
                     self.log(f"{busid}: cannot save the image: {exc}")
             with self.lock:
                 if self.imported.get(busid) == generation:
