@@ -265,6 +265,7 @@ def final_scenarios() -> None:
     """Two chips at once, then the leave that drops 1-1 off the bus (last: it stays away)."""
     stmflash("batch_dfu", "batch", PLAN["fw_batch"], "dfu:*", "--address", "0x08000000", "--after", "stay",
              timeout=240)
+    snapshot("1-1", "after_batch_1-1")  # the leave below writes 1-1 again
     stmflash("stmflash_leave", "dfu", PLAN["fw_b"], "--path", "1-1", "--address", "0x08000000", "--leave")
     record("after_leave", id=wait_for("1-1", None, 20))
     time.sleep(1)
