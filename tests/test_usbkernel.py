@@ -379,8 +379,11 @@ def test_application_console_on_ttyacm_hears_only_its_line_settings(tier: Tier) 
 
 def test_stmflash_list_shows_cdc_port_with_port_path(tier: Tier) -> None:
     data = json.loads(tier.ok("stmflash_list"))
-    text = json.dumps(data)
-    assert "ttyACM" in text and APP_PATH in text, text
+    acm = [p for p in data["serial_ports"] if p["device"].startswith("/dev/ttyACM")]
+    assert [(p["usb"], p["location"]) for p in acm] == [("0483:5740", f"{APP_PATH}:1.0")], data
+    assert sorted(d["path"] for d in data["dfu_devices"]) == sorted(DFU_CHIPS), data
+    assert all(not d["virtual"] for d in data["dfu_devices"])  # the real bus, not STMFLASH_USB_SIM
+    assert [(r["path"], r["pid"], r["interface"]) for r in data["dfu_runtime"]] == [(APP_PATH, "5740", 2)], data
 
 
 def test_enter_1200_reenumerates_on_the_same_port(tier: Tier) -> None:
