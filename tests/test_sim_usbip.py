@@ -325,3 +325,80 @@ def test_cli_listens_and_serves_a_devlist(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         assert proc.wait(timeout=10) == 0
+
+
+# ---- the USB-serial adapter face (AN3155 behind CDC-ACM) -------------------------------------
+def line_coding(baud: int, parity: int) -> bytes:
+    return struct.pack("<IBBB", baud, 0, parity, 8)
+
+
+def read_some(c: Client, want: int, tries: int = 50) -> bytes:
+    """Bulk IN until ``want`` bytes came (each URB waits while the adapter has nothing)."""
+    got = b""
+    for _ in range(tries):
+        seq = c.submit(1, 1, 64)
+        r = c.wait(seq)
+        assert r.status == 0
+        got += r.data
+        if len(got) >= want:
+            break
+    return got
+
+
+def test_adapter_carries_an3155_at_8e1(harness: Callable) -> None:
+    h = harness("F103;adapter=1")
+    c, rec = h.client()
+    assert (rec["vid"], rec["pid"]) == (0x1209, 0x0001) and rec["class"] == (0x02, 0, 0)
+    assert c.control(0x21, 0x20, 0, 0, line_coding(57600, 2)).status == 0  # 8E1
+    assert c.wait(c.submit(1, 0, 0, data=b"\x7f")).status == 0
+    assert read_some(c, 1) == b"\x79"  # ACK: synced
+    assert c.wait(c.submit(1, 0, 0, data=b"\x02\xfd")).status == 0  # Get ID
+    answer = read_some(c, 5)
+    assert answer[0] == 0x79 and struct.unpack(">H", answer[2:4])[0] == devices.find("F103").pid
+    # the ROM locked on 57600: the same bytes at another baud rate are noise to it
+    assert c.control(0x21, 0x20, 0, 0, line_coding(115200, 2)).status == 0
+    assert c.wait(c.submit(1, 0, 0, data=b"\x02\xfd")).status == 0
+    pending = c.submit(1, 1, 64)
+    assert c.wait(c.unlink(pending)).status == -ECONNRESET
+
+
+def test_adapter_at_8n1_never_syncs(harness: Callable) -> None:
+    h = harness("F407;adapter=1")
+    c, _ = h.client()
+    assert c.control(0x21, 0x20, 0, 0, line_coding(115200, 0)).status == 0  # 8N1
+    for _ in range(3):
+        assert c.wait(c.submit(1, 0, 0, data=b"\x7f")).status == 0
+    pending = c.submit(1, 1, 64)
+    assert c.wait(c.unlink(pending)).status == -ECONNRESET, "a ROM at 8E1 must not answer 8N1"
+    assert h.bus.chip(0).usb_adapter.dropped == 3
+
+
+def test_adapter_pins_reset_into_the_rom_and_stay_on_the_bus(harness: Callable, tmp_path: Path) -> None:
+    h = harness(f"F407={image_with_app(tmp_path)};adapter=pins;app=1")
+    chip = h.bus.chip(0)
+    assert chip.mode == "app"
+    c, _ = h.client()
+    # RTS (BOOT0 high) + DTR (NRST low), then release DTR: the chip boots its ROM
+    assert c.control(0x21, 0x22, 3, 0, 0).status == 0
+    assert c.control(0x21, 0x22, 2, 0, 0).status == 0
+    assert chip.mode == "bootloader"
+    assert c.control(0x21, 0x20, 0, 0, line_coding(115200, 2)).status == 0
+    assert c.wait(c.submit(1, 0, 0, data=b"\x7f")).status == 0
+    assert read_some(c, 1) == b"\x79"
+    assert not any("left the bus" in line for line in h.lines), "the adapter must not re-enumerate"
+
+
+def test_adapter_carries_the_trigger_at_8n1_then_the_rom_at_8e1(harness: Callable, tmp_path: Path) -> None:
+    from stmflash.trigger.frame import encode_ack, encode_request
+
+    h = harness(f"F407={image_with_app(tmp_path)};adapter=1;app=1")
+    chip = h.bus.chip(0)
+    c, _ = h.client()
+    assert c.control(0x21, 0x20, 0, 0, line_coding(115200, 0)).status == 0  # the app's 8N1
+    assert c.wait(c.submit(1, 0, 0, data=encode_request(7))).status == 0
+    want = encode_ack(7)
+    ack = read_some(c, len(want))
+    assert want in ack and chip.mode == "bootloader", ack  # the acknowledgement left before the reset
+    assert c.control(0x21, 0x20, 0, 0, line_coding(115200, 2)).status == 0  # the ROM's 8E1
+    assert c.wait(c.submit(1, 0, 0, data=b"\x7f")).status == 0
+    assert read_some(c, 1)[-1:] == b"\x79"

@@ -53,6 +53,8 @@ APP_PATH = "1-5"
 # attached only for the fault scenarios: path -> (fault spec, stmflash runs)
 FAULTS = {"1-6": ("stall@dnload:5", 2), "1-7": ("timeout@getstatus:3+disconnect@dnload:12", 3)}
 BROKEN_RHPORT = 7  # the --stdio server's broken ROM, on 1-8
+# USB-serial adapters on the USART bootloader: plain, with the application, with DTR/RTS wired
+ADAPTERS = {"plain": "1-9", "app": "1-10", "pins": "1-11"}
 
 
 # ---- what the tier needs ---------------------------------------------------------------------------
@@ -167,6 +169,14 @@ def firmware(size: int, seed: int, app_for: str | None = None) -> bytes:
     return bytes(data)
 
 
+def app_image(path: Path) -> Path:
+    """An F407 image whose flash holds a valid vector table: the chip runs its application."""
+    chip = VirtualChip(devices.find("F407"), image_path=path)
+    chip.preload(chip.device.flash_start, demo_vector_table(chip))
+    chip.save()
+    return path
+
+
 def free_port_server(argv: list[str], log: Path) -> tuple[subprocess.Popen, int]:
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=open(log.with_suffix(".stderr"), "w"), cwd=REPO)
     assert proc.stdout is not None
@@ -188,19 +198,22 @@ def tier(tmp_path_factory: pytest.TempPathFactory) -> Tier:
     build_initramfs(root, ver, out / "initramfs.cpio.gz")
 
     fw = {"fw_a": firmware(64 * 1024, -1), "fw_b": firmware(48 * 1024, 3, "F407"),
-          "fw_fault": firmware(32 * 1024, -1),
+          "fw_fault": firmware(32 * 1024, -1), "fw_uart": firmware(4 * 1024, -1),
+          "fw_uart2": firmware(3 * 1024, 4, "F407"), "fw_uart3": firmware(3 * 1024, 5, "F407"),
           "fw_app": firmware(24 * 1024, 1, "F407"), "fw_app2": firmware(20 * 1024, 2, "F407"),
           "fw_batch": firmware(16 * 1024, -1)}
     # one image for four families: a stack pointer inside every one's SRAM, reset in flash
     fw["fw_batch"] = struct.pack("<II", 0x20004000, 0x08000201) + fw["fw_batch"][8:]
     for name, data in fw.items():
         (out / f"{name}.bin").write_bytes(data)
-    app_img = out / f"{APP_PATH}.img"
-    chip = VirtualChip(devices.find("F407"), image_path=app_img)
-    chip.preload(chip.device.flash_start, demo_vector_table(chip))
-    chip.save()
+    app_img = app_image(out / f"{APP_PATH}.img")
     specs = {p: f"{name}={out / (p + '.img')};port={p};seed={i + 1}" for i, (p, name) in enumerate(DFU_CHIPS.items())}
     specs[APP_PATH] = f"F407={app_img};app=1;port={APP_PATH};seed=9"
+    for kind, path in ADAPTERS.items():
+        options = {"plain": "adapter=1", "app": "adapter=1;app=1", "pins": "adapter=pins;app=1"}[kind]
+        if kind != "plain":
+            app_image(out / f"{path}.img")
+        specs[path] = f"F407={out / (path + '.img')};port={path};seed={30 + len(specs)};{options}"
     for i, (path, (fault, _runs)) in enumerate(FAULTS.items()):
         specs[path] = f"F407={out / (path + '.img')};port={path};seed={20 + i};fault={fault}"
     spec = ",".join(specs.values())
@@ -216,7 +229,7 @@ def tier(tmp_path_factory: pytest.TempPathFactory) -> Tier:
         "expect": {**{p: "0483:df11" for p in DFU_CHIPS}, APP_PATH: "0483:5740"},
         "rules": str(REPO / "udev" / "50-stmflash.rules"),
         "udev_devices": {"dfu": "1-2", "app": APP_PATH},
-        "app_path": APP_PATH,
+        "app_path": APP_PATH, "adapters": ADAPTERS,
         **{name: str(out / f"{name}.bin") for name in fw},
     }
     (out / "plan.json").write_text(json.dumps(plan, indent=1))
@@ -379,8 +392,8 @@ def test_application_console_on_ttyacm_hears_only_its_line_settings(tier: Tier) 
 
 def test_stmflash_list_shows_cdc_port_with_port_path(tier: Tier) -> None:
     data = json.loads(tier.ok("stmflash_list"))
-    acm = [p for p in data["serial_ports"] if p["device"].startswith("/dev/ttyACM")]
-    assert [(p["usb"], p["location"]) for p in acm] == [("0483:5740", f"{APP_PATH}:1.0")], data
+    acm = {p["location"]: p["usb"] for p in data["serial_ports"] if p["device"].startswith("/dev/ttyACM")}
+    assert acm == {f"{APP_PATH}:1.0": "0483:5740", **{f"{p}:1.0": "1209:0001" for p in ADAPTERS.values()}}, data
     assert sorted(d["path"] for d in data["dfu_devices"]) == sorted(DFU_CHIPS), data
     assert all(not d["virtual"] for d in data["dfu_devices"])  # the real bus, not STMFLASH_USB_SIM
     assert [(r["path"], r["pid"], r["interface"]) for r in data["dfu_runtime"]] == [(APP_PATH, "5740", 2)], data
@@ -420,3 +433,51 @@ def test_faults_through_the_real_stack_end_clearly(tier: Tier, path: str) -> Non
     assert chip.read(chip.device.flash_start, len(tier.fw["fw_fault"])) == tier.fw["fw_fault"]
     assert any(r["rc"] != 0 for r in runs[:-1]) or f"{path} unlink" in tier.server_log, \
         "the injected fault had no visible effect"
+
+
+# ---- the USB-serial adapter in front of the AN3155 ROM ---------------------------------------------
+def image_at(tier: Tier, snapshot: str, n: int) -> bytes:
+    chip = VirtualChip(devices.find("F407"), image_path=tier.out / f"{snapshot}.img")
+    return chip.read(chip.device.flash_start, n)
+
+
+def test_adapters_enumerate_as_ttyacm(tier: Tier) -> None:
+    ttys = tier.result("adapters")["ttys"]
+    assert set(ttys) == set(ADAPTERS.values()) and all(t and t.startswith("/dev/ttyACM") for t in ttys.values())
+
+
+def test_stm32flash_at_8n1_cannot_sync_with_the_8e1_rom(tier: Tier) -> None:
+    r = tier.result("stm32flash_8n1")
+    assert r["rc"] not in (0, "timeout", "not-run"), r["out"]
+    assert "Failed to init device" in r["out"], r["out"]
+
+
+def test_stm32flash_at_8e1_agrees_with_the_simulator(tier: Tier) -> None:
+    out = tier.ok("stm32flash_8e1")
+    assert "Version" in out and "0x0413" in out, out  # Get / Get ID answered through cdc_acm
+    assert image_at(tier, "after_stm32flash", len(tier.fw["fw_uart"])) == tier.fw["fw_uart"]
+    path = ADAPTERS["plain"]
+    # the host's termios reached the chip as SET_LINE_CODING 115200 even parity 8 bits
+    assert re.search(rf"{path} ctrl 21/20 value 0x0000 index 0 len 7: ok 00c2010000020?8", tier.server_log)
+
+
+def test_stmflash_uart_reads_what_stm32flash_wrote(tier: Tier) -> None:
+    tier.ok("stmflash_uart_read")
+    assert (tier.out / "rd_uart.bin").read_bytes() == tier.fw["fw_uart"]
+
+
+def test_stmflash_uart_enter_command_through_ttyacm(tier: Tier) -> None:
+    tier.ok("uart_enter_command")
+    assert image_at(tier, "after_enter_command", len(tier.fw["fw_uart2"])) == tier.fw["fw_uart2"]
+    # the trigger went out at the application's 8N1, the session at the ROM's 8E1
+    path = ADAPTERS["app"]
+    codings = re.findall(rf"{path} ctrl 21/20 value 0x0000 index 0 len 7: ok ([0-9a-f]+)", tier.server_log)
+    assert "00c20100000008" in codings and "00c20100000208" in codings, codings
+
+
+def test_pins_reach_the_chip_as_nrst_and_boot0(tier: Tier) -> None:
+    r = tier.result("uart_enter_none_pins")
+    assert r["rc"] == 3, r["out"][-2000:]  # DTR held NRST low since the open: no answer
+    tier.ok("uart_enter_pins")
+    assert image_at(tier, "after_enter_pins", len(tier.fw["fw_uart3"])) == tier.fw["fw_uart3"]
+    assert re.search(rf"{ADAPTERS['pins']} ctrl 21/22 value 0x0002", tier.server_log)  # RTS only: BOOT0

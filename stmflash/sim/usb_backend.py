@@ -23,6 +23,9 @@ app            ``1``: the chip runs its flash application when the flash holds a
                table and enumerates as a CDC-ACM device 0483:5740 with a DFU runtime interface
                (:mod:`stmflash.sim.app`); a 1200-baud touch or DFU_DETACH brings up the ROM
                (0483:df11) on the same port. ``nodetach``: bitWillDetach clear (USB reset needed)
+adapter        ``1``: not the DFU ROM but a USB-serial adapter (CDC-ACM, 1209:0001) wired to
+               the chip's USART bootloader (AN3155, 8E1) (:mod:`stmflash.sim.cdc`);
+               ``pins``: with DTR driving NRST and RTS driving BOOT0
 fault          ``+``-separated items: ``stall@N``, ``timeout@N``, ``disconnect@N`` act once on
                the N-th DFU class request (1-based); ``stall@dnload:N`` counts only DNLOAD
                (also ``upload``, ``getstatus``); ``stall=P`` (``timeout=P``,
@@ -124,6 +127,7 @@ class SimEntry:
     usb_faults: list[UsbFault] = field(default_factory=list)
     chip_faults: str = ""
     app: str | None = None  # run the flash application (stmflash.sim.app): "1" or "nodetach"
+    adapter: str | None = None  # a USB-serial adapter on the UART bootloader: "1" or "pins"
     announced_transfer_size: int | None = None  # fault wtransfersize=N (a lying descriptor)
 
 
@@ -196,13 +200,17 @@ def parse_spec(text: str) -> list[SimEntry]:
                     if value.lower() not in ("0", "1", "yes", "no", "true", "false", "on", "off", "nodetach"):
                         raise ValueError
                     entry.app = value.lower()
+                elif key == "adapter":
+                    if value.lower() not in ("1", "pins"):
+                        raise ValueError
+                    entry.adapter = value.lower()
                 elif key in ("fault", "faults"):
                     uf, cf = parse_fault_items(value, entry)
                     entry.usb_faults += uf
                     entry.chip_faults = ",".join(x for x in (entry.chip_faults, cf) if x)
                 else:
                     raise UsageError(
-                        f"STMFLASH_USB_SIM: unknown option {key!r} (timing, scale, port, seed, rdp, fault, app)"
+                        f"STMFLASH_USB_SIM: unknown option {key!r} (timing, scale, port, seed, rdp, fault, app, adapter)"
                     )
             except ValueError:
                 raise UsageError(f"STMFLASH_USB_SIM: bad value in {opt.strip()!r}") from None
@@ -239,14 +247,21 @@ class VirtualUsbDevice:
         self.scale = scale
 
     def persona(self) -> Any:
-        """The application's USB face while the chip runs it (:mod:`stmflash.sim.app`)."""
+        """The face other than the DFU ROM: a USB-serial adapter on the chip's UART
+        (:mod:`stmflash.sim.cdc`, whatever the chip does), or the application's USB face
+        while the chip runs it (:mod:`stmflash.sim.app`)."""
+        adapter = getattr(self.chip, "usb_adapter", None)
+        if adapter is not None:
+            return adapter
         app = getattr(self.chip, "usb_app", None)
         return app if app is not None and self.chip.mode == "app" else None
 
     def shows(self) -> bool:
         """On the bus in the current mode: the ROM (unreachable at RDP level 2, AN2606), or
-        an application with a USB face."""
+        an application with a USB face; an adapter is powered by USB and always shows."""
         chip = self.chip
+        if getattr(chip, "usb_adapter", None) is not None:
+            return True
         rom = chip.mode == "bootloader" and chip.rdp_level < 2
         return chip.powered and (rom or self.persona() is not None)
 
@@ -262,6 +277,8 @@ class VirtualUsbDevice:
         board's enumeration.
         """
         chip = self.chip
+        if getattr(chip, "usb_adapter", None) is not None:
+            return  # the bridge stays on the bus while the chip behind it resets
         if chip.reset_count != self.seen_resets or chip.mode != self.seen_mode:
             self.seen_resets = chip.reset_count
             self.seen_mode = chip.mode
@@ -492,7 +509,7 @@ class VirtualUsbDevice:
                     return len(raw) if is_in else 0
                 persona = self.persona()
                 if persona is not None:  # the application's CDC / DFU runtime requests
-                    from stmflash.sim.app import UsbStall
+                    from stmflash.sim.cdc import UsbStall
 
                     try:
                         out = persona.control(rtype, req, value, index, None if is_in else bytes(data), nbytes)
@@ -698,7 +715,7 @@ def bus_from_spec(text: str) -> VirtualBus:
             device = find(entry.device)
         except KeyError as exc:
             raise UsageError(f"STMFLASH_USB_SIM: {exc.args[0]}") from None
-        if "dfu" not in device.interfaces and not device.dfu:
+        if entry.adapter is None and "dfu" not in device.interfaces and not device.dfu:
             raise UsageError(f"STMFLASH_USB_SIM: {device.name} has no USB DFU bootloader")
         chip = VirtualChip(device, image_path=entry.image, timing=entry.timing,
                            faults=entry.chip_faults or None, seed=entry.seed)
@@ -707,9 +724,16 @@ def bus_from_spec(text: str) -> VirtualBus:
         if chip.image_path is not None and not chip.image_path.exists():
             chip.save()  # created at once, so the file always shows the chip's state
         if entry.app is not None:
-            from stmflash.sim.app import install_usb
+            from stmflash.sim.app import install, install_usb
 
-            install_usb(chip, {"app": entry.app})
+            if entry.adapter is not None:
+                install(chip, {"app": entry.app})  # its console is the adapter's UART
+            else:
+                install_usb(chip, {"app": entry.app})
+        if entry.adapter is not None:
+            from stmflash.sim.cdc import install_adapter
+
+            install_adapter(chip, entry.adapter)
         dev = bus.attach(chip, port=entry.port, scale=entry.scale, usb_faults=entry.usb_faults)
         if entry.announced_transfer_size is not None:
             dev.rom.announced_transfer_size = entry.announced_transfer_size

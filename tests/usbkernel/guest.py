@@ -220,6 +220,25 @@ def snapshot(path: str, name: str) -> None:
         dst.write(src.read())
 
 
+def uart_scenarios() -> None:
+    """The AN3155 ROM behind USB-serial adapters: real termios, parity, DTR/RTS."""
+    a, b, c = (PLAN["adapters"][k] for k in ("plain", "app", "pins"))
+    tty = {p: wait_tty(p) for p in (a, b, c)}
+    record("adapters", ttys=tty)
+    fw = PLAN["fw_uart"]
+    run("stm32flash_8n1", ["stm32flash", "-b", "115200", "-m", "8n1", tty[a]], timeout=60)
+    run("stm32flash_8e1", ["stm32flash", "-b", "115200", "-m", "8e1", "-w", fw, "-v", "-S", "0x08000000",
+                           tty[a]], timeout=120)
+    snapshot(a, "after_stm32flash")
+    stmflash("stmflash_uart_read", "uart", tty[a], "--read", os.path.join(OUT, "rd_uart.bin"),
+             "--start", "0x08000000", "--length", str(os.path.getsize(fw)))
+    stmflash("uart_enter_command", "uart", tty[b], PLAN["fw_uart2"], "--enter", "command")
+    snapshot(b, "after_enter_command")
+    stmflash("uart_enter_none_pins", "uart", tty[c], PLAN["fw_uart3"], "--enter", "none", timeout=90)
+    stmflash("uart_enter_pins", "uart", tty[c], PLAN["fw_uart3"], "--enter", "pins:rts,dtr,-dtr:-rts,dtr,-dtr")
+    snapshot(c, "after_enter_pins")
+
+
 def console_check(app: str) -> None:
     """The application's console on /dev/ttyACM*: real termios, line coding to the chip."""
     tty = wait_tty(app)
@@ -246,7 +265,8 @@ def main() -> int:
     att = Attacher(PLAN["server"], PLAN["attach"])
     att.start()
     enumerate_all(att)
-    groups = {"dfu": dfu_scenarios, "udev": udev_scenarios, "app": app_scenarios, "final": final_scenarios,
+    groups = {"dfu": dfu_scenarios, "udev": udev_scenarios, "app": app_scenarios, "uart": uart_scenarios,
+              "final": final_scenarios,
               "faults": lambda: fault_scenarios(att)}
     for name, group in groups.items():
         try:
