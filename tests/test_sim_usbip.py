@@ -122,7 +122,7 @@ def test_devlist_shows_each_chip_as_its_rom_presents_it(harness: Callable) -> No
     h = harness("F407,H743;port=1-4")
     recs = devlist(h.connect())
     assert [(r["busid"], r["vid"], r["pid"]) for r in recs] == [("1-1", 0x0483, 0xDF11), ("1-4", 0x0483, 0xDF11)]
-    for rec, name in zip(recs, ("F407", "H743")):
+    for rec, name in zip(recs, ("F407", "H743"), strict=True):
         assert rec["bcdDevice"] == dfu_facts(devices.find(name)).bcd_device
         assert rec["speed"] == 2 and rec["interfaces"] == [(0xFE, 0x01, 0x02)]
 

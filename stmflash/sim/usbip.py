@@ -466,7 +466,7 @@ class UsbipServer:
         while stop is None or not stop.is_set():
             try:
                 conn, _peer = listener.accept()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return

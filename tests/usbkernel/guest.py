@@ -110,14 +110,23 @@ class Attacher(threading.Thread):
 
     def __init__(self, host: str, ports: dict[str, int]) -> None:
         super().__init__(daemon=True)
-        self.host, self.ports = host, ports
+        self.host, self.ports = host, dict(ports)
         self.attaches: dict[str, int] = {b: 0 for b in ports}
+        self.lock = threading.Lock()
+
+    def add(self, busid: str, rhport: int) -> None:
+        with self.lock:
+            self.ports[busid] = rhport
+            self.attaches[busid] = 0
 
     def run(self) -> None:
         while True:
-            for busid, rhport in self.ports.items():
+            with self.lock:
+                ports = list(self.ports.items())
+            for busid, rhport in ports:
                 if port_free(rhport) and attach(self.host, busid, rhport):
-                    self.attaches[busid] += 1
+                    with self.lock:
+                        self.attaches[busid] += 1
             time.sleep(0.1)
 
 
@@ -232,9 +241,13 @@ def uart_scenarios() -> None:
     snapshot(a, "after_stm32flash")
     stmflash("stmflash_uart_read", "uart", tty[a], "--read", os.path.join(OUT, "rd_uart.bin"),
              "--start", "0x08000000", "--length", str(os.path.getsize(fw)))
+    run("stm32loader_read", ["stm32loader", "-p", tty[a], "-b", "115200", "-r", "-a", "0x08000000",
+                             "-l", str(os.path.getsize(fw)), os.path.join(OUT, "rd_loader.bin")], timeout=90)
     stmflash("uart_enter_command", "uart", tty[b], PLAN["fw_uart2"], "--enter", "command")
     snapshot(b, "after_enter_command")
-    stmflash("uart_enter_none_pins", "uart", tty[c], PLAN["fw_uart3"], "--enter", "none", timeout=90)
+    # DTR is asserted from the open on: with the auto-reset wiring NRST is held low, so a
+    # flasher that does not run the pin sequence gets no answer
+    run("stm32flash_pins_held_in_reset", ["stm32flash", "-b", "115200", "-m", "8e1", tty[c]], timeout=60)
     stmflash("uart_enter_pins", "uart", tty[c], PLAN["fw_uart3"], "--enter", "pins:rts,dtr,-dtr:-rts,dtr,-dtr")
     snapshot(c, "after_enter_pins")
 
@@ -274,7 +287,8 @@ def main() -> int:
         except Exception as exc:  # recorded, the host test names it
             record(f"crash_{name}", rc="crash", out=repr(exc))
             say(f"{name} crashed: {exc!r}")
-    record("attaches", counts=att.attaches)
+    with att.lock:
+        record("attaches", counts=dict(att.attaches))
     with open(os.path.join(OUT, "dmesg.txt"), "w") as f:
         subprocess.run(["dmesg"], stdout=f, stderr=subprocess.STDOUT)
     say("scenarios done")
@@ -295,8 +309,7 @@ def final_scenarios() -> None:
 def fault_scenarios(att: Attacher) -> None:
     """Stalls, timeouts and disconnects of the fault injector, through the real stack."""
     for path in PLAN["fault_ports"]:
-        att.ports[path] = int(path.split("-")[1]) - 1  # attached only now: not in the listings above
-        att.attaches[path] = 0
+        att.add(path, int(path.split("-")[1]) - 1)  # attached only now: not in the listings above
     for path, runs in PLAN["fault_ports"].items():
         wait_for(path, "0483:df11", 60)
         for i in range(runs):
