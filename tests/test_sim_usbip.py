@@ -35,10 +35,10 @@ from stmflash.dfu.protocol import (
     UPLOAD,
     State,
 )
-from stmflash.sim.app import demo_vector_table
 from stmflash.sim.chip import VirtualChip
 from stmflash.sim.usb_backend import bus_from_spec
 from stmflash.sim.usbip import UsbipServer
+from tests.test_trigger_usb import image_with_app
 from tests.usbip_client import Client, devlist
 
 ECONNRESET, EPIPE = 104, 32
@@ -90,14 +90,6 @@ def harness() -> Iterator[Callable]:
     yield make
     for h in made:
         h.close()
-
-
-def image_with_app(tmp_path: Path) -> Path:
-    path = tmp_path / "f4.img"
-    chip = VirtualChip(F407, image_path=path)
-    chip.preload(F407.flash_start, demo_vector_table(chip))
-    chip.save()
-    return path
 
 
 def status_of(c: Client) -> tuple[int, int, int]:
