@@ -1,5 +1,8 @@
 """``stmflash sim``: run a virtual STM32 that other programs can talk to.
 
+``sim usbip`` exports virtual USB chips to a Linux USB stack over USB/IP
+(:mod:`stmflash.sim.usbip`).
+
 ``sim uart`` serves the AN3155 ROM bootloader on a pseudo-terminal: its path is the first
 line of stdout so scripts can read it and hand it to any flasher (stm32flash, stm32loader,
 stmflash). The image file keeps flash, option bytes and OTP across runs.
@@ -96,7 +99,7 @@ def usb(spec: str, command: tuple[str, ...]) -> None:
 
     \b
     SPEC is a STMFLASH_USB_SIM value: DEVICE[=IMAGEFILE][;key=value...], comma separated
-    (keys: timing, scale, port, seed, rdp, fault; see the README).
+    (keys: timing, scale, port, seed, rdp, fault, app, adapter; see the README).
     Without COMMAND: print each device's descriptors as the ROM presents them.
     With COMMAND: run it with STMFLASH_USB_SIM=SPEC (the chips live in that process).
 

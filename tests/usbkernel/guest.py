@@ -300,6 +300,11 @@ def final_scenarios() -> None:
     stmflash("batch_dfu", "batch", PLAN["fw_batch"], "dfu:*", "--address", "0x08000000", "--after", "stay",
              timeout=240)
     snapshot("1-1", "after_batch_1-1")  # the leave below writes 1-1 again
+    uart = PLAN["adapters"]["plain"]
+    stmflash("batch_mixed", "batch", PLAN["fw_mixed"], "dfu:path=1-1", wait_tty(uart) or "no-tty",
+             "--address", "0x08000000", "--after", "stay", timeout=240)
+    snapshot("1-1", "after_mixed_1-1")
+    snapshot(uart, "after_mixed_uart")
     stmflash("stmflash_leave", "dfu", PLAN["fw_b"], "--path", "1-1", "--address", "0x08000000", "--leave")
     record("after_leave", id=wait_for("1-1", None, 20))
     time.sleep(1)
