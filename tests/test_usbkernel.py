@@ -154,6 +154,13 @@ class Tier:
         assert name in self.results, f"scenario {name!r} did not run; guest console tail:\n{self.console[-3000:]}"
         return self.results[name]
 
+    def peer(self, name: str, program: str) -> dict:
+        """The result of a scenario run by ``program``; skip when it is not installed."""
+        r = self.result(name)
+        if r["rc"] == "not-run":
+            pytest.skip(f"{program} is not installed in the guest's (the host's) userland: {r['out']}")
+        return r
+
     def ok(self, name: str) -> str:
         r = self.result(name)
         assert r["rc"] == 0, f"{name}: {r.get('argv')} exited {r['rc']}:\n{r['out'][-4000:]}"
@@ -297,9 +304,7 @@ def test_all_chips_enumerate_on_their_ports(tier: Tier) -> None:
 
 
 def test_usbip_tool_lists_the_exported_chips(tier: Tier) -> None:
-    r = tier.result("usbip_list")
-    if r["rc"] == "not-run":
-        pytest.skip("usbip is not installed (Debian package usbip)")
+    tier.peer("usbip_list", "usbip (Debian package usbip)")
     out = tier.ok("usbip_list")
     for path in DFU_CHIPS:
         assert re.search(rf"^\s*{path}: STMicroelectronics : .*\(0483:df11\)", out, re.M), out
@@ -348,9 +353,7 @@ def test_a_wrong_wtransfersize_makes_dfu_util_fail(tier: Tier) -> None:
 
 
 def test_udev_rules_tag_the_dfu_device(tier: Tier) -> None:
-    r = tier.result("udev_dfu")
-    if r["rc"] == "not-run":
-        pytest.skip("udevadm is not installed (Debian package udev)")
+    tier.peer("udev_dfu", "udevadm (Debian package udev)")
     out = tier.ok("udev_dfu")
     assert "50-stmflash.rules" in out, out[-3000:]
     tags = re.findall(r"^(?:CURRENT_)?TAGS=(.*)$", out, re.M)
@@ -358,9 +361,7 @@ def test_udev_rules_tag_the_dfu_device(tier: Tier) -> None:
 
 
 def test_udev_rules_leave_the_application_alone(tier: Tier) -> None:
-    r = tier.result("udev_app")
-    if r["rc"] == "not-run":
-        pytest.skip("udevadm is not installed (Debian package udev)")
+    tier.peer("udev_app", "udevadm (Debian package udev)")
     out = tier.ok("udev_app")
     assert not any(":uaccess:" in t for t in re.findall(r"^TAGS=(.*)$", out, re.M)), out[-3000:]
 
@@ -450,12 +451,13 @@ def test_adapters_enumerate_as_ttyacm(tier: Tier) -> None:
 
 
 def test_stm32flash_at_8n1_cannot_sync_with_the_8e1_rom(tier: Tier) -> None:
-    r = tier.result("stm32flash_8n1")
+    r = tier.peer("stm32flash_8n1", "stm32flash")
     assert r["rc"] not in (0, "timeout", "not-run"), r["out"]
     assert "Failed to init device" in r["out"], r["out"]
 
 
 def test_stm32flash_at_8e1_agrees_with_the_simulator(tier: Tier) -> None:
+    tier.peer("stm32flash_8e1", "stm32flash")
     out = tier.ok("stm32flash_8e1")
     assert "Version" in out and "0x0413" in out, out  # Get / Get ID answered through cdc_acm
     assert image_at(tier, "after_stm32flash", len(tier.fw["fw_uart"])) == tier.fw["fw_uart"]
@@ -470,9 +472,7 @@ def test_stmflash_uart_reads_what_stm32flash_wrote(tier: Tier) -> None:
 
 
 def test_stm32loader_reads_it_too(tier: Tier) -> None:
-    r = tier.result("stm32loader_read")
-    if r["rc"] == "not-run":
-        pytest.skip("stm32loader is not installed (pip install stm32loader; it is in .[test])")
+    tier.peer("stm32loader_read", "stm32loader")
     tier.ok("stm32loader_read")
     assert (tier.out / "rd_loader.bin").read_bytes() == tier.fw["fw_uart"]
 
@@ -487,7 +487,7 @@ def test_stmflash_uart_enter_command_through_ttyacm(tier: Tier) -> None:
 
 
 def test_pins_reach_the_chip_as_nrst_and_boot0(tier: Tier) -> None:
-    r = tier.result("stm32flash_pins_held_in_reset")
+    r = tier.peer("stm32flash_pins_held_in_reset", "stm32flash")
     assert r["rc"] not in (0, "timeout", "not-run") and "Failed to init device" in r["out"], r["out"][-2000:]
     tier.ok("uart_enter_pins")
     assert image_at(tier, "after_enter_pins", len(tier.fw["fw_uart3"])) == tier.fw["fw_uart3"]

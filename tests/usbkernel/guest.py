@@ -200,8 +200,9 @@ def udev_scenarios() -> None:
     try:
         with open(PLAN["rules"]) as src, open(os.path.join(rules_dir, "50-stmflash.rules"), "w") as dst:
             dst.write(src.read())
-    except OSError as exc:
-        record("udev_install", rc="not-run", out=str(exc))
+    except OSError as exc:  # no udev on the host: nothing to test the rules with
+        for name in PLAN["udev_devices"]:
+            record(f"udev_{name}", rc="not-run", out=f"cannot install the rules: {exc}")
         return
     for name, path in PLAN["udev_devices"].items():
         run(f"udev_{name}", ["udevadm", "test", "--action=add", f"/sys/bus/usb/devices/{path}"], timeout=90)
