@@ -403,15 +403,21 @@ def test_stmflash_list_shows_cdc_port_with_port_path(tier: Tier) -> None:
     assert [(r["path"], r["pid"], r["interface"]) for r in data["dfu_runtime"]] == [(APP_PATH, "5740", 2)], data
 
 
+def test_app_and_rom_faces_alternate_on_one_bus_id(tier: Tier) -> None:
+    """1200-baud touch, leave, DFU_DETACH, leave: four re-enumerations on 1-5."""
+    faces = re.findall(rf"import {APP_PATH}: 0483:([0-9a-f]{{4}})", tier.server_log)
+    assert faces == ["5740", "df11", "5740", "df11", "5740"], faces
+
+
 def test_enter_1200_reenumerates_on_the_same_port(tier: Tier) -> None:
-    tier.ok("enter_1200")
+    assert f"at USB {APP_PATH}," in tier.ok("enter_1200")
     assert tier.result("after_1200")["id"] == "0483:5740"
     chip = VirtualChip(devices.find("F407"), image_path=tier.out / "after_1200.img")
     assert chip.read(chip.device.flash_start, len(tier.fw["fw_app"])) == tier.fw["fw_app"]
 
 
 def test_enter_detach_reenumerates_on_the_same_port(tier: Tier) -> None:
-    tier.ok("enter_detach")
+    assert f"at USB {APP_PATH}," in tier.ok("enter_detach")
     assert tier.result("after_detach")["id"] == "0483:5740"
     chip = VirtualChip(devices.find("F407"), image_path=tier.out / "after_detach.img")
     assert chip.read(chip.device.flash_start, len(tier.fw["fw_app2"])) == tier.fw["fw_app2"]
