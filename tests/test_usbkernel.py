@@ -180,6 +180,12 @@ def firmware(size: int, seed: int, app_for: str | None = None) -> bytes:
     return bytes(data)
 
 
+def checkout_env() -> dict[str, str]:
+    """The environment for the servers: this checkout's stmflash first on the path."""
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH", "")]))
+    return {**os.environ, "PYTHONPATH": path}
+
+
 def app_image(path: Path) -> Path:
     """An F407 image whose flash holds a valid vector table: the chip runs its application."""
     chip = VirtualChip(devices.find("F407"), image_path=path)
@@ -189,7 +195,8 @@ def app_image(path: Path) -> Path:
 
 
 def free_port_server(argv: list[str], log: Path) -> tuple[subprocess.Popen, int]:
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=open(log.with_suffix(".stderr"), "w"), cwd=REPO)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=open(log.with_suffix(".stderr"), "w"), cwd=REPO,
+                            env=checkout_env())
     assert proc.stdout is not None
     line = proc.stdout.readline().decode().strip()
     if not line:
@@ -253,7 +260,7 @@ def tier(tmp_path_factory: pytest.TempPathFactory) -> Tier:
     netdev = (f"user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:3240-cmd:{relay},"
               f"guestfwd=tcp:10.0.2.101:3240-cmd:{stdio}")
     append = (f"console=ttyS0 loglevel=3 panic=-1 stmflash.out={out} stmflash.py={py} "
-              f"stmflash.guest={GUEST_DIR / 'guest.py'}")
+              f"stmflash.guest={GUEST_DIR / 'guest.py'} stmflash.src={REPO}")
     qemu = ["timeout", str(BOOT_TIMEOUT_S), "qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-m", "1024",
             "-smp", "1", "-display", "none", "-monitor", "none", "-serial", f"file:{out / 'console.log'}",
             "-no-reboot", "-kernel", str(root / "boot" / f"vmlinuz-{ver}"),
@@ -263,7 +270,7 @@ def tier(tmp_path_factory: pytest.TempPathFactory) -> Tier:
             "-virtfs", f"local,path={out},mount_tag=out,security_model=none,multidevs=remap"]
     try:
         subprocess.run(qemu, stdin=subprocess.DEVNULL, stdout=open(out / "qemu.log", "w"),
-                       stderr=subprocess.STDOUT, timeout=BOOT_TIMEOUT_S + 20, cwd=out)
+                       stderr=subprocess.STDOUT, timeout=BOOT_TIMEOUT_S + 20, cwd=out, env=checkout_env())
     finally:
         server.terminate()
         try:
