@@ -8,6 +8,7 @@ as the ROM's 0483:df11 on the same port path.
 from __future__ import annotations
 
 import os
+import re
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -217,3 +218,16 @@ def test_uart_detach_strategy_sends_dfu_detach(tmp_path: Path, monkeypatch: pyte
     (strategy,) = parse_entry("detach:1-1")
     strategy.enter(object())  # the serial port is not involved: the request goes over USB
     assert chip.mode == "bootloader" and chip.usb_app.detaches == 1
+
+
+def test_list_shows_the_application_runtime_interface(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    use_sim(monkeypatch, f"F407={image_with_app(tmp_path)};app=1;port=2-3")
+    code, out, _err = cli(["list", "--json"], capsys)
+    assert code == 0
+    assert json.loads(out)["dfu_runtime"] == [{"vid": "0483", "pid": "5740", "path": "2-3", "interface": 2,
+                                               "will_detach": True, "detach_timeout_ms": 1000}]
+    code, out, _err = cli(["list"], capsys)
+    assert code == 0 and re.search(r"^  2-3 +0483:5740 interface 2$", out, re.M), out

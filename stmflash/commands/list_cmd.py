@@ -1,5 +1,8 @@
 """``stmflash list``: the serial ports and DFU devices a board could be on.
 
+Besides ROMs in DFU mode it lists applications with a DFU 1.1 runtime interface (FE/01/01):
+boards that ``stmflash dfu --enter detach`` can bring into their ROM.
+
 Both lists show the USB port path (``location``), because on a production line with
 identical adapters and ROMs that report the same serial, the physical port is the only
 stable way to name a board.
@@ -42,14 +45,31 @@ def _dfu_devices() -> tuple[list[dict[str, Any]], str | None]:
     return [d.to_dict() for d in found], None
 
 
+def _dfu_runtime() -> list[dict[str, Any]]:
+    import usb.core
+
+    from stmflash.trigger.host import find_runtime_dfu, usb_backend
+    from stmflash.trigger.wait import usb_path
+
+    try:
+        found = find_runtime_dfu(usb_backend())
+    except (usb.core.USBError, usb.core.NoBackendError, OSError):
+        return []  # the DFU list above already says why the bus cannot be read
+    return [{"vid": f"{rt.device.idVendor:04x}", "pid": f"{rt.device.idProduct:04x}",
+             "path": usb_path(getattr(rt.device, "bus", None), getattr(rt.device, "port_numbers", None)),
+             "interface": rt.interface, "will_detach": rt.will_detach,
+             "detach_timeout_ms": rt.detach_timeout_ms} for rt in found]
+
+
 @click.command("list", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--json", "json_", is_flag=True, help="One JSON object on stdout.")
 def list_(json_: bool) -> None:
     """List serial ports and USB DFU devices (with their USB port paths)."""
     ports = _serial_ports()
     dfu, problem = _dfu_devices()
+    runtime = _dfu_runtime() if not problem else []
     if json_:
-        obj: dict[str, Any] = {"serial_ports": ports, "dfu_devices": dfu}
+        obj: dict[str, Any] = {"serial_ports": ports, "dfu_devices": dfu, "dfu_runtime": runtime}
         if problem:
             obj["dfu_error"] = problem
         click.echo(json.dumps(obj))
@@ -80,6 +100,11 @@ def list_(json_: bool) -> None:
             f"bcdDevice {d['bcd_device']}" + (" [virtual]" if d["virtual"] else "")
         )
         click.echo(f"             alts: {alts}")
+    if runtime:
+        click.echo("Applications with a DFU runtime interface (stmflash dfu --enter detach):")
+    for r in runtime:
+        click.echo(f"  {r['path'] or '?':<10} {r['vid']}:{r['pid']} interface {r['interface']}"
+                   + ("" if r["will_detach"] else " (needs a USB reset after DETACH)"))
 
 
 __all__ = ["list_"]

@@ -1,5 +1,8 @@
 """``stmflash sim``: run a virtual STM32 that other programs can talk to.
 
+``sim usbip`` exports virtual USB chips to a Linux USB stack over USB/IP
+(:mod:`stmflash.sim.usbip`).
+
 ``sim uart`` serves the AN3155 ROM bootloader on a pseudo-terminal: its path is the first
 line of stdout so scripts can read it and hand it to any flasher (stm32flash, stm32loader,
 stmflash). The image file keeps flash, option bytes and OTP across runs.
@@ -96,7 +99,7 @@ def usb(spec: str, command: tuple[str, ...]) -> None:
 
     \b
     SPEC is a STMFLASH_USB_SIM value: DEVICE[=IMAGEFILE][;key=value...], comma separated
-    (keys: timing, scale, port, seed, rdp, fault; see the README).
+    (keys: timing, scale, port, seed, rdp, fault, app, adapter; see the README).
     Without COMMAND: print each device's descriptors as the ROM presents them.
     With COMMAND: run it with STMFLASH_USB_SIM=SPEC (the chips live in that process).
 
@@ -138,3 +141,84 @@ def usb(spec: str, command: tuple[str, ...]) -> None:
                    f"wTransferSize {info.transfer_size}  bmAttributes 0x{info.attributes:02X}")
         for a in info.alts:
             click.echo(f"  alt {a.alt}: {a.layout.text}")
+
+
+@sim.command("usbip")
+@click.argument("spec")
+@click.option("--listen", "listen", default="127.0.0.1:3240", show_default=True, metavar="HOST:PORT",
+              help="Address to serve USB/IP on (port 0: any free port; the first stdout line says which).")
+@click.option("--stdio", is_flag=True, help="Serve one connection on stdin/stdout, then exit "
+              "(for QEMU's guestfwd=...-cmd: or inetd-style launchers).")
+@click.option("--log", "log_path", type=click.Path(dir_okay=False), default=None,
+              help="Append a log of imports, class requests, unlinks and disconnects to this file.")
+@click.option("--allow-remote", is_flag=True,
+              help="Allow a non-loopback --listen address. USB/IP has no authentication: anyone "
+              "who reaches the port can attach the device. Never use it on a public address.")
+def usbip(spec: str, listen: str, stdio: bool, log_path: str | None, allow_remote: bool) -> None:
+    """Export virtual STM32s over USB/IP (v1.1.1) to a Linux USB stack.
+
+    \b
+    SPEC is a STMFLASH_USB_SIM value (e.g. "F407=f4.img;app=1,H743=h7.img"); the N-th
+    chip has bus ID 1-N (or its port= option). On the Linux side (root):
+      modprobe vhci-hcd
+      usbip attach -r 127.0.0.1 -b 1-1
+    then dfu-util, stmflash dfu or /dev/ttyACM* (app=1) reach the virtual chip through
+    the real kernel. Serves until Ctrl-C or SIGTERM; image files are saved as the chips
+    leave the bus and at exit. Loopback only unless --allow-remote.
+    """
+    import signal
+    import socket
+    import sys
+
+    from stmflash.errors import UsageError
+    from stmflash.sim.usb_backend import bus_from_spec
+    from stmflash.sim.usbip import UsbipServer, check_listen_address, stdio_conn
+
+    host, sep, port_s = listen.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port_s.isdigit() or int(port_s) > 65535:
+        raise UsageError(f"--listen {listen!r}: expected HOST:PORT (e.g. 127.0.0.1:3240)")
+    if not stdio and not check_listen_address(host):
+        if not allow_remote:
+            raise UsageError(f"--listen {listen}: not a loopback address; USB/IP has no authentication, "
+                             "so stmflash serves loopback only (--allow-remote overrides, never on a "
+                             "public address)")
+        click.echo(f"WARNING: serving unauthenticated USB/IP on {listen}: anyone who reaches it "
+                   "can attach and reprogram the virtual chips", err=True)
+    bus = bus_from_spec(spec)
+    log_file = open(log_path, "a", buffering=1, encoding="utf-8") if log_path else None
+
+    def log(text: str) -> None:
+        if log_file is not None:
+            log_file.write(text + "\n")
+
+    server = UsbipServer(bus, log)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    exports = ", ".join(f"{d.path} {d.chip.device.short_name}" for d in bus.snapshot())
+    try:
+        if stdio:
+            log(f"stdio connection; exporting {exports}")
+            server.serve_connection(stdio_conn())
+            return
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        try:
+            listener = socket.create_server((host, int(port_s)), family=family)
+        except OSError as exc:
+            raise UsageError(f"--listen {listen}: {exc.strerror or exc}") from None
+        addr = listener.getsockname()
+        click.echo(f"{addr[0]}:{addr[1]}")
+        sys.stdout.flush()
+        click.echo(f"USB/IP server on {addr[0]}:{addr[1]} exporting {exports}; attach with "
+                   f"`usbip attach -r {addr[0]} -b {bus.snapshot()[0].path}`; Ctrl-C to stop", err=True)
+        log(f"listening on {addr[0]}:{addr[1]}; exporting {exports}")
+        try:
+            server.serve_forever(listener)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            listener.close()
+    finally:
+        bus.save_all()
+        log("stopped")
+        if log_file is not None:
+            log_file.close()

@@ -1,6 +1,7 @@
 """The virtual STM32: one memory model behind the AN3155 (UART) and DfuSe (USB) ROM
 front-ends, with a timing model and seeded faults, reachable through a pseudo-terminal
-(``stmflash sim uart``) or in-process as the pyserial URL ``sim://DEVICE?...``.
+(``stmflash sim uart``), in-process as the pyserial URL ``sim://DEVICE?...``, or to a real
+Linux USB stack over USB/IP (``stmflash sim usbip``, :mod:`stmflash.sim.usbip`).
 
 Library use (tests)::
 

@@ -24,8 +24,10 @@ Transport-free like :class:`~stmflash.sim.an3155.An3155Rom` (``feed``/``take_out
 from __future__ import annotations
 
 import struct
+import time
 from typing import Any
 
+from stmflash.sim.cdc import CdcAcmFace, UsbStall
 from stmflash.sim.chip import AccessError, VirtualChip
 from stmflash.trigger.frame import DEFAULT_APP_BAUD, Matcher, encode_ack
 
@@ -34,10 +36,7 @@ APP_VID_PID = (0x0483, 0x5740)  # ST's virtual COM port: what CubeMX CDC applica
 DETACH_TIMEOUT_MS = 1000
 BITS_PER_APP_BYTE = 10  # 8N1
 
-# USB requests the application answers
-CDC_SET_LINE_CODING = 0x20
-CDC_GET_LINE_CODING = 0x21
-CDC_SET_CONTROL_LINE_STATE = 0x22
+# DFU runtime requests the application answers (the CDC ones: stmflash.sim.cdc)
 DFU_DETACH, DFU_GETSTATUS, DFU_GETSTATE = 0x00, 0x03, 0x05
 APP_IDLE, APP_DETACH = 0, 1
 
@@ -219,16 +218,16 @@ class VirtualApp:
         return sum(len(d) for _, d in self._out)
 
 
-class UsbStall(Exception):
-    """The application STALLs this request (the USB backend turns it into EPIPE)."""
-
-
-class UsbApp:
+class UsbApp(CdcAcmFace):
     """The application's USB face: CDC-ACM (ST VCP) plus a DFU 1.1 runtime interface.
 
-    Interfaces: 0 CDC communication (02/02/01), 1 CDC data (0A/00/00), 2 DFU runtime
-    (FE/01/01, functional descriptor after it). Endpoints are not modelled (no data
-    flows on the virtual bus; only the control requests that matter for entry do):
+    Interfaces: 0 CDC communication (02/02/01, notification endpoint 0x82), 1 CDC data
+    (0A/00/00, bulk 0x01 OUT / 0x81 IN: the application's console), 2 DFU runtime
+    (FE/01/01, functional descriptor after it), laid out like a CubeMX CDC device (IAD,
+    CDC functional descriptors: :class:`stmflash.sim.cdc.CdcAcmFace`), so the Linux
+    ``cdc_acm`` driver binds it as it binds a board. Bytes written to the data endpoint
+    reach the application only at its own line settings (SET_LINE_CODING), as on a UART
+    bridge; the control requests that matter for entry:
 
     * the 1200-baud touch: SET_LINE_CODING 1200 then SET_CONTROL_LINE_STATE with DTR=0;
     * DFU_DETACH: with bitWillDetach the application reboots into the ROM at once;
@@ -238,21 +237,19 @@ class UsbApp:
     port; after the ROM's "leave" (or a reset) the application enumerates again.
     """
 
-    INTERFACES = (
-        (0x02, 0x02, 0x01, "CDC Control"),
-        (0x0A, 0x00, 0x00, "CDC Data"),
-        (0xFE, 0x01, 0x01, "DFU runtime (stmflash companion)"),
-    )
-    S_MANUFACTURER, S_PRODUCT, S_SERIAL, S_CONFIG, S_INTF0 = 1, 2, 3, 4, 5
+    INTERFACES = (*CdcAcmFace.INTERFACES, (0xFE, 0x01, 0x01, "DFU runtime (stmflash companion)"))
+    ENDPOINTS = (*CdcAcmFace.ENDPOINTS, ())
+    DEVICE_CLASS = (0xEF, 0x02, 0x01)  # miscellaneous / IAD
+    IAD = True
 
     def __init__(self, app: VirtualApp, *, vid_pid: tuple[int, int] = APP_VID_PID,
                  will_detach: bool = True, detach_timeout_ms: int = DETACH_TIMEOUT_MS) -> None:
+        super().__init__()
         self.app = app
         self.vid, self.pid = vid_pid
         self.will_detach = will_detach
         self.detach_timeout_ms = detach_timeout_ms
         self.line_coding = struct.pack("<IBBB", DEFAULT_APP_BAUD, 0, 0, 8)
-        self.dtr = self.rts = False
         self.dfu_state = APP_IDLE
         self.touches = 0
         self.detaches = 0
@@ -264,14 +261,13 @@ class UsbApp:
         self.dfu_state = APP_IDLE
         self.line_coding = struct.pack("<IBBB", DEFAULT_APP_BAUD, 0, 0, 8)
 
-    @property
-    def baud(self) -> int:
-        return struct.unpack_from("<I", self.line_coding)[0]
-
     # ---- descriptors ------------------------------------------------------------------------
     def functional_descriptor(self) -> bytes:
         attrs = 0x03 | (0x08 if self.will_detach else 0)  # download, upload, (will detach)
         return struct.pack("<BBBHHH", 9, 0x21, attrs, self.detach_timeout_ms, 2048, 0x011A)
+
+    def extra_descriptor(self, intf: int) -> bytes:
+        return self.functional_descriptor() if self.INTERFACES[intf][0] == 0xFE else b""
 
     def strings(self, serial: str) -> dict[int, str]:
         out = {
@@ -284,70 +280,29 @@ class UsbApp:
             out[self.S_INTF0 + i] = name
         return out
 
-    def device_fields(self) -> dict[str, int]:
-        return {
-            "bLength": 18, "bDescriptorType": 1, "bcdUSB": 0x0200, "bDeviceClass": 0xEF,
-            "bDeviceSubClass": 0x02, "bDeviceProtocol": 0x01, "bMaxPacketSize0": 64,
-            "idVendor": self.vid, "idProduct": self.pid, "bcdDevice": 0x0200,
-            "iManufacturer": self.S_MANUFACTURER, "iProduct": self.S_PRODUCT,
-            "iSerialNumber": self.S_SERIAL, "bNumConfigurations": 1,
-        }
+    # ---- data: the application's console -------------------------------------------------------
+    def receive(self, data: bytes) -> None:
+        baud, _bits, parity, _stop = self.line()
+        self.app.line_settings(baud, parity)
+        self.app.feed(data, time.perf_counter())
 
-    def config_fields(self) -> dict[str, Any]:
-        return {
-            "bLength": 9, "bDescriptorType": 2, "wTotalLength": len(self.config_blob()),
-            "bNumInterfaces": len(self.INTERFACES), "bConfigurationValue": 1,
-            "iConfiguration": self.S_CONFIG, "bmAttributes": 0x80, "bMaxPower": 50,
-            "extra_descriptors": [],
-        }
-
-    def interface_fields(self, intf: int, alt: int) -> dict[str, Any]:
-        if alt != 0 or not 0 <= intf < len(self.INTERFACES):
-            raise IndexError(f"no interface {intf} alt {alt}")
-        cls, sub, proto, _ = self.INTERFACES[intf]
-        extra = list(self.functional_descriptor()) if cls == 0xFE else []
-        return {
-            "bLength": 9, "bDescriptorType": 4, "bInterfaceNumber": intf, "bAlternateSetting": 0,
-            "bNumEndpoints": 0, "bInterfaceClass": cls, "bInterfaceSubClass": sub,
-            "bInterfaceProtocol": proto, "iInterface": self.S_INTF0 + intf,
-            "extra_descriptors": extra,
-        }
-
-    def device_blob(self) -> bytes:
-        d = self.device_fields()
-        return struct.pack(
-            "<BBHBBBBHHHBBBB", 18, 1, d["bcdUSB"], d["bDeviceClass"], d["bDeviceSubClass"],
-            d["bDeviceProtocol"], 64, self.vid, self.pid, d["bcdDevice"], self.S_MANUFACTURER,
-            self.S_PRODUCT, self.S_SERIAL, 1,
-        )
-
-    def config_blob(self) -> bytes:
-        body = b""
-        for i, (cls, sub, proto, _) in enumerate(self.INTERFACES):
-            body += struct.pack("<BBBBBBBBB", 9, 4, i, 0, 0, cls, sub, proto, self.S_INTF0 + i)
-            if cls == 0xFE:
-                body += self.functional_descriptor()
-        head = struct.pack("<BBHBBBBB", 9, 2, 9 + len(body), len(self.INTERFACES), 1,
-                           self.S_CONFIG, 0x80, 50)
-        return head + body
+    def transmit(self) -> bytes:
+        baud, _bits, parity, _stop = self.line()
+        self.app.line_settings(baud, parity)
+        return self.app.take_output(time.perf_counter())
 
     # ---- class requests -----------------------------------------------------------------------
+    def control_lines(self, old: tuple[bool, bool], new: tuple[bool, bool]) -> None:
+        if self.baud == 1200 and not self.dtr:
+            self.touches += 1
+            self.app.request_bootloader()  # the 1200-baud touch
+
     def control(self, rtype: int, req: int, value: int, index: int, data: bytes | None,
                 length: int) -> bytes | int:
         """One class request; bytes for IN requests, the count for OUT ones."""
-        if rtype == 0x21 and index == 0 and req == CDC_SET_LINE_CODING:
-            if data is None or len(data) < 7:
-                raise UsbStall("short line coding")
-            self.line_coding = bytes(data[:7])
-            return len(data)
-        if rtype == 0xA1 and index == 0 and req == CDC_GET_LINE_CODING:
-            return self.line_coding[:length]
-        if rtype == 0x21 and index == 0 and req == CDC_SET_CONTROL_LINE_STATE:
-            self.dtr, self.rts = bool(value & 1), bool(value & 2)
-            if self.baud == 1200 and not self.dtr:
-                self.touches += 1
-                self.app.request_bootloader()  # the 1200-baud touch
-            return 0
+        out = self.cdc_request(rtype, req, value, index, data, length)
+        if out is not None:
+            return out
         if index == 2 and rtype == 0x21 and req == DFU_DETACH:
             self.detaches += 1
             if self.will_detach:

@@ -86,6 +86,9 @@ class DfuseRom:
         self.layouts: list[AltLayout] = self.facts.layouts()
         self.quirks = self.facts.quirks
         self.transfer_size = self.facts.transfer_size
+        # what the functional descriptor announces; differs only for the ``wtransfersize``
+        # fault (a broken ROM, so a test can show that a wrong descriptor byte is caught)
+        self.announced_transfer_size = self.transfer_size
         self.scale = scale if scale > 0 else 1.0
         self.clock = clock
         self.quirk_hits: dict[str, int] = {}  # how often each quirk showed (tests check it)
@@ -106,7 +109,7 @@ class DfuseRom:
 
     def functional_descriptor(self) -> bytes:
         # bmAttributes 0x0B: WillDetach | CanUpload | CanDnload, not manifestation tolerant
-        return struct.pack("<BBBHHH", 9, 0x21, 0x0B, 255, self.transfer_size, 0x011A)
+        return struct.pack("<BBBHHH", 9, 0x21, 0x0B, 255, self.announced_transfer_size, 0x011A)
 
     # ---- state ------------------------------------------------------------------------------
     def reset_state(self) -> None:

@@ -23,11 +23,17 @@ app            ``1``: the chip runs its flash application when the flash holds a
                table and enumerates as a CDC-ACM device 0483:5740 with a DFU runtime interface
                (:mod:`stmflash.sim.app`); a 1200-baud touch or DFU_DETACH brings up the ROM
                (0483:df11) on the same port. ``nodetach``: bitWillDetach clear (USB reset needed)
+adapter        ``1``: not the DFU ROM but a USB-serial adapter (CDC-ACM, 1209:0001) wired to
+               the chip's USART bootloader (AN3155, 8E1) (:mod:`stmflash.sim.cdc`);
+               ``pins``: with DTR driving NRST and RTS driving BOOT0
 fault          ``+``-separated items: ``stall@N``, ``timeout@N``, ``disconnect@N`` act once on
                the N-th DFU class request (1-based); ``stall@dnload:N`` counts only DNLOAD
                (also ``upload``, ``getstatus``); ``stall=P`` (``timeout=P``,
                ``disconnect=P``) hits each request with probability P (seeded); other
-               items go to the chip's fault plan (e.g. ``power_loss=after:4096``)
+               items go to the chip's fault plan (e.g. ``power_loss=after:4096``).
+               ``wtransfersize=N``: a *broken* ROM whose DFU functional descriptor
+               announces N while it still takes at most its real transfer size (the
+               kernel tier's test of the test: dfu-util must fail on it)
 =============  ==========================================================================
 
 Flash persists in IMAGEFILE (the simulator image format of :mod:`stmflash.sim.chip`),
@@ -79,6 +85,7 @@ S_MANUFACTURER, S_PRODUCT, S_SERIAL, S_CONFIG, S_ALT0 = 1, 2, 3, 4, 5
 USB_FAULT_KINDS = ("stall", "timeout", "disconnect")
 _FAULT_RE = re.compile(r"^(stall|timeout|disconnect)@(?:(dnload|upload|getstatus):)?(\d+)$")
 _FAULT_P_RE = re.compile(r"^(stall|timeout|disconnect)=(0(?:\.\d+)?|1(?:\.0*)?|\.\d+)$")
+_FAULT_TS_RE = re.compile(r"^wtransfersize=(\d+)$", re.IGNORECASE)
 
 
 def control_cost(nbytes: int) -> float:
@@ -123,14 +130,23 @@ class SimEntry:
     usb_faults: list[UsbFault] = field(default_factory=list)
     chip_faults: str = ""
     app: str | None = None  # run the flash application (stmflash.sim.app): "1" or "nodetach"
+    adapter: str | None = None  # a USB-serial adapter on the UART bootloader: "1" or "pins"
+    announced_transfer_size: int | None = None  # fault wtransfersize=N (a lying descriptor)
 
 
-def parse_fault_items(text: str) -> tuple[list[UsbFault], str]:
+def parse_fault_items(text: str, entry: SimEntry | None = None) -> tuple[list[UsbFault], str]:
     usb_faults: list[UsbFault] = []
     rest: list[str] = []
     for item in re.split(r"[+|]", text):
         item = item.strip()
         if not item:
+            continue
+        ts = _FAULT_TS_RE.match(item)
+        if ts and entry is not None:
+            size = int(ts.group(1))
+            if not 1 <= size <= 0xFFFF:
+                raise UsageError(f"bad USB fault {item!r} (wTransferSize is 1..65535)")
+            entry.announced_transfer_size = size
             continue
         m = _FAULT_RE.match(item)
         mp = _FAULT_P_RE.match(item)
@@ -187,13 +203,17 @@ def parse_spec(text: str) -> list[SimEntry]:
                     if value.lower() not in ("0", "1", "yes", "no", "true", "false", "on", "off", "nodetach"):
                         raise ValueError
                     entry.app = value.lower()
+                elif key == "adapter":
+                    if value.lower() not in ("1", "pins"):
+                        raise ValueError
+                    entry.adapter = value.lower()
                 elif key in ("fault", "faults"):
-                    uf, cf = parse_fault_items(value)
+                    uf, cf = parse_fault_items(value, entry)
                     entry.usb_faults += uf
                     entry.chip_faults = ",".join(x for x in (entry.chip_faults, cf) if x)
                 else:
                     raise UsageError(
-                        f"STMFLASH_USB_SIM: unknown option {key!r} (timing, scale, port, seed, rdp, fault, app)"
+                        f"STMFLASH_USB_SIM: unknown option {key!r} (timing, scale, port, seed, rdp, fault, app, adapter)"
                     )
             except ValueError:
                 raise UsageError(f"STMFLASH_USB_SIM: bad value in {opt.strip()!r}") from None
@@ -231,14 +251,21 @@ class VirtualUsbDevice:
         self.scale = scale
 
     def persona(self) -> Any:
-        """The application's USB face while the chip runs it (:mod:`stmflash.sim.app`)."""
+        """The face other than the DFU ROM: a USB-serial adapter on the chip's UART
+        (:mod:`stmflash.sim.cdc`, whatever the chip does), or the application's USB face
+        while the chip runs it (:mod:`stmflash.sim.app`)."""
+        adapter = getattr(self.chip, "usb_adapter", None)
+        if adapter is not None:
+            return adapter
         app = getattr(self.chip, "usb_app", None)
         return app if app is not None and self.chip.mode == "app" else None
 
     def shows(self) -> bool:
         """On the bus in the current mode: the ROM (unreachable at RDP level 2, AN2606), or
-        an application with a USB face."""
+        an application with a USB face; an adapter is powered by USB and always shows."""
         chip = self.chip
+        if getattr(chip, "usb_adapter", None) is not None:
+            return True
         rom = chip.mode == "bootloader" and chip.rdp_level < 2
         return chip.powered and (rom or self.persona() is not None)
 
@@ -254,6 +281,8 @@ class VirtualUsbDevice:
         board's enumeration.
         """
         chip = self.chip
+        if getattr(chip, "usb_adapter", None) is not None:
+            return  # the bridge stays on the bus while the chip behind it resets
         if chip.reset_count != self.seen_resets or chip.mode != self.seen_mode:
             self.seen_resets = chip.reset_count
             self.seen_mode = chip.mode
@@ -382,6 +411,70 @@ class VirtualUsbDevice:
             return self.rom.functional_descriptor()
         raise _stall()
 
+    # ---- standard requests and endpoints (USB 2.0 §9.4) ---------------------------------
+    def set_interface(self, intf: int, alt: int) -> None:
+        """SET_INTERFACE: the ROM selects the memory of that alternate setting."""
+        persona = self.persona()
+        if persona is not None:
+            if alt != 0 or not 0 <= intf < persona.n_interfaces():
+                raise _stall()
+            return
+        if intf != 0:
+            raise _stall()
+        try:
+            self.rom.set_alt(alt)
+        except SimStall:
+            raise _stall() from None
+
+    def standard_request(self, rtype: int, req: int, value: int, index: int) -> bytes:
+        """The chapter 9 requests other than GET_DESCRIPTOR; IN data (or b"" for OUT)."""
+        if req == 0 and rtype & 0x80:  # GET_STATUS: self-powered 0, no remote wakeup
+            return b"\x00\x00"
+        if req == 8 and rtype == 0x80:  # GET_CONFIGURATION
+            return b"\x01"
+        if req == 10 and rtype == 0x81:  # GET_INTERFACE
+            return bytes([self.rom.alt if self.persona() is None else 0])
+        if req == 11 and rtype == 0x01:  # SET_INTERFACE
+            self.set_interface(index, value)
+            return b""
+        if req == 9 and rtype == 0x00:  # SET_CONFIGURATION
+            if value not in (0, 1):
+                raise _stall()
+            persona = self.persona()
+            if persona is not None:
+                persona.configured()
+            return b""
+        if req in (1, 3) and rtype in (0x00, 0x01, 0x02):  # CLEAR_FEATURE / SET_FEATURE
+            return b""
+        raise _stall()
+
+    def endpoints(self) -> dict[int, tuple[str, int]]:
+        """``{address: (type, wMaxPacketSize)}`` of the current face (the ROM has none)."""
+        persona = self.persona()
+        return persona.endpoints() if persona is not None else {}
+
+    def endpoint_out(self, generation: int, ep: int, data: bytes) -> None:
+        """Bulk/interrupt OUT data to endpoint ``ep`` (address without the direction bit)."""
+        with self.lock:
+            if generation != self.generation or not self.attached:
+                raise _enodev()
+            if ep not in self.endpoints():
+                raise _stall()
+            try:
+                self.persona().endpoint_out(ep, data)
+            finally:
+                self.sync()
+                self.save_if_dropped()
+
+    def endpoint_in(self, generation: int, ep: int, maxlen: int) -> bytes | None:
+        """Bulk/interrupt IN: the bytes ready, or None while the endpoint NAKs."""
+        with self.lock:
+            if generation != self.generation or not self.attached:
+                raise _enodev()
+            if ep | 0x80 not in self.endpoints():
+                raise _stall()
+            return self.persona().endpoint_in(ep | 0x80, maxlen)
+
     # ---- transfers -------------------------------------------------------------------------
     def _fault(self, req: int) -> str | None:
         self.requests += 1
@@ -414,14 +507,13 @@ class VirtualUsbDevice:
                     raw = self.raw_descriptor(value >> 8, value & 0xFF, index)[:nbytes]
                     data[: len(raw)] = array("B", raw)
                     return len(raw)
-                if rtype in (0x00, 0x01, 0x80, 0x81):  # other standard requests
-                    if is_in:
-                        data[:1] = array("B", [1 if req == 8 else 0])
-                        return min(1, nbytes)
-                    return 0
+                if rtype in (0x00, 0x01, 0x02, 0x80, 0x81, 0x82):  # other standard requests
+                    raw = self.standard_request(rtype, req, value, index)[:nbytes]
+                    data[: len(raw)] = array("B", raw)
+                    return len(raw) if is_in else 0
                 persona = self.persona()
                 if persona is not None:  # the application's CDC / DFU runtime requests
-                    from stmflash.sim.app import UsbStall
+                    from stmflash.sim.cdc import UsbStall
 
                     try:
                         out = persona.control(rtype, req, value, index, None if is_in else bytes(data), nbytes)
@@ -510,8 +602,11 @@ class VirtualUsbBackend(usb.backend.IBackend):
             raise IndexError(f"no configuration {config}")
         return dev.interface_descriptor(intf, alt)
 
-    def get_endpoint_descriptor(self, dev: Any, ep: int, intf: int, alt: int, config: int) -> Any:
-        raise IndexError("DFU devices have no endpoints")
+    def get_endpoint_descriptor(self, dev: VirtualUsbDevice, ep: int, intf: int, alt: int, config: int) -> Any:
+        persona = dev.persona()
+        if persona is None:
+            raise IndexError("DFU devices have no endpoints")
+        return SimpleNamespace(**persona.endpoint_fields(intf, alt, ep))
 
     def open_device(self, dev: VirtualUsbDevice) -> _Handle:
         if not dev.attached:
@@ -546,10 +641,7 @@ class VirtualUsbBackend(usb.backend.IBackend):
     def set_interface_altsetting(self, handle: _Handle, intf: int, altsetting: int) -> None:
         dev = self._check(handle)
         with dev.lock:
-            try:
-                dev.rom.set_alt(altsetting)
-            except SimStall:
-                raise _stall() from None
+            dev.set_interface(intf, altsetting)
             if dev.realistic:
                 time.sleep(control_cost(0) / dev.scale)
 
@@ -636,7 +728,7 @@ def bus_from_spec(text: str) -> VirtualBus:
             device = find(entry.device)
         except KeyError as exc:
             raise UsageError(f"STMFLASH_USB_SIM: {exc.args[0]}") from None
-        if "dfu" not in device.interfaces and not device.dfu:
+        if entry.adapter is None and "dfu" not in device.interfaces and not device.dfu:
             raise UsageError(f"STMFLASH_USB_SIM: {device.name} has no USB DFU bootloader")
         chip = VirtualChip(device, image_path=entry.image, timing=entry.timing,
                            faults=entry.chip_faults or None, seed=entry.seed)
@@ -645,10 +737,19 @@ def bus_from_spec(text: str) -> VirtualBus:
         if chip.image_path is not None and not chip.image_path.exists():
             chip.save()  # created at once, so the file always shows the chip's state
         if entry.app is not None:
-            from stmflash.sim.app import install_usb
+            from stmflash.sim.app import install, install_usb
 
-            install_usb(chip, {"app": entry.app})
-        bus.attach(chip, port=entry.port, scale=entry.scale, usb_faults=entry.usb_faults)
+            if entry.adapter is not None:
+                install(chip, {"app": entry.app})  # its console is the adapter's UART
+            else:
+                install_usb(chip, {"app": entry.app})
+        if entry.adapter is not None:
+            from stmflash.sim.cdc import install_adapter
+
+            install_adapter(chip, entry.adapter)
+        dev = bus.attach(chip, port=entry.port, scale=entry.scale, usb_faults=entry.usb_faults)
+        if entry.announced_transfer_size is not None:
+            dev.rom.announced_transfer_size = entry.announced_transfer_size
     return bus
 
 
