@@ -50,7 +50,7 @@ from stmflash import option_bytes as obl
 from stmflash.devices import Device, EraseUnit, Region
 from stmflash.errors import StmflashError, UsageError
 from stmflash.sim.faults import FaultPlan
-from stmflash.sim.timing import TimingModel
+from stmflash.sim.timing import SimStats, TimingModel, resolve_latency_ms
 
 IMAGE_FORMAT = "stmflash-sim"
 IMAGE_VERSION = 2
@@ -95,7 +95,8 @@ class VirtualChip:
         faults: FaultPlan | str | None = None,
         seed: int = 0,
         baud: int = 115200,
-        latency_ms: float = 1.0,
+        latency_ms: float | None = None,
+        adapter: str | None = None,
         rdp_double_nack: bool | None = None,
     ) -> None:
         self.device = device
@@ -107,8 +108,11 @@ class VirtualChip:
         self.timing = (
             timing
             if isinstance(timing, TimingModel)
-            else TimingModel(device, timing, baud=baud, latency_ms=latency_ms)
+            else TimingModel(device, timing, baud=baud, latency_ms=resolve_latency_ms(adapter, latency_ms))
         )
+        # The simulator's own cost (CPU, answers late on their modelled deadline): every
+        # front-end of this chip adds to it, benchmarks print it.
+        self.stats = SimStats()
         if faults is None or isinstance(faults, str):
             faults = FaultPlan.parse(faults, seed=seed)
         self.faults: FaultPlan = faults
@@ -121,6 +125,11 @@ class VirtualChip:
         self.ram: list[tuple[Region, bytearray]] = [(r, bytearray(r.size)) for r in device.ram]
         self.sysmem = bytearray(device.system_memory.size) if device.system_memory else bytearray()
         self._ob = bytearray(obl.sim_default(device))
+        # Protection decoded from the option bytes, cached: the front-ends ask for it on
+        # every received byte and every programmed unit, and it only changes when the option
+        # bytes do (every change goes through _store_option_bytes).
+        self._rdp_cache: int | None = None
+        self._wrp_cache: frozenset[int] | None = None
         self.otp = bytearray(b"\xff" * device.otp.size) if device.otp else bytearray()
         self.uid = _uid_for(device, seed, self.image_path)
 
@@ -273,15 +282,26 @@ class VirtualChip:
                 f"write of {len(data)} bytes at 0x{addr:08X} is not aligned to {align} bytes"
             )
         buf = self.flash if kind == "flash" else self.otp
+        blank = b"\xff" * align
+        protected = kind == "flash" and bool(self.wrp)
+        if not protected and self.faults.power_loss_after is None and buf[off : off + len(data)] == b"\xff" * len(data):
+            # The common case (erased, unprotected, no power-loss budget) in one slice: the
+            # simulator's CPU must not stand in for the flash's programming time.
+            buf[off : off + len(data)] = data
+            if kind == "flash":
+                self.programmed_bytes += align * sum(
+                    data[i : i + align] != blank for i in range(0, len(data), align)
+                )
+            return
         writable: list[int] = []
         for i in range(0, len(data), align):
-            if kind == "flash" and self._unit_protected(addr + i):
+            if protected and self._unit_protected(addr + i):
                 continue
             old = buf[off + i : off + i + align]
             new = data[i : i + align]
             if old == new:
                 continue
-            if old != b"\xff" * align:
+            if old != blank:
                 raise ProgramError(
                     f"0x{addr + i:08X} is not erased (programming error, nothing written)"
                 )
@@ -324,7 +344,12 @@ class VirtualChip:
             take = min(avail, len(view))
             if isinstance(buf, bytes):
                 raise AccessError(f"0x{a:08X} is a read-only register")
-            buf[off : off + take] = view[:take]
+            if kind == "ob":
+                ob = bytearray(self._ob)
+                ob[off : off + take] = view[:take]
+                self._store_option_bytes(bytes(ob))
+            else:
+                buf[off : off + take] = view[:take]
             view, a = view[take:], a + take
 
     # ---- erase --------------------------------------------------------------------------
@@ -379,18 +404,30 @@ class VirtualChip:
         was = self.rdp_level
         new = bytearray(self._ob)
         new[: len(data)] = data
-        self._ob[:] = obl.sim_normalize(self.device, bytes(new))
+        self._store_option_bytes(obl.sim_normalize(self.device, bytes(new)))
         if was >= 1 and self.rdp_level == 0:
             self._wipe()
         self.reset()
 
+    def _store_option_bytes(self, data: bytes) -> None:
+        """THE way option bytes change (every writer goes through here): store, then drop
+        the cached protection state so the next question decodes the new bytes."""
+        self._ob[:] = data
+        self._invalidate_protection()
+
+    def _invalidate_protection(self) -> None:
+        self._rdp_cache = None
+        self._wrp_cache = None
+
     @property
     def rdp_level(self) -> int:
-        return obl.sim_rdp_level(self.device, bytes(self._ob))
+        if self._rdp_cache is None:
+            self._rdp_cache = obl.sim_rdp_level(self.device, bytes(self._ob))
+        return self._rdp_cache
 
     def set_rdp(self, level: int) -> None:
         """Set the RDP level directly (fixtures; no mass erase, no reset)."""
-        self._ob[:] = obl.sim_set_rdp(self.device, bytes(self._ob), level)
+        self._store_option_bytes(obl.sim_set_rdp(self.device, bytes(self._ob), level))
 
     def readout_protect(self) -> None:
         self.set_rdp(1)
@@ -408,9 +445,11 @@ class VirtualChip:
         self.reset()
 
     @property
-    def wrp(self) -> set[int]:
-        """Indices of write-protected erase units."""
-        return obl.sim_wrp_units(self.device, bytes(self._ob))
+    def wrp(self) -> frozenset[int]:
+        """Indices of write-protected erase units (cached until the option bytes change)."""
+        if self._wrp_cache is None:
+            self._wrp_cache = frozenset(obl.sim_wrp_units(self.device, bytes(self._ob)))
+        return self._wrp_cache
 
     @property
     def wrp_groups(self) -> int:
@@ -428,7 +467,7 @@ class VirtualChip:
             if not 0 <= g < self.wrp_groups:
                 raise AccessError(f"write-protect code {g} does not exist ({self.wrp_groups} codes)")
         try:
-            self._ob[:] = obl.sim_set_codes(self.device, bytes(self._ob), gs)
+            self._store_option_bytes(obl.sim_set_codes(self.device, bytes(self._ob), gs))
         except UsageError as exc:
             raise AccessError(str(exc)) from None
         if reset:
@@ -543,7 +582,7 @@ class VirtualChip:
                 f"{len(self._ob)} (image made by another stmflash version; delete it to start afresh)"
             )
         else:
-            self._ob[:] = ob
+            self._store_option_bytes(ob)
         otp = regions.get("otp", b"")
         self.otp[: min(len(otp), len(self.otp))] = otp[: len(self.otp)]
 

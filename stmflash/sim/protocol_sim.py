@@ -10,7 +10,10 @@ a serial port accepts ``sim://F407``. Options:
 ``image``       image file (flash + option bytes + OTP persisted across opens)
 ``timing``      ``instant`` (default) or ``realistic``
 ``baud``        modelled line rate (default: the rate the port is opened with)
-``latency_ms``  adapter turnaround in realistic mode (default 1)
+``adapter``     USB-serial adapter profile for the turnaround in realistic mode: ``ch340``
+                (default) or ``cp210x`` ~1 ms, ``ftdi`` 16 ms (default latency timer),
+                ``ideal`` 0 (see :data:`stmflash.sim.timing.ADAPTERS`)
+``latency_ms``  explicit adapter turnaround in ms (overrides ``adapter``)
 ``fault``       fault spec, e.g. ``drop=0.01,stray_zero`` (see :mod:`stmflash.sim.faults`)
 ``seed``        seed for faults and the UID (default 0)
 ``app``         ``1``: the chip runs its flash application when the flash holds a valid vector
@@ -40,7 +43,7 @@ from stmflash.sim.app import with_app
 from stmflash.sim.chip import VirtualChip
 from stmflash.sim.timing import sleep_until
 
-OPTIONS = ("chip", "image", "timing", "baud", "latency_ms", "fault", "seed", "app", "app_baud", "app_key")
+OPTIONS = ("chip", "image", "timing", "baud", "adapter", "latency_ms", "fault", "seed", "app", "app_baud", "app_key")
 
 
 def parse_url(url: str) -> tuple[str, dict[str, str]]:
@@ -87,7 +90,8 @@ def chip_for_url(url: str, *, baudrate: int = 115200) -> VirtualChip:
             faults=opts.get("fault") or None,
             seed=int(opts.get("seed", "0"), 0),
             baud=int(opts.get("baud", str(baudrate)), 0),
-            latency_ms=float(opts.get("latency_ms", "1")),
+            latency_ms=float(opts["latency_ms"]) if "latency_ms" in opts else None,
+            adapter=opts.get("adapter") or None,
         )
     except ValueError as exc:
         raise SerialException(f"{url!r}: {exc}") from None
@@ -192,7 +196,18 @@ class Serial(SerialBase):
         if not self.is_open or self.rom is None:
             raise PortNotOpenError()
         payload = bytes(data)
-        self.rom.feed(payload, self._clock())
+        chip = self.chip
+        assert chip is not None
+        if chip.timing.realistic:
+            # The answer is due at (arrival + modelled time): the simulator's CPU spent
+            # feeding it runs before that deadline; what runs past it is counted as late.
+            with chip.stats.work():
+                self.rom.feed(payload, self._clock())
+            nxt = self.rom.next_output_time()
+            if nxt is not None:
+                chip.stats.deliver(nxt)
+        else:
+            self.rom.feed(payload, self._clock())
         return len(payload)
 
     def flush(self) -> None:

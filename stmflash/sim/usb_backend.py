@@ -35,7 +35,11 @@ saved when a handle closes, when the device leaves DFU mode and at exit.
 
 USB timing model (``timing=realistic``): each control transfer costs one 1 ms frame for
 its setup/status stages plus its data stage at 1 MB/s (full-speed control throughput,
-64-byte packets), i.e. ``CONTROL_FRAME_S + len/CONTROL_BYTES_PER_S``.  Erase/program
+64-byte packets), i.e. ``CONTROL_FRAME_S + len/CONTROL_BYTES_PER_S``. Each transfer is
+due at its start plus that cost (deadline based: the DfuSe front-end's CPU time, e.g.
+programming a block on the GETSTATUS that executes it, runs inside it); the chip's
+``stats`` count that CPU and any transfer that still ended late. There is no serial
+adapter on USB: the UART ``adapter`` profiles do not apply here.  Erase/program
 durations come from the chip's timing model.  A disconnect or reset takes the device off
 the bus for the rest of the operation plus ``device.startup_ms``.
 """
@@ -403,6 +407,7 @@ class VirtualUsbDevice:
             if generation != self.generation or not self.attached:
                 raise _enodev()
             t0 = time.perf_counter()
+            due = t0 + control_cost(len(data)) / self.scale  # deadline of this transfer
             is_in = bool(rtype & 0x80)
             nbytes = len(data)
             try:
@@ -442,7 +447,8 @@ class VirtualUsbDevice:
                     self.unplug()
                     raise _enodev()
                 try:
-                    out = self.rom.request(req, value, bytes(data) if not is_in else None, nbytes)
+                    with self.chip.stats.work():
+                        out = self.rom.request(req, value, bytes(data) if not is_in else None, nbytes)
                 except SimStall:
                     raise _stall() from None
                 except PowerLoss:
@@ -453,7 +459,9 @@ class VirtualUsbDevice:
                         time.sleep(timeout_ms / 1000.0)
                         raise _timeout() from None
                     sleep_until(nak.until)
-                    out = self.rom.finish_nak()
+                    due = max(due, nak.until)
+                    with self.chip.stats.work():
+                        out = self.rom.finish_nak()
                 finally:
                     self.sync()
                     self.save_if_dropped()
@@ -464,7 +472,10 @@ class VirtualUsbDevice:
                 return nbytes
             finally:
                 if self.realistic:
-                    sleep_until(t0 + control_cost(nbytes) / self.scale)
+                    # deadline-based: the simulator's CPU before ``due`` is hidden in the
+                    # modelled transfer time; what runs past it is counted as late
+                    self.chip.stats.deliver(due)
+                    sleep_until(due)
 
 
 class _Handle:
