@@ -135,7 +135,7 @@ def test_uart_bound_is_met_exactly_by_an_ideal_host(latency_ms: float, pipelined
     for n in sizes:
         host.write(F4.flash_start + off, data[off : off + n], pipelined)
         off += n
-    back = b"".join(host.read(F4.flash_start + o, n, pipelined) for o, n in zip([0, 256, 512, 768, 896], sizes))
+    back = b"".join(host.read(F4.flash_start + o, n, pipelined) for o, n in zip([0, 256, 512, 768, 896], sizes, strict=True))
     assert back == data
     use = H.UartUse(pipelined_read=pipelined, pipelined_write=pipelined, write_blocks=sizes,
                     read_blocks=sizes, startup_waits=0)

@@ -16,7 +16,13 @@ from stmflash import option_bytes as obl
 from stmflash.sim import open_serial, registry
 from stmflash.sim.an3155 import ACK, An3155Rom
 from stmflash.sim.chip import VirtualChip
-from stmflash.sim.timing import ADAPTERS, SimStats, TimingModel, adapter_latency_ms, resolve_latency_ms
+from stmflash.sim.timing import (
+    ADAPTERS,
+    SimStats,
+    TimingModel,
+    adapter_latency_ms,
+    resolve_latency_ms,
+)
 
 F1, F4, G0 = (devices.find(p) for p in ("0x410", "0x413", "0x460"))
 
