@@ -18,6 +18,7 @@ from stmflash.sim.an3155 import ACK, An3155Rom
 from stmflash.sim.chip import VirtualChip
 from stmflash.sim.timing import (
     ADAPTERS,
+    Pacer,
     SimStats,
     TimingModel,
     adapter_latency_ms,
@@ -203,7 +204,7 @@ def test_sim_stats_accounting() -> None:
 
 
 def test_realistic_sim_port_counts_its_cpu_and_answers() -> None:
-    chip = registry.register("st", VirtualChip(G0, timing="realistic", adapter="ideal", baud=921600))
+    chip = registry.register("st", VirtualChip(G0, timing="realistic", adapter="ftdi", baud=921600))
     port = open_serial("sim://G0?chip=st", timeout=1.0)
     __import__("time").sleep(G0.startup_ms / 1000 + 0.01)  # the ROM ignores 0x7F while starting
     try:
@@ -214,7 +215,23 @@ def test_realistic_sim_port_counts_its_cpu_and_answers() -> None:
     finally:
         port.close()
         registry.clear()
-    assert chip.stats.answers == 2 and chip.stats.cpu_s > 0
+    assert chip.stats.answers >= 1 and chip.stats.cpu_s > 0  # read() paced at least one answer
+
+
+def test_pacer_forgives_only_its_own_lateness() -> None:
+    s = SimStats()
+    p = Pacer(s)
+    assert p.arrival(5.0) == 5.0  # nothing sent yet: wall time
+    p.sent(due=10.0, now=10.004)  # handed over 4 ms late
+    # the host reacted 1 ms after receiving it: in modelled time 1 ms after the deadline
+    assert p.arrival(10.005) == pytest.approx(10.001)
+    # read just after it left: just after the deadline, never before it
+    assert 10.0 < p.arrival(10.0041) < 10.001
+    # bytes read before the answer left (sent ahead): their wall time
+    assert p.arrival(10.003) == 10.003
+    p.sent(due=11.0, now=10.9995)  # on time: nothing to forgive
+    assert p.arrival(11.2) == 11.2
+    assert s.answers == 2 and s.late_answers == 1 and s.late_s == pytest.approx(0.004)
 
 
 def test_virtual_usb_counts_its_transfers() -> None:

@@ -41,7 +41,7 @@ from stmflash.sim.an3155 import An3155Rom
 from stmflash.sim.app import install as app_install
 from stmflash.sim.app import with_app
 from stmflash.sim.chip import VirtualChip
-from stmflash.sim.timing import sleep_until
+from stmflash.sim.timing import Pacer, sleep_until
 
 OPTIONS = ("chip", "image", "timing", "baud", "adapter", "latency_ms", "fault", "seed", "app", "app_baud", "app_key")
 
@@ -126,6 +126,7 @@ class Serial(SerialBase):
             chip.power_on()  # reopening after a power loss = powering the board again
         self.chip = chip
         self.rom = with_app(An3155Rom(chip, now=self._clock()))
+        self.pacer = Pacer(chip.stats)
         self._reconfigure_port()
         self._rx.clear()
         self.is_open = True
@@ -188,6 +189,7 @@ class Serial(SerialBase):
                 self._pull()
                 break
             sleep_until(nxt)
+            self.pacer.sent(nxt, time.perf_counter())
         data = bytes(self._rx[:size])
         del self._rx[:size]
         return data
@@ -200,12 +202,9 @@ class Serial(SerialBase):
         assert chip is not None
         if chip.timing.realistic:
             # The answer is due at (arrival + modelled time): the simulator's CPU spent
-            # feeding it runs before that deadline; what runs past it is counted as late.
+            # feeding it runs before that deadline (read() sleeps to it, see Pacer).
             with chip.stats.work():
-                self.rom.feed(payload, self._clock())
-            nxt = self.rom.next_output_time()
-            if nxt is not None:
-                chip.stats.deliver(nxt)
+                self.rom.feed(payload, self.pacer.arrival(time.perf_counter()))
         else:
             self.rom.feed(payload, self._clock())
         return len(payload)

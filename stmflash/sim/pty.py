@@ -9,7 +9,8 @@ and paces output against absolute ``perf_counter`` deadlines in realistic mode: 
 is stamped when it is read, each answer is due at that stamp plus its modelled duration,
 and the server waits in ``select`` until just before the deadline (spinning only the last
 :data:`~stmflash.sim.timing.SPIN_S`), so its own CPU work before the deadline costs the
-host nothing. ``chip.stats`` counts its CPU and any answer that still left late; with
+host nothing; an answer handed over late does not delay the later deadlines
+(:class:`~stmflash.sim.timing.Pacer`). ``chip.stats`` counts its CPU and any answer that still left late; with
 realistic timing :func:`run_server` prints that (and the process's CPU) on stderr at exit.
 """
 
@@ -27,7 +28,7 @@ from pathlib import Path
 from stmflash.sim.an3155 import An3155Rom
 from stmflash.sim.app import tty_settings, with_app
 from stmflash.sim.chip import VirtualChip
-from stmflash.sim.timing import SPIN_S, sleep_until
+from stmflash.sim.timing import SPIN_S, Pacer, sleep_until
 
 
 class PtyServer:
@@ -51,6 +52,7 @@ class PtyServer:
             self.link.symlink_to(self.path)
         self.realistic = chip.timing.realistic
         self.rom = with_app(An3155Rom(chip, now=self._clock()))  # + the application, if any
+        self.pacer = Pacer(chip.stats)
         self._stop = False
         self.bytes_in = 0
         self.bytes_out = 0
@@ -83,7 +85,7 @@ class PtyServer:
                         self.rom.line_settings(*(tty_settings(self.slave) or (None, None)))
                     if self.realistic:
                         with self.chip.stats.work():
-                            self.rom.feed(data, self._clock())
+                            self.rom.feed(data, self.pacer.arrival(time.perf_counter()))
                     else:
                         self.rom.feed(data, self._clock())
             self._flush_output()
@@ -99,7 +101,7 @@ class PtyServer:
                 return  # not due yet: select() waits for it (and for more input)
             sleep_until(nxt)  # the short final stretch
             now = time.perf_counter()
-            self.chip.stats.deliver(nxt, now)
+            self.pacer.sent(nxt, now)
             out = self.rom.take_output(now)
         else:
             out = self.rom.take_output()

@@ -99,6 +99,35 @@ class SimStats:
                                        for k, v in self.to_dict().items())
 
 
+class Pacer:
+    """Deadline pacing of one chip's answers on one transport (pty server, ``sim://``).
+
+    The host reacts to an answer when it *receives* it. When the transport handed an
+    answer over late (the simulator was woken late on a loaded machine), the host's next
+    request is late by as much, through no fault of the host's: in the modelled time line
+    that request arrived that much earlier. :meth:`arrival` gives the modelled arrival of
+    bytes read after the last answer left, never before that answer's deadline, so one late
+    wake-up does not push every later deadline back (the host's own reaction time is kept
+    whole). Bytes read before the last answer left are taken at their wall time.
+    """
+
+    def __init__(self, stats: SimStats) -> None:
+        self.stats = stats
+        self._due = float("-inf")  # deadline of the last answer handed over
+        self._sent_at = float("-inf")  # when it was handed over
+        self._late = 0.0
+
+    def arrival(self, now: float) -> float:
+        if self._late > 0 and now > self._sent_at:
+            return max(self._due, now - self._late)
+        return now
+
+    def sent(self, due: float, now: float) -> None:
+        """An answer due at ``due`` was handed to the host at ``now``."""
+        self._late = self.stats.deliver(due, now)
+        self._due, self._sent_at = due, now
+
+
 class _CpuSpan:
     __slots__ = ("stats", "t0")
 
