@@ -18,6 +18,7 @@ from stmflash.sim.an3155 import An3155Rom
 from stmflash.sim.chip import VirtualChip
 from stmflash.sim.timing import TimingModel
 from stmflash.sim.usb_backend import control_cost
+from stmflash.uart.protocol import xor
 
 _spec = importlib.util.spec_from_file_location(
     "bench_harness", Path(__file__).resolve().parent.parent / "benchmarks" / "_harness.py"
@@ -28,13 +29,6 @@ sys.modules["bench_harness"] = H  # dataclasses look their module up
 _spec.loader.exec_module(H)
 
 F4, G0 = devices.find("0x413"), devices.find("0x460")
-
-
-def xor(data: bytes) -> int:
-    x = 0
-    for b in data:
-        x ^= b
-    return x
 
 
 # ---- statistics ------------------------------------------------------------------------------------

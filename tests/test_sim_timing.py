@@ -24,15 +24,9 @@ from stmflash.sim.timing import (
     adapter_latency_ms,
     resolve_latency_ms,
 )
+from stmflash.uart.protocol import xor
 
 F1, F4, G0 = (devices.find(p) for p in ("0x410", "0x413", "0x460"))
-
-
-def xor(data: bytes) -> int:
-    x = 0
-    for b in data:
-        x ^= b
-    return x
 
 
 def addr5(a: int) -> bytes:
