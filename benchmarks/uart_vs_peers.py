@@ -13,8 +13,8 @@ per frame) and the command+address of Write Memory (two waits per frame) and ski
 256-byte blocks; stm32flash and stm32loader wait for every ACK and write every block. The
 erase in the bound is what the tool asks for: the covered sectors (stmflash, stm32flash),
 or a global mass erase (stm32loader ``-e``: 16 s typical on an F407). stm32loader is shown
-twice: its default (``-e -w -v``: mass erase, and its 0.6 s of reset sleeps, which no
-option turns off) and with its fairest settings (``-w -v`` without ``-e``, correct here
+twice: its default (``-e -w -v``: mass erase, and its reset sleeps, 0.6 s entering and
+0.6 s leaving the bootloader, which no option turns off, in every run) and with its fairest settings (``-w -v`` without ``-e``, correct here
 only because every run starts on a blank chip).
 
 Scenarios (``--scenarios``, comma separated): dense, dense-ftdi, sparse, dense-921600,

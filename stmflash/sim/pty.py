@@ -10,8 +10,9 @@ is stamped when it is read, each answer is due at that stamp plus its modelled d
 and the server waits in ``select`` until just before the deadline (spinning only the last
 :data:`~stmflash.sim.timing.SPIN_S`), so its own CPU work before the deadline costs the
 host nothing; an answer handed over late does not delay the later deadlines
-(:class:`~stmflash.sim.timing.Pacer`). ``chip.stats`` counts its CPU and any answer that still left late; with
-realistic timing :func:`run_server` prints that (and the process's CPU) on stderr at exit.
+(:class:`~stmflash.sim.timing.Pacer`). ``chip.stats`` counts its CPU and any answer that
+still left late; with realistic timing :func:`run_server` prints that (and the process's
+CPU) on stderr at exit.
 """
 
 from __future__ import annotations
