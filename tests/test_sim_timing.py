@@ -187,6 +187,11 @@ def test_sim_stats_accounting() -> None:
     assert s.deliver(10.0, now=9.5) == 0.0  # on time
     assert s.deliver(10.0, now=10.25) == pytest.approx(0.25)
     assert (s.answers, s.late_answers) == (2, 1) and s.late_s == pytest.approx(0.25)
+    # overdue at the same time as the previous one: only the new part of the wait counts
+    assert s.deliver(10.1, now=10.5) == pytest.approx(0.4)
+    assert s.late_s == pytest.approx(0.5)
+    s.deliver(20.0, now=20.1)
+    assert s.late_s == pytest.approx(0.6) and s.late_answers == 3
     t = __import__("time")
     with s.work():
         end = t.thread_time() + 0.002
@@ -194,7 +199,7 @@ def test_sim_stats_accounting() -> None:
             pass
     assert s.cpu_s >= 0.002
     line = s.summary()
-    assert line.startswith("sim-stats ") and "late_answers=1" in line
+    assert line.startswith("sim-stats ") and "late_answers=3" in line
 
 
 def test_realistic_sim_port_counts_its_cpu_and_answers() -> None:

@@ -63,9 +63,10 @@ class SimStats:
     """What the simulator itself cost, shared by every front-end of one chip.
 
     ``cpu_s``: CPU seconds spent in simulator code (``time.thread_time`` of the thread that
-    ran it, pacing sleeps excluded); ``late_s``: total time answers left after their
-    modelled deadline (the part of the simulator's cost that did reach the host);
-    ``answers``: answers scheduled.
+    ran it, pacing sleeps excluded); ``late_s``: wall time during which some answer was
+    overdue, i.e. the measure of the union of the intervals [deadline, handed over] (answers
+    overdue at the same time count once), the part of the simulator's cost that did reach
+    the host; ``answers``: answers scheduled.
     """
 
     def __init__(self) -> None:
@@ -73,6 +74,7 @@ class SimStats:
         self.late_s = 0.0
         self.answers = 0
         self.late_answers = 0
+        self._late_until = float("-inf")  # end of the overdue time already counted
 
     def work(self) -> _CpuSpan:
         """``with stats.work(): ...`` adds the block's thread CPU time to ``cpu_s``."""
@@ -84,7 +86,8 @@ class SimStats:
         self.answers += 1
         late = now - deadline
         if late > 0:
-            self.late_s += late
+            self.late_s += max(0.0, now - max(deadline, self._late_until))
+            self._late_until = max(self._late_until, now)
             self.late_answers += 1
             return late
         return 0.0
