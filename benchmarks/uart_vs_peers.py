@@ -267,8 +267,9 @@ def main() -> int:
     print(table(rows))
     print("\nmin / median: wall time from process start to exit; bound as used: the protocol's lower bound for "
           "the frames that tool sends (benchmarks/_harness.py); paired: that tool / stmflash in the same round, "
-          "median (range); sim CPU: the pty server's CPU / wall (worst run); sim late: total time the server's "
-          "answers left after their modelled deadline (worst run).")
+          "median (range); sim CPU: the pty server's CPU / wall (worst run); sim late: wall time one of the "
+          "server's answers was overdue on its modelled deadline (worst run; the server does not carry it into "
+          "later deadlines).")
     failed = [r for r in rows if "summary" not in r and r.get("status") != "not installed"]
     return 1 if failed else 0
 

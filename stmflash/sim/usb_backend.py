@@ -38,8 +38,9 @@ its setup/status stages plus its data stage at 1 MB/s (full-speed control throug
 64-byte packets), i.e. ``CONTROL_FRAME_S + len/CONTROL_BYTES_PER_S``. Each transfer is
 due at its start plus that cost (deadline based: the DfuSe front-end's CPU time, e.g.
 programming a block on the GETSTATUS that executes it, runs inside it); the chip's
-``stats`` count that CPU and any transfer that still ended late. There is no serial
-adapter on USB: the UART ``adapter`` profiles do not apply here.  Erase/program
+``stats`` count that CPU and any transfer that still ended late, and a late end does not
+push the next transfer's deadline back (:class:`~stmflash.sim.timing.Pacer`). There is
+no serial adapter on USB: the UART ``adapter`` profiles do not apply here. Erase/program
 durations come from the chip's timing model.  A disconnect or reset takes the device off
 the bus for the rest of the operation plus ``device.startup_ms``.
 """
@@ -67,7 +68,7 @@ from stmflash.dfu.protocol import REQ_IN, REQ_OUT
 from stmflash.errors import StmflashError, UsageError
 from stmflash.sim.chip import PowerLoss, VirtualChip
 from stmflash.sim.dfuse import DfuseRom, SimNak, SimStall
-from stmflash.sim.timing import sleep_until
+from stmflash.sim.timing import Pacer, sleep_until
 
 ST_VID, DFU_PID = 0x0483, 0xDF11
 LANGID_EN_US = 0x0409
@@ -229,6 +230,7 @@ class VirtualUsbDevice:
         self.unsaved = False  # dropped off the bus since the image file was last written
         self.realistic = chip.timing.realistic
         self.scale = scale
+        self.pacer = Pacer(chip.stats)  # one late wake-up must not delay later transfers
 
     def persona(self) -> Any:
         """The application's USB face while the chip runs it (:mod:`stmflash.sim.app`)."""
@@ -406,7 +408,7 @@ class VirtualUsbDevice:
         with self.lock:
             if generation != self.generation or not self.attached:
                 raise _enodev()
-            t0 = time.perf_counter()
+            t0 = self.pacer.arrival(time.perf_counter()) if self.realistic else time.perf_counter()
             due = t0 + control_cost(len(data)) / self.scale  # deadline of this transfer
             is_in = bool(rtype & 0x80)
             nbytes = len(data)
@@ -473,9 +475,10 @@ class VirtualUsbDevice:
             finally:
                 if self.realistic:
                     # deadline-based: the simulator's CPU before ``due`` is hidden in the
-                    # modelled transfer time; what runs past it is counted as late
-                    self.chip.stats.deliver(due)
+                    # modelled transfer time; what runs past it (or a late wake-up) is
+                    # counted as late and not carried into the next transfer
                     sleep_until(due)
+                    self.pacer.sent(due, time.perf_counter())
 
 
 class _Handle:
