@@ -89,7 +89,7 @@ def one_run(mode: str, boards: int, r: int, tmp: str, baud: int, image: str, ser
     else:
         targets = [f"sim://F407?seed={i}&timing=realistic&baud={baud}&chip={tag}-{i}" for i in range(boards)]
     args = ["batch", image, *targets, "--parity", "none", "--after", "stay", "--baud", str(baud), "--quiet",
-            "--json", "--serial-address", hex(serial_at), "--ledger", os.path.join(tmp, f"{tag}.jsonl"),
+            "--json", "--serial-address", hex(serial_at), "--ledger", os.path.join(tmp, f"{tag}.db"),
             "--report-dir", os.path.join(tmp, f"rep-{tag}"), "--no-image-check"]
     try:
         server_cpu0 = sum(H.proc_cpu_s(p.pid) for p in procs)
