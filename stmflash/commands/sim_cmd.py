@@ -25,7 +25,11 @@ def sim() -> None:
 @click.option("--timing", type=click.Choice(["instant", "realistic"]), default="instant", show_default=True,
               help="instant: answer at once; realistic: pace the line, programming and erase times.")
 @click.option("--baud", type=int, default=115200, show_default=True, help="Modelled line rate (realistic timing).")
-@click.option("--latency-ms", type=float, default=1.0, show_default=True, help="Modelled adapter turnaround per answer.")
+@click.option("--adapter", type=click.Choice(["ch340", "cp210x", "ftdi", "ideal"]), default="ch340",
+              show_default=True, help="USB-serial adapter profile (realistic timing): turnaround per answer "
+              "ch340/cp210x ~1 ms, ftdi 16 ms (default latency timer), ideal 0.")
+@click.option("--latency-ms", type=float, default=None, help="Explicit adapter turnaround per answer in ms "
+              "(overrides --adapter).")
 @click.option("--fault", "fault", default=None, help="Fault spec, e.g. 'drop=0.01,stray_zero,power_loss=after:4096'.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for faults and the chip's UID.")
 @click.option("--link", "link", type=click.Path(dir_okay=False), default=None,
@@ -35,9 +39,9 @@ def sim() -> None:
               "at --app-baud 8N1 and answers the stmflash trigger (pin-less bootloader entry).")
 @click.option("--app-baud", type=int, default=115200, show_default=True, help="The application's baud rate.")
 @click.option("--app-key", metavar="HEX", default="", help="Key the application's trigger companion uses.")
-def uart(device_name: str, image: str | None, timing: str, baud: int, latency_ms: float,
+def uart(device_name: str, image: str | None, timing: str, baud: int, latency_ms: float | None,
          fault: str | None, seed: int, link: str | None, app: bool = False, app_baud: int = 115200,
-         app_key: str = "") -> None:
+         app_key: str = "", adapter: str = "ch340") -> None:
     """Serve the AN3155 USART bootloader of a virtual STM32 on a pseudo-terminal.
 
     \b
@@ -58,6 +62,8 @@ def uart(device_name: str, image: str | None, timing: str, baud: int, latency_ms
         raise UsageError(exc.args[0]) from None
     if baud <= 0:
         raise UsageError(f"--baud must be positive, not {baud}")
+    if latency_ms is not None and latency_ms < 0:
+        raise UsageError(f"--latency-ms must not be negative, not {latency_ms}")
     chip = VirtualChip(
         device,
         image_path=image,
@@ -66,6 +72,7 @@ def uart(device_name: str, image: str | None, timing: str, baud: int, latency_ms
         seed=seed,
         baud=baud,
         latency_ms=latency_ms,
+        adapter=adapter,
     )
 
     if app:
@@ -83,6 +90,8 @@ def uart(device_name: str, image: str | None, timing: str, baud: int, latency_ms
             f"virtual {device.name} (PID 0x{device.pid:03X}) on {path}"
             + (f", image {image}" if image else "")
             + f", timing {timing}"
+            + (f" ({adapter} adapter, {chip.timing.latency_ms:g} ms turnaround, {baud} baud)"
+               if timing == "realistic" else "")
             + (f", running its application ({chip.mode} mode)" if app else "")
             + "; Ctrl-C to stop",
             err=True,

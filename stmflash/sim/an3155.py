@@ -19,7 +19,10 @@ this one class, so they cannot disagree. Behaviour comes from the Device record:
 
 Timing (realistic mode): each received byte occupies 11 bit times after the previous one;
 each answer leaves after the adapter turnaround plus the operation's programming/erase
-time and occupies the wire for its own bytes (see :mod:`stmflash.sim.timing`).
+time and occupies the wire for its own bytes (see :mod:`stmflash.sim.timing`). Each ACK
+is its own burst, sent when the ROM sends it: Read Memory's third ACK (after N and its
+checksum) leaves before the data, Get/Get Version/Get ID's first ACK before their
+payload. A burst is handed to the transport when its last byte has left the chip.
 """
 
 from __future__ import annotations
@@ -245,18 +248,21 @@ class An3155Rom:
     # ---- commands ----------------------------------------------------------------------------
     def _get(self) -> _Machine:
         cmds = self.chip.device.commands
-        self._emit(bytes([ACK, len(cmds), self.chip.device.usart_protocol, *cmds, ACK]))
+        self._emit(ACK)
+        self._emit(bytes([len(cmds), self.chip.device.usart_protocol, *cmds, ACK]))
         return
         yield  # pragma: no cover
 
     def _get_version(self) -> _Machine:
-        self._emit(bytes([ACK, self.chip.device.usart_protocol, 0x00, 0x00, ACK]))
+        self._emit(ACK)
+        self._emit(bytes([self.chip.device.usart_protocol, 0x00, 0x00, ACK]))
         return
         yield  # pragma: no cover
 
     def _get_id(self) -> _Machine:
         pid = self.chip.device.pid
-        self._emit(bytes([ACK, 0x01, pid >> 8 & 0xFF, pid & 0xFF, ACK]))
+        self._emit(ACK)
+        self._emit(bytes([0x01, pid >> 8 & 0xFF, pid & 0xFF, ACK]))
         return
         yield  # pragma: no cover
 
@@ -275,7 +281,10 @@ class An3155Rom:
         if n ^ comp != 0xFF or not self.chip.readable(addr, n + 1):
             self._nack()
             return
-        self._emit(bytes([ACK]) + self.chip.read(addr, n + 1))
+        # AN3155 Read Memory: the ACK for N+checksum leaves as soon as they are checked,
+        # then the data (a host watching the line sees the ACK before the first data byte)
+        self._emit(ACK)
+        self._emit(self.chip.read(addr, n + 1))
 
     def _go(self) -> _Machine:
         if self._protected():

@@ -68,7 +68,7 @@ from stmflash import option_bytes as obl
 from stmflash.devices import Device, EraseUnit, Region
 from stmflash.errors import StmflashError, UsageError
 from stmflash.sim.faults import FaultPlan
-from stmflash.sim.timing import TimingModel
+from stmflash.sim.timing import SimStats, TimingModel, resolve_latency_ms
 
 IMAGE_FORMAT = "stmflash-sim"
 IMAGE_VERSION = 2
@@ -117,7 +117,8 @@ class VirtualChip:
         faults: FaultPlan | str | None = None,
         seed: int = 0,
         baud: int = 115200,
-        latency_ms: float = 1.0,
+        latency_ms: float | None = None,
+        adapter: str | None = None,
         rdp_double_nack: bool | None = None,
     ) -> None:
         self.device = device
@@ -129,8 +130,11 @@ class VirtualChip:
         self.timing = (
             timing
             if isinstance(timing, TimingModel)
-            else TimingModel(device, timing, baud=baud, latency_ms=latency_ms)
+            else TimingModel(device, timing, baud=baud, latency_ms=resolve_latency_ms(adapter, latency_ms))
         )
+        # The simulator's own cost (CPU, answers late on their modelled deadline): every
+        # front-end of this chip adds to it, benchmarks print it.
+        self.stats = SimStats()
         if faults is None or isinstance(faults, str):
             faults = FaultPlan.parse(faults, seed=seed)
         self.faults: FaultPlan = faults
@@ -146,6 +150,11 @@ class VirtualChip:
         size = device.option_bytes.size if device.option_bytes is not None else 16
         self._ob = bytearray(obl.default_ob(device) if obl.supported(device) else b"\xff" * size)
         self._fixture_rdp = 0  # readout level of parts without a known layout (fixtures only)
+        # Protection decoded from the option bytes, cached: the front-ends ask for it on
+        # every received byte and every programmed unit, and it only changes when the option
+        # bytes do (every change goes through _store_option_bytes) or a fixture sets it.
+        self._rdp_cache: int | None = None
+        self._wrp_cache: frozenset[int] | None = None
         self.otp = bytearray(b"\xff" * device.otp.size) if device.otp else bytearray()
         self.uid = _uid_for(device, seed, self.image_path)
 
@@ -314,15 +323,28 @@ class VirtualChip:
             data = data + b"\xff" * (align - len(data) % align)
             if off + len(data) > len(buf):
                 raise AccessError(f"write at 0x{addr:08X} crosses the end of its region")
+        blank = b"\xff" * align
+        protected = kind == "flash" and bool(self.wrp)
+        end = off + len(data)
+        if (not protected and self.faults.power_loss_after is None and end <= len(buf)
+                and buf[off:end] == b"\xff" * len(data)):
+            # The common case (erased, unprotected, no power-loss budget) in one slice: the
+            # simulator's CPU must not stand in for the flash's programming time.
+            buf[off:end] = data
+            if kind == "flash":
+                self.programmed_bytes += align * sum(
+                    data[i : i + align] != blank for i in range(0, len(data), align)
+                )
+            return
         writable: list[int] = []
         for i in range(0, len(data), align):
-            if kind == "flash" and self._unit_protected(addr + i):
+            if protected and self._unit_protected(addr + i):
                 continue
             old = buf[off + i : off + i + align]
             new = data[i : i + align]
             if old == new:
                 continue
-            if old != b"\xff" * align:
+            if old != blank:
                 raise ProgramError(
                     f"0x{addr + i:08X} is not erased (programming error, nothing written)"
                 )
@@ -365,7 +387,12 @@ class VirtualChip:
             take = min(avail, len(view))
             if isinstance(buf, bytes):
                 raise AccessError(f"0x{a:08X} is a read-only register")
-            buf[off : off + take] = view[:take]
+            if kind == "ob":
+                ob = bytearray(self._ob)
+                ob[off : off + take] = view[:take]
+                self._store_option_bytes(bytes(ob), reload=False)
+            else:
+                buf[off : off + take] = view[:take]
             view, a = view[take:], a + take
 
     # ---- erase --------------------------------------------------------------------------
@@ -434,8 +461,10 @@ class VirtualChip:
         invalidated here). ``reload``: an option-byte load follows (H7 _CUR <- _PRG, the
         EMPTY flag re-latched, a system reset)."""
         self._ob[:] = stored
+        self._invalidate_protection()
         if reload:
             self._ob[:] = obl.reload_registers(self.device, bytes(self._ob))
+            self._invalidate_protection()
             self._latch_empty()
             self.reset()
 
@@ -469,18 +498,30 @@ class VirtualChip:
             self._wipe()
         self._store_option_bytes(stored, reload=True)
 
+    def _invalidate_protection(self) -> None:
+        """Drop the cached protection state: the next question decodes the option bytes."""
+        self._rdp_cache = None
+        self._wrp_cache = None
+
+    def _set_fixture_rdp(self, level: int) -> None:
+        self._fixture_rdp = level
+        self._invalidate_protection()
+
     @property
     def rdp_level(self) -> int:
-        if not self.layout_known:
-            return self._fixture_rdp
-        return obl.rdp_level(self.device, self.loaded_option_bytes())
+        if self._rdp_cache is None:
+            if not self.layout_known:
+                self._rdp_cache = self._fixture_rdp
+            else:
+                self._rdp_cache = obl.rdp_level(self.device, self.loaded_option_bytes())
+        return self._rdp_cache
 
     def set_rdp(self, level: int) -> None:
         """Set the RDP level directly (fixtures; no mass erase, no reset)."""
         if not self.layout_known:
             if level not in (0, 1, 2):
                 raise AccessError(f"RDP level {level} does not exist")
-            self._fixture_rdp = level
+            self._set_fixture_rdp(level)
             return
         self._store_option_bytes(obl.set_rdp(self.device, bytes(self._ob), level), reload=False)
 
@@ -488,7 +529,7 @@ class VirtualChip:
         """AN3155 Readout Protect: the ROM knows its own layout, and so does this model for
         the level alone (the clients send this command without decoding any byte)."""
         if not self.layout_known:
-            self._fixture_rdp = 1
+            self._set_fixture_rdp(1)
             self.reset()
             return
         self._store_option_bytes(obl.set_rdp(self.device, bytes(self._ob), 1), reload=True)
@@ -502,17 +543,20 @@ class VirtualChip:
         """Level 1 -> 0: mass erase (ignoring WRP), RAM cleared, reset (AN3155)."""
         self._wipe()
         if not self.layout_known:
-            self._fixture_rdp = 0
+            self._set_fixture_rdp(0)
             self.reset()
             return
         self._store_option_bytes(obl.set_rdp(self.device, bytes(self._ob), 0), reload=True)
 
     @property
-    def wrp(self) -> set[int]:
-        """Indices of write-protected erase units."""
-        if not self.layout_known or not self.device.ob_layout.get("wrp"):
-            return set()
-        return obl.wrp_units(self.device, self.loaded_option_bytes())
+    def wrp(self) -> frozenset[int]:
+        """Indices of write-protected erase units (cached until the option bytes change)."""
+        if self._wrp_cache is None:
+            if not self.layout_known or not self.device.ob_layout.get("wrp"):
+                self._wrp_cache = frozenset()
+            else:
+                self._wrp_cache = frozenset(obl.wrp_units(self.device, self.loaded_option_bytes()))
+        return self._wrp_cache
 
     @property
     def wrp_groups(self) -> int:

@@ -10,7 +10,10 @@ a serial port accepts ``sim://F407``. Options:
 ``image``       image file (flash + option bytes + OTP persisted across opens)
 ``timing``      ``instant`` (default) or ``realistic``
 ``baud``        modelled line rate (default: the rate the port is opened with)
-``latency_ms``  adapter turnaround in realistic mode (default 1)
+``adapter``     USB-serial adapter profile for the turnaround in realistic mode: ``ch340``
+                (default) or ``cp210x`` ~1 ms, ``ftdi`` 16 ms (default latency timer),
+                ``ideal`` 0 (see :data:`stmflash.sim.timing.ADAPTERS`)
+``latency_ms``  explicit adapter turnaround in ms (overrides ``adapter``)
 ``fault``       fault spec, e.g. ``drop=0.01,stray_zero`` (see :mod:`stmflash.sim.faults`)
 ``seed``        seed for faults and the UID (default 0)
 ``app``         ``1``: the chip runs its flash application when the flash holds a valid vector
@@ -38,9 +41,9 @@ from stmflash.sim.an3155 import An3155Rom
 from stmflash.sim.app import install as app_install
 from stmflash.sim.app import with_app
 from stmflash.sim.chip import VirtualChip
-from stmflash.sim.timing import sleep_until
+from stmflash.sim.timing import Pacer, sleep_until
 
-OPTIONS = ("chip", "image", "timing", "baud", "latency_ms", "fault", "seed", "app", "app_baud", "app_key")
+OPTIONS = ("chip", "image", "timing", "baud", "adapter", "latency_ms", "fault", "seed", "app", "app_baud", "app_key")
 
 
 def parse_url(url: str) -> tuple[str, dict[str, str]]:
@@ -87,7 +90,8 @@ def chip_for_url(url: str, *, baudrate: int = 115200) -> VirtualChip:
             faults=opts.get("fault") or None,
             seed=int(opts.get("seed", "0"), 0),
             baud=int(opts.get("baud", str(baudrate)), 0),
-            latency_ms=float(opts.get("latency_ms", "1")),
+            latency_ms=float(opts["latency_ms"]) if "latency_ms" in opts else None,
+            adapter=opts.get("adapter") or None,
         )
     except ValueError as exc:
         raise SerialException(f"{url!r}: {exc}") from None
@@ -122,6 +126,7 @@ class Serial(SerialBase):
             chip.power_on()  # reopening after a power loss = powering the board again
         self.chip = chip
         self.rom = with_app(An3155Rom(chip, now=self._clock()))
+        self.pacer = Pacer(chip.stats)
         self._reconfigure_port()
         self._rx.clear()
         self.is_open = True
@@ -184,6 +189,7 @@ class Serial(SerialBase):
                 self._pull()
                 break
             sleep_until(nxt)
+            self.pacer.sent(nxt, time.perf_counter())
         data = bytes(self._rx[:size])
         del self._rx[:size]
         return data
@@ -192,7 +198,15 @@ class Serial(SerialBase):
         if not self.is_open or self.rom is None:
             raise PortNotOpenError()
         payload = bytes(data)
-        self.rom.feed(payload, self._clock())
+        chip = self.chip
+        assert chip is not None
+        if chip.timing.realistic:
+            # The answer is due at (arrival + modelled time): the simulator's CPU spent
+            # feeding it runs before that deadline (read() sleeps to it, see Pacer).
+            with chip.stats.work():
+                self.rom.feed(payload, self.pacer.arrival(time.perf_counter()))
+        else:
+            self.rom.feed(payload, self._clock())
         return len(payload)
 
     def flush(self) -> None:

@@ -5,7 +5,14 @@ Linux ptys ignore parity and baud settings, so peers should keep the port as it 
 (stm32flash ``-b 0``) or ask for 8N1; the modelled baud comes from ``--baud``.
 
 The server keeps the slave open itself so the master never sees EOF/EIO between clients,
-and paces output against absolute ``perf_counter`` deadlines in realistic mode.
+and paces output against absolute ``perf_counter`` deadlines in realistic mode: a request
+is stamped when it is read, each answer is due at that stamp plus its modelled duration,
+and the server waits in ``select`` until just before the deadline (spinning only the last
+:data:`~stmflash.sim.timing.SPIN_S`), so its own CPU work before the deadline costs the
+host nothing; an answer handed over late does not delay the later deadlines
+(:class:`~stmflash.sim.timing.Pacer`). ``chip.stats`` counts its CPU and any answer that
+still left late; with realistic timing :func:`run_server` prints that (and the process's
+CPU) on stderr at exit.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from pathlib import Path
 from stmflash.sim.an3155 import An3155Rom
 from stmflash.sim.app import tty_settings, with_app
 from stmflash.sim.chip import VirtualChip
-from stmflash.sim.timing import sleep_until
+from stmflash.sim.timing import SPIN_S, Pacer, sleep_until
 
 
 class PtyServer:
@@ -46,6 +53,7 @@ class PtyServer:
             self.link.symlink_to(self.path)
         self.realistic = chip.timing.realistic
         self.rom = with_app(An3155Rom(chip, now=self._clock()))  # + the application, if any
+        self.pacer = Pacer(chip.stats)
         self._stop = False
         self.bytes_in = 0
         self.bytes_out = 0
@@ -62,7 +70,7 @@ class PtyServer:
             timeout = 0.1
             nxt = self.rom.next_output_time()
             if nxt is not None:
-                timeout = max(0.0, min(timeout, nxt - time.perf_counter() - 0.001))
+                timeout = max(0.0, min(timeout, nxt - time.perf_counter() - SPIN_S))
             try:
                 ready, _, _ = select.select([self.master], [], [], timeout)
             except InterruptedError:  # pragma: no cover - PEP 475 retries, but be safe
@@ -76,7 +84,11 @@ class PtyServer:
                     self.bytes_in += len(data)
                     if hasattr(self.rom, "line_settings"):  # the application hears only its own
                         self.rom.line_settings(*(tty_settings(self.slave) or (None, None)))
-                    self.rom.feed(data, self._clock())
+                    if self.realistic:
+                        with self.chip.stats.work():
+                            self.rom.feed(data, self.pacer.arrival(time.perf_counter()))
+                    else:
+                        self.rom.feed(data, self._clock())
             self._flush_output()
 
     def _flush_output(self) -> None:
@@ -84,9 +96,14 @@ class PtyServer:
             return
         if self.realistic:
             nxt = self.rom.next_output_time()
-            if nxt is not None and nxt - time.perf_counter() < 0.0015:
-                sleep_until(nxt)  # short final stretch: spin for accuracy
-            out = self.rom.take_output(time.perf_counter())
+            if nxt is None:
+                return
+            if nxt - time.perf_counter() > SPIN_S:
+                return  # not due yet: select() waits for it (and for more input)
+            sleep_until(nxt)  # the short final stretch
+            now = time.perf_counter()
+            self.pacer.sent(nxt, now)
+            out = self.rom.take_output(now)
         else:
             out = self.rom.take_output()
         view = memoryview(out)
@@ -119,6 +136,7 @@ def run_server(
         server.stop()
 
     old = {s: signal.signal(s, _stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    wall0, cpu0 = time.perf_counter(), time.process_time()
     try:
         announce(server.path)
         server.serve()
@@ -126,3 +144,9 @@ def run_server(
         for s, h in old.items():
             signal.signal(s, h)
         server.close()
+        if chip.timing.realistic:
+            import sys
+
+            # for benchmarks: the simulator's own cost (see stmflash.sim.timing.SimStats)
+            print(f"{chip.stats.summary()} process_cpu_s={time.process_time() - cpu0:.6f} "
+                  f"wall_s={time.perf_counter() - wall0:.6f}", file=sys.stderr, flush=True)

@@ -41,7 +41,12 @@ saved when a handle closes, when the device leaves DFU mode and at exit.
 
 USB timing model (``timing=realistic``): each control transfer costs one 1 ms frame for
 its setup/status stages plus its data stage at 1 MB/s (full-speed control throughput,
-64-byte packets), i.e. ``CONTROL_FRAME_S + len/CONTROL_BYTES_PER_S``.  Erase/program
+64-byte packets), i.e. ``CONTROL_FRAME_S + len/CONTROL_BYTES_PER_S``. Each transfer is
+due at its start plus that cost (deadline based: the DfuSe front-end's CPU time, e.g.
+programming a block on the GETSTATUS that executes it, runs inside it); the chip's
+``stats`` count that CPU and any transfer that still ended late, and a late end does not
+push the next transfer's deadline back (:class:`~stmflash.sim.timing.Pacer`). There is
+no serial adapter on USB: the UART ``adapter`` profiles do not apply here. Erase/program
 durations come from the chip's timing model; a request that reaches the ROM while it is
 busy is held (NAKed, as the USB peripheral does) until the operation ends, or fails with a
 USB timeout when the host's own timeout ends first (``VirtualUsbDevice.held`` counts
@@ -72,7 +77,7 @@ from stmflash.dfu.protocol import REQ_IN, REQ_OUT
 from stmflash.errors import StmflashError, UsageError
 from stmflash.sim.chip import PowerLoss, VirtualChip
 from stmflash.sim.dfuse import DfuseRom, SimNak, SimStall
-from stmflash.sim.timing import sleep_until
+from stmflash.sim.timing import Pacer, sleep_until
 
 ST_VID, DFU_PID = 0x0483, 0xDF11
 LANGID_EN_US = 0x0409
@@ -249,6 +254,7 @@ class VirtualUsbDevice:
         self.unsaved = False  # dropped off the bus since the image file was last written
         self.realistic = chip.timing.realistic
         self.scale = scale
+        self.pacer = Pacer(chip.stats)  # one late wake-up must not delay later transfers
 
     def persona(self) -> Any:
         """The face other than the DFU ROM: a USB-serial adapter on the chip's UART
@@ -499,7 +505,9 @@ class VirtualUsbDevice:
         with self.lock:
             if generation != self.generation or not self.attached:
                 raise _enodev()
-            t0 = time.perf_counter()
+            wall0 = time.perf_counter()  # the host's timeout runs on the wall clock
+            t0 = self.pacer.arrival(wall0) if self.realistic else wall0
+            due = t0 + control_cost(len(data)) / self.scale  # deadline of this transfer
             is_in = bool(rtype & 0x80)
             nbytes = len(data)
             try:
@@ -538,7 +546,9 @@ class VirtualUsbDevice:
                     self.unplug()
                     raise _enodev()
                 try:
-                    out = self._rom_request(req, value, None if is_in else bytes(data), nbytes, t0, timeout_ms)
+                    out, held_until = self._rom_request(req, value, None if is_in else bytes(data), nbytes,
+                                                        wall0, timeout_ms)
+                    due = max(due, held_until)
                 except SimStall:
                     raise _stall() from None
                 except PowerLoss:
@@ -553,16 +563,23 @@ class VirtualUsbDevice:
                 return nbytes
             finally:
                 if self.realistic:
-                    sleep_until(t0 + control_cost(nbytes) / self.scale)
+                    # deadline-based: the simulator's CPU before ``due`` is hidden in the
+                    # modelled transfer time; what runs past it (or a late wake-up) is
+                    # counted as late and not carried into the next transfer
+                    sleep_until(due)
+                    self.pacer.sent(due, time.perf_counter())
 
 
     def _rom_request(self, req: int, value: int, data: bytes | None, nbytes: int, t0: float,
-                     timeout_ms: int) -> bytes | int:
-        """The ROM's answer; while it is busy the USB peripheral NAKs and the host's
-        controller retries the transfer until the ROM answers or the host's timeout ends."""
+                     timeout_ms: int) -> tuple[bytes | int, float]:
+        """The ROM's answer and the time it was held until (``-inf`` when not held); while it
+        is busy the USB peripheral NAKs and the host's controller retries the transfer until
+        the ROM answers or the host's timeout (counted from ``t0``, wall clock) ends."""
+        held_until = float("-inf")
         while True:
             try:
-                return self.rom.request(req, value, data, nbytes)
+                with self.chip.stats.work():
+                    return self.rom.request(req, value, data, nbytes), held_until
             except SimNak as nak:
                 deadline = t0 + (timeout_ms / 1000.0 if timeout_ms else float("inf"))
                 self.held += 1
@@ -570,6 +587,7 @@ class VirtualUsbDevice:
                     sleep_until(deadline)
                     raise _timeout() from None
                 sleep_until(nak.until)
+                held_until = nak.until
 
 
 class _Handle:
