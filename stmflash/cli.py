@@ -64,6 +64,9 @@ def cli() -> None:
     \b
     Quick start without a board (virtual STM32):
       stmflash uart "sim://F407" examples/blinky-f407.hex
+
+    Addresses and sizes: 0x08000000 (hex), 4096 (decimal), 16K or 1M (x1024). A leading
+    zero (08000000, 007) is refused as ambiguous: write 0x08000000.
     """
 
 

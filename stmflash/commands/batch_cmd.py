@@ -166,6 +166,11 @@ def _run(args: tuple[str, ...], job_file: str | None, o: dict[str, Any]) -> None
         from stmflash.production.serials import check_serial_address
 
         check_serial_address(image, job.serial.address, len(job.serial.encode(job.serial.first)), device)
+    from stmflash.paths import check_output_dir, check_output_file
+
+    check_output_dir(job.report_dir, "--report-dir")  # before the first board, not after the last
+    if job.serial is not None:
+        check_output_file(job.serial.ledger, "--ledger")
     targets = expand_targets(job.targets, loop=job.loop)
     if job.protect.rdp == 2 and device is not None:
         # level 2 is written through the family's option-byte layout: refuse parts whose

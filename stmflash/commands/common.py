@@ -8,51 +8,14 @@ inside functions.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
 
+from stmflash.numbers import NUMBER_HELP, parse_int, parse_range  # noqa: F401  (re-exported: one spelling)
+
 F = TypeVar("F", bound=Callable[..., Any])
-
-_NUM_RE = re.compile(r"^\s*(0[xX][0-9a-fA-F_]+|0[bB][01_]+|\d[\d_]*)\s*([kKmM]?)(?:[iI]?[bB])?\s*$")
-
-
-def parse_int(text: str | int, what: str = "number") -> int:
-    """``0x08000000``, ``4096``, ``16K``, ``1M`` (K/M are binary multiples)."""
-    from stmflash.errors import UsageError
-
-    if isinstance(text, int):
-        return text
-    m = _NUM_RE.match(text)
-    if not m:
-        raise UsageError(f"bad {what} {text!r} (e.g. 0x08000000, 4096, 16K)")
-    value = int(m.group(1).replace("_", ""), 0)
-    return value * {"": 1, "K": 1024, "M": 1024 * 1024}[m.group(2).upper()]
-
-
-def parse_range(text: str, default_start: int | None = None) -> tuple[int, int]:
-    """``START:LENGTH``, ``START+LENGTH`` or ``START..END`` (END exclusive) → (start, length)."""
-    from stmflash.errors import UsageError
-
-    t = text.strip()
-    for sep in ("..", ":", "+"):
-        if sep in t:
-            a, b = t.split(sep, 1)
-            start = parse_int(a, "start address") if a.strip() else default_start
-            if start is None:
-                raise UsageError(f"range {text!r} needs a start address")
-            if sep == "..":
-                end = parse_int(b, "end address")
-                if end <= start:
-                    raise UsageError(f"range {text!r} is empty (end must be above start)")
-                return start, end - start
-            length = parse_int(b, "length")
-            if length <= 0:
-                raise UsageError(f"range {text!r} has no length")
-            return start, length
-    raise UsageError(f"bad range {text!r} (use START:LENGTH, START+LENGTH or START..END)")
 
 
 class IntParam(click.ParamType):
@@ -64,7 +27,7 @@ class IntParam(click.ParamType):
         from stmflash.errors import UsageError
 
         try:
-            return parse_int(value, param.name if param and param.name else "number")
+            return parse_int(value, "value")
         except UsageError as exc:
             self.fail(str(exc), param, ctx)
 
@@ -111,7 +74,7 @@ def program_options(f: F) -> F:
         "-a",
         type=INT,
         default=None,
-        help="Load address for raw .bin files (default: the flash start).",
+        help="Load address for raw .bin files (default: the flash start). " + NUMBER_HELP,
     )(f)
     return f
 

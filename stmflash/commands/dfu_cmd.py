@@ -14,6 +14,7 @@ import click
 
 from stmflash.commands.common import (
     INT,
+    NUMBER_HELP,
     describe_result,
     load_image,
     option_bytes_arg,
@@ -26,7 +27,7 @@ from stmflash.commands.common import (
 
 @click.command("dfu", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("file", required=False)
-@click.option("--address", "-a", type=INT, default=None, help="Load address for raw .bin files (default: flash start).")
+@click.option("--address", "-a", type=INT, default=None, help="Load address for raw .bin files (default: flash start). " + NUMBER_HELP)
 @click.option("--leave", is_flag=True, help="Start the application afterwards (leave DFU mode).")
 @click.option("--serial", "-S", metavar="SN", help="Select the device by USB serial number.")
 @click.option("--path", "-p", "port_path", metavar="BUS-PORT[.PORT]", help="Select the device by USB port path.")
@@ -88,6 +89,10 @@ def _run(reporter: Any, **kw: Any) -> None:
     if kw["mass_erase"] and kw["erase"] == "none":
         raise UsageError("--mass-erase contradicts --erase none")
     ob_data = option_bytes_arg(kw["write_option_bytes"]) if kw["write_option_bytes"] else None
+    if kw["read_out"]:
+        from stmflash.paths import check_output_file
+
+        check_output_file(kw["read_out"], "--read")
     if kw["write_protect"]:
         from stmflash.commands.uart_cmd import _parse_units
 

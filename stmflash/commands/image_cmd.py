@@ -63,7 +63,10 @@ def _split_at(arg: str) -> tuple[str, int | None]:
         path, _, addr = arg.rpartition("@")
         from stmflash.commands.common import parse_int
 
-        return path, parse_int(addr, f"address in {arg!r}")
+        try:
+            return path, parse_int(addr, "address")
+        except UsageError as exc:
+            raise UsageError(f"{arg}: {exc}") from None
     return arg, None
 
 

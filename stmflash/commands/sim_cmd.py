@@ -55,6 +55,10 @@ def uart(device_name: str, image: str | None, timing: str, baud: int, latency_ms
         raise UsageError(exc.args[0]) from None
     if baud <= 0:
         raise UsageError(f"--baud must be positive, not {baud}")
+    if image is not None:
+        from stmflash.paths import check_output_file
+
+        check_output_file(image, "--image")  # saved on exit: refuse now, not after the session
     chip = VirtualChip(
         device,
         image_path=image,

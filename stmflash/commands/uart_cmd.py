@@ -165,6 +165,10 @@ def _run(reporter: Any, **kw: Any) -> None:
             "and debug port for good; add --i-understand-rdp2-is-permanent to really do it"
         )
     ob_data = option_bytes_arg(kw["write_option_bytes"]) if kw["write_option_bytes"] else None
+    if kw["read_out"]:
+        from stmflash.paths import check_output_file
+
+        check_output_file(kw["read_out"], "--read")
     image = None
     if file:
         if not raw_needs_device(file, kw["address"]):
