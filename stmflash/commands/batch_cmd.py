@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from stmflash.commands.common import INT
+from stmflash.commands.common import INT, allow_missing_end_option
 
 
 @click.command("batch")
@@ -54,6 +54,7 @@ from stmflash.commands.common import INT
               help="Refuse an image whose vector table looks wrong for the part [check].")
 @click.option("--json", "json_", is_flag=True, help="One JSON event per line on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="Only errors and the summary.")
+@allow_missing_end_option
 def batch(args: tuple[str, ...], job_file: str | None, **opts: Any) -> None:
     """Program IMAGE into every TARGET in parallel (one worker per target).
 
@@ -161,7 +162,7 @@ def _run(args: tuple[str, ...], job_file: str | None, o: dict[str, Any]) -> None
             device = find(job.device)
         except KeyError as exc:
             raise UsageError(str(exc.args[0])) from None
-    image = load_image(job.image, address=job.address, device=device)
+    image = load_image(job.image, address=job.address, device=device, require_end=not o.get("allow_missing_end"))
     if job.serial is not None:
         from stmflash.production.serials import check_serial_address
 

@@ -79,7 +79,26 @@ def program_options(f: F) -> F:
     return f
 
 
-def load_image(path: str, *, address: int | None, device: Any = None) -> Any:
+def allow_missing_end_option(f: F) -> F:
+    """``--allow-missing-end``: every command that reads an image file."""
+    return click.option(
+        "--allow-missing-end", is_flag=True,
+        help="Accept an Intel HEX / S-record file without its end record (a truncated file is refused).",
+    )(f)
+
+
+def image_input_options(f: F) -> F:
+    """``--image-check/--no-image-check`` and ``--allow-missing-end`` (uart and dfu)."""
+    f = allow_missing_end_option(f)
+    f = click.option(
+        "--image-check/--no-image-check", default=True, show_default=True,
+        help="Refuse an image whose vector table is not firmware for the part (stack pointer "
+        "in RAM, Thumb reset vector inside the image).",
+    )(f)
+    return f
+
+
+def load_image(path: str, *, address: int | None, device: Any = None, require_end: bool = True) -> Any:
     """Load a firmware file; every failure is an ImageError naming the file."""
     import os
 
@@ -88,7 +107,37 @@ def load_image(path: str, *, address: int | None, device: Any = None) -> Any:
 
     if path != "-" and not os.path.exists(path):
         raise ImageError(f"{path}: no such file")
-    return load(path, address=address, device=device)
+    if os.path.isdir(path):
+        raise ImageError(f"{path}: is a directory, not a firmware file")
+    return load(path, address=address, device=device, require_end=require_end)
+
+
+def check_image(image: Any, device: Any, enabled: bool = True) -> None:
+    """Refuse an image that is not firmware for the part (exit 2), before anything is written.
+
+    Only images that start in flash are checked (the part boots from there; data for OTP,
+    option bytes or RAM has no vector table). Without ``device`` (before connecting) the
+    flash of every known part and the RAM of every known part stand in.
+    """
+    if not enabled or image is None or not image.segments:
+        return
+    from stmflash.errors import ImageError
+    from stmflash.image.vectors import check_vector_table
+
+    if device is not None:
+        if image.start not in device.flash:
+            return
+    else:
+        from stmflash.devices import all_devices
+
+        if not any(image.start in d.flash for d in all_devices()):
+            return
+    problems = check_vector_table(image, device)
+    if problems:
+        raise ImageError(
+            f"{image.source or 'image'}: {problems[0]} (not firmware for this part? "
+            "--no-image-check to flash it anyway)"
+        )
 
 
 def describe_result(result: Any) -> str:

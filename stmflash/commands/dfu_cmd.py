@@ -15,7 +15,9 @@ import click
 from stmflash.commands.common import (
     INT,
     NUMBER_HELP,
+    check_image,
     describe_result,
+    image_input_options,
     load_image,
     option_bytes_arg,
     output_options,
@@ -53,6 +55,7 @@ from stmflash.commands.common import (
               "to its DFU runtime interface), none. E.g. '1200,detach'; a *N suffix retries one: '1200*2,detach'.")
 @click.option("--enter-timeout", type=float, default=10.0, show_default=True,
               help="Seconds to wait for the DFU device to appear on the same USB port after the entry.")
+@image_input_options
 @output_options
 def dfu(**kw: Any) -> None:
     """Program FILE through the ROM USB DFU bootloader (DfuSe, 0483:df11).
@@ -115,7 +118,9 @@ def _run(reporter: Any, **kw: Any) -> None:
         if not os.path.exists(file):
             raise ImageError(f"{file}: no such file")
         if not raw_needs_device(file, kw["address"]):
-            image = load_image(file, address=kw["address"])
+            image = load_image(file, address=kw["address"], require_end=not kw["allow_missing_end"])
+            if not kw["alt"]:
+                check_image(image, None, kw["image_check"])
 
     from stmflash.dfu.link import connect
 
@@ -175,6 +180,11 @@ def _session(link: Any, reporter: Any, kw: dict[str, Any], image: Any, file: str
     did = False
     result = None
     fields: dict[str, Any] = {"usb": info.to_dict()}
+    if file:  # a raw binary goes to this chip's flash start; checked before any change
+        if image is None:
+            image = load_image(file, address=kw["address"], device=device, require_end=not kw["allow_missing_end"])
+        if not kw["alt"]:
+            check_image(image, device, kw["image_check"])
 
     if kw["unprotect"]:
         reporter.phase("unprotect")
@@ -195,8 +205,6 @@ def _session(link: Any, reporter: Any, kw: dict[str, Any], image: Any, file: str
         did = True
 
     if file:
-        if image is None:
-            image = load_image(file, address=kw["address"], device=device)
         if kw["alt"]:
             alt = link.select(kw["alt"])
             if not all(alt.layout.contains(s.address, len(s.data)) for s in image.segments):

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from stmflash.commands.common import INT
+from stmflash.commands.common import INT, allow_missing_end_option
 from stmflash.errors import UsageError
 
 FORMAT_HELP = "bin, hex, srec, elf, dfu (DfuSe) or dfu-bin (binary with a DFU suffix)"
@@ -94,14 +94,16 @@ def image() -> None:
 @click.option("--format", "fmt", default=None, help=f"Input format, when not detected: {FORMAT_HELP}.")
 @click.option("--json", "json_", is_flag=True, help="Print one JSON object.")
 @click.option("--strict", is_flag=True, help="A failed vector-table check is an error (exit 2).")
-def info(file: str, address: int | None, device_name: str | None, fmt: str | None, json_: bool, strict: bool) -> None:
+@allow_missing_end_option
+def info(file: str, address: int | None, device_name: str | None, fmt: str | None, json_: bool, strict: bool,
+         allow_missing_end: bool = False) -> None:
     """Show the format, segments, size and CRCs of FILE and check its vector table."""
     from stmflash.image.crc import stm32_crc, zlib_crc
     from stmflash.image.loaders import load
     from stmflash.image.vectors import check_vector_table, vector_table_address
 
     device = _device(device_name)
-    img = load(file, address=address, fmt=fmt, device=device)
+    img = load(file, address=address, fmt=fmt, device=device, require_end=not allow_missing_end)
     stm32_all = stm32_crc(b"".join(s.data for s in img.segments))
     check = device is not None or img.start == 0x08000000
     problems = check_vector_table(img, device) if check else []
@@ -186,6 +188,7 @@ def _print_info(r: dict[str, Any]) -> None:
 @click.option("--format", "-f", "fmt", default=None, help="Output format (bin, hex, srec, dfu) [default: from OUTFILE's extension].")
 @click.option("--fill", type=INT, default=0xFF, metavar="BYTE", show_default=True, help="Byte that fills gaps in a raw .bin output.")
 @_with_dfu_options
+@allow_missing_end_option
 def convert(
     infile: str,
     outfile: str,
@@ -196,11 +199,12 @@ def convert(
     fill: int,
     dfu_id: str | None,
     bcd_device: int | None,
+    allow_missing_end: bool = False,
 ) -> None:
     """Convert INFILE to OUTFILE (gaps stay gaps except in a raw .bin)."""
     from stmflash.image.loaders import load
 
-    img = load(infile, address=address, fmt=in_fmt, device=_device(device_name))
+    img = load(infile, address=address, fmt=in_fmt, device=_device(device_name), require_end=not allow_missing_end)
     _save(img, outfile, fmt, _fill(fill), dfu_id, bcd_device)
     click.echo(f"{outfile}: {img.size} bytes in {len(img.segments)} segment(s), crc32 0x{img.crc32():08X}", err=True)
 
@@ -211,7 +215,9 @@ def convert(
 @click.option("--format", "-f", "fmt", default=None, help="Output format (bin, hex, srec, dfu) [default: from the extension].")
 @click.option("--fill", type=INT, default=0xFF, metavar="BYTE", show_default=True, help="Byte that fills gaps in a raw .bin output.")
 @_with_dfu_options
-def merge(inputs: tuple[str, ...], output: str, fmt: str | None, fill: int, dfu_id: str | None, bcd_device: int | None) -> None:
+@allow_missing_end_option
+def merge(inputs: tuple[str, ...], output: str, fmt: str | None, fill: int, dfu_id: str | None, bcd_device: int | None,
+          allow_missing_end: bool = False) -> None:
     """Merge several images (e.g. bootloader + application) into one; overlaps are an error.
 
     A raw binary takes its address after '@': boot.bin@0x08000000.
@@ -221,7 +227,7 @@ def merge(inputs: tuple[str, ...], output: str, fmt: str | None, fill: int, dfu_
     merged = None
     for arg in inputs:
         path, addr = _split_at(arg)
-        img = load(path, address=addr)
+        img = load(path, address=addr, require_end=not allow_missing_end)
         merged = img if merged is None else merged.merge(img)
     assert merged is not None
     _save(merged, output, fmt, _fill(fill), dfu_id, bcd_device)
@@ -239,6 +245,7 @@ def merge(inputs: tuple[str, ...], output: str, fmt: str | None, fill: int, dfu_
 @click.option("--format", "-f", "fmt", default=None, help="Output format [default: from the extension].")
 @click.option("--json", "json_", is_flag=True, help="Print the header as JSON.")
 @_with_dfu_options
+@allow_missing_end_option
 def stamp_cmd(
     infile: str,
     output: str,
@@ -251,6 +258,7 @@ def stamp_cmd(
     json_: bool,
     dfu_id: str | None,
     bcd_device: int | None,
+    allow_missing_end: bool = False,
 ) -> None:
     """Write magic, version, length and CRC into an application header at --at.
 
@@ -260,7 +268,7 @@ def stamp_cmd(
     from stmflash.image.loaders import load
     from stmflash.image.stamp import MAGIC, parse_version, stamp
 
-    img = load(infile, address=address)
+    img = load(infile, address=address, require_end=not allow_missing_end)
     out, header = stamp(img, at, version=parse_version(version), crc=crc, magic=MAGIC if magic is None else magic)
     _save(out, output, fmt, 0xFF, dfu_id, bcd_device)
     if json_:

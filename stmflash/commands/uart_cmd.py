@@ -14,7 +14,9 @@ import click
 from stmflash.commands.common import (
     INT,
     SIZE,
+    check_image,
     describe_result,
+    image_input_options,
     load_image,
     option_bytes_arg,
     output_options,
@@ -111,6 +113,7 @@ def _print_info(info: Any, device: Any) -> None:
 @click.option("--timeout", type=float, default=0.3, show_default=True, help="Base answer timeout (s).")
 @click.option("--retries", type=int, default=6, show_default=True, help="Retries per command on a noisy line.")
 @click.option("--no-pipeline", is_flag=True, help="Wait for every ACK (ROMs/adapters that lose bytes sent early).")
+@image_input_options
 @output_options
 def uart(**kw: Any) -> None:
     """Program FILE into the chip on PORT through its ROM USART bootloader (AN3155).
@@ -172,7 +175,8 @@ def _run(reporter: Any, **kw: Any) -> None:
     image = None
     if file:
         if not raw_needs_device(file, kw["address"]):
-            image = load_image(file, address=kw["address"])
+            image = load_image(file, address=kw["address"], require_end=not kw["allow_missing_end"])
+            check_image(image, None, kw["image_check"])
         else:
             import os
 
@@ -229,6 +233,10 @@ def _session(
     device = link.device
     reporter.info(f"{device.name} (PID 0x{device.pid:03X}) on {link.port_name}")
     did = False
+    if file:  # a raw binary goes to this chip's flash start; checked before any change
+        if image is None:
+            image = load_image(file, address=kw["address"], device=device, require_end=not kw["allow_missing_end"])
+        check_image(image, device, kw["image_check"])
 
     if kw["unprotect"]:
         reporter.phase("unprotect")
@@ -283,8 +291,6 @@ def _session(
         did = True
 
     if file:
-        if image is None:
-            image = load_image(file, address=kw["address"], device=device)
         result = program(
             link,
             image,
