@@ -174,15 +174,24 @@ def test_merge(capsys, tmp_path: Path) -> None:
 def test_stamp(capsys, tmp_path: Path, fw_hex: Path) -> None:
     out = tmp_path / "stamped.hex"
     code, stdout, err = cli(
-        capsys, "image", "stamp", str(fw_hex), "-o", str(out), "--at", "0x08000100",
+        capsys, "image", "stamp", str(fw_hex), "-o", str(out), "--at", "0x08000300",
         "--version", "2.0.7", "--crc", "stm32", "--json",
     )  # fmt: skip
     assert code == 0, err
     h = json.loads(stdout)
-    assert h["version"] == 0x02000007 and h["length"] == 0x840 and h["address"] == 0x08000100
+    assert h["version"] == 0x02000007 and h["length"] == 0x840 and h["address"] == 0x08000300
     img = load(out)
     assert len(img.segments) == 1 and img.start == BASE
-    assert check_stamp(img, 0x08000100, crc="stm32") == []
+    assert check_stamp(img, 0x08000300, crc="stm32") == []
+    # re-stamping an existing header is allowed; stamping over code or far away is not
+    again = tmp_path / "again.hex"
+    code, _, err = cli(capsys, "image", "stamp", str(out), "-o", str(again), "--at", "0x08000300", "--version", "2.0.8")
+    assert code == 0, err
+    code, _, err = cli(capsys, "image", "stamp", str(fw_hex), "-o", str(again), "--at", "0x08000100")
+    assert_one_line_error(code, err, "0x08000100", "overwrite")
+    code, _, err = cli(capsys, "image", "stamp", str(fw_hex), "-o", str(again), "--at", "0x07000000")
+    assert_one_line_error(code, err, "0x07000000", "outside")
+    assert not again.exists() or load(again).start == BASE
     code, _, err = cli(capsys, "image", "stamp", str(fw_hex), "-o", str(out), "--at", "0x08000102")
     assert_one_line_error(code, err, "0x08000102")
     code, _, err = cli(capsys, "image", "stamp", str(fw_hex), "-o", str(out), "--at", "0x08000100", "--version", "1.x")

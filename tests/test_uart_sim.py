@@ -200,10 +200,11 @@ def test_option_bytes_write_and_after_reset(tmp_path: Path, capsys: pytest.Captu
     dev = devices.find("0x460")
     chip = registry.register("ob", VirtualChip(dev))
     try:
-        ob = bytearray(chip.option_bytes()[:16])
+        ob = bytearray(chip.option_bytes())  # the whole area (a part of it is refused)
         ob[2], ob[3] = 0x5A, 0xA5  # two G0 OPTR user bytes (their complements at 6, 7)
         assert run_cli("uart", "sim://0x460?chip=ob", "--write-option-bytes", ob.hex(), "-q") == 0
         assert chip.option_bytes()[:4] == bytes(ob[:4])
+        assert run_cli("uart", "sim://0x460?chip=ob", "--write-option-bytes", ob[:16].hex(), "-q") == 2
         assert chip.option_bytes()[6:8] == b"\xa5\x5a"  # written by the chip, not by us
         path = tmp_path / "fw.bin"
         path.write_bytes(b"\x11" * 256)

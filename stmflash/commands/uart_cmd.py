@@ -237,6 +237,8 @@ def _session(
         if image is None:
             image = load_image(file, address=kw["address"], device=device, require_end=not kw["allow_missing_end"])
         check_image(image, device, kw["image_check"])
+    if ob_data is not None:
+        _check_option_bytes(device, ob_data, reporter)
 
     if kw["unprotect"]:
         reporter.phase("unprotect")
@@ -364,6 +366,27 @@ def _session(
         _print_info(info, device)
     if result is None and did and not kw["quiet"] and ob_read is None:
         click.echo("done", err=True)
+
+
+def _check_option_bytes(device: Any, data: bytes, reporter: Any) -> None:
+    """--write-option-bytes takes the whole area (as the README says): a part of it would
+    leave the rest to whatever the chip held; and a value that sets RDP level 1 is said."""
+    from stmflash import option_bytes as obl
+    from stmflash.errors import UsageError
+
+    area = device.option_bytes
+    if area is None:
+        raise UsageError(f"{device.short_name}: the device table has no option-byte area for this part")
+    if len(data) != area.size:
+        raise UsageError(
+            f"--write-option-bytes: {len(data)} bytes given; {device.short_name} takes the whole area, "
+            f"{area.size} bytes at 0x{area.start:08X} (read it with --read-option-bytes, edit, write back)"
+        )
+    if obl.supported(device) and obl.rdp_level(device, obl.normalize(device, data)) == 1:
+        reporter.warn(
+            "these option bytes set RDP level 1 (readout protection): the flash becomes unreadable "
+            "over the bootloader, and removing it later mass-erases the flash"
+        )
 
 
 def _decode_ob(device: Any, ob: bytes) -> dict[str, Any]:
