@@ -1,0 +1,312 @@
+"""The front door tried as a careless new user would (issue #12): every mistake is one line
+and a documented exit code, damaged or wrong files are refused, output paths are checked
+before the chip is touched. Everything runs against the virtual STM32."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+from pathlib import Path
+
+import pytest
+
+from stmflash.cli import main
+from stmflash.devices import find
+from stmflash.image import load, save
+from stmflash.image.model import Image
+from stmflash.sim import VirtualChip, registry
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line_error(code: int, err: str, want_code: int, *needles: str) -> str:
+    assert code == want_code, err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith(("Usage:", "Try "))]
+    errors = [line for line in lines if line.startswith(("stmflash: error:", "Error:"))]
+    assert len(errors) == 1, err
+    for n in needles:
+        assert n in errors[0], errors[0]
+    return errors[0]
+
+
+@pytest.fixture()
+def chip():
+    c = registry.register("front", VirtualChip(find("F407")))
+    yield c
+    registry.unregister("front")
+
+
+URL = "sim://F407?chip=front"
+
+
+def firmware_hex(tmp_path: Path) -> Path:
+    p = tmp_path / "fw.hex"
+    shutil.copy(EXAMPLES / "blinky-f407.hex", p)
+    return p
+
+
+# ---- 1. numbers ----------------------------------------------------------------------------
+@pytest.mark.parametrize("value", ["08000000", "007", "0x_", "0x", "1_", "12Q", "--1"])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["uart", URL, "{bin}", "--address", "{v}"],
+        ["uart", URL, "--read", "{out}", "--start", "{v}", "--length", "16"],
+        ["uart", URL, "--read", "{out}", "--range", "{v}:16"],
+        ["dfu", "{bin}", "--address", "{v}"],
+        ["image", "merge", "{bin}@{v}", "-o", "{out}"],
+        ["image", "stamp", "{hex}", "-o", "{out}", "--at", "{v}"],
+        ["batch", "{hex}", URL, "--serial-address", "{v}"],
+    ],
+)
+def test_bad_numbers_are_one_line_and_exit_2(capsys, tmp_path, chip, argv, value):
+    before = bytes(chip.flash[:64])
+    fmt = {"v": value, "bin": str(EXAMPLES / "blinky-f407.bin"), "hex": str(EXAMPLES / "blinky-f407.hex"),
+           "out": str(tmp_path / "out.hex")}
+    code, _, err = run(capsys, *[a.format(**fmt) for a in argv])
+    line = one_line_error(code, err, 2, repr(value) if value != "--1" else "")
+    if value in ("08000000", "007"):
+        assert "leading zero" in line and "0x" in line
+    assert bytes(chip.flash[:64]) == before
+    assert not (tmp_path / "out.hex").exists()
+
+
+def test_number_spelling_is_in_help(capsys):
+    code, out, _ = run(capsys, "--help")
+    assert code == 0 and "08000000" in out and "refused" in out
+    code, out, _ = run(capsys, "uart", "--help")
+    assert code == 0 and "leading zero" in " ".join(out.split())
+
+
+def test_hex_and_sizes_still_work(capsys, tmp_path, chip):
+    out = tmp_path / "d.bin"
+    code, _, err = run(capsys, "uart", URL, "--read", str(out), "--range", "0x0800_0000:1K", "-q")
+    assert code == 0, err
+    assert out.stat().st_size == 1024
+
+
+# ---- 1. templates, job files, simulator paths ---------------------------------------------------
+@pytest.mark.parametrize(
+    "template, needle",
+    [("SN-{n:06d}}", "Single '}'"), ("{n:>999999999}", "wider"), ("{n:{n}}", "nested"), ("{x}", "unknown field")],
+)
+def test_bad_serial_templates(capsys, tmp_path, chip, template, needle):
+    code, _, err = run(capsys, "batch", str(firmware_hex(tmp_path)), URL, "--serial-address", "0x080F0000",
+                       "--serial-format", "template", "--serial-template", template, "--serial-size", "16",
+                       "--report-dir", str(tmp_path / "rep"), "--ledger", str(tmp_path / "l.jsonl"))
+    one_line_error(code, err, 2, needle)
+    assert not (tmp_path / "rep").exists()
+
+
+def test_serial_width_is_bounded_before_formatting(capsys, tmp_path, chip):
+    code, _, err = run(capsys, "batch", str(firmware_hex(tmp_path)), URL, "--serial-address", "0x080F0000",
+                       "--serial-format", "ascii", "--serial-width", "999999999",
+                       "--report-dir", str(tmp_path / "rep"), "--ledger", str(tmp_path / "l.jsonl"))
+    one_line_error(code, err, 2, "wider")
+
+
+def test_job_file_with_a_non_utf8_byte(capsys, tmp_path):
+    job = tmp_path / "line.toml"
+    job.write_bytes(b'image = "fw.hex"\ndevice = "F4\xff07"\n')
+    code, _, err = run(capsys, "batch", "--job", str(job))
+    one_line_error(code, err, 2, str(job), "line 2", "UTF-8")
+
+
+def test_sim_link_and_image_in_missing_directories(capsys, tmp_path):
+    code, _, err = run(capsys, "sim", "uart", "--device", "F407", "--link", str(tmp_path / "no" / "link"))
+    one_line_error(code, err, 2, "--link")
+    code, _, err = run(capsys, "sim", "uart", "--device", "F407", "--image", str(tmp_path / "no" / "f4.img"))
+    one_line_error(code, err, 2, "--image", "does not exist")
+    victim = tmp_path / "precious.txt"
+    victim.write_text("keep me")
+    code, _, err = run(capsys, "sim", "uart", "--device", "F407", "--link", str(victim))
+    one_line_error(code, err, 2, "not a symlink")
+    assert victim.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("name", ["", "  "])
+def test_empty_device_name(capsys, name):
+    code, _, err = run(capsys, "sim", "uart", "--device", name)
+    line = one_line_error(code, err, 2, "no device name")
+    assert "F407" in line and len(line) < 200
+
+
+# ---- 2. output paths before the chip -----------------------------------------------------------
+@pytest.mark.parametrize("kind", ["dir", "missing"])
+@pytest.mark.parametrize("link", ["uart", "dfu"])
+def test_read_output_checked_first(capsys, tmp_path, monkeypatch, chip, kind, link):
+    target = tmp_path / "adir" if kind == "dir" else tmp_path / "no" / "such" / "x.bin"
+    if kind == "dir":
+        target.mkdir()
+    reads: list[int] = []
+    if link == "uart":
+        orig = chip.read
+
+        def counting(addr: int, n: int) -> bytes:
+            reads.append(n)
+            return orig(addr, n)
+
+        monkeypatch.setattr(chip, "read", counting)
+        code, _, err = run(capsys, "uart", URL, "--read", str(target))
+    else:
+        monkeypatch.setenv("STMFLASH_USB_SIM", "F407")
+        code, _, err = run(capsys, "dfu", "--read", str(target))
+    one_line_error(code, err, 2, "--read", str(target))
+    assert reads == []
+
+
+def test_batch_report_dir_and_ledger_checked_before_any_board(capsys, tmp_path, chip):
+    fw = firmware_hex(tmp_path)
+    before = bytes(chip.flash[:64])
+    code, _, err = run(capsys, "batch", str(fw), URL, "--report-dir", "/proc/nope")
+    one_line_error(code, err, 2, "--report-dir", "/proc/nope")
+    code, _, err = run(capsys, "batch", str(fw), URL, "--report-dir", str(tmp_path / "rep"),
+                       "--serial-address", "0x080F0000", "--ledger", str(tmp_path / "no" / "l.jsonl"))
+    one_line_error(code, err, 2, "--ledger")
+    assert bytes(chip.flash[:64]) == before
+    assert not (tmp_path / "rep").exists()
+
+
+# ---- 3. damaged and wrong input -----------------------------------------------------------
+def _s3(address: int, data: bytes) -> str:
+    body = bytes([len(data) + 5]) + address.to_bytes(4, "big") + data
+    return "S3" + body.hex().upper() + f"{(~sum(body)) & 0xFF:02X}"
+
+
+def _truncations(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    hex_lines = (EXAMPLES / "blinky-f407.hex").read_text().splitlines()
+    srec_lines = (EXAMPLES / "blinky-f407.srec").read_text().splitlines()
+    cases = {
+        "hex-no-eof": ("\n".join(hex_lines[:-1]) + "\n", ".hex", "end-of-file record"),
+        "hex-cut": ("\n".join(hex_lines[: len(hex_lines) // 2]) + "\n", ".hex", "end-of-file record"),
+        "hex-after-eof": ("\n".join(hex_lines + [hex_lines[1]]) + "\n", ".hex", "after the end-of-file"),
+        "srec-no-end": ("\n".join(srec_lines[:-1]) + "\n", ".srec", "end record"),
+        "srec-after-end": ("\n".join(srec_lines + [_s3(0x08010000, b"late")]) + "\n", ".srec", "after the end record"),
+    }
+    # an S5 record whose count disagrees (one data record missing)
+    data = [line for line in srec_lines if line[1] in "123"]
+    s5_count = len(data) - 1
+    body = bytes([3]) + s5_count.to_bytes(2, "big")
+    s5 = "S5" + body.hex().upper() + f"{(~sum(body)) & 0xFF:02X}"
+    cases["srec-bad-s5"] = ("\n".join([srec_lines[0], *data, s5, srec_lines[-1]]) + "\n", ".srec", "S5")
+    out = {}
+    for name, (text, ext, needle) in cases.items():
+        p = tmp_path / f"{name}{ext}"
+        p.write_text(text)
+        out[name] = (p, needle)
+    return out
+
+
+def test_truncated_files_are_refused_everywhere(capsys, tmp_path, chip):
+    before = bytes(chip.flash[:64])
+    for name, (path, needle) in _truncations(tmp_path).items():
+        for argv in (["uart", URL, str(path)], ["image", "info", str(path)],
+                     ["image", "convert", str(path), str(tmp_path / "o.bin")]):
+            code, _, err = run(capsys, *argv)
+            one_line_error(code, err, 2, path.name, needle)
+            if "after" not in name and "S5" not in needle:
+                assert "line" in err and "--allow-missing-end" in err
+    assert bytes(chip.flash[:64]) == before
+
+
+def test_allow_missing_end_is_explicit(capsys, tmp_path, chip):
+    cases = _truncations(tmp_path)
+    path, _ = cases["hex-no-eof"]
+    code, _, err = run(capsys, "uart", URL, str(path), "--allow-missing-end", "-q")
+    assert code == 0, err
+    assert bytes(chip.flash[:64]) == load(EXAMPLES / "blinky-f407.hex").read(0x08000000, 64)
+    # data after the end record stays an error with the option
+    path, _ = cases["hex-after-eof"]
+    code, _, err = run(capsys, "image", "info", str(path), "--allow-missing-end")
+    one_line_error(code, err, 2, "after the end-of-file")
+
+
+def test_our_srec_writer_ends_with_a_termination_record(tmp_path):
+    img = Image()
+    img.add(0x08000000, bytes(range(100)))
+    p = tmp_path / "o.srec"
+    save(img, p)
+    assert p.read_text().splitlines()[-1][:2] in ("S7", "S8", "S9")
+    assert load(p).read(0x08000000, 100) == bytes(range(100))
+
+
+def test_a_text_file_is_not_firmware(capsys, tmp_path, chip):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("shopping list: milk, eggs\n")
+    code, _, err = run(capsys, "uart", URL, str(notes))
+    one_line_error(code, err, 2, "notes.txt", "--no-image-check")
+    assert bytes(chip.flash[:16]) == b"\xff" * 16
+    code, _, err = run(capsys, "uart", URL, str(notes), "--no-image-check", "-q")
+    assert code == 0, err
+    assert bytes(chip.flash[:26]) == notes.read_bytes()
+
+
+def test_a_text_file_is_not_firmware_over_dfu(capsys, tmp_path, monkeypatch):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("shopping list: milk, eggs\n")
+    monkeypatch.setenv("STMFLASH_USB_SIM", f"F407={tmp_path / 'f4.img'}")
+    code, _, err = run(capsys, "dfu", str(notes))
+    one_line_error(code, err, 2, "notes.txt", "--no-image-check")
+    code, _, err = run(capsys, "dfu", str(notes), "--no-image-check", "-q")
+    assert code == 0, err
+
+
+def test_elf_for_another_machine(capsys, tmp_path, chip):
+    exe = Path(shutil.which("ls") or "/bin/ls").resolve()
+    elf = tmp_path / "fw.elf"
+    shutil.copy(exe, elf)
+    code, _, err = run(capsys, "uart", URL, str(elf))
+    one_line_error(code, err, 2, "fw.elf", "not ARM")
+    code, _, err = run(capsys, "image", "info", str(elf))
+    one_line_error(code, err, 2, "not ARM")
+
+
+def test_write_option_bytes_needs_the_whole_area_and_says_rdp1(capsys, chip):
+    from stmflash import option_bytes as obl
+
+    area = chip.option_bytes()
+    code, _, err = run(capsys, "uart", URL, "--write-option-bytes", area[:4].hex())
+    one_line_error(code, err, 2, "whole area", str(len(area)))
+    rdp1 = obl.set_rdp(chip.device, bytes(area), 1)
+    code, _, err = run(capsys, "uart", URL, "--write-option-bytes", rdp1.hex())
+    assert code == 0, err
+    assert "RDP level 1" in err
+    assert obl.rdp_level(chip.device, chip.option_bytes()) == 1
+
+
+def test_elf_header_machine_field_is_what_decides(tmp_path):
+    """A minimal ELF32 with e_machine = 62 (x86-64) and one PT_LOAD is refused by the loader."""
+    from stmflash.errors import ImageError
+
+    ehdr = struct.pack("<4sBBBB8xHHIIIIIHHHHHH", b"\x7fELF", 1, 1, 1, 0, 2, 62, 1, 0x08000000, 52, 0, 0,
+                       52, 32, 1, 0, 0, 0)
+    phdr = struct.pack("<IIIIIIII", 1, 84, 0x08000000, 0x08000000, 8, 8, 5, 4)
+    p = tmp_path / "x.elf"
+    p.write_bytes(ehdr + phdr + b"\x00\x00\x02\x20\x09\x00\x00\x08")
+    with pytest.raises(ImageError, match="X86_64"):
+        load(p)
+    arm = bytearray(p.read_bytes())
+    arm[18:20] = (40).to_bytes(2, "little")  # EM_ARM
+    p.write_bytes(bytes(arm))
+    assert load(p).read(0x08000000, 8) == b"\x00\x00\x02\x20\x09\x00\x00\x08"
+
+
+def test_nothing_left_behind_by_path_checks(tmp_path):
+    from stmflash.paths import check_output_dir, check_output_file
+
+    check_output_file(str(tmp_path / "x.bin"), "--read")
+    check_output_dir(str(tmp_path / "a" / "b"), "--report-dir")
+    assert os.listdir(tmp_path) == []
