@@ -54,9 +54,9 @@ def program_options(f: F) -> F:
     f = click.option(
         "--after",
         type=click.Choice(["go", "reset", "stay"]),
-        default="go",
-        show_default=True,
-        help="After programming: run the application (Go), reset the chip, or stay in the bootloader.",
+        default=None,
+        help="After programming: run the application (Go), reset the chip, or stay in the "
+        "bootloader [default: go]. Without FILE: only that (start or reset the chip).",
     )(f)
     f = click.option(
         "--verify/--no-verify", default=True, show_default=True, help="Check the flash against the image."
@@ -137,6 +137,29 @@ def check_image(image: Any, device: Any, enabled: bool = True) -> None:
         raise ImageError(
             f"{image.source or 'image'}: {problems[0]} (not firmware for this part? "
             "--no-image-check to flash it anyway)"
+        )
+
+
+def check_port_argument(port: str) -> None:
+    """``stmflash uart fw.hex`` (the port forgotten): say so instead of an ioctl error."""
+    import os
+    import stat
+
+    from stmflash.errors import UsageError
+    from stmflash.image.loaders import EXTENSIONS
+
+    if "://" in port:
+        return
+    try:
+        is_file = stat.S_ISREG(os.stat(port).st_mode) or stat.S_ISDIR(os.stat(port).st_mode)
+    except OSError:
+        is_file = False
+    image_like = os.path.splitext(port)[1].lower() in EXTENSIONS
+    if is_file or (image_like and not os.path.exists(port)):
+        hint = f"; {port} looks like a firmware image: stmflash uart PORT {port}" if image_like else ""
+        raise UsageError(
+            f"{port} is not a serial port: the first argument is the PORT (/dev/ttyUSB0, COM3, "
+            f"socket://host:port, sim://F407), FILE comes second{hint}"
         )
 
 

@@ -129,10 +129,24 @@ def _run(reporter: Any, **kw: Any) -> None:
 
         reporter.phase("enter")
         seen = enter_dfu(kw["enter"], timeout=kw["enter_timeout"], log=reporter.info)
+        if seen is not None:
+            reporter.info(f"the application re-enumerated as the ROM DFU device at USB {seen.path or '?'}")
         if seen is not None and seen.path and not kw["serial"] and not kw["port_path"]:
             kw["port_path"] = seen.path  # the board we just rebooted, not another one in DFU
     reporter.phase("connect")
-    link = connect(serial=kw["serial"], path=kw["port_path"], vid_pid=vid_pid, device=forced)
+    from stmflash.errors import LinkError
+
+    try:
+        link = connect(serial=kw["serial"], path=kw["port_path"], vid_pid=vid_pid, device=forced)
+    except LinkError as exc:
+        if "no DFU device" not in str(exc) or (kw.get("enter") or "none").strip().lower() != "none":
+            raise
+        from stmflash.trigger.runtime import hint
+
+        extra = hint()
+        if not extra:
+            raise
+        raise type(exc)(str(exc) + extra) from None
     try:
         _session(link, reporter, kw, image, file, ob_data)
     finally:
@@ -333,6 +347,14 @@ def _read_range(kw: dict[str, Any], link: Any) -> tuple[int, int]:
         length = region[1] - start
     if length <= 0:
         raise UsageError("--length must be positive")
+    if alt is not None and regions and not alt.layout.contains(start, length):
+        inside = next(((a, b) for a, b in regions if a <= start < b), None)
+        if inside is not None:
+            raise UsageError(
+                f"--read 0x{start:08X}+{length} runs past the end of {alt.name!r} "
+                f"(0x{inside[0]:08X}..0x{inside[1]:08X}): at most {inside[1] - start} bytes from 0x{start:08X}"
+            )
+        raise UsageError(f"--read 0x{start:08X}+{length} is outside {alt.name!r} ({alt.layout.describe()})")
     return start, length
 
 

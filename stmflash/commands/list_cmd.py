@@ -38,18 +38,31 @@ def _dfu_devices() -> tuple[list[dict[str, Any]], str | None]:
     try:
         found = find_devices(vid_pid=None)
     except StmflashError as exc:
+        if exc.exit_code == 2:  # a bad STMFLASH_USB_SIM is the user's mistake, not "no USB"
+            raise
         return [], str(exc)
     return [d.to_dict() for d in found], None
+
+
+def _runtime_apps() -> list[dict[str, Any]]:
+    from stmflash.errors import StmflashError
+    from stmflash.trigger.runtime import runtime_apps
+
+    try:
+        return runtime_apps()
+    except (StmflashError, ImportError, OSError, ValueError):
+        return []
 
 
 @click.command("list", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--json", "json_", is_flag=True, help="One JSON object on stdout.")
 def list_(json_: bool) -> None:
-    """List serial ports and USB DFU devices (with their USB port paths)."""
+    """List serial ports, USB DFU devices and applications in runtime mode (with USB port paths)."""
     ports = _serial_ports()
     dfu, problem = _dfu_devices()
+    apps = _runtime_apps() if not problem else []
     if json_:
-        obj: dict[str, Any] = {"serial_ports": ports, "dfu_devices": dfu}
+        obj: dict[str, Any] = {"serial_ports": ports, "dfu_devices": dfu, "runtime_apps": apps}
         if problem:
             obj["dfu_error"] = problem
         click.echo(json.dumps(obj))
@@ -80,6 +93,10 @@ def list_(json_: bool) -> None:
             f"bcdDevice {d['bcd_device']}" + (" [virtual]" if d["virtual"] else "")
         )
         click.echo(f"             alts: {alts}")
+    if apps:
+        click.echo("Applications in runtime mode:")
+        for a in apps:
+            click.echo(f"  {a['path'] or '?':<10} {a['usb']} {a['kind']:<11} (into DFU mode: stmflash dfu {a['enter']})")
 
 
 __all__ = ["list_"]

@@ -15,6 +15,7 @@ from stmflash.commands.common import (
     INT,
     SIZE,
     check_image,
+    check_port_argument,
     describe_result,
     image_input_options,
     load_image,
@@ -74,7 +75,7 @@ def _print_info(info: Any, device: Any) -> None:
 @click.argument("port")
 @click.argument("file", required=False)
 @program_options
-@click.option("--baud", "-b", type=int, default=115200, show_default=True, help="Line rate.")
+@click.option("--baud", "-b", type=click.IntRange(min=1), default=115200, show_default=True, help="Line rate.")
 @click.option(
     "--parity", type=click.Choice(["even", "none"]), default="even", show_default=True,
     help="AN3155 uses even parity; 'none' for BlueNRG-like ROMs and 8N1-only adapters.",
@@ -86,11 +87,11 @@ def _print_info(info: Any, device: Any) -> None:
     "trigger to a running application), 1200[:PORT], detach[:PATH], e.g. 'command,pins:...'. "
     "A *N suffix tries one strategy N times before falling back: 'pins:...*3,none'.",
 )
-@click.option("--app-baud", type=int, default=None, metavar="N",
+@click.option("--app-baud", type=click.IntRange(min=1), default=None, metavar="N",
               help="--enter command: the application's baud rate (8N1) [default: 115200].")
 @click.option("--trigger-key", default=None, metavar="HEX",
               help="--enter command: key the firmware companion was built with [default: none].")
-@click.option("--trigger-timeout", type=float, default=None, metavar="S",
+@click.option("--trigger-timeout", type=click.FloatRange(min=0, min_open=True, max=600), default=None, metavar="S",
               help="--enter command: seconds to wait for the application's acknowledgement [default: 1].")
 @click.option("--invert", multiple=True, type=click.Choice(["dtr", "rts"]), help="Invert a line in pin sequences.")
 @click.option("--read", "read_out", metavar="OUT", help="Read memory into OUT (.bin/.hex/.srec...).")
@@ -110,8 +111,10 @@ def _print_info(info: Any, device: Any) -> None:
               "covers several units, their whole group is protected.")
 @click.option("--read-option-bytes", is_flag=True, help="Print the option bytes.")
 @click.option("--write-option-bytes", metavar="FILE|HEX", help="Write the option bytes (the chip resets).")
-@click.option("--timeout", type=float, default=0.3, show_default=True, help="Base answer timeout (s).")
-@click.option("--retries", type=int, default=6, show_default=True, help="Retries per command on a noisy line.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True, max=600), default=0.3, show_default=True,
+              help="Base answer timeout (s).")
+@click.option("--retries", type=click.IntRange(min=0, max=100), default=6, show_default=True,
+              help="Retries per command on a noisy line.")
 @click.option("--no-pipeline", is_flag=True, help="Wait for every ACK (ROMs/adapters that lose bytes sent early).")
 @image_input_options
 @output_options
@@ -158,6 +161,9 @@ def _run(reporter: Any, **kw: Any) -> None:
         raise UsageError("--start/--length/--range apply to --read")
     if kw["baud"] <= 0:
         raise UsageError(f"bad --baud {kw['baud']}")
+    check_port_argument(port)
+    kw["go_only"] = kw["after"] if (kw["after"] in ("go", "reset") and not file) else None
+    kw["after"] = kw["after"] or "go"
     wp_units = _parse_units(kw["write_protect"]) if kw["write_protect"] else None
     if kw["protect_level"] is not None:
         kw["protect"] = True
@@ -202,6 +208,10 @@ def _run(reporter: Any, **kw: Any) -> None:
         log=None,
         pipeline=not kw["no_pipeline"],
     )
+    ack = getattr(link.entry, "ack", None)
+    if ack is not None:
+        reporter.info(f"trigger acknowledged by the application on {ack.port} at {ack.app_baud} 8N1 "
+                      f"in {ack.seconds * 1000:.0f} ms; bootloader entered")
     try:
         _session(link, reporter, kw, image, file, erase_range, wp_units, ob_data, json_mode)
     finally:
@@ -332,6 +342,21 @@ def _session(
             else "RDP level 2 set: the bootloader and debug port are disabled for good"
         )
         did = True
+    if kw["go_only"] == "go":
+        if info.read_protected:
+            raise _rdp_error(link)
+        from stmflash.pipeline import start_address
+
+        target = kw["address"] if kw["address"] is not None else start_address(None, device)
+        reporter.phase("go")
+        link.start(target)
+        reporter.info(f"application started at 0x{target:08X} (Go)")
+        did = True
+    elif kw["go_only"] == "reset":
+        reporter.phase("reset")
+        link.reset()
+        reporter.info("chip reset")
+        did = True
     if result is not None and (wp_units or ob_data or kw["protect"] or kw["read_out"]):
         if kw["after"] == "go" and not kw["protect"]:
             from stmflash.pipeline import start_address
@@ -413,7 +438,9 @@ def _read_range(kw: dict[str, Any], device: Any) -> tuple[int, int]:
     if kw["range_"]:
         if kw["start"] is not None or kw["length"] is not None:
             raise UsageError("use either --range or --start/--length")
-        return parse_range(kw["range_"], default_start=device.flash_start)
+        start, length = parse_range(kw["range_"], default_start=device.flash_start)
+        _check_in_memory_map(device, start, length)
+        return start, length
     start = device.flash_start if kw["start"] is None else kw["start"]
     if kw["length"] is not None:
         length = kw["length"]
@@ -423,7 +450,31 @@ def _read_range(kw: dict[str, Any], device: Any) -> tuple[int, int]:
         raise UsageError("--read outside flash needs --length")
     if length <= 0:
         raise UsageError("--length must be positive")
+    _check_in_memory_map(device, start, length)
     return start, length
+
+
+def _check_in_memory_map(device: Any, start: int, length: int) -> None:
+    """A read must lie inside one memory of the part (device table), else the ROM NACKs
+    somewhere in the middle: say so before reading anything."""
+    from stmflash.errors import UsageError
+
+    named = [("flash", device.flash), ("system memory", device.system_memory),
+             ("option bytes", device.option_bytes), ("OTP", device.otp), ("EEPROM", device.eeprom)]
+    named += [("RAM", r) for r in device.ram]
+    regions = [(n, r) for n, r in named if r is not None]
+    if any(r.contains_range(start, length) for _n, r in regions):
+        return
+    end = start + length
+    near = next(((n, r) for n, r in regions if start in r), None)
+    if near is not None:
+        n, r = near
+        raise UsageError(
+            f"range 0x{start:08X}..0x{end:08X} runs past the end of {device.short_name} {n} "
+            f"(0x{r.start:08X}..0x{r.end:08X}): at most {r.end - start} bytes from 0x{start:08X}"
+        )
+    known = ", ".join(f"{n} 0x{r.start:08X}..0x{r.end:08X}" for n, r in regions)
+    raise UsageError(f"range 0x{start:08X}..0x{end:08X} is not in a memory of {device.short_name} ({known})")
 
 
 __all__ = ["uart", "parse_int"]
