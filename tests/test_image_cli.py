@@ -56,9 +56,9 @@ def test_info_json(capsys, fw_hex: Path) -> None:
     assert code == 0, err
     r = json.loads(out)
     img = firmware()
-    assert r["segments"][0]["address"] == BASE and r["segments"][0]["size"] == 520
-    assert [(s["address"], s["size"]) for s in r["segments"]] == [(s.address, len(s)) for s in img.segments]
-    assert r["crc32"] == img.crc32()
+    assert r["segments"][0]["address"] == f"0x{BASE:08X}" and r["segments"][0]["size"] == 520
+    assert [(int(s["address"], 16), s["size"]) for s in r["segments"]] == [(s.address, len(s)) for s in img.segments]
+    assert r["crc32"] == f"0x{img.crc32():08X}"
     assert r["format"] == "hex"
     assert r["vector_table"]["checked"] and r["vector_table"]["problems"] == []
     assert err == ""
@@ -105,7 +105,7 @@ def test_bin_needs_address(capsys, tmp_path: Path) -> None:
     code, _, err = cli(capsys, "image", "info", str(p))
     assert_one_line_error(code, err, "raw.bin", "--address")
     code, out, _ = cli(capsys, "image", "info", str(p), "--address", "0x08000000", "--json")
-    assert code == 0 and json.loads(out)["segments"][0]["address"] == BASE
+    assert code == 0 and json.loads(out)["segments"][0]["address"] == f"0x{BASE:08X}"
 
 
 @pytest.mark.parametrize(
@@ -179,7 +179,7 @@ def test_stamp(capsys, tmp_path: Path, fw_hex: Path) -> None:
     )  # fmt: skip
     assert code == 0, err
     h = json.loads(stdout)
-    assert h["version"] == 0x02000007 and h["length"] == 0x840 and h["address"] == 0x08000300
+    assert h["version"] == "0x02000007" and h["length"] == 0x840 and h["address"] == "0x08000300"
     img = load(out)
     assert len(img.segments) == 1 and img.start == BASE
     assert check_stamp(img, 0x08000300, crc="stm32") == []

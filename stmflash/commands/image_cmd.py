@@ -115,7 +115,7 @@ def info(file: str, address: int | None, device_name: str | None, fmt: str | Non
             "end": s.end,
             "crc32": zlib_crc(s.data),
             "stm32_crc": stm32_crc(s.data),
-        }
+        }  # as numbers for the text output; the JSON output spells them in hex (jsonfmt)
         alt = img.alts.get(s.address)
         if alt is not None:
             d["alt"] = alt
@@ -142,7 +142,7 @@ def info(file: str, address: int | None, device_name: str | None, fmt: str | Non
         },
     }
     if json_:
-        click.echo(json.dumps(report))
+        click.echo(json.dumps(_info_json(report)))
     else:
         _print_info(report)
     for p in problems:
@@ -150,6 +150,26 @@ def info(file: str, address: int | None, device_name: str | None, fmt: str | Non
             click.echo(f"stmflash: warning: {file}: {p}", err=True)
     if problems and strict:
         raise UsageError(f"{file}: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+
+
+def _info_json(r: dict[str, Any]) -> dict[str, Any]:
+    """The report in the JSON convention of :mod:`stmflash.jsonfmt`."""
+    from stmflash.jsonfmt import addr, hexid
+
+    out = dict(r)
+    out["segments"] = [
+        {**s, "address": addr(s["address"]), "end": addr(s["end"]), "crc32": hexid(s["crc32"], 8),
+         "stm32_crc": hexid(s["stm32_crc"], 8)}
+        for s in r["segments"]
+    ]
+    for key in ("start", "end", "entry"):
+        out[key] = addr(r[key])
+    out["crc32"] = hexid(r["crc32"], 8)
+    out["stm32_crc"] = hexid(r["stm32_crc"], 8)
+    if r["dfu_ids"]:
+        out["dfu_ids"] = [hexid(v, 4) for v in r["dfu_ids"]]
+    out["vector_table"] = {**r["vector_table"], "address": addr(r["vector_table"]["address"])}
+    return out
 
 
 def _print_info(r: dict[str, Any]) -> None:
@@ -272,7 +292,14 @@ def stamp_cmd(
     out, header = stamp(img, at, version=parse_version(version), crc=crc, magic=MAGIC if magic is None else magic)
     _save(out, output, fmt, 0xFF, dfu_id, bcd_device)
     if json_:
-        click.echo(json.dumps({**header.to_dict(), "crc_kind": crc, "start": out.start, "output": output}))
+        from stmflash.jsonfmt import addr, hexid
+
+        h = header.to_dict()
+        click.echo(json.dumps({
+            **h, "address": addr(header.address), "magic": hexid(header.magic, 8),
+            "version": hexid(header.version, 8), "crc": hexid(header.crc, 8),
+            "crc_kind": crc, "start": addr(out.start), "output": output,
+        }))
     else:
         click.echo(
             f"{output}: header at 0x{at:08X}: version {header.version_text} (0x{header.version:08X}), "

@@ -89,7 +89,7 @@ def list_(json_: bool) -> None:
     for d in dfu:
         alts = ", ".join(f"{a['alt']}:{a['name']}" for a in d["alts"])
         click.echo(
-            f"  {d['path']:<10} {d['vid']}:{d['pid']} serial {d['serial'] or '?'} "
+            f"  {d['path']:<10} {d['vid'][2:].lower()}:{d['pid'][2:].lower()} serial {d['serial'] or '?'} "
             f"bcdDevice {d['bcd_device']}" + (" [virtual]" if d["virtual"] else "")
         )
         click.echo(f"             alts: {alts}")
