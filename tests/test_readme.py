@@ -32,11 +32,15 @@ import shutil
 import struct
 import subprocess
 import sys
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -152,10 +156,9 @@ def _elf(address: int, data: bytes) -> bytes:
 
 
 def make_sandbox(path: Path) -> None:
+    from stmflash.devices import find
     from stmflash.image import load, save
     from stmflash.image.model import Image
-
-    from stmflash.devices import find
     from stmflash.sim import VirtualChip
 
     ex = ROOT / "examples"
