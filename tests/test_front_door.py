@@ -310,3 +310,140 @@ def test_nothing_left_behind_by_path_checks(tmp_path):
     check_output_file(str(tmp_path / "x.bin"), "--read")
     check_output_dir(str(tmp_path / "a" / "b"), "--report-dir")
     assert os.listdir(tmp_path) == []
+
+
+# ---- 4. messages that say what is wrong --------------------------------------------------------
+def test_read_range_past_the_end_is_checked_first(capsys, monkeypatch, chip):
+    code, _, err = run(capsys, "uart", URL, "--read", "o.bin", "--range", "0x080FFFF0:64")
+    one_line_error(code, err, 2, "past the end", "flash", "16 bytes")
+    code, _, err = run(capsys, "uart", URL, "--read", "o.bin", "--start", "0x30000000", "--length", "16")
+    one_line_error(code, err, 2, "not in a memory")
+    monkeypatch.setenv("STMFLASH_USB_SIM", "F407")
+    code, _, err = run(capsys, "dfu", "--read", "o.bin", "--start", "0x080FFFF0", "--length", "64")
+    one_line_error(code, err, 2, "past the end", "16 bytes")
+
+
+def test_port_forgotten(capsys, tmp_path):
+    fw = firmware_hex(tmp_path)
+    code, _, err = run(capsys, "uart", str(fw))
+    one_line_error(code, err, 2, "not a serial port", "looks like a firmware image")
+    code, _, err = run(capsys, "uart", "missing.hex")
+    one_line_error(code, err, 2, "first argument is the PORT")
+
+
+def test_negative_retries_and_baud_are_usage_errors(capsys, chip):
+    for opt, value in (("--retries", "-1"), ("--baud", "0"), ("--timeout", "0"), ("--app-baud", "-5")):
+        code, _, err = run(capsys, "uart", URL, opt, value)
+        one_line_error(code, err, 2, opt)
+
+
+def test_after_go_and_reset_without_a_file_do_it(capsys, chip):
+    chip.go(chip.device.flash_start)  # pretend the app ran, then the ROM came back
+    chip.reset("bootloader")
+    code, _, err = run(capsys, "uart", URL, "--after", "go")
+    assert code == 0, err
+    assert "started at 0x08000000" in err and chip.mode == "app"
+    chip.reset("bootloader")
+    resets = chip.reset_count
+    code, _, err = run(capsys, "uart", URL, "--after", "reset")
+    assert code == 0, err
+    assert chip.reset_count == resets + 1 and "chip reset" in err
+
+
+def test_device_names(capsys):
+    code, _, err = run(capsys, "devices", "f4")
+    line = one_line_error(code, err, 2, "ambiguous")
+    assert "H5E5" not in line and "F407" in line
+    for part in ("STM32F407VG", "STM32G071RB", "stm32f103c8t6", "STM32L476RG"):
+        code, out, err = run(capsys, "devices", part)
+        assert code == 0, err
+        assert find(part).short_name in out
+
+
+def test_bad_usb_sim_spec_is_an_error(capsys, monkeypatch):
+    monkeypatch.setenv("STMFLASH_USB_SIM", "garbage")
+    code, _, err = run(capsys, "list")
+    one_line_error(code, err, 2, "STMFLASH_USB_SIM", "garbage")
+
+
+def test_list_shows_runtime_apps_and_dfu_suggests_enter(capsys, tmp_path, monkeypatch):
+    img = tmp_path / "app.img"
+    board = VirtualChip(find("F407"), image_path=img)
+    for seg in load(EXAMPLES / "blinky-f407.hex").segments:
+        board.preload(seg.address, seg.data)
+    board.save()
+    monkeypatch.setenv("STMFLASH_USB_SIM", f"F407={img};app=1")
+    code, out, err = run(capsys, "list")
+    assert code == 0, err
+    assert "runtime mode" in out and "0483:5740" in out and "--enter detach" in out
+    code, _, err = run(capsys, "dfu")
+    one_line_error(code, err, 3, "runtime mode", "--enter detach")
+    code, _, err = run(capsys, "dfu", "--enter", "detach", "--json")
+    assert code == 0, err
+
+
+def test_every_failed_entry_strategy_is_reported(capsys, chip):
+    chip.go(chip.device.flash_start)  # the application runs, without the companion
+    code, _, err = run(capsys, "uart", URL, "--enter", "command:timeout=0.05,pins:rts,-rts",
+                       "--timeout", "0.05", "--retries", "0")
+    line = one_line_error(code, err, 3)
+    assert "command" in line and "pins:rts,-rts" in line and "2 tried" in line
+
+
+def test_trigger_key_is_named(capsys, tmp_path):
+    app_img = tmp_path / "a.img"
+    board = VirtualChip(find("F407"), image_path=app_img)
+    for seg in load(EXAMPLES / "blinky-f407.hex").segments:
+        board.preload(seg.address, seg.data)
+    board.save()
+    url = f"sim://F407?app=1&image={app_img}&app_key=5a17c0de"
+    code, _, err = run(capsys, "trigger", url, "--trigger-key", "00112233", "--timeout", "0.1")
+    one_line_error(code, err, 3, "--trigger-key 00112233")
+    code, _, err = run(capsys, "trigger", url, "--timeout", "0.1")
+    one_line_error(code, err, 3, "STMFLASH_BOOT_KEY")
+    code, _, err = run(capsys, "uart", url, "--enter", "command", "--trigger-key", "5a17c0de")
+    assert code == 0, err
+    assert "trigger acknowledged" in err
+
+
+# ---- 6. one entry registry, no import cycle ----------------------------------------------------
+def _imports(path: Path) -> set[str]:
+    import ast
+
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            out.add(node.module)
+        elif isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+    return out
+
+
+def test_entry_modules_import_alone_without_a_cycle():
+    import subprocess
+    import sys
+
+    uart_entry = _imports(ROOT / "stmflash" / "uart" / "entry.py")
+    host = _imports(ROOT / "stmflash" / "trigger" / "host.py")
+    assert not any(m.startswith("stmflash.trigger") for m in uart_entry)
+    assert not any(m.startswith("stmflash.uart") for m in host)
+    assert "stmflash.enter" in uart_entry and "stmflash.enter" in host
+    for first in ("stmflash.trigger.host", "stmflash.uart.entry", "stmflash.enter"):
+        code = f"import {first}; import stmflash.enter as e; print(e.serial_chain('command,pins:rts,none'))"
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+        assert "CommandStrategy" in p.stdout and "PinsEntry" in p.stdout
+
+
+def test_one_registry_serves_uart_and_dfu():
+    from stmflash import enter
+    from stmflash.errors import UsageError
+
+    serial = enter.serial_chain("pins:rts,-rts*2,command,none")
+    assert [s.describe().split(" ")[0] for s in serial] == ["pins:rts,-rts", "pins:rts,-rts", "command", "none"]
+    usb = enter.usb_chain("1200,detach*2,none", timeout=1.0)
+    assert [w for w, _ in usb] == ["1200", "detach", "detach", "none"]
+    with pytest.raises(UsageError, match="not a USB entry"):
+        enter.usb_chain("command", timeout=1.0)
+    with pytest.raises(UsageError, match="unknown --enter strategy"):
+        enter.serial_chain("bogus")
