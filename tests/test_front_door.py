@@ -447,3 +447,35 @@ def test_one_registry_serves_uart_and_dfu():
         enter.usb_chain("command", timeout=1.0)
     with pytest.raises(UsageError, match="unknown --enter strategy"):
         enter.serial_chain("bogus")
+
+
+def test_enter_command_on_a_pty_at_the_default_parity(capsys, tmp_path):
+    """Switching back to 8E1 after the trigger falls back to 8N1 on a pty, as opening does."""
+    import signal
+    import subprocess
+    import sys
+
+    from stmflash.sim.app import demo_vector_table
+
+    img = tmp_path / "board.img"
+    board = VirtualChip(find("F407"), image_path=img)
+    board.preload(board.device.flash_start, demo_vector_table(board))
+    board.save()
+    proc = subprocess.Popen([sys.executable, "-m", "stmflash", "sim", "uart", "--device", "F407", "--image",
+                             str(img), "--app"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        path = proc.stdout.readline().strip()  # type: ignore[union-attr]
+        assert path.startswith("/dev/")
+        code, _, err = run(capsys, "uart", path, "--enter", "command")
+        assert code == 0, err
+        assert "trigger acknowledged" in err and "Invalid argument" not in err
+        code, _, err = run(capsys, "uart", path, "--enter", "command,none")  # the ROM is there already
+        assert code == 0, err
+        assert "not open" not in err
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # pragma: no cover
+            proc.kill()
+            proc.wait()
