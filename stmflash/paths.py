@@ -4,7 +4,7 @@ A ``--read`` that fails to save after a minute of reading, or a batch that progr
 board and then cannot write its report, wastes work and (for serial numbers) leaves the
 ledger and the report disagreeing. So every output path is checked first: these helpers
 raise a :class:`~stmflash.errors.UsageError` (exit 2, nothing touched) naming the option
-and the path. They leave nothing behind (a probe file is created and removed at once), so a
+and the path. They leave nothing behind (what they create to test is removed at once), so a
 request that fails later leaves no stray files or directories.
 """
 
@@ -62,9 +62,12 @@ def check_output_file(path: str, what: str) -> None:
         except OSError as exc:
             raise _usage(f"{what} {path}: not writable ({exc.strerror})") from None
     else:
-        why = _probe(parent)
-        if why is not None:
-            raise _usage(f"{what} {path}: cannot create files in {parent} ({why})")
+        try:  # the file itself, not only its directory: its name may be too long, say
+            with open(path, "xb"):
+                pass
+            os.unlink(path)
+        except OSError as exc:
+            raise _usage(f"{what} {path}: cannot create it ({exc.strerror or exc})") from None
 
 
 def check_output_dir(path: str, what: str) -> None:
@@ -81,9 +84,26 @@ def check_output_dir(path: str, what: str) -> None:
     base = _nearest_existing(path)
     if not os.path.isdir(base):
         raise _usage(f"{what} {path}: {base} is not a directory")
-    why = _probe(base)
-    if why is not None:
-        raise _usage(f"{what} {path}: cannot create it in {base} ({why})")
+    # create the missing directories and remove them again: the real test (a name may be
+    # too long, a mount read-only, /proc refuses everything), leaving nothing behind
+    created: list[str] = []
+    p = os.path.abspath(path)
+    missing: list[str] = []
+    while p != base:
+        missing.append(p)
+        p = os.path.dirname(p)
+    try:
+        for d in reversed(missing):
+            os.mkdir(d)
+            created.append(d)
+    except OSError as exc:
+        raise _usage(f"{what} {path}: cannot create it ({exc.strerror or exc})") from None
+    finally:
+        for d in reversed(created):
+            try:
+                os.rmdir(d)
+            except OSError:  # pragma: no cover - someone else filled it meanwhile
+                pass
 
 
 __all__ = ["check_output_dir", "check_output_file"]

@@ -36,8 +36,32 @@ class SizeParam(IntParam):
     name = "SIZE"
 
 
+class SecondsParam(click.ParamType):
+    """A time in seconds: finite, above ``minimum`` (exclusive when 0), at most ``maximum``
+    (click's FloatRange lets ``nan`` through, and a ``nan`` timeout never ends)."""
+
+    name = "SECONDS"
+
+    def __init__(self, minimum: float = 0.0, maximum: float = 600.0, *, allow_zero: bool = False) -> None:
+        self.minimum, self.maximum, self.allow_zero = minimum, maximum, allow_zero
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        import math
+
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        low_ok = v >= self.minimum if self.allow_zero else v > self.minimum
+        if not math.isfinite(v) or not low_ok or v > self.maximum:
+            bound = ">=" if self.allow_zero else ">"
+            self.fail(f"{value!r}: give seconds {bound} {self.minimum:g} and <= {self.maximum:g}", param, ctx)
+        return v
+
+
 INT = IntParam()
 SIZE = SizeParam()
+SECONDS = SecondsParam()
 
 
 def output_options(f: F) -> F:

@@ -15,6 +15,7 @@ import click
 from stmflash.commands.common import (
     INT,
     NUMBER_HELP,
+    SECONDS,
     check_image,
     describe_result,
     image_input_options,
@@ -53,7 +54,7 @@ from stmflash.commands.common import (
               help="Bring a running application into the ROM DFU bootloader first, tried in order: "
               "1200[:PORT] (1200-baud touch on its USB CDC port), detach[:PATH|VID:PID] (DFU_DETACH "
               "to its DFU runtime interface), none. E.g. '1200,detach'; a *N suffix retries one: '1200*2,detach'.")
-@click.option("--enter-timeout", type=float, default=10.0, show_default=True,
+@click.option("--enter-timeout", type=SECONDS, default=10.0, show_default=True,
               help="Seconds to wait for the DFU device to appear on the same USB port after the entry.")
 @image_input_options
 @output_options

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import click
 
+from stmflash.commands.common import SecondsParam
+
 
 @click.group("sim")
 def sim() -> None:
@@ -21,8 +23,8 @@ def sim() -> None:
               help="Image file holding flash, option bytes and OTP (created if missing, saved on exit).")
 @click.option("--timing", type=click.Choice(["instant", "realistic"]), default="instant", show_default=True,
               help="instant: answer at once; realistic: pace the line, programming and erase times.")
-@click.option("--baud", type=int, default=115200, show_default=True, help="Modelled line rate (realistic timing).")
-@click.option("--latency-ms", type=float, default=1.0, show_default=True, help="Modelled adapter turnaround per answer.")
+@click.option("--baud", type=click.IntRange(min=1), default=115200, show_default=True, help="Modelled line rate (realistic timing).")
+@click.option("--latency-ms", type=SecondsParam(0.0, 10000.0, allow_zero=True), default=1.0, show_default=True, help="Modelled adapter turnaround per answer.")
 @click.option("--fault", "fault", default=None, help="Fault spec, e.g. 'drop=0.01,stray_zero,power_loss=after:4096'.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for faults and the chip's UID.")
 @click.option("--link", "link", type=click.Path(dir_okay=False), default=None,

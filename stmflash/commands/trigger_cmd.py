@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import click
 
-from stmflash.commands.common import output_options
+from stmflash.commands.common import SECONDS, output_options
 
 
 @click.command("trigger")
 @click.argument("port")
-@click.option("--app-baud", type=int, default=115200, show_default=True,
+@click.option("--app-baud", type=click.IntRange(min=1), default=115200, show_default=True,
               help="The application's own baud rate (8N1).")
 @click.option("--key", "--trigger-key", "key", metavar="HEX", default=None,
               help="Shared key the firmware companion was built with (default: none).")
-@click.option("--timeout", "--trigger-timeout", "timeout", type=float, default=1.0,
+@click.option("--timeout", "--trigger-timeout", "timeout", type=SECONDS,
+              default=1.0,
               show_default=True, help="Seconds to wait for the acknowledgement.")
 @output_options
 def trigger(port: str, app_baud: int, key: str | None, timeout: float, json_: bool, quiet: bool) -> None:

@@ -13,6 +13,7 @@ import click
 
 from stmflash.commands.common import (
     INT,
+    SECONDS,
     SIZE,
     check_image,
     check_port_argument,
@@ -91,7 +92,7 @@ def _print_info(info: Any, device: Any) -> None:
               help="--enter command: the application's baud rate (8N1) [default: 115200].")
 @click.option("--trigger-key", default=None, metavar="HEX",
               help="--enter command: key the firmware companion was built with [default: none].")
-@click.option("--trigger-timeout", type=click.FloatRange(min=0, min_open=True, max=600), default=None, metavar="S",
+@click.option("--trigger-timeout", type=SECONDS, default=None, metavar="S",
               help="--enter command: seconds to wait for the application's acknowledgement [default: 1].")
 @click.option("--invert", multiple=True, type=click.Choice(["dtr", "rts"]), help="Invert a line in pin sequences.")
 @click.option("--read", "read_out", metavar="OUT", help="Read memory into OUT (.bin/.hex/.srec...).")
@@ -111,7 +112,7 @@ def _print_info(info: Any, device: Any) -> None:
               "covers several units, their whole group is protected.")
 @click.option("--read-option-bytes", is_flag=True, help="Print the option bytes.")
 @click.option("--write-option-bytes", metavar="FILE|HEX", help="Write the option bytes (the chip resets).")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True, max=600), default=0.3, show_default=True,
+@click.option("--timeout", type=SECONDS, default=0.3, show_default=True,
               help="Base answer timeout (s).")
 @click.option("--retries", type=click.IntRange(min=0, max=100), default=6, show_default=True,
               help="Retries per command on a noisy line.")

@@ -442,10 +442,14 @@ def parse_args(arg: str, allowed: Iterable[str], what: str) -> dict[str, str]:
 
 
 def _float(text: str, what: str) -> float:
+    import math
+
     try:
         value = float(text)
     except ValueError:
         raise UsageError(f"bad {what} {text!r} (seconds)") from None
+    if not math.isfinite(value) or value > 600:
+        raise UsageError(f"bad {what} {text!r} (seconds, at most 600)")
     if value < 0:
         raise UsageError(f"bad {what} {text!r} (seconds, >= 0)")
     return value
