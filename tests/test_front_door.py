@@ -479,3 +479,28 @@ def test_enter_command_on_a_pty_at_the_default_parity(capsys, tmp_path):
         except subprocess.TimeoutExpired:  # pragma: no cover
             proc.kill()
             proc.wait()
+
+
+# ---- 7. no pointers to files a cloner does not have ----------------------------------------------
+def test_no_references_to_files_outside_the_repository():
+    import re
+    import subprocess
+
+    p = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True)
+    if p.returncode != 0:
+        pytest.skip(f"not a git checkout: {p.stderr.strip()}")
+    pattern = re.compile(r"shared/reference|shared/seeds|/work/|common\.md|(uart-an3155|dfu-dfuse|"
+                         r"trigger-and-production)\.md|project brief")
+    bad = []
+    for name in p.stdout.split():
+        path = ROOT / name
+        if path.suffix in (".img", ".bin", ".elf", ".dfu", ".png") or not path.is_file():
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            continue
+        for n, line in enumerate(text.splitlines(), 1):
+            if pattern.search(line) and name != "tests/test_front_door.py":
+                bad.append(f"{name}:{n}: {line.strip()[:100]}")
+    assert not bad, "\n".join(bad)
