@@ -532,3 +532,51 @@ def test_public_api_is_lazy_and_complete():
             "assert issubclass(stmflash.ImageError, stmflash.StmflashError)\nprint('OK', len(names))\n")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0 and "OK" in p.stdout, p.stderr
+
+
+# ---- 9. the everyday actions peers have --------------------------------------------------------
+def test_verify_only_and_crc_over_uart(capsys, chip):
+    fw = EXAMPLES / "blinky-f407.hex"
+    code, _, err = run(capsys, "uart", URL, str(fw), "--verify-only")
+    one_line_error(code, err, 5, "NOT what was asked")  # blank chip: nothing written
+    assert bytes(chip.flash[:16]) == b"\xff" * 16
+    assert run(capsys, "uart", URL, str(fw), "-q", "--after", "stay")[0] == 0
+    code, out, err = run(capsys, "uart", URL, str(fw), "--verify-only", "--json")
+    assert code == 0, err
+    import json
+
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["verified"] is True and result["image_crc32"] == f"0x{load(fw).crc32():08X}"
+    img = load(fw)
+    code, out, err = run(capsys, "uart", URL, "--crc", f"0x{img.start:08X}:{img.size}", "--json")
+    assert code == 0, err
+    crc = json.loads(out.strip().splitlines()[-1])["crc"]
+    from stmflash.image.crc import stm32_crc, zlib_crc
+
+    data = img.read(img.start, img.size)
+    assert crc == {"start": f"0x{img.start:08X}", "length": img.size, "crc32": f"0x{zlib_crc(data):08X}",
+                   "stm32_crc": f"0x{stm32_crc(data):08X}"}
+    code, _, err = run(capsys, "uart", URL, "--verify-only")
+    one_line_error(code, err, 2, "--verify-only needs FILE")
+
+
+def test_verify_only_crc_and_erase_range_over_dfu(capsys, tmp_path, monkeypatch):
+    import json
+
+    from stmflash.image.crc import zlib_crc
+
+    monkeypatch.setenv("STMFLASH_USB_SIM", f"F407={tmp_path / 'f4.img'}")
+    fw = EXAMPLES / "blinky-f407.hex"
+    assert run(capsys, "dfu", str(fw), "-q")[0] == 0
+    code, _, err = run(capsys, "dfu", str(fw), "--verify-only", "-q")
+    assert code == 0, err
+    img = load(fw)
+    code, out, err = run(capsys, "dfu", "--crc", f"0x08000000:{img.size}", "--json")
+    assert code == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["crc"]["crc32"] == f"0x{zlib_crc(img.read(img.start, img.size)):08X}"
+    code, _, err = run(capsys, "dfu", "--erase-range", "0x08000000:1K")
+    one_line_error(code, err, 2, "sector boundaries", "0x08004000")
+    code, _, err = run(capsys, "dfu", "--erase-range", "0x08000000:16K", "-q")
+    assert code == 0, err
+    code, _, err = run(capsys, "dfu", str(fw), "--verify-only")
+    one_line_error(code, err, 5)

@@ -281,3 +281,56 @@ def read_to_file(link: Any, reporter: Any, path: str, start: int, length: int) -
     data = link.read(start, length, reporter.advance)
     save_read(path, start, data)
     reporter.info(f"read {length} bytes from 0x{start:08X} into {path}")
+
+
+def standalone_options(f: F) -> F:
+    """``--verify-only`` and ``--crc RANGE``: the actions peers have besides flashing."""
+    f = click.option(
+        "--crc", "crc_range", metavar="START:LENGTH",
+        help="Print the CRC-32 (zlib) and STM32 CRC of a memory range (read from the chip).",
+    )(f)
+    f = click.option(
+        "--verify-only", is_flag=True,
+        help="Compare the chip with FILE without erasing or writing (exit 5 when they differ).",
+    )(f)
+    return f
+
+
+def verify_only(link: Any, reporter: Any, image: Any, file: str) -> dict[str, Any]:
+    """``--verify-only``: the pipeline's verification, nothing written."""
+    from stmflash.pipeline import verify_image
+
+    method = verify_image(link, image, reporter)
+    reporter.info(f"the chip holds {file} ({image.size} bytes, verified by {method})")
+    return {"verified": True, "verify_method": method, "image_crc32": f"0x{image.crc32():08X}",
+            "image_bytes": image.size}
+
+
+def crc_of_range(link: Any, reporter: Any, start: int, length: int) -> dict[str, Any]:
+    """``--crc``: read the range and give both CRC flavours, as ``image info`` does for files."""
+    from stmflash.image.crc import stm32_crc, zlib_crc
+
+    reporter.phase("read", length)
+    data = link.read(start, length, reporter.advance)
+    out = {"start": f"0x{start:08X}", "length": length, "crc32": f"0x{zlib_crc(data):08X}",
+           "stm32_crc": f"0x{stm32_crc(data):08X}"}
+    reporter.info(f"0x{start:08X}+{length}: crc32 {out['crc32']} (zlib), stm32 crc {out['stm32_crc']}")
+    return out
+
+
+def units_for_range(device: Any, start: int, length: int) -> list[Any]:
+    """The erase units exactly covering ``[start, start+length)``; else a UsageError naming the
+    nearest unit-aligned range (a partial page cannot be erased)."""
+    from stmflash.errors import UsageError
+
+    end = start + length
+    units = device.units_covering(start, end)
+    if not units or units[0].address != start or units[-1].end != end or end > device.flash.end:
+        lo = units[0].address if units else start
+        hi = units[-1].end if units else end
+        raise UsageError(
+            f"erase range 0x{start:08X}..0x{end:08X} must start and end on "
+            f"{'page' if device.uniform_pages else 'sector'} boundaries inside flash "
+            f"(nearest: 0x{lo:08X}..0x{hi:08X})"
+        )
+    return units

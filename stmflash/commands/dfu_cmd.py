@@ -17,6 +17,7 @@ from stmflash.commands.common import (
     NUMBER_HELP,
     SECONDS,
     check_image,
+    crc_of_range,
     describe_result,
     image_input_options,
     load_image,
@@ -25,7 +26,11 @@ from stmflash.commands.common import (
     raw_needs_device,
     read_to_file,
     run_and_report,
+    standalone_options,
+    units_for_range,
+    verify_only,
 )
+from stmflash.numbers import parse_range
 
 
 @click.command("dfu", context_settings={"help_option_names": ["-h", "--help"]})
@@ -56,7 +61,10 @@ from stmflash.commands.common import (
               "to its DFU runtime interface), none. E.g. '1200,detach'; a *N suffix retries one: '1200*2,detach'.")
 @click.option("--enter-timeout", type=SECONDS, default=10.0, show_default=True,
               help="Seconds to wait for the DFU device to appear on the same USB port after the entry.")
+@click.option("--erase-range", metavar="START:LENGTH",
+              help="Erase only these pages/sectors (unit-aligned), nothing else (DfuSe page erase).")
 @image_input_options
+@standalone_options
 @output_options
 def dfu(**kw: Any) -> None:
     """Program FILE through the ROM USB DFU bootloader (DfuSe, 0483:df11).
@@ -92,6 +100,15 @@ def _run(reporter: Any, **kw: Any) -> None:
         raise UsageError("--start/--length apply to --read")
     if kw["mass_erase"] and kw["erase"] == "none":
         raise UsageError("--mass-erase contradicts --erase none")
+    if kw["verify_only"] and not file:
+        raise UsageError("--verify-only needs FILE (the image to compare the chip with)")
+    if kw["verify_only"] and (kw["mass_erase"] or kw["erase_range"] or kw["protect"] or kw["unprotect"]):
+        raise UsageError("--verify-only changes nothing: it cannot be combined with erase or protection")
+    if kw["erase_range"] and file:
+        raise UsageError("--erase-range is an action of its own: it takes no FILE")
+    for opt in ("erase_range", "crc_range"):
+        if kw[opt]:
+            parse_range(kw[opt])  # spelled right before the device is touched
     ob_data = option_bytes_arg(kw["write_option_bytes"]) if kw["write_option_bytes"] else None
     if kw["read_out"]:
         from stmflash.paths import check_output_file
@@ -219,7 +236,29 @@ def _session(link: Any, reporter: Any, kw: dict[str, Any], image: Any, file: str
         reporter.advance(device.flash_size)
         did = True
 
-    if file:
+    if kw["erase_range"]:
+        start, length = parse_range(kw["erase_range"])
+        units = units_for_range(device, start, length)
+        reporter.phase("erase", length)
+        link.erase(units)
+        reporter.advance(length)
+        reporter.info(f"erased {len(units)} units, 0x{start:08X}..0x{start + length:08X}")
+        fields["erased"] = {"start": f"0x{start:08X}", "length": length, "units": len(units)}
+        did = True
+
+    if kw["verify_only"] and file:
+        fields.update(verify_only(link, reporter, image, file))
+        did = True
+    if kw["crc_range"]:
+        start, length = parse_range(kw["crc_range"])
+        flash_alt = link.find_alt("Internal Flash")
+        if not any(a.layout.contains(start, length) for a in link.info.alts):
+            where = flash_alt.layout.describe() if flash_alt is not None else "no memory"
+            raise UsageError(f"--crc 0x{start:08X}+{length} is outside the device's memories ({where})")
+        fields["crc"] = crc_of_range(link, reporter, start, length)
+        did = True
+
+    if file and not kw["verify_only"]:
         if kw["alt"]:
             alt = link.select(kw["alt"])
             if not all(alt.layout.contains(s.address, len(s.data)) for s in image.segments):

@@ -17,6 +17,7 @@ from stmflash.commands.common import (
     SIZE,
     check_image,
     check_port_argument,
+    crc_of_range,
     describe_result,
     image_input_options,
     load_image,
@@ -28,6 +29,9 @@ from stmflash.commands.common import (
     raw_needs_device,
     read_to_file,
     run_and_report,
+    standalone_options,
+    units_for_range,
+    verify_only,
 )
 
 
@@ -118,6 +122,7 @@ def _print_info(info: Any, device: Any) -> None:
               help="Retries per command on a noisy line.")
 @click.option("--no-pipeline", is_flag=True, help="Wait for every ACK (ROMs/adapters that lose bytes sent early).")
 @image_input_options
+@standalone_options
 @output_options
 def uart(**kw: Any) -> None:
     """Program FILE into the chip on PORT through its ROM USART bootloader (AN3155).
@@ -158,12 +163,18 @@ def _run(reporter: Any, **kw: Any) -> None:
         erase_range = parse_range(erase)
     if kw["erase_only"] and erase in ("auto", "none"):
         raise UsageError("--erase-only needs --erase all or --erase START:LENGTH")
+    if kw["verify_only"] and not file:
+        raise UsageError("--verify-only needs FILE (the image to compare the chip with)")
+    if kw["verify_only"] and (kw["erase_only"] or kw["protect"] or kw["unprotect"] or kw["write_option_bytes"]):
+        raise UsageError("--verify-only changes nothing: it cannot be combined with erase or protection")
+    if kw["crc_range"]:
+        parse_range(kw["crc_range"])  # spelled right before connecting; the map is checked after
     if (kw["start"] is not None or kw["length"] is not None or kw["range_"]) and not kw["read_out"]:
         raise UsageError("--start/--length/--range apply to --read")
     if kw["baud"] <= 0:
         raise UsageError(f"bad --baud {kw['baud']}")
     check_port_argument(port)
-    kw["go_only"] = kw["after"] if (kw["after"] in ("go", "reset") and not file) else None
+    kw["go_only"] = kw["after"] if (kw["after"] in ("go", "reset") and (not file or kw["verify_only"])) else None
     kw["after"] = kw["after"] or "go"
     wp_units = _parse_units(kw["write_protect"]) if kw["write_protect"] else None
     if kw["protect_level"] is not None:
@@ -237,7 +248,6 @@ def _session(
     ob_data: bytes | None,
     json_mode: bool,
 ) -> None:
-    from stmflash.errors import UsageError
     from stmflash.pipeline import program
 
     info = link.info
@@ -279,6 +289,15 @@ def _session(
             obl.set_rdp(device, obl.default_ob(device), 2)
 
     result = None
+    extra: dict[str, Any] = {}
+    if kw["verify_only"]:
+        extra.update(verify_only(link, reporter, image, file or ""))
+        did = True
+    if kw["crc_range"]:
+        start, length = parse_range(kw["crc_range"])
+        _check_in_memory_map(device, start, length)
+        extra["crc"] = crc_of_range(link, reporter, start, length)
+        did = True
     if kw["erase_only"]:
         if erase_range is None:
             reporter.phase("erase", device.flash_size)
@@ -288,22 +307,14 @@ def _session(
         else:
             start, length = erase_range
             end = start + length
-            units = device.units_covering(start, end)
-            if not units or units[0].address != start or units[-1].end != end or end > device.flash.end:
-                lo = units[0].address if units else start
-                hi = units[-1].end if units else end
-                raise UsageError(
-                    f"erase range 0x{start:08X}..0x{end:08X} must start and end on "
-                    f"{'page' if device.uniform_pages else 'sector'} boundaries inside flash "
-                    f"(nearest: 0x{lo:08X}..0x{hi:08X})"
-                )
+            units = units_for_range(device, start, length)
             reporter.phase("erase", length)
             link.erase(units)
             reporter.advance(length)
             reporter.info(f"erased {len(units)} units, 0x{start:08X}..0x{end:08X}")
         did = True
 
-    if file:
+    if file and not kw["verify_only"]:
         result = program(
             link,
             image,
@@ -374,6 +385,7 @@ def _session(
     if ob_read is not None:
         fields["option_bytes"] = ob_read.hex()
         fields.update(_decode_ob(device, ob_read))
+    fields.update(extra)
     fields["retries"] = link.bl.retried
     reporter.result(ok=True, **fields)
     if json_mode:
