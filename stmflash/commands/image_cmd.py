@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from stmflash.commands.common import INT, allow_missing_end_option
+from stmflash.commands.common import INT, allow_missing_end_option, parse_range
 from stmflash.errors import UsageError
 
 FORMAT_HELP = "bin, hex, srec, elf, dfu (DfuSe) or dfu-bin (binary with a DFU suffix)"
@@ -257,9 +257,20 @@ def merge(inputs: tuple[str, ...], output: str, fmt: str | None, fill: int, dfu_
 @image.command("stamp", short_help="Write version, length and CRC into an application header.")
 @click.argument("infile")
 @click.option("--output", "-o", required=True, help="Output file.")
-@click.option("--at", "at", type=INT, required=True, help="Address of the 16-byte header (multiple of 4).")
+@click.option("--at", "at", type=INT, default=None,
+              help="Address of stmflash's 16-byte header (multiple of 4); or use the custom fields below.")
 @click.option("--version", "version", default="0", show_default=True, help="Firmware version: X.Y.Z or an integer.")
-@click.option("--crc", type=click.Choice(["zlib", "stm32"]), default="zlib", show_default=True, help="CRC-32 flavour the bootloader computes.")
+@click.option("--crc", type=click.Choice(["zlib", "stm32", "crc16-ccitt"]), default="zlib", show_default=True,
+              help="CRC flavour the bootloader computes (crc16-ccitt only for --crc-at).")
+@click.option("--crc-at", type=INT, default=None, help="Custom field: where the CRC goes (after --crc-over).")
+@click.option("--crc-over", metavar="START:LENGTH", default=None,
+              help="Custom field: the range the CRC covers (START:LENGTH or START..END), gaps filled with --fill.")
+@click.option("--fill", type=INT, default=0xFF, metavar="BYTE", show_default=True,
+              help="Custom fields: the byte that fills gaps and the unused rest of --crc-over.")
+@click.option("--version-at", type=INT, default=None, help="Custom field: where the version goes.")
+@click.option("--version-format", type=click.Choice(["u32", "u16x4", "semver"]), default="u32", show_default=True,
+              help="Custom field: u32 (X<<24|Y<<16|Z), u16x4 (X,Y,Z,W as u16), semver (u8 X, u8 Y, u16 Z).")
+@click.option("--length-at", type=INT, default=None, help="Custom field: where the length of --crc-over goes (u32).")
 @click.option("--magic", type=INT, default=None, metavar="U32", help="Header magic [default: 0x464D5453, 'STMF'].")
 @click.option("--address", "-a", type=INT, default=None, help="Load address of a raw .bin input.")
 @click.option("--format", "-f", "fmt", default=None, help="Output format [default: from the extension].")
@@ -279,16 +290,52 @@ def stamp_cmd(
     dfu_id: str | None,
     bcd_device: int | None,
     allow_missing_end: bool = False,
+    crc_at: int | None = None,
+    crc_over: str | None = None,
+    fill: int = 0xFF,
+    version_at: int | None = None,
+    version_format: str = "u32",
+    length_at: int | None = None,
 ) -> None:
-    """Write magic, version, length and CRC into an application header at --at.
+    """Write magic, version, length and CRC into an application header at --at, or the
+    fields a custom bootloader expects where it expects them (--crc-at/--crc-over,
+    --version-at, --length-at).
 
-    The CRC covers the image from its first address to its end (rounded up to 4 bytes),
-    gaps filled with 0xFF, the header's CRC field read as zero. See the README for the layout.
+    The header's CRC covers the image from its first address to its end (rounded up to 4
+    bytes), gaps filled with 0xFF, the header's CRC field read as zero. See the README.
     """
+    from stmflash.image.fields import Fields, stamp_fields
     from stmflash.image.loaders import load
     from stmflash.image.stamp import MAGIC, parse_version, stamp
 
+    custom = Fields(
+        crc_at=crc_at, crc_over=parse_range(crc_over) if crc_over else None, crc=crc, fill=_fill(fill),
+        version_at=version_at, version=version, version_format=version_format, length_at=length_at,
+    )
+    if at is None and not custom.any:
+        raise UsageError("image stamp needs --at (stmflash's header) or custom fields (--crc-at, --version-at, --length-at)")
+    if at is not None and custom.any:
+        raise UsageError("use either --at (stmflash's 16-byte header) or custom fields, not both")
+    if crc_over and crc_at is None:
+        raise UsageError("--crc-over needs --crc-at (where the CRC goes)")
     img = load(infile, address=address, require_end=not allow_missing_end)
+    if custom.any:
+        out_img, written = stamp_fields(img, custom)
+        _save(out_img, output, fmt, custom.fill, dfu_id, bcd_device)
+        if json_:
+            from stmflash.jsonfmt import addr
+
+            for v in written.values():
+                v["address"] = addr(v["address"])  # type: ignore[index]
+                if "over" in v:  # type: ignore[operator]
+                    v["over"]["start"] = addr(v["over"]["start"])  # type: ignore[index]
+            click.echo(json.dumps({"output": output, **written}))
+        else:
+            click.echo(f"{output}: " + ", ".join(f"{k} at 0x{v['address']:08X} = {v['bytes']}"  # type: ignore[index]
+                                                  for k, v in written.items()))
+        return
+    if crc == "crc16-ccitt":
+        raise UsageError("--crc crc16-ccitt is for custom fields (--crc-at); the 16-byte header holds a CRC-32")
     out, header = stamp(img, at, version=parse_version(version), crc=crc, magic=MAGIC if magic is None else magic)
     _save(out, output, fmt, 0xFF, dfu_id, bcd_device)
     if json_:

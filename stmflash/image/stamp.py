@@ -133,7 +133,9 @@ def stamp(
     return out, Header(at, magic, version, length, value)
 
 
-def check_header_place(image: Image, at: int, size: int, magic: int | None = None) -> None:
+def check_header_place(
+    image: Image, at: int, size: int, magic: int | None = None, span: tuple[int, int] | None = None
+) -> None:
     """Refuse a field that would overwrite code, or that lies far outside the image.
 
     The ``size`` bytes at ``at`` must be absent, blank (all 0xFF, or all 0x00 as a linker
@@ -142,9 +144,10 @@ def check_header_place(image: Image, at: int, size: int, magic: int | None = Non
     instead of producing megabytes of fill.
     """
     src = image.source or "image"
-    if at + size <= image.start - MARGIN or at >= image.end + MARGIN:
+    lo, hi = span if span is not None else (image.start, image.end)
+    if at + size <= lo - MARGIN or at >= hi + MARGIN:
         raise UsageError(
-            f"{src}: 0x{at:08X} is outside the image (0x{image.start:08X}..0x{image.end:08X}) by more than "
+            f"{src}: 0x{at:08X} is outside the image (0x{lo:08X}..0x{hi:08X}) by more than "
             f"{MARGIN} bytes: a typo? place the field inside the image or right after it"
         )
     present = bytearray()
