@@ -580,3 +580,18 @@ def test_verify_only_crc_and_erase_range_over_dfu(capsys, tmp_path, monkeypatch)
     assert code == 0, err
     code, _, err = run(capsys, "dfu", str(fw), "--verify-only")
     one_line_error(code, err, 5)
+
+
+def test_srecord_ending_with_its_count_is_complete(tmp_path):
+    """srec_cat writes no S7/S8/S9 without an entry point, but a final S5 count: complete."""
+    from stmflash.errors import ImageError
+
+    recs = [_s3(0x08000000 + 16 * i, bytes([i]) * 16) for i in range(3)]
+    body = bytes([3, 0, 3])
+    s5 = "S5" + body.hex().upper() + f"{(~sum(body)) & 0xFF:02X}"
+    p = tmp_path / "c.srec"
+    p.write_text("\n".join([*recs, s5]) + "\n")
+    assert load(p).read(0x08000010, 16) == b"\x01" * 16
+    p.write_text("\n".join(recs[:2]) + "\n")  # cut before the count: refused
+    with pytest.raises(ImageError, match="no end record"):
+        load(p)

@@ -209,7 +209,8 @@ def _check_hex_end(data: bytes, source: str, require_end: bool) -> None:
 
 def _check_srec_end(data: bytes, source: str, require_end: bool) -> None:
     """S-records: S5/S6 hold the number of S1/S2/S3 records before them, S7/S8/S9 ends the
-    file (Motorola S-record format, as in srec_cat's srec_motorola(5))."""
+    file (Motorola S-record format, as in srec_cat's srec_motorola(5)); a file without an
+    entry point may end with its S5/S6 count instead (srec_cat writes that)."""
     recs = _records(data)
     count = 0
     end_at: int | None = None
@@ -227,9 +228,13 @@ def _check_srec_end(data: bytes, source: str, require_end: bool) -> None:
                                  f"the file has {count} before it: records are missing or extra")
         elif kind in ("7", "8", "9"):
             end_at = i
-    if end_at is None and require_end:
+    # srec_cat ends a file without an entry point with its S5 count record and no S7/S8/S9:
+    # a matching count as the last record proves the file complete just as well
+    counted = bool(recs) and recs[-1][1][1:2] in ("5", "6")
+    if end_at is None and not counted and require_end:
         last = recs[-1][0] if recs else 0
-        raise ImageError(f"{source}: no end record (S7/S8/S9) after the last line {last}: {_END_HELP}")
+        raise ImageError(f"{source}: no end record (S7/S8/S9, or a final S5 count) after the last line {last}: "
+                         f"{_END_HELP}")
 
 
 def _load_hex(data: bytes, source: str) -> Image:
