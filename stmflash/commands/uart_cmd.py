@@ -77,16 +77,18 @@ def _print_info(info: Any, device: Any) -> None:
 
 
 @click.command("uart", context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("port")
+@click.argument("port", required=False)
 @click.argument("file", required=False)
+@click.option("--profile", default=None, metavar="NAME",
+              help="Settings (port, baud, enter) from [profile.NAME] of ~/.config/stmflash/config.toml.")
 @program_options
-@click.option("--baud", "-b", type=click.IntRange(min=1), default=115200, show_default=True, help="Line rate.")
+@click.option("--baud", "-b", type=click.IntRange(min=1), default=None, help="Line rate [default: 115200].")
 @click.option(
     "--parity", type=click.Choice(["even", "none"]), default="even", show_default=True,
     help="AN3155 uses even parity; 'none' for BlueNRG-like ROMs and 8N1-only adapters.",
 )
 @click.option(
-    "--enter", default="none", show_default=True, metavar="CHAIN",
+    "--enter", default=None, metavar="CHAIN",
     help="How to enter the bootloader, tried in order: none, pins:ENTRY[:EXIT] (stm32flash -i "
     "syntax, e.g. pins:rts,dtr,-dtr:-rts,dtr,-dtr), e.g. 'pins:...,none'; command (the stmflash "
     "trigger to a running application), 1200[:PORT], detach[:PATH], e.g. 'command,pins:...'. "
@@ -129,6 +131,7 @@ def uart(**kw: Any) -> None:
 
     \b
     PORT: /dev/ttyUSB0, COM3, rfc2217://host:port, socket://host:port, sim://F407 ...
+    Without PORT: STMFLASH_PORT, the config file's profile, or the only USB serial adapter.
     Without FILE and actions: show what the chip is.
 
     \b
@@ -146,10 +149,27 @@ def uart(**kw: Any) -> None:
 
 
 def _run(reporter: Any, **kw: Any) -> None:
+    from stmflash import config
     from stmflash.errors import UsageError
 
-    port: str = kw["port"]
+    settings = config.profile(kw["profile"])
+    port: str | None = kw["port"]
     file: str | None = kw["file"]
+    if port is not None and file is None and _is_image_path(port):
+        port, file = None, port  # "stmflash uart fw.hex": the port comes from the defaults
+    if port is None:
+        try:
+            port, source = config.default_port(settings)
+        except UsageError as exc:
+            if file is not None and kw["port"] == file:
+                raise UsageError(f"{exc}; {file} looks like a firmware image: stmflash uart PORT {file}") from None
+            raise
+        reporter.info(f"port {port} (from {source})")
+    kw["port"] = port
+    if kw["baud"] is None:
+        kw["baud"] = settings.get("baud", 115200)
+    if kw["enter"] is None:
+        kw["enter"] = settings.get("enter", "none")
     erase: str = kw["erase"]
     json_mode: bool = kw["json_"]
 
@@ -228,6 +248,15 @@ def _run(reporter: Any, **kw: Any) -> None:
         _session(link, reporter, kw, image, file, erase_range, wp_units, ob_data, json_mode)
     finally:
         link.close()
+
+
+def _is_image_path(arg: str) -> bool:
+    """An existing firmware file given where the port goes."""
+    import os
+
+    from stmflash.image.loaders import EXTENSIONS
+
+    return "://" not in arg and os.path.isfile(arg) and os.path.splitext(arg)[1].lower() in EXTENSIONS
 
 
 def _reidentify(link: Any) -> None:
