@@ -167,15 +167,7 @@ class Device:
     @property
     def layout_summary(self) -> str:
         """Short human form: ``64x1K`` or ``2 banks x (4x16K,1x64K,7x128K)``."""
-        def groups(units: list[EraseUnit]) -> str:
-            out: list[list[int]] = []
-            for u in units:
-                if out and out[-1][1] == u.size:
-                    out[-1][0] += 1
-                else:
-                    out.append([1, u.size])
-            return ",".join(f"{n}x{_fmt_size(sz)}" for n, sz in out)
-
+        groups = unit_groups
         banks = sorted({u.bank for u in self.erase_units})
         if len(banks) <= 1:
             return groups(list(self.erase_units))
@@ -323,6 +315,17 @@ class Device:
             "generic": self.generic,
             "note": self.note,
         }
+
+
+def unit_groups(units: Iterable[EraseUnit]) -> str:
+    """Erase units spelled out in runs of equal size: ``4x16K,1x64K,7x128K``."""
+    out: list[list[int]] = []
+    for u in units:
+        if out and out[-1][1] == u.size:
+            out[-1][0] += 1
+        else:
+            out.append([1, u.size])
+    return ",".join(f"{n}x{_fmt_size(sz)}" for n, sz in out)
 
 
 def _fmt_size(n: int) -> str:

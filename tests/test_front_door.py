@@ -512,30 +512,31 @@ def test_no_references_to_files_outside_the_repository():
 
 
 # ---- 11. start-up work (the timing itself is benchmarks/help_startup.py) -------------------------
-def test_help_imports_nothing_heavy():
+def _python(code: str):
     import subprocess
     import sys
 
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+
+
+def test_help_imports_nothing_heavy():
     code = ("import sys\nfrom stmflash.cli import main\nsys.argv = ['stmflash', '--help']\n"
             "try:\n    main()\nexcept SystemExit:\n    pass\n"
             "heavy = [m for m in ('serial', 'usb', 'intelhex', 'bincopy', 'elftools', 'stmflash.devices',"
             " 'stmflash.image.loaders', 'stmflash.commands.uart_cmd', 'tomllib', 'json') if m in sys.modules]\n"
             "print('HEAVY', heavy, file=sys.stderr)\n")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    p = _python(code)
     assert "HEAVY []" in p.stderr, p.stderr
     assert "uart" in p.stdout and "dfu" in p.stdout
 
 
 def test_public_api_is_lazy_and_complete():
-    import subprocess
-    import sys
-
     code = ("import sys, stmflash\nassert 'stmflash.pipeline' not in sys.modules\n"
             "names = [n for n in stmflash.__all__]\nobjs = [getattr(stmflash, n) for n in names]\n"
             "assert stmflash.connect_uart.__module__ == 'stmflash.uart.link'\n"
             "assert stmflash.connect_dfu.__module__ == 'stmflash.dfu.link'\n"
             "assert issubclass(stmflash.ImageError, stmflash.StmflashError)\nprint('OK', len(names))\n")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    p = _python(code)
     assert p.returncode == 0 and "OK" in p.stdout, p.stderr
 
 

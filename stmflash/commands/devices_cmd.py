@@ -115,6 +115,7 @@ def _detail(dev: Any) -> str:
 def _public(dev: Any) -> dict[str, Any]:
     """``Device.to_dict`` in the JSON convention of :mod:`stmflash.jsonfmt`; ``layout`` is
     the erase units of one bank spelled out (the table's repeating short form is internal)."""
+    from stmflash.devices import unit_groups
     from stmflash.jsonfmt import addr, hexid, region
 
     d = dev.to_dict()
@@ -124,14 +125,7 @@ def _public(dev: Any) -> dict[str, Any]:
     flash = dict(d["flash"])
     flash["start"] = addr(dev.flash_start)
     banks = sorted({u.bank for u in dev.erase_units})
-    units = dev.bank_units(banks[0]) if len(banks) > 1 else list(dev.erase_units)
-    groups: list[list[int]] = []
-    for u in units:
-        if groups and groups[-1][1] == u.size:
-            groups[-1][0] += 1
-        else:
-            groups.append([1, u.size])
-    flash["layout"] = ",".join(f"{n}x{_unit_size(sz)}" for n, sz in groups)
+    flash["layout"] = unit_groups(dev.bank_units(banks[0]) if len(banks) > 1 else dev.erase_units)
     d["flash"] = flash
     d["ram"] = [region(r) for r in d["ram"]]
     for key in ("ram_usable", "system_memory", "option_bytes", "otp", "eeprom"):
@@ -150,12 +144,6 @@ def _public(dev: Any) -> dict[str, Any]:
                 ob[key] = hexid(ob[key], 2)
         d["ob_layout"] = ob
     return d
-
-
-def _unit_size(n: int) -> str:
-    if n % (1024 * 1024) == 0:
-        return f"{n // (1024 * 1024)}M"
-    return f"{n // 1024}K" if n % 1024 == 0 else str(n)
 
 
 @click.command("devices")
