@@ -115,7 +115,9 @@ def random_value(rng: random.Random, param: click.Parameter, files: dict[str, Pa
         return rng.choice(FLOATS)
     if t.name in ("ADDR", "SIZE") or isinstance(t, click.types.IntParamType):
         return rng.choice(NUMBERS)
-    if any(k in name for k in ("read_out", "output", "report", "ledger", "link")) or (name == "image" and t.name == "path"):
+    if any(k in name for k in ("read_out", "output", "report", "ledger", "link", "trace")) or (
+        name == "image" and t.name == "path"
+    ):
         return output_path(rng, files)
     if any(k in name for k in ("job", "file", "option_bytes")):
         return str(rng.choice(list(files.values())))

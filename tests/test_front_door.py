@@ -627,3 +627,21 @@ def test_port_defaults_env_and_config_profiles(capsys, tmp_path, monkeypatch, ch
     (cfg / "config.toml").write_text('[profile.default]\nbaud = "fast"\n')
     code, _, err = run(capsys, "uart", URL)
     one_line_error(code, err, 2, "profile.default.baud")
+
+
+def test_trace_logs_the_wire_and_usb_transfers(capsys, tmp_path, monkeypatch, chip):
+    log = tmp_path / "t.log"
+    code, _, err = run(capsys, "uart", URL, "--trace", str(log))
+    assert code == 0, err
+    lines = log.read_text().splitlines()
+    assert lines[0].split()[1:] == ["uart", ">", "7f"]  # the sync byte first
+    assert lines[1].split()[1:] == ["uart", "<", "79"]  # ACK
+    times = [float(line.split()[0]) for line in lines]
+    assert times == sorted(times)
+    monkeypatch.setenv("STMFLASH_USB_SIM", "F407")
+    code, _, err = run(capsys, "dfu", "--trace", "-")
+    assert code == 0, err
+    usb = [line for line in err.splitlines() if " usb " in line]
+    assert any("(GETSTATUS, 6 bytes)" in line for line in usb) and any("(UPLOAD" in line for line in usb)
+    code, _, err = run(capsys, "uart", URL, "--trace", str(tmp_path / "no" / "t.log"))
+    one_line_error(code, err, 2, "--trace")

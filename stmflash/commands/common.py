@@ -65,7 +65,12 @@ SECONDS = SecondsParam()
 
 
 def output_options(f: F) -> F:
-    """``--json`` and ``--quiet``."""
+    """``--json``, ``--quiet`` and ``--trace``."""
+    f = click.option(
+        "--trace", metavar="FILE", default=None,
+        help="Log every byte on the wire (UART) or USB control transfer (DFU), with timestamps, "
+        "to FILE ('-': stderr): what to attach to a bug report.",
+    )(f)
     f = click.option("--quiet", "-q", is_flag=True, help="No progress bars, only errors.")(f)
     f = click.option(
         "--json", "json_", is_flag=True, help="One JSON event per line on stdout (phase, progress, result)."
@@ -203,11 +208,18 @@ def describe_result(result: Any) -> str:
     )
 
 
-def run_and_report(reporter: Any, fn: Callable[[], Any]) -> Any:
+def run_and_report(reporter: Any, fn: Callable[[], Any], trace_to: str | None = None) -> Any:
     """Run ``fn``; errors become a JSON ``error`` event (when --json) and propagate to the CLI,
     which prints the one-line message and exits with the error's code."""
+    from stmflash import trace
     from stmflash.errors import EXIT_INTERRUPTED, StmflashError
 
+    if trace_to:
+        if trace_to != "-":
+            from stmflash.paths import check_output_file
+
+            check_output_file(trace_to, "--trace")
+        trace.open_trace(trace_to)
     try:
         result = fn()
     except StmflashError as exc:
@@ -218,6 +230,8 @@ def run_and_report(reporter: Any, fn: Callable[[], Any]) -> Any:
         _abort_quietly(reporter)
         reporter.error("interrupted", EXIT_INTERRUPTED)
         raise
+    finally:
+        trace.close()
     reporter.close()
     return result
 

@@ -85,7 +85,7 @@ def dfu(**kw: Any) -> None:
     from stmflash.progress import make_reporter
 
     reporter = make_reporter(json=kw["json_"], quiet=kw["quiet"])
-    run_and_report(reporter, lambda: _run(reporter, **kw))
+    run_and_report(reporter, lambda: _run(reporter, **kw), trace_to=kw["trace"])
 
 
 def _run(reporter: Any, **kw: Any) -> None:

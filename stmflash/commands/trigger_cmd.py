@@ -22,7 +22,8 @@ from stmflash.commands.common import SECONDS, output_options
               default=1.0,
               show_default=True, help="Seconds to wait for the acknowledgement.")
 @output_options
-def trigger(port: str, app_baud: int, key: str | None, timeout: float, json_: bool, quiet: bool) -> None:
+def trigger(port: str, app_baud: int, key: str | None, timeout: float, json_: bool, quiet: bool,
+            trace: str | None = None) -> None:
     """Ask the application on PORT to reboot into the ROM bootloader and wait for its ack.
 
     \b
@@ -43,7 +44,11 @@ def trigger(port: str, app_baud: int, key: str | None, timeout: float, json_: bo
     reporter = make_reporter(json_, quiet)
 
     def run() -> None:
-        ack = send_trigger(port, app_baud=app_baud, key=key_b, timeout=timeout)
+        from stmflash import trace as tracing
+        from stmflash.trigger.host import _open_app_port
+
+        ack = send_trigger(port, app_baud=app_baud, key=key_b, timeout=timeout,
+                           opener=lambda p, b: tracing.wrap(_open_app_port(p, b)))
         reporter.result(ok=True, **ack.to_dict())
         if not json_ and not quiet:
             click.echo(
@@ -52,4 +57,4 @@ def trigger(port: str, app_baud: int, key: str | None, timeout: float, json_: bo
                 err=True,
             )
 
-    run_and_report(reporter, run)
+    run_and_report(reporter, run, trace_to=trace)

@@ -145,7 +145,7 @@ def uart(**kw: Any) -> None:
     from stmflash.progress import make_reporter
 
     reporter = make_reporter(json=kw["json_"], quiet=kw["quiet"])
-    run_and_report(reporter, lambda: _run(reporter, **kw))
+    run_and_report(reporter, lambda: _run(reporter, **kw), trace_to=kw["trace"])
 
 
 def _run(reporter: Any, **kw: Any) -> None:
@@ -229,8 +229,16 @@ def _run(reporter: Any, **kw: Any) -> None:
 
     set_defaults(app_baud=kw.get("app_baud"), key=kw.get("trigger_key"), timeout=kw.get("trigger_timeout"))
     reporter.phase("connect")
+    from stmflash import trace
+
+    ser = None
+    if trace.current() is not None:  # --trace: the port opened here, wrapped, handed over
+        from stmflash.ports import open_port
+
+        ser = trace.wrap(open_port(port, baud=kw["baud"], parity=kw["parity"], timeout=kw["timeout"]))
     link = connect(
         port,
+        ser=ser,
         baud=kw["baud"],
         parity=kw["parity"],
         enter=kw["enter"],
