@@ -645,3 +645,23 @@ def test_trace_logs_the_wire_and_usb_transfers(capsys, tmp_path, monkeypatch, ch
     assert any("(GETSTATUS, 6 bytes)" in line for line in usb) and any("(UPLOAD" in line for line in usb)
     code, _, err = run(capsys, "uart", URL, "--trace", str(tmp_path / "no" / "t.log"))
     one_line_error(code, err, 2, "--trace")
+
+
+def test_shell_completion_for_devices_ports_and_files(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "blinky.hex").write_text("")
+
+    def complete(words: str, cword: int) -> list[str]:
+        env = dict(os.environ, COMP_WORDS=words, COMP_CWORD=str(cword), _STMFLASH_COMPLETE="bash_complete")
+        p = subprocess.run([sys.executable, "-m", "stmflash"], capture_output=True, text=True, env=env,
+                           cwd=tmp_path, timeout=60)
+        return p.stdout.splitlines()
+
+    assert "plain,F407" in complete("stmflash devices F40", 2)
+    assert "plain,G071" in complete("stmflash sim uart --device G07", 4)
+    assert "plain,sim://F407" in complete("stmflash uart sim://F40", 2)
+    assert "file,bl" in complete("stmflash uart sim://F407 bl", 3)  # the shell lists the files
+    assert "file,bl" in complete("stmflash image info bl", 3)

@@ -18,6 +18,40 @@ from stmflash.numbers import NUMBER_HELP, parse_int, parse_range  # noqa: F401  
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def complete_ports(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+    """Shell completion for PORT: the serial ports present, and ``sim://`` with device names."""
+    from click.shell_completion import CompletionItem
+
+    if incomplete.startswith("sim://"):
+        return [CompletionItem(f"sim://{n}") for n in _device_names(incomplete[6:])]
+    try:
+        from serial.tools import list_ports
+
+        ports = [p.device for p in list_ports.comports()]
+    except Exception:  # completion must never fail
+        ports = []
+    return [CompletionItem(p, help="serial port") for p in ports if p.startswith(incomplete)] + (
+        [CompletionItem("sim://", help="the virtual STM32")] if "sim://".startswith(incomplete) else []
+    )
+
+
+def complete_devices(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+    """Shell completion for a device name: the table's aliases."""
+    from click.shell_completion import CompletionItem
+
+    return [CompletionItem(n) for n in _device_names(incomplete)]
+
+
+def _device_names(prefix: str) -> list[str]:
+    from stmflash.devices import all_devices
+
+    names = sorted({a for d in all_devices() for a in d.aliases})
+    return [n for n in names if n.upper().startswith(prefix.upper())]
+
+
+FILE = click.Path(dir_okay=False)  # completes file names in the shell; checked by the loaders
+
+
 class IntParam(click.ParamType):
     """A click type for addresses and sizes (hex, decimal, K/M suffixes)."""
 

@@ -8,6 +8,8 @@ from typing import Any
 
 import click
 
+from stmflash.commands.common import complete_devices
+
 
 def _size(n: int) -> str:
     if n and n % (1024 * 1024) == 0:
@@ -147,7 +149,7 @@ def _public(dev: Any) -> dict[str, Any]:
 
 
 @click.command("devices")
-@click.argument("name_or_pid", required=False)
+@click.argument("name_or_pid", required=False, shell_complete=complete_devices)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of device objects.")
 @click.option("--family", "family", default=None, help="Only list this family (e.g. F4, G0).")
 def devices(name_or_pid: str | None, as_json: bool, family: str | None) -> None:

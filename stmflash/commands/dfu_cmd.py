@@ -13,10 +13,12 @@ from typing import Any
 import click
 
 from stmflash.commands.common import (
+    FILE,
     INT,
     NUMBER_HELP,
     SECONDS,
     check_image,
+    complete_devices,
     crc_of_range,
     describe_result,
     image_input_options,
@@ -34,13 +36,13 @@ from stmflash.numbers import parse_range
 
 
 @click.command("dfu", context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("file", required=False)
+@click.argument("file", required=False, type=FILE)
 @click.option("--address", "-a", type=INT, default=None, help="Load address for raw .bin files (default: flash start). " + NUMBER_HELP)
 @click.option("--leave", is_flag=True, help="Start the application afterwards (leave DFU mode).")
 @click.option("--serial", "-S", metavar="SN", help="Select the device by USB serial number.")
 @click.option("--path", "-p", "port_path", metavar="BUS-PORT[.PORT]", help="Select the device by USB port path.")
 @click.option("--vid-pid", "-d", metavar="VID:PID", default=None, help="USB ids in DFU mode [default: 0483:df11].")
-@click.option("--device", "device_name", metavar="NAME", help="Assume this device (e.g. F407) instead of recognising it.")
+@click.option("--device", "device_name", metavar="NAME", shell_complete=complete_devices, help="Assume this device (e.g. F407) instead of recognising it.")
 @click.option("--alt", metavar="NAME", help="Alternate setting for a raw FILE or --read (e.g. 'OTP Memory').")
 @click.option("--erase", type=click.Choice(["auto", "all", "none"]), default="auto", show_default=True,
               help="auto: only the pages/sectors the image covers; all: whole flash; none: no erase.")

@@ -11,7 +11,13 @@ from typing import Any
 
 import click
 
-from stmflash.commands.common import INT, allow_missing_end_option, parse_range
+from stmflash.commands.common import (
+    FILE,
+    INT,
+    allow_missing_end_option,
+    complete_devices,
+    parse_range,
+)
 from stmflash.errors import UsageError
 
 FORMAT_HELP = "bin, hex, srec, elf, dfu (DfuSe) or dfu-bin (binary with a DFU suffix)"
@@ -88,9 +94,9 @@ def image() -> None:
 
 
 @image.command("info", short_help="Show format, segments, CRCs; check the vector table.")
-@click.argument("file")
+@click.argument("file", type=FILE)
 @click.option("--address", "-a", type=INT, default=None, help="Load address of a raw .bin.")
-@click.option("--device", "-d", "device_name", default=None, help="Check the vector table against this part (e.g. F407).")
+@click.option("--device", "-d", "device_name", default=None, shell_complete=complete_devices, help="Check the vector table against this part (e.g. F407).")
 @click.option("--format", "fmt", default=None, help=f"Input format, when not detected: {FORMAT_HELP}.")
 @click.option("--json", "json_", is_flag=True, help="Print one JSON object.")
 @click.option("--strict", is_flag=True, help="A failed vector-table check is an error (exit 2).")
@@ -200,10 +206,10 @@ def _print_info(r: dict[str, Any]) -> None:
 
 
 @image.command("convert", short_help="Convert between bin, hex, srec and dfu.")
-@click.argument("infile")
-@click.argument("outfile")
+@click.argument("infile", type=FILE)
+@click.argument("outfile", type=FILE)
 @click.option("--address", "-a", type=INT, default=None, help="Load address of a raw .bin input.")
-@click.option("--device", "-d", "device_name", default=None, help="Part whose flash start places a raw .bin input.")
+@click.option("--device", "-d", "device_name", default=None, shell_complete=complete_devices, help="Part whose flash start places a raw .bin input.")
 @click.option("--input-format", "in_fmt", default=None, help=f"Input format, when not detected: {FORMAT_HELP}.")
 @click.option("--format", "-f", "fmt", default=None, help="Output format (bin, hex, srec, dfu) [default: from OUTFILE's extension].")
 @click.option("--fill", type=INT, default=0xFF, metavar="BYTE", show_default=True, help="Byte that fills gaps in a raw .bin output.")
@@ -255,7 +261,7 @@ def merge(inputs: tuple[str, ...], output: str, fmt: str | None, fill: int, dfu_
 
 
 @image.command("stamp", short_help="Write version, length and CRC into an application header.")
-@click.argument("infile")
+@click.argument("infile", type=FILE)
 @click.option("--output", "-o", required=True, help="Output file.")
 @click.option("--at", "at", type=INT, default=None,
               help="Address of stmflash's 16-byte header (multiple of 4); or use the custom fields below.")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from stmflash.commands.common import SecondsParam
+from stmflash.commands.common import SecondsParam, complete_devices
 
 
 @click.group("sim")
@@ -18,7 +18,7 @@ def sim() -> None:
 
 
 @sim.command("uart")
-@click.option("--device", "-d", "device_name", required=True, help="Device name, alias or PID (e.g. F407, 0x413).")
+@click.option("--device", "-d", "device_name", required=True, shell_complete=complete_devices, help="Device name, alias or PID (e.g. F407, 0x413).")
 @click.option("--image", "image", type=click.Path(dir_okay=False), default=None,
               help="Image file holding flash, option bytes and OTP (created if missing, saved on exit).")
 @click.option("--timing", type=click.Choice(["instant", "realistic"]), default="instant", show_default=True,

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import click
 
-from stmflash.commands.common import SECONDS, output_options
+from stmflash.commands.common import SECONDS, complete_ports, output_options
 
 
 @click.command("trigger")
-@click.argument("port")
+@click.argument("port", shell_complete=complete_ports)
 @click.option("--app-baud", type=click.IntRange(min=1), default=115200, show_default=True,
               help="The application's own baud rate (8N1).")
 @click.option("--key", "--trigger-key", "key", metavar="HEX", default=None,

@@ -12,11 +12,13 @@ from typing import Any
 import click
 
 from stmflash.commands.common import (
+    FILE,
     INT,
     SECONDS,
     SIZE,
     check_image,
     check_port_argument,
+    complete_ports,
     crc_of_range,
     describe_result,
     image_input_options,
@@ -77,8 +79,8 @@ def _print_info(info: Any, device: Any) -> None:
 
 
 @click.command("uart", context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("port", required=False)
-@click.argument("file", required=False)
+@click.argument("port", required=False, shell_complete=complete_ports)
+@click.argument("file", required=False, type=FILE)
 @click.option("--profile", default=None, metavar="NAME",
               help="Settings (port, baud, enter) from [profile.NAME] of ~/.config/stmflash/config.toml.")
 @program_options
