@@ -301,7 +301,6 @@ def test_readme_block_runs(block: Block, tmp_path: Path, monkeypatch: pytest.Mon
     env = {"HOME": str(tmp_path), **block.env}
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    from stmflash.sim import registry
 
     if block.lang == "toml":
         data = tomllib.loads(code)
@@ -311,13 +310,22 @@ def test_readme_block_runs(block: Block, tmp_path: Path, monkeypatch: pytest.Mon
             parse_job(data, source=f"README.md:{block.line}", base=str(tmp_path))
         return
     if block.lang == "python":
-        exec(compile(code, f"README.md:{block.line}", "exec"), {"__name__": "__readme__"})
-        registry.clear()
+        try:
+            exec(compile(code, f"README.md:{block.line}", "exec"), {"__name__": "__readme__"})
+        finally:
+            _forget_virtual_chips()
         return
     if block.script:
         rc, out = run_command(code, env, tmp_path, capfd)
         assert rc == block.exit, f"README.md line {block.line}: script exited {rc}:\n{out}"
         return
+    try:
+        _run_commands(block, code, env, tmp_path, capfd)
+    finally:
+        _forget_virtual_chips()
+
+
+def _run_commands(block: Block, code: str, env: dict[str, str], tmp_path: Path, capfd) -> None:
     for cmd in _commands(code):
         if any(cmd.startswith(prefix) for prefix in block.serve):
             rc, out = run_server(cmd, env, tmp_path)
@@ -325,7 +333,6 @@ def test_readme_block_runs(block: Block, tmp_path: Path, monkeypatch: pytest.Mon
             rc, out = run_command(cmd, env, tmp_path, capfd)
         assert "Traceback" not in out, f"README.md line {block.line}: {cmd}\n{out}"
         assert rc == block.exit, f"README.md line {block.line}: `{cmd}` exited {rc} (expected {block.exit}):\n{out}"
-    registry.clear()
 
 
 def test_parser_sees_directives_and_refuses_reasonless_skips():
