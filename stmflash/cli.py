@@ -65,6 +65,9 @@ def cli() -> None:
     \b
     Quick start without a board (virtual STM32):
       stmflash uart "sim://F407" examples/blinky-f407.hex
+
+    Addresses and sizes: 0x08000000 (hex), 4096 (decimal), 16K or 1M (x1024). A leading
+    zero (08000000, 007) is refused as ambiguous: write 0x08000000.
     """
 
 
@@ -87,6 +90,10 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("stmflash: interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
     except BrokenPipeError:
+        sys.exit(1)
+    except OSError as exc:  # a file-system failure no command anticipated: still one line
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        click.echo(f"stmflash: error: {where}{exc.strerror or exc}", err=True)
         sys.exit(1)
     sys.exit(rv if isinstance(rv, int) else 0)
 

@@ -170,15 +170,7 @@ class Device:
     @property
     def layout_summary(self) -> str:
         """Short human form: ``64x1K`` or ``2 banks x (4x16K,1x64K,7x128K)``."""
-        def groups(units: list[EraseUnit]) -> str:
-            out: list[list[int]] = []
-            for u in units:
-                if out and out[-1][1] == u.size:
-                    out[-1][0] += 1
-                else:
-                    out.append([1, u.size])
-            return ",".join(f"{n}x{_fmt_size(sz)}" for n, sz in out)
-
+        groups = unit_groups
         banks = sorted({u.bank for u in self.erase_units})
         if len(banks) <= 1:
             return groups(list(self.erase_units))
@@ -330,6 +322,17 @@ class Device:
         }
 
 
+def unit_groups(units: Iterable[EraseUnit]) -> str:
+    """Erase units spelled out in runs of equal size: ``4x16K,1x64K,7x128K``."""
+    out: list[list[int]] = []
+    for u in units:
+        if out and out[-1][1] == u.size:
+            out[-1][0] += 1
+        else:
+            out.append([1, u.size])
+    return ",".join(f"{n}x{_fmt_size(sz)}" for n, sz in out)
+
+
 def _fmt_size(n: int) -> str:
     if n % (1024 * 1024) == 0:
         return f"{n // (1024 * 1024)}M"
@@ -467,9 +470,39 @@ def _norm(text: str) -> str:
     return t
 
 
+_PART_TAIL = re.compile(r"[A-Z0-9]{1,6}")
+
+
+def _part_number_match(q: str, table: Iterable[Device]) -> Device | None:
+    """A full part number (``F407VG``, ``G071RBT6``, ``F401CCU6``): the longest alias it extends.
+
+    ST part numbers are line (``F407``) + pin-count letter + flash-size letter + package and
+    temperature range (ST's "ordering information" scheme in every datasheet); aliases like
+    ``F401xC`` put an ``x`` where the pin-count letter goes.
+    """
+    best: tuple[int, Device] | None = None
+    for d in table:
+        for a in d.aliases:
+            na = _norm(a)
+            wild = "X" in na[1:]
+            if wild:
+                i = na.index("X", 1)
+                pattern = re.escape(na[:i]) + "[A-Z]" + re.escape(na[i + 1 :])
+            else:
+                pattern = re.escape(na)
+            m = re.match(pattern, q)
+            tail = q[m.end() :] if m is not None else ""
+            if m is None or not (_PART_TAIL.fullmatch(tail) or (wild and not tail)):
+                continue
+            if best is None or len(na) > best[0]:
+                best = (len(na), d)
+    return best[1] if best is not None else None
+
+
 def find(query: str) -> Device:
-    """Resolve a user's device name: PID (``0x413``/``413``), alias (``F407``), or name;
-    ``NAME@BLID`` (``F407@0x91``) picks the bootloader variant with that ID.
+    """Resolve a user's device name: PID (``0x413``/``413``), alias (``F407``), name, or a
+    full part number (``STM32F407VGT6``, ``STM32G071RB``); ``NAME@BLID`` (``F407@0x91``)
+    picks the bootloader variant with that ID.
 
     Raises :class:`KeyError` with the close matches when nothing or several things match.
     """
@@ -487,6 +520,8 @@ def find(query: str) -> Device:
             raise KeyError(f"{base.strip()} has no bootloader ID 0x{bl_id:02X} in the table (known: {known})")
         return hit
     q = _norm(query)
+    if not q:
+        raise KeyError("no device name given (e.g. F407, STM32G071RB, 0x413; see 'stmflash devices')")
     table = _table()
     pid: int | None = None
     if re.fullmatch(r"(0X)?[0-9A-F]{3}", q):
@@ -497,7 +532,11 @@ def find(query: str) -> Device:
     for d in table:
         if any(_norm(a) == q for a in d.aliases) or _norm(d.name) == q:
             return d
-    partial = [d for d in table if any(_norm(a).startswith(q) for a in d.aliases) or q in _norm(d.name)]
+    part = _part_number_match(q, table)
+    if part is not None:
+        return part
+    # a prefix of an alias or of the name ("F40", "STM32G0"), never a substring elsewhere
+    partial = [d for d in table if any(_norm(a).startswith(q) for a in d.aliases) or _norm(d.name).startswith(q)]
     unique = {d.pid: d for d in partial}
     if len(unique) == 1:
         return next(iter(unique.values()))

@@ -15,7 +15,9 @@ from stmflash.devices import Device, EraseUnit
 
 @runtime_checkable
 class Link(Protocol):
-    """A connected, identified bootloader session (see common.md §5)."""
+    """A connected, identified bootloader session: what every transport offers the one
+    programming pipeline (``stmflash.pipeline``). A link only reads, writes, erases,
+    checksums and starts; erase planning, verification and reporting live in the pipeline."""
 
     device: Device  # after identification (flash size from the flash-size register applied)
     max_read: int  # bytes per read operation (256 UART, transfer size DFU)

@@ -49,13 +49,16 @@ class ProgramResult:
     verified: bool = False
     verify_method: str = "none"
     started: str = "stay"
+    usb_serial: str | None = None  # the DFU ROM's iSerial: not the UID (README "JSON output")
 
     def to_dict(self) -> dict[str, Any]:
+        extra = {"usb_serial": self.usb_serial} if self.usb_serial is not None else {}
         return {
             "device": self.device.name,
             "pid": f"0x{self.device.pid:03X}",
             "flash_size": self.device.flash_size,
             "uid": self.uid,
+            **extra,
             "image_crc32": f"0x{self.image_crc32:08X}",
             "image_bytes": self.image_bytes,
             "bytes_written": self.bytes_written,
@@ -472,9 +475,13 @@ def program(
         started = "reset"
     rep.close()
     uid = getattr(link, "uid", None)
+    usb_serial = None
+    if getattr(link, "uid_is_usb_serial", False):  # DFU: the link's identity is the iSerial
+        usb_serial, uid = uid, None
     return ProgramResult(
         device=device,
         uid=uid.hex().upper() if isinstance(uid, bytes | bytearray) else uid,
+        usb_serial=usb_serial,
         image_crc32=image.crc32(),
         image_bytes=image.size,
         bytes_written=total,

@@ -37,8 +37,10 @@ def test_ascii_and_template_formats():
     assert fmt.text(7, now=NOW) == "SN-2026000007"
     assert fmt.encode(7, now=NOW, uid="ab") == b"SN-2026000007"
     assert SerialFormat("template", template="{date}-{n}", nul=True).encode(3, now=NOW) == b"20261121-3\0"
-    with pytest.raises(UsageError, match="longer"):
+    with pytest.raises(UsageError, match="wider"):  # refused when the format is built
         SerialFormat("ascii", prefix="X", width=8, size=4).encode(1)
+    with pytest.raises(UsageError, match="longer"):
+        SerialFormat("ascii", prefix="XYZ", width=3, size=4).encode(1)
 
 
 @pytest.mark.parametrize("bad", [dict(kind="hex"), dict(kind="template"), dict(kind="template", template="{nope}")])

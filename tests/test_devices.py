@@ -238,10 +238,15 @@ def test_devices_json_lists_the_table():
     data = json.loads(p.stdout)
     assert len({d["pid"] for d in data}) >= 85
     f407 = next(d for d in data if "F407" in d["aliases"])
-    assert f407["pid"] == 0x413
-    assert f407["flash"]["start"] == 0x08000000 and f407["flash"]["size"] == 0x100000
-    assert {"start": 0x20000000, "end": 0x20020000, "size": 0x20000} in f407["ram"]
-    assert f407["system_memory"]["start"] == 0x1FFF0000
+    # the JSON convention (README "JSON output"): addresses and IDs in hex, sizes as numbers
+    assert f407["pid"] == "0x413"
+    assert f407["flash"]["start"] == "0x08000000" and f407["flash"]["size"] == 0x100000
+    assert {"start": "0x20000000", "end": "0x20020000", "size": 0x20000} in f407["ram"]
+    assert f407["system_memory"]["start"] == "0x1FFF0000"
+    by_pid = {d["pid"]: d for d in data}
+    # "layout" spells out one bank, consistent with "summary"
+    assert by_pid["0x450"]["flash"]["layout"] == "8x128K" and "8x128K" in by_pid["0x450"]["flash"]["summary"]
+    assert by_pid["0x415"]["flash"]["layout"] == "256x2K" and "256x2K" in by_pid["0x415"]["flash"]["summary"]
     for d in data:
         assert {"pid", "name", "flash", "ram", "system_memory"} <= d.keys()
 
@@ -250,7 +255,7 @@ def test_devices_one_json():
     p = run_cli("devices", "0x450", "--json")
     assert p.returncode == 0, p.stderr
     data = json.loads(p.stdout)
-    assert isinstance(data, list) and len(data) == 1 and data[0]["pid"] == 0x450
+    assert isinstance(data, list) and len(data) == 1 and data[0]["pid"] == "0x450"
 
 
 def test_devices_table_and_detail():

@@ -64,7 +64,7 @@ def test_flash_and_leave(name, fmt, sim, tmp_path, capsys):
         path.write_bytes(data)
     else:
         save(Image.from_bytes(data, 0x08000000), str(path))
-    code, out, err = run(["dfu", str(path), "--leave", "--json"], capsys)
+    code, out, err = run(["dfu", str(path), "--no-image-check", "--leave", "--json"], capsys)
     assert code == 0, err
     ev = events(out)
     assert [e["phase"] for e in ev if e["event"] == "phase"][-3:] == ["erase", "write", "verify"]
@@ -98,7 +98,7 @@ def test_multi_target_dfu_file(name, sim, tmp_path, capsys):
     img.add(ob_addr, bytes(ob), alt=OB_ALT[name])
     path = tmp_path / "multi.dfu"
     save(img, str(path))
-    code, _, err = run(["dfu", str(path), "--leave"], capsys)
+    code, _, err = run(["dfu", str(path), "--no-image-check", "--leave"], capsys)
     assert code == 0, err
     header, regions = load_image_file(image_file(bus))
     assert regions["flash"][: len(a)] == a
@@ -119,7 +119,7 @@ def test_dfuse_pack_file_flashes(sim, tmp_path, capsys):
     (tmp_path / "ob.bin").write_bytes(ob)
     out = tmp_path / "packed.dfu"
     peer(["dfuse-pack", "-b", f"0x08000000:{tmp_path / 'a.bin'}", "-b", f"0x1FFFC000@1:{tmp_path / 'ob.bin'}", str(out)])
-    code, _, err = run(["dfu", str(out)], capsys)
+    code, _, err = run(["dfu", str(out), "--no-image-check"], capsys)
     assert code == 0, err
     header, regions = load_image_file(image_file(bus))
     assert regions["flash"][: len(data)] == data
@@ -185,9 +185,9 @@ def test_read_protection_exit_4_then_unprotect(sim, tmp_path, capsys):
     (tmp_path / "fw.bin").write_bytes(data)
     code, out, err = run(["dfu"], capsys)
     assert code == 0 and "protection  readout protected" in out
-    code, out, err = run(["dfu", str(tmp_path / "fw.bin")], capsys)
+    code, out, err = run(["dfu", str(tmp_path / "fw.bin"), "--no-image-check"], capsys)
     assert code == 4 and "readout protection" in err and "--unprotect" in err
-    code, out, err = run(["dfu", "--unprotect", str(tmp_path / "fw.bin")], capsys)
+    code, out, err = run(["dfu", "--unprotect", str(tmp_path / "fw.bin"), "--no-image-check"], capsys)
     assert code == 0, err
     assert chip.rdp_level == 0
     f = flash_bytes(image_file(bus))
@@ -209,7 +209,7 @@ def test_a_single_usb_fault_costs_a_retry_not_the_board(fault, sim, tmp_path, ca
     bus = sim(f"F407;fault={fault}")
     data = firmware(64000, 11)
     (tmp_path / "fw.bin").write_bytes(data)
-    code, out, err = run(["dfu", str(tmp_path / "fw.bin"), "--leave"], capsys)
+    code, out, err = run(["dfu", str(tmp_path / "fw.bin"), "--no-image-check", "--leave"], capsys)
     assert code == 0, err
     assert bus.devices[0].usb_faults[0].fired  # the fault did hit the run
     assert flash_bytes(image_file(bus))[: len(data)] == data
@@ -220,7 +220,7 @@ def test_a_device_that_keeps_failing_exits_3_clearly(sim, tmp_path, capsys):
     bus = sim("F407;fault=stall=0.9")
     data = firmware(8000, 11)
     (tmp_path / "fw.bin").write_bytes(data)
-    code, out, err = run(["dfu", str(tmp_path / "fw.bin"), "--leave"], capsys)
+    code, out, err = run(["dfu", str(tmp_path / "fw.bin"), "--no-image-check", "--leave"], capsys)
     assert code == 3, err
     assert err.splitlines()[-1].startswith("stmflash: error: ") and "Traceback" not in err
     assert "retries" in err
@@ -240,7 +240,7 @@ def test_several_devices_need_a_filter(sim, tmp_path, capsys):
     assert code == 2 and "1-1" in err and "1-2" in err and "--path" in err
     data = firmware(3000, 12)
     (tmp_path / "fw.bin").write_bytes(data)
-    code, _, err = run(["dfu", "--path", "1-2", str(tmp_path / "fw.bin")], capsys)
+    code, _, err = run(["dfu", "--path", "1-2", str(tmp_path / "fw.bin"), "--no-image-check"], capsys)
     assert code == 0, err
     assert flash_bytes(image_file(bus, 1))[: len(data)] == data
     assert flash_bytes(image_file(bus, 0))[:16] == b"\xff" * 16
@@ -265,10 +265,10 @@ def test_list_shows_dfu_devices(sim, capsys):
 
 def test_bad_input_before_touching_the_device(sim, tmp_path, capsys):
     sim("F407")
-    code, _, err = run(["dfu", str(tmp_path / "missing.hex")], capsys)
+    code, _, err = run(["dfu", str(tmp_path / "missing.hex"), "--no-image-check"], capsys)
     assert code == 2 and "no such file" in err
     (tmp_path / "far.bin").write_bytes(b"\0" * 64)
-    code, _, err = run(["dfu", str(tmp_path / "far.bin"), "--address", "0x09000000"], capsys)
+    code, _, err = run(["dfu", str(tmp_path / "far.bin"), "--no-image-check", "--address", "0x09000000"], capsys)
     assert code == 2 and "0x09000000" in err
 
 
@@ -276,10 +276,10 @@ def test_raw_file_into_the_otp_alt(sim, tmp_path, capsys):
     bus = sim("F407")
     otp = bytes(range(32))
     (tmp_path / "otp.bin").write_bytes(otp)
-    code, _, err = run(["dfu", str(tmp_path / "otp.bin"), "--alt", "OTP Memory", "--address", "0x1FFF7800"], capsys)
+    code, _, err = run(["dfu", str(tmp_path / "otp.bin"), "--no-image-check", "--alt", "OTP Memory", "--address", "0x1FFF7800"], capsys)
     assert code == 0, err
     assert load_image_file(image_file(bus))[1]["otp"][:32] == otp
-    code, _, err = run(["dfu", str(tmp_path / "otp.bin"), "--alt", "OTP Memory", "--address", "0x08000000"], capsys)
+    code, _, err = run(["dfu", str(tmp_path / "otp.bin"), "--no-image-check", "--alt", "OTP Memory", "--address", "0x08000000"], capsys)
     assert code == 2 and "outside alternate setting 'OTP Memory'" in err
 
 
@@ -293,7 +293,7 @@ def test_separate_processes_share_the_image_file(tmp_path):
     data = firmware(9000, 13)
     (tmp_path / "fw.bin").write_bytes(data)
     env = dict(os.environ, STMFLASH_USB_SIM=f"H743={img}")
-    p = subprocess.run([sys.executable, "-m", "stmflash", "dfu", str(tmp_path / "fw.bin"), "--leave", "-q"],
+    p = subprocess.run([sys.executable, "-m", "stmflash", "dfu", str(tmp_path / "fw.bin"), "--no-image-check", "--leave", "-q"],
                        env=env, capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     assert flash_bytes(img)[: len(data)] == data
@@ -334,11 +334,11 @@ def test_power_loss_mid_write(sim, tmp_path, capsys):
     chip = bus.devices[0].chip
     data = firmware(30000, 14)
     (tmp_path / "fw.bin").write_bytes(data)
-    code, _, err = run(["dfu", str(tmp_path / "fw.bin")], capsys)
+    code, _, err = run(["dfu", str(tmp_path / "fw.bin"), "--no-image-check"], capsys)
     assert code == 3 and "disconnected" in err and "did not come back" in err
     assert not chip.powered and flash_bytes(image_file(bus))[: len(data)] != data
     chip.power_on()
-    code, _, err = run(["dfu", str(tmp_path / "fw.bin")], capsys)
+    code, _, err = run(["dfu", str(tmp_path / "fw.bin"), "--no-image-check"], capsys)
     assert code == 0, err
     assert flash_bytes(image_file(bus))[: len(data)] == data
 
@@ -349,7 +349,7 @@ def test_random_faults_never_pass_wrong_content(seed, sim, tmp_path, capsys):
     data = firmware(24000, seed)
     (tmp_path / "fw.bin").write_bytes(data)
     for _ in range(30):  # re-run until it passes, as an operator would
-        code, _, err = run(["dfu", str(tmp_path / "fw.bin")], capsys)
+        code, _, err = run(["dfu", str(tmp_path / "fw.bin"), "--no-image-check"], capsys)
         if code == 0:
             break
         assert code == 3 and "Traceback" not in err
@@ -369,7 +369,7 @@ def test_table_quirks_end_to_end(spec, address, extra, quirk, sim, tmp_path, cap
     bus = sim(spec)
     data = firmware(6000, 15)
     (tmp_path / "fw.bin").write_bytes(data)
-    code, _, err = run(["dfu", str(tmp_path / "fw.bin"), "--address", hex(address), *extra], capsys)
+    code, _, err = run(["dfu", str(tmp_path / "fw.bin"), "--no-image-check", "--address", hex(address), *extra], capsys)
     assert code == 0, err
     off = address - 0x08000000
     assert flash_bytes(image_file(bus))[off : off + len(data)] == data

@@ -56,9 +56,9 @@ def test_info_json(capsys, fw_hex: Path) -> None:
     assert code == 0, err
     r = json.loads(out)
     img = firmware()
-    assert r["segments"][0]["address"] == BASE and r["segments"][0]["size"] == 520
-    assert [(s["address"], s["size"]) for s in r["segments"]] == [(s.address, len(s)) for s in img.segments]
-    assert r["crc32"] == img.crc32()
+    assert r["segments"][0]["address"] == f"0x{BASE:08X}" and r["segments"][0]["size"] == 520
+    assert [(int(s["address"], 16), s["size"]) for s in r["segments"]] == [(s.address, len(s)) for s in img.segments]
+    assert r["crc32"] == f"0x{img.crc32():08X}"
     assert r["format"] == "hex"
     assert r["vector_table"]["checked"] and r["vector_table"]["problems"] == []
     assert err == ""
@@ -105,7 +105,7 @@ def test_bin_needs_address(capsys, tmp_path: Path) -> None:
     code, _, err = cli(capsys, "image", "info", str(p))
     assert_one_line_error(code, err, "raw.bin", "--address")
     code, out, _ = cli(capsys, "image", "info", str(p), "--address", "0x08000000", "--json")
-    assert code == 0 and json.loads(out)["segments"][0]["address"] == BASE
+    assert code == 0 and json.loads(out)["segments"][0]["address"] == f"0x{BASE:08X}"
 
 
 @pytest.mark.parametrize(
@@ -174,15 +174,24 @@ def test_merge(capsys, tmp_path: Path) -> None:
 def test_stamp(capsys, tmp_path: Path, fw_hex: Path) -> None:
     out = tmp_path / "stamped.hex"
     code, stdout, err = cli(
-        capsys, "image", "stamp", str(fw_hex), "-o", str(out), "--at", "0x08000100",
+        capsys, "image", "stamp", str(fw_hex), "-o", str(out), "--at", "0x08000300",
         "--version", "2.0.7", "--crc", "stm32", "--json",
     )  # fmt: skip
     assert code == 0, err
     h = json.loads(stdout)
-    assert h["version"] == 0x02000007 and h["length"] == 0x840 and h["address"] == 0x08000100
+    assert h["version"] == "0x02000007" and h["length"] == 0x840 and h["address"] == "0x08000300"
     img = load(out)
     assert len(img.segments) == 1 and img.start == BASE
-    assert check_stamp(img, 0x08000100, crc="stm32") == []
+    assert check_stamp(img, 0x08000300, crc="stm32") == []
+    # re-stamping an existing header is allowed; stamping over code or far away is not
+    again = tmp_path / "again.hex"
+    code, _, err = cli(capsys, "image", "stamp", str(out), "-o", str(again), "--at", "0x08000300", "--version", "2.0.8")
+    assert code == 0, err
+    code, _, err = cli(capsys, "image", "stamp", str(fw_hex), "-o", str(again), "--at", "0x08000100")
+    assert_one_line_error(code, err, "0x08000100", "overwrite")
+    code, _, err = cli(capsys, "image", "stamp", str(fw_hex), "-o", str(again), "--at", "0x07000000")
+    assert_one_line_error(code, err, "0x07000000", "outside")
+    assert not again.exists() or load(again).start == BASE
     code, _, err = cli(capsys, "image", "stamp", str(fw_hex), "-o", str(out), "--at", "0x08000102")
     assert_one_line_error(code, err, "0x08000102")
     code, _, err = cli(capsys, "image", "stamp", str(fw_hex), "-o", str(out), "--at", "0x08000100", "--version", "1.x")

@@ -252,7 +252,7 @@ def test_rdp2_with_confirmation_silences_the_chip(name: str, rdp_at: int, tmp_pa
     chip = registry.register("r2b", VirtualChip(dev))
     fw = tmp_path / "fw.bin"
     fw.write_bytes(bytes(range(256)) * 8)
-    code = run_cli("uart", f"sim://{name}?chip=r2b", str(fw), "--protect-level", "2",
+    code = run_cli("uart", f"sim://{name}?chip=r2b", str(fw), "--no-image-check", "--protect-level", "2",
                    "--i-understand-rdp2-is-permanent", "--after", "reset", "-q")
     assert code == 0, capsys.readouterr().err
     assert chip.rdp_level == 2 and chip.option_bytes()[rdp_at] == 0xCC
@@ -267,7 +267,7 @@ def test_rdp2_refused_before_flashing_when_the_layout_is_unknown(tmp_path: Path,
     chip = registry.register("r2h", VirtualChip(devices.find("F746")))
     fw = tmp_path / "fw.bin"
     fw.write_bytes(b"\x42" * 1024)
-    assert run_cli("uart", "sim://F746?chip=r2h", str(fw), "--protect-level", "2",
+    assert run_cli("uart", "sim://F746?chip=r2h", str(fw), "--no-image-check", "--protect-level", "2",
                    "--i-understand-rdp2-is-permanent", "-q") == 2
     assert "option-byte layout of F746 is not in the table" in capsys.readouterr().err
     assert chip.flash[:16] == b"\xff" * 16 and chip.rdp_level == 0

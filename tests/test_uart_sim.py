@@ -85,7 +85,7 @@ def test_flash_every_format_on_every_erase_style(tmp_path: Path, pid: str, fmt: 
     chip = registry.register(f"fmt-{pid}-{fmt}", VirtualChip(dev, image_path=sim_file))
     chip.preload(dev.flash_start, b"\x00" * 64)  # old content that must be erased
     try:
-        rc = run_cli("uart", f"sim://{pid}?chip=fmt-{pid}-{fmt}", str(path), "--after", "stay", "-q")
+        rc = run_cli("uart", f"sim://{pid}?chip=fmt-{pid}-{fmt}", str(path), "--no-image-check", "--after", "stay", "-q")
         assert rc == 0
         want = expected_flash(img, dev)
         assert bytes(chip.flash[: len(want)]) == want
@@ -102,7 +102,7 @@ def test_json_events_and_result(tmp_path: Path, capsys: pytest.CaptureFixture[st
     save(img, str(path))
     registry.register("json", VirtualChip(dev))
     try:
-        rc = run_cli("uart", "sim://0x413?chip=json", str(path), "--json")
+        rc = run_cli("uart", "sim://0x413?chip=json", str(path), "--no-image-check", "--json")
     finally:
         registry.unregister("json")
     assert rc == 0
@@ -177,7 +177,7 @@ def test_examples_flash_and_run(tmp_path: Path) -> None:
     assert hexfile.exists(), "examples/ are committed: the README's quick start needs them"
     chip = registry.register("ex", VirtualChip(devices.find("0x413")))
     try:
-        assert run_cli("uart", "sim://F407?chip=ex", str(hexfile), "-q") == 0
+        assert run_cli("uart", "sim://F407?chip=ex", str(hexfile), "--no-image-check", "-q") == 0
         img = load(str(hexfile))
         assert bytes(chip.flash[: img.size]) == img.segments[0].data
         assert chip.mode == "app" and chip.go_address == 0x08000000
@@ -192,9 +192,9 @@ def test_write_protected_flash_is_a_protection_error(tmp_path: Path, capsys: pyt
     path = tmp_path / "fw.bin"
     path.write_bytes(random.Random(5).randbytes(2048))
     try:
-        assert run_cli("uart", "sim://0x413?chip=wrp", str(path), "-q") == 4
+        assert run_cli("uart", "sim://0x413?chip=wrp", str(path), "--no-image-check", "-q") == 4
         assert "write-protected" in capsys.readouterr().err
-        assert run_cli("uart", "sim://0x413?chip=wrp", str(path), "--write-unprotect", "-q") == 0
+        assert run_cli("uart", "sim://0x413?chip=wrp", str(path), "--no-image-check", "--write-unprotect", "-q") == 0
         assert bytes(chip.flash[:2048]) == path.read_bytes()
     finally:
         registry.unregister("wrp")
@@ -204,7 +204,7 @@ def test_option_bytes_write_and_after_reset(tmp_path: Path, capsys: pytest.Captu
     dev = devices.find("0x460")
     chip = registry.register("ob", VirtualChip(dev))
     try:
-        ob = bytearray(chip.option_bytes()[:16])
+        ob = bytearray(chip.option_bytes())  # the whole area (a part of it is refused)
         ob[2], ob[3] = 0x5A, 0xA5  # two G0 OPTR user bytes (their complements at 6, 7)
         # before the port is opened the bytes can only be decoded for a named part
         assert run_cli("uart", "sim://unnamed?chip=ob", "--write-option-bytes", ob.hex(), "-q") == 2
@@ -212,11 +212,12 @@ def test_option_bytes_write_and_after_reset(tmp_path: Path, capsys: pytest.Captu
         assert run_cli("uart", "sim://0x460?chip=ob", "--write-option-bytes", ob.hex(), "--device", "G071",
                        "-q") == 0
         assert chip.option_bytes()[:4] == bytes(ob[:4])
+        assert run_cli("uart", "sim://0x460?chip=ob", "--write-option-bytes", ob[:16].hex(), "-q") == 2
         assert chip.option_bytes()[6:8] == b"\xa5\x5a"  # written by the chip, not by us
         path = tmp_path / "fw.bin"
         path.write_bytes(b"\x11" * 256)
         resets = chip.reset_count
-        assert run_cli("uart", "sim://0x460?chip=ob", str(path), "--after", "reset", "-q") == 0
+        assert run_cli("uart", "sim://0x460?chip=ob", str(path), "--no-image-check", "--after", "reset", "-q") == 0
         # the reset stub ran: a system reset, back into the ROM (BOOT0 strapped high)
         assert chip.reset_count == resets + 1 and chip.mode == "bootloader"
     finally:
@@ -237,7 +238,7 @@ def test_auto_erase_keeps_flash_outside_the_image(pid, tmp_path):
         img.add(dev.flash_start, bytes(range(256)) * 8)
         path = tmp_path / "small.hex"
         save(img, str(path))
-        assert run_cli("uart", "sim://x?chip=keep", str(path), "-q") == 0
+        assert run_cli("uart", "sim://x?chip=keep", str(path), "--no-image-check", "-q") == 0
         assert bytes(chip.flash[: 2048]) == img.read(dev.flash_start, 2048)
         off = keep_at - dev.flash_start
         assert bytes(chip.flash[off : off + 16]) == b"CALIBRATION-DATA"
@@ -255,7 +256,7 @@ def test_after_reset_runs_the_reset_stub(tmp_path):
         path = tmp_path / "fw.hex"
         save(make_image(dev, 3, sparse=False), str(path))
         before = chip.reset_count
-        assert run_cli("uart", "sim://x?chip=rst", str(path), "-q", "--after", "reset") == 0
+        assert run_cli("uart", "sim://x?chip=rst", str(path), "--no-image-check", "-q", "--after", "reset") == 0
         assert chip.reset_count == before + 1
         assert chip.mode == "bootloader"  # BOOT0 strapped high: back in the ROM, syncable
         assert run_cli("uart", "sim://x?chip=rst", "-q") == 0

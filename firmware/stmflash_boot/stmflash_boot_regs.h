@@ -12,8 +12,8 @@
  * (STM32F4, STM32G0, ... which the device header defines) select it.
  *
  * Sources: ST reference manuals (RCC_CSR / RCC_RSR, SYSCFG memory remap), AN2606
- * (system memory), cross-checked against MicroPython, stm32duino, QMK and Betaflight
- * (see /work/shared/reference/trigger-and-production.md section 2).  NOT verified on
+ * (system memory), cross-checked against the jump-to-bootloader code of MicroPython,
+ * stm32duino, QMK and Betaflight.  NOT verified on
  * hardware for every family: the jump validates the ROM vector table before using it.
  */
 #ifndef STMFLASH_BOOT_REGS_H

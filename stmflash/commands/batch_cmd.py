@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from stmflash.commands.common import INT
+from stmflash.commands.common import INT, allow_missing_end_option
 
 
 @click.command("batch")
@@ -57,6 +57,7 @@ from stmflash.commands.common import INT
               help="Refuse an image whose vector table looks wrong for the part [check].")
 @click.option("--json", "json_", is_flag=True, help="One JSON event per line on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="Only errors and the summary.")
+@allow_missing_end_option
 def batch(args: tuple[str, ...], job_file: str | None, **opts: Any) -> None:
     """Program IMAGE into every TARGET in parallel (one worker per target).
 
@@ -199,7 +200,7 @@ def _run(args: tuple[str, ...], job_file: str | None, o: dict[str, Any]) -> None
 
     job = _build_job(args, job_file, o)
     device = _job_device(job)
-    image = load_image(job.image, address=job.address, device=device)
+    image = load_image(job.image, address=job.address, device=device, require_end=not o.get("allow_missing_end"))
     if device is not None:
         from stmflash.pipeline import split_image
 
@@ -215,6 +216,11 @@ def _run(args: tuple[str, ...], job_file: str | None, o: dict[str, Any]) -> None
 
         check_option_bytes_early(device, job.option_bytes, rdp2_confirmed=job.rdp2_confirmed,
                                  where=f"{job.source or 'job'}: option_bytes")
+    from stmflash.paths import check_output_dir, check_output_file
+
+    check_output_dir(job.report_dir, "--report-dir")  # before the first board, not after the last
+    if job.serial is not None:
+        check_output_file(job.serial.ledger, "--ledger")
     targets = expand_targets(job.targets, loop=job.loop)
     if job.protect.rdp == 2 and device is not None:
         # level 2 is written through the family's option-byte layout: refuse parts whose

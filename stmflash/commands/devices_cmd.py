@@ -8,6 +8,8 @@ from typing import Any
 
 import click
 
+from stmflash.commands.common import complete_devices
+
 
 def _size(n: int) -> str:
     if n and n % (1024 * 1024) == 0:
@@ -127,8 +129,42 @@ def _detail(dev: Any) -> str:
     return "\n".join(lines)
 
 
+def _public(dev: Any) -> dict[str, Any]:
+    """``Device.to_dict`` in the JSON convention of :mod:`stmflash.jsonfmt`; ``layout`` is
+    the erase units of one bank spelled out (the table's repeating short form is internal)."""
+    from stmflash.devices import unit_groups
+    from stmflash.jsonfmt import addr, hexid, region
+
+    d = dev.to_dict()
+    d.pop("pid_hex", None)
+    d["pid"] = hexid(dev.pid, 3)
+    d["bl_ids"] = [hexid(b, 2) for b in dev.bl_ids]
+    flash = dict(d["flash"])
+    flash["start"] = addr(dev.flash_start)
+    banks = sorted({u.bank for u in dev.erase_units})
+    flash["layout"] = unit_groups(dev.bank_units(banks[0]) if len(banks) > 1 else dev.erase_units)
+    d["flash"] = flash
+    d["ram"] = [region(r) for r in d["ram"]]
+    for key in ("ram_usable", "system_memory", "option_bytes", "otp", "eeprom"):
+        d[key] = region(d[key])
+    for key in ("bl_id_address", "flash_size_reg", "uid_reg"):
+        d[key] = addr(d[key])
+    d["erase_command"] = hexid(d["erase_command"], 2)
+    d["usart_protocol"] = hexid(d["usart_protocol"], 2)
+    d["usart_commands"] = [hexid(c, 2) for c in d["usart_commands"]]
+    if d.get("dfu") and isinstance(d["dfu"].get("bcd_device"), int):
+        d["dfu"] = {**d["dfu"], "bcd_device": hexid(d["dfu"]["bcd_device"], 4)}
+    if d.get("ob_layout"):  # byte offsets stay numbers; RDP codes and the default are byte values
+        ob = dict(d["ob_layout"])
+        for key in ("rdp0", "rdp1", "rdp2"):
+            if isinstance(ob.get(key), int):
+                ob[key] = hexid(ob[key], 2)
+        d["ob_layout"] = ob
+    return d
+
+
 @click.command("devices")
-@click.argument("name_or_pid", required=False)
+@click.argument("name_or_pid", required=False, shell_complete=complete_devices)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of device objects.")
 @click.option("--family", "family", default=None, help="Only list this family (e.g. F4, G0).")
 def devices(name_or_pid: str | None, as_json: bool, family: str | None) -> None:
@@ -158,7 +194,7 @@ def devices(name_or_pid: str | None, as_json: bool, family: str | None) -> None:
                     f"unknown family {family!r} (known: {', '.join(table.families())})"
                 )
     if as_json:
-        click.echo(jsonlib.dumps([d.to_dict() for d in selected], indent=2))
+        click.echo(jsonlib.dumps([_public(d) for d in selected], indent=2))
     elif name_or_pid:
         click.echo(_detail(selected[0]))
     else:

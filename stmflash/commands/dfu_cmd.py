@@ -13,27 +13,38 @@ from typing import Any
 import click
 
 from stmflash.commands.common import (
+    FILE,
     INT,
+    NUMBER_HELP,
+    SECONDS,
+    check_image,
+    complete_devices,
+    crc_of_range,
     describe_result,
     find_device,
+    image_input_options,
     load_image,
     option_bytes_arg,
     output_options,
     raw_needs_device,
     read_to_file,
     run_and_report,
+    standalone_options,
+    units_for_range,
+    verify_only,
 )
 from stmflash.commands.ob_cli import echo_rows, ob_options, ob_request, run_ob_actions
+from stmflash.numbers import parse_range
 
 
 @click.command("dfu", context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("file", required=False)
-@click.option("--address", "-a", type=INT, default=None, help="Load address for raw .bin files (default: flash start).")
+@click.argument("file", required=False, type=FILE)
+@click.option("--address", "-a", type=INT, default=None, help="Load address for raw .bin files (default: flash start). " + NUMBER_HELP)
 @click.option("--leave", is_flag=True, help="Start the application afterwards (leave DFU mode).")
 @click.option("--serial", "-S", metavar="SN", help="Select the device by USB serial number.")
 @click.option("--path", "-p", "port_path", metavar="BUS-PORT[.PORT]", help="Select the device by USB port path.")
 @click.option("--vid-pid", "-d", metavar="VID:PID", default=None, help="USB ids in DFU mode [default: 0483:df11].")
-@click.option("--device", "device_name", metavar="NAME", help="Assume this device (e.g. F407) instead of recognising it.")
+@click.option("--device", "device_name", metavar="NAME", shell_complete=complete_devices, help="Assume this device (e.g. F407) instead of recognising it.")
 @click.option("--alt", metavar="NAME", help="Alternate setting for a raw FILE or --read (e.g. 'OTP Memory').")
 @click.option("--erase", type=click.Choice(["auto", "all", "none"]), default="auto", show_default=True,
               help="auto: only the pages/sectors the image covers; all: whole flash; none: no erase.")
@@ -57,8 +68,12 @@ from stmflash.commands.ob_cli import echo_rows, ob_options, ob_request, run_ob_a
               help="Bring a running application into the ROM DFU bootloader first, tried in order: "
               "1200[:PORT] (1200-baud touch on its USB CDC port), detach[:PATH|VID:PID] (DFU_DETACH "
               "to its DFU runtime interface), none. E.g. '1200,detach'; a *N suffix retries one: '1200*2,detach'.")
-@click.option("--enter-timeout", type=float, default=10.0, show_default=True,
+@click.option("--enter-timeout", type=SECONDS, default=10.0, show_default=True,
               help="Seconds to wait for the DFU device to appear on the same USB port after the entry.")
+@click.option("--erase-range", metavar="START:LENGTH",
+              help="Erase only these pages/sectors (unit-aligned), nothing else (DfuSe page erase).")
+@image_input_options
+@standalone_options
 @output_options
 def dfu(**kw: Any) -> None:
     """Program FILE through the ROM USB DFU bootloader (DfuSe, 0483:df11).
@@ -80,7 +95,7 @@ def dfu(**kw: Any) -> None:
     from stmflash.progress import make_reporter
 
     reporter = make_reporter(json=kw["json_"], quiet=kw["quiet"])
-    run_and_report(reporter, lambda: _run(reporter, **kw))
+    run_and_report(reporter, lambda: _run(reporter, **kw), trace_to=kw["trace"])
 
 
 def _run(reporter: Any, **kw: Any) -> None:
@@ -95,7 +110,20 @@ def _run(reporter: Any, **kw: Any) -> None:
         raise UsageError("--start/--length apply to --read")
     if kw["mass_erase"] and kw["erase"] == "none":
         raise UsageError("--mass-erase contradicts --erase none")
+    if kw["verify_only"] and not file:
+        raise UsageError("--verify-only needs FILE (the image to compare the chip with)")
+    if kw["verify_only"] and (kw["mass_erase"] or kw["erase_range"] or kw["protect"] or kw["unprotect"]):
+        raise UsageError("--verify-only changes nothing: it cannot be combined with erase or protection")
+    if kw["erase_range"] and file:
+        raise UsageError("--erase-range is an action of its own: it takes no FILE")
+    for opt in ("erase_range", "crc_range"):
+        if kw[opt]:
+            parse_range(kw[opt])  # spelled right before the device is touched
     ob_data = option_bytes_arg(kw["write_option_bytes"]) if kw["write_option_bytes"] else None
+    if kw["read_out"]:
+        from stmflash.paths import check_output_file
+
+        check_output_file(kw["read_out"], "--read")
     if kw["write_protect"]:
         from stmflash.commands.uart_cmd import _parse_units
 
@@ -114,21 +142,38 @@ def _run(reporter: Any, **kw: Any) -> None:
         if not os.path.exists(file):
             raise ImageError(f"{file}: no such file")
         if not raw_needs_device(file, kw["address"]):
-            image = load_image(file, address=kw["address"])
+            image = load_image(file, address=kw["address"], require_end=not kw["allow_missing_end"])
+            if not kw["alt"]:
+                check_image(image, None, kw["image_check"])
 
     if kw.get("enter") and kw["enter"].strip().lower() != "none":  # pin-less entry (stmflash.trigger)
         from stmflash.trigger.host import enter_dfu
 
         reporter.phase("enter")
         seen = enter_dfu(kw["enter"], timeout=kw["enter_timeout"], log=reporter.info)
+        if seen is not None:
+            reporter.info(f"the application re-enumerated as the ROM DFU device at USB {seen.path or '?'}")
         if seen is not None and seen.path and not kw["serial"] and not kw["port_path"]:
             kw["port_path"] = seen.path  # the board we just rebooted, not another one in DFU
     from stmflash.dfu.link import DfuLink
     from stmflash.dfu.usb import open_one
 
     reporter.phase("connect")
+    from stmflash.errors import LinkError
+
     # the descriptors identify the part: everything checkable is checked before it is opened
-    link = DfuLink(open_one(serial=kw["serial"], path=kw["port_path"], vid_pid=vid_pid), device=forced)
+    try:
+        usb_dev = open_one(serial=kw["serial"], path=kw["port_path"], vid_pid=vid_pid)
+    except LinkError as exc:
+        if "no DFU device" not in str(exc) or (kw.get("enter") or "none").strip().lower() != "none":
+            raise
+        from stmflash.trigger.runtime import hint
+
+        extra = hint()
+        if not extra:
+            raise
+        raise type(exc)(str(exc) + extra) from None
+    link = DfuLink(usb_dev, device=forced)
     try:
         _precheck(link, kw, image, ob_data)
         link.open()
@@ -212,6 +257,11 @@ def _session(link: Any, reporter: Any, kw: dict[str, Any], image: Any, file: str
         from stmflash.ob_ops import values_for
 
         values_for(device, ob_req, rdp2_confirmed=True)  # the identified chip's table: exit 2, nothing written
+    if file:  # a raw binary goes to this chip's flash start; checked before any change
+        if image is None:
+            image = load_image(file, address=kw["address"], device=device, require_end=not kw["allow_missing_end"])
+        if not kw["alt"]:
+            check_image(image, device, kw["image_check"])
 
     if kw["unprotect"]:
         reporter.phase("unprotect")
@@ -231,9 +281,29 @@ def _session(link: Any, reporter: Any, kw: dict[str, Any], image: Any, file: str
         reporter.advance(device.flash_size)
         did = True
 
-    if file:
-        if image is None:
-            image = load_image(file, address=kw["address"], device=device)
+    if kw["erase_range"]:
+        start, length = parse_range(kw["erase_range"])
+        units = units_for_range(device, start, length)
+        reporter.phase("erase", length)
+        link.erase(units)
+        reporter.advance(length)
+        reporter.info(f"erased {len(units)} units, 0x{start:08X}..0x{start + length:08X}")
+        fields["erased"] = {"start": f"0x{start:08X}", "length": length, "units": len(units)}
+        did = True
+
+    if kw["verify_only"] and file:
+        fields.update(verify_only(link, reporter, image, file))
+        did = True
+    if kw["crc_range"]:
+        start, length = parse_range(kw["crc_range"])
+        flash_alt = link.find_alt("Internal Flash")
+        if not any(a.layout.contains(start, length) for a in link.info.alts):
+            where = flash_alt.layout.describe() if flash_alt is not None else "no memory"
+            raise UsageError(f"--crc 0x{start:08X}+{length} is outside the device's memories ({where})")
+        fields["crc"] = crc_of_range(link, reporter, start, length)
+        did = True
+
+    if file and not kw["verify_only"]:
         if kw["alt"]:
             alt = link.select(kw["alt"])
             if not all(alt.layout.contains(s.address, len(s.data)) for s in image.segments):
@@ -370,6 +440,14 @@ def _read_range(kw: dict[str, Any], link: Any) -> tuple[int, int]:
         length = region[1] - start
     if length <= 0:
         raise UsageError("--length must be positive")
+    if alt is not None and regions and not alt.layout.contains(start, length):
+        inside = next(((a, b) for a, b in regions if a <= start < b), None)
+        if inside is not None:
+            raise UsageError(
+                f"--read 0x{start:08X}+{length} runs past the end of {alt.name!r} "
+                f"(0x{inside[0]:08X}..0x{inside[1]:08X}): at most {inside[1] - start} bytes from 0x{start:08X}"
+            )
+        raise UsageError(f"--read 0x{start:08X}+{length} is outside {alt.name!r} ({alt.layout.describe()})")
     return start, length
 
 

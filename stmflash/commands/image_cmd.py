@@ -11,7 +11,13 @@ from typing import Any
 
 import click
 
-from stmflash.commands.common import INT
+from stmflash.commands.common import (
+    FILE,
+    INT,
+    allow_missing_end_option,
+    complete_devices,
+    parse_range,
+)
 from stmflash.errors import UsageError
 
 FORMAT_HELP = "bin, hex, srec, elf, dfu (DfuSe) or dfu-bin (binary with a DFU suffix)"
@@ -63,7 +69,10 @@ def _split_at(arg: str) -> tuple[str, int | None]:
         path, _, addr = arg.rpartition("@")
         from stmflash.commands.common import parse_int
 
-        return path, parse_int(addr, f"address in {arg!r}")
+        try:
+            return path, parse_int(addr, "address")
+        except UsageError as exc:
+            raise UsageError(f"{arg}: {exc}") from None
     return arg, None
 
 
@@ -85,20 +94,22 @@ def image() -> None:
 
 
 @image.command("info", short_help="Show format, segments, CRCs; check the vector table.")
-@click.argument("file")
+@click.argument("file", type=FILE)
 @click.option("--address", "-a", type=INT, default=None, help="Load address of a raw .bin.")
-@click.option("--device", "-d", "device_name", default=None, help="Check the vector table against this part (e.g. F407).")
+@click.option("--device", "-d", "device_name", default=None, shell_complete=complete_devices, help="Check the vector table against this part (e.g. F407).")
 @click.option("--format", "fmt", default=None, help=f"Input format, when not detected: {FORMAT_HELP}.")
 @click.option("--json", "json_", is_flag=True, help="Print one JSON object.")
 @click.option("--strict", is_flag=True, help="A failed vector-table check is an error (exit 2).")
-def info(file: str, address: int | None, device_name: str | None, fmt: str | None, json_: bool, strict: bool) -> None:
+@allow_missing_end_option
+def info(file: str, address: int | None, device_name: str | None, fmt: str | None, json_: bool, strict: bool,
+         allow_missing_end: bool = False) -> None:
     """Show the format, segments, size and CRCs of FILE and check its vector table."""
     from stmflash.image.crc import stm32_crc, zlib_crc
     from stmflash.image.loaders import load
     from stmflash.image.vectors import check_vector_table, vector_table_address
 
     device = _device(device_name)
-    img = load(file, address=address, fmt=fmt, device=device)
+    img = load(file, address=address, fmt=fmt, device=device, require_end=not allow_missing_end)
     stm32_all = stm32_crc(b"".join(s.data for s in img.segments))
     check = device is not None or img.start == 0x08000000
     problems = check_vector_table(img, device) if check else []
@@ -110,7 +121,7 @@ def info(file: str, address: int | None, device_name: str | None, fmt: str | Non
             "end": s.end,
             "crc32": zlib_crc(s.data),
             "stm32_crc": stm32_crc(s.data),
-        }
+        }  # as numbers for the text output; the JSON output spells them in hex (jsonfmt)
         alt = img.alts.get(s.address)
         if alt is not None:
             d["alt"] = alt
@@ -137,7 +148,7 @@ def info(file: str, address: int | None, device_name: str | None, fmt: str | Non
         },
     }
     if json_:
-        click.echo(json.dumps(report))
+        click.echo(json.dumps(_info_json(report)))
     else:
         _print_info(report)
     for p in problems:
@@ -145,6 +156,26 @@ def info(file: str, address: int | None, device_name: str | None, fmt: str | Non
             click.echo(f"stmflash: warning: {file}: {p}", err=True)
     if problems and strict:
         raise UsageError(f"{file}: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+
+
+def _info_json(r: dict[str, Any]) -> dict[str, Any]:
+    """The report in the JSON convention of :mod:`stmflash.jsonfmt`."""
+    from stmflash.jsonfmt import addr, hexid
+
+    out = dict(r)
+    out["segments"] = [
+        {**s, "address": addr(s["address"]), "end": addr(s["end"]), "crc32": hexid(s["crc32"], 8),
+         "stm32_crc": hexid(s["stm32_crc"], 8)}
+        for s in r["segments"]
+    ]
+    for key in ("start", "end", "entry"):
+        out[key] = addr(r[key])
+    out["crc32"] = hexid(r["crc32"], 8)
+    out["stm32_crc"] = hexid(r["stm32_crc"], 8)
+    if r["dfu_ids"]:
+        out["dfu_ids"] = [hexid(v, 4) for v in r["dfu_ids"]]
+    out["vector_table"] = {**r["vector_table"], "address": addr(r["vector_table"]["address"])}
+    return out
 
 
 def _print_info(r: dict[str, Any]) -> None:
@@ -175,14 +206,15 @@ def _print_info(r: dict[str, Any]) -> None:
 
 
 @image.command("convert", short_help="Convert between bin, hex, srec and dfu.")
-@click.argument("infile")
-@click.argument("outfile")
+@click.argument("infile", type=FILE)
+@click.argument("outfile", type=FILE)
 @click.option("--address", "-a", type=INT, default=None, help="Load address of a raw .bin input.")
-@click.option("--device", "-d", "device_name", default=None, help="Part whose flash start places a raw .bin input.")
+@click.option("--device", "-d", "device_name", default=None, shell_complete=complete_devices, help="Part whose flash start places a raw .bin input.")
 @click.option("--input-format", "in_fmt", default=None, help=f"Input format, when not detected: {FORMAT_HELP}.")
 @click.option("--format", "-f", "fmt", default=None, help="Output format (bin, hex, srec, dfu) [default: from OUTFILE's extension].")
 @click.option("--fill", type=INT, default=0xFF, metavar="BYTE", show_default=True, help="Byte that fills gaps in a raw .bin output.")
 @_with_dfu_options
+@allow_missing_end_option
 def convert(
     infile: str,
     outfile: str,
@@ -193,11 +225,12 @@ def convert(
     fill: int,
     dfu_id: str | None,
     bcd_device: int | None,
+    allow_missing_end: bool = False,
 ) -> None:
     """Convert INFILE to OUTFILE (gaps stay gaps except in a raw .bin)."""
     from stmflash.image.loaders import load
 
-    img = load(infile, address=address, fmt=in_fmt, device=_device(device_name))
+    img = load(infile, address=address, fmt=in_fmt, device=_device(device_name), require_end=not allow_missing_end)
     _save(img, outfile, fmt, _fill(fill), dfu_id, bcd_device)
     click.echo(f"{outfile}: {img.size} bytes in {len(img.segments)} segment(s), crc32 0x{img.crc32():08X}", err=True)
 
@@ -208,7 +241,9 @@ def convert(
 @click.option("--format", "-f", "fmt", default=None, help="Output format (bin, hex, srec, dfu) [default: from the extension].")
 @click.option("--fill", type=INT, default=0xFF, metavar="BYTE", show_default=True, help="Byte that fills gaps in a raw .bin output.")
 @_with_dfu_options
-def merge(inputs: tuple[str, ...], output: str, fmt: str | None, fill: int, dfu_id: str | None, bcd_device: int | None) -> None:
+@allow_missing_end_option
+def merge(inputs: tuple[str, ...], output: str, fmt: str | None, fill: int, dfu_id: str | None, bcd_device: int | None,
+          allow_missing_end: bool = False) -> None:
     """Merge several images (e.g. bootloader + application) into one; overlaps are an error.
 
     A raw binary takes its address after '@': boot.bin@0x08000000.
@@ -218,7 +253,7 @@ def merge(inputs: tuple[str, ...], output: str, fmt: str | None, fill: int, dfu_
     merged = None
     for arg in inputs:
         path, addr = _split_at(arg)
-        img = load(path, address=addr)
+        img = load(path, address=addr, require_end=not allow_missing_end)
         merged = img if merged is None else merged.merge(img)
     assert merged is not None
     _save(merged, output, fmt, _fill(fill), dfu_id, bcd_device)
@@ -226,16 +261,28 @@ def merge(inputs: tuple[str, ...], output: str, fmt: str | None, fill: int, dfu_
 
 
 @image.command("stamp", short_help="Write version, length and CRC into an application header.")
-@click.argument("infile")
+@click.argument("infile", type=FILE)
 @click.option("--output", "-o", required=True, help="Output file.")
-@click.option("--at", "at", type=INT, required=True, help="Address of the 16-byte header (multiple of 4).")
+@click.option("--at", "at", type=INT, default=None,
+              help="Address of stmflash's 16-byte header (multiple of 4); or use the custom fields below.")
 @click.option("--version", "version", default="0", show_default=True, help="Firmware version: X.Y.Z or an integer.")
-@click.option("--crc", type=click.Choice(["zlib", "stm32"]), default="zlib", show_default=True, help="CRC-32 flavour the bootloader computes.")
+@click.option("--crc", type=click.Choice(["zlib", "stm32", "crc16-ccitt"]), default="zlib", show_default=True,
+              help="CRC flavour the bootloader computes (crc16-ccitt only for --crc-at).")
+@click.option("--crc-at", type=INT, default=None, help="Custom field: where the CRC goes (after --crc-over).")
+@click.option("--crc-over", metavar="START:LENGTH", default=None,
+              help="Custom field: the range the CRC covers (START:LENGTH or START..END), gaps filled with --fill.")
+@click.option("--fill", type=INT, default=0xFF, metavar="BYTE", show_default=True,
+              help="Custom fields: the byte that fills gaps and the unused rest of --crc-over.")
+@click.option("--version-at", type=INT, default=None, help="Custom field: where the version goes.")
+@click.option("--version-format", type=click.Choice(["u32", "u16x4", "semver"]), default="u32", show_default=True,
+              help="Custom field: u32 (X<<24|Y<<16|Z), u16x4 (X,Y,Z,W as u16), semver (u8 X, u8 Y, u16 Z).")
+@click.option("--length-at", type=INT, default=None, help="Custom field: where the length of --crc-over goes (u32).")
 @click.option("--magic", type=INT, default=None, metavar="U32", help="Header magic [default: 0x464D5453, 'STMF'].")
 @click.option("--address", "-a", type=INT, default=None, help="Load address of a raw .bin input.")
 @click.option("--format", "-f", "fmt", default=None, help="Output format [default: from the extension].")
 @click.option("--json", "json_", is_flag=True, help="Print the header as JSON.")
 @_with_dfu_options
+@allow_missing_end_option
 def stamp_cmd(
     infile: str,
     output: str,
@@ -248,20 +295,64 @@ def stamp_cmd(
     json_: bool,
     dfu_id: str | None,
     bcd_device: int | None,
+    allow_missing_end: bool = False,
+    crc_at: int | None = None,
+    crc_over: str | None = None,
+    fill: int = 0xFF,
+    version_at: int | None = None,
+    version_format: str = "u32",
+    length_at: int | None = None,
 ) -> None:
-    """Write magic, version, length and CRC into an application header at --at.
+    """Write magic, version, length and CRC into an application header at --at, or the
+    fields a custom bootloader expects where it expects them (--crc-at/--crc-over,
+    --version-at, --length-at).
 
-    The CRC covers the image from its first address to its end (rounded up to 4 bytes),
-    gaps filled with 0xFF, the header's CRC field read as zero. See the README for the layout.
+    The header's CRC covers the image from its first address to its end (rounded up to 4
+    bytes), gaps filled with 0xFF, the header's CRC field read as zero. See the README.
     """
+    from stmflash.image.fields import Fields, stamp_fields
     from stmflash.image.loaders import load
     from stmflash.image.stamp import MAGIC, parse_version, stamp
 
-    img = load(infile, address=address)
+    custom = Fields(
+        crc_at=crc_at, crc_over=parse_range(crc_over) if crc_over else None, crc=crc, fill=_fill(fill),
+        version_at=version_at, version=version, version_format=version_format, length_at=length_at,
+    )
+    if at is None and not custom.any:
+        raise UsageError("image stamp needs --at (stmflash's header) or custom fields (--crc-at, --version-at, --length-at)")
+    if at is not None and custom.any:
+        raise UsageError("use either --at (stmflash's 16-byte header) or custom fields, not both")
+    if crc_over and crc_at is None:
+        raise UsageError("--crc-over needs --crc-at (where the CRC goes)")
+    img = load(infile, address=address, require_end=not allow_missing_end)
+    if custom.any:
+        out_img, written = stamp_fields(img, custom)
+        _save(out_img, output, fmt, custom.fill, dfu_id, bcd_device)
+        if json_:
+            from stmflash.jsonfmt import addr
+
+            for v in written.values():
+                v["address"] = addr(v["address"])  # type: ignore[index]
+                if "over" in v:  # type: ignore[operator]
+                    v["over"]["start"] = addr(v["over"]["start"])  # type: ignore[index]
+            click.echo(json.dumps({"output": output, **written}))
+        else:
+            click.echo(f"{output}: " + ", ".join(f"{k} at 0x{v['address']:08X} = {v['bytes']}"  # type: ignore[index]
+                                                  for k, v in written.items()))
+        return
+    if crc == "crc16-ccitt":
+        raise UsageError("--crc crc16-ccitt is for custom fields (--crc-at); the 16-byte header holds a CRC-32")
     out, header = stamp(img, at, version=parse_version(version), crc=crc, magic=MAGIC if magic is None else magic)
     _save(out, output, fmt, 0xFF, dfu_id, bcd_device)
     if json_:
-        click.echo(json.dumps({**header.to_dict(), "crc_kind": crc, "start": out.start, "output": output}))
+        from stmflash.jsonfmt import addr, hexid
+
+        h = header.to_dict()
+        click.echo(json.dumps({
+            **h, "address": addr(header.address), "magic": hexid(header.magic, 8),
+            "version": hexid(header.version, 8), "crc": hexid(header.crc, 8),
+            "crc_kind": crc, "start": addr(out.start), "output": output,
+        }))
     else:
         click.echo(
             f"{output}: header at 0x{at:08X}: version {header.version_text} (0x{header.version:08X}), "

@@ -41,6 +41,8 @@ def _dfu_devices() -> tuple[list[dict[str, Any]], str | None]:
     try:
         found = find_devices(vid_pid=None)
     except StmflashError as exc:
+        if exc.exit_code == 2:  # a bad STMFLASH_USB_SIM is the user's mistake, not "no USB"
+            raise
         return [], str(exc)
     return [d.to_dict() for d in found], None
 
@@ -59,17 +61,27 @@ def _dfu_runtime() -> list[dict[str, Any]]:
              "path": usb_path(getattr(rt.device, "bus", None), getattr(rt.device, "port_numbers", None)),
              "interface": rt.interface, "will_detach": rt.will_detach,
              "detach_timeout_ms": rt.detach_timeout_ms} for rt in found]
+def _runtime_apps() -> list[dict[str, Any]]:
+    from stmflash.errors import StmflashError
+    from stmflash.trigger.runtime import runtime_apps
+
+    try:
+        return runtime_apps()
+    except (StmflashError, ImportError, OSError, ValueError):
+        return []
 
 
 @click.command("list", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--json", "json_", is_flag=True, help="One JSON object on stdout.")
 def list_(json_: bool) -> None:
-    """List serial ports and USB DFU devices (with their USB port paths)."""
+    """List serial ports, USB DFU devices and applications in runtime mode (with USB port paths)."""
     ports = _serial_ports()
     dfu, problem = _dfu_devices()
     runtime = _dfu_runtime() if not problem else []
+    apps = _runtime_apps() if not problem else []
     if json_:
-        obj: dict[str, Any] = {"serial_ports": ports, "dfu_devices": dfu, "dfu_runtime": runtime}
+        obj: dict[str, Any] = {"serial_ports": ports, "dfu_devices": dfu, "dfu_runtime": runtime,
+                               "runtime_apps": apps}
         if problem:
             obj["dfu_error"] = problem
         click.echo(json.dumps(obj))
@@ -96,15 +108,14 @@ def list_(json_: bool) -> None:
     for d in dfu:
         alts = ", ".join(f"{a['alt']}:{a['name']}" for a in d["alts"])
         click.echo(
-            f"  {d['path']:<10} {d['vid']}:{d['pid']} serial {d['serial'] or '?'} "
+            f"  {d['path']:<10} {d['vid'][2:].lower()}:{d['pid'][2:].lower()} serial {d['serial'] or '?'} "
             f"bcdDevice {d['bcd_device']}" + (" [virtual]" if d["virtual"] else "")
         )
         click.echo(f"             alts: {alts}")
-    if runtime:
-        click.echo("Applications with a DFU runtime interface (stmflash dfu --enter detach):")
-    for r in runtime:
-        click.echo(f"  {r['path'] or '?':<10} {r['vid']}:{r['pid']} interface {r['interface']}"
-                   + ("" if r["will_detach"] else " (needs a USB reset after DETACH)"))
+    if apps:
+        click.echo("Applications in runtime mode:")
+        for a in apps:
+            click.echo(f"  {a['path'] or '?':<10} {a['usb']} {a['kind']:<11} (into DFU mode: stmflash dfu {a['enter']})")
 
 
 __all__ = ["list_"]

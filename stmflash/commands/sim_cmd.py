@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import click
 
+from stmflash.commands.common import SecondsParam, complete_devices
+
 
 @click.group("sim")
 def sim() -> None:
@@ -19,17 +21,17 @@ def sim() -> None:
 
 
 @sim.command("uart")
-@click.option("--device", "-d", "device_name", required=True, help="Device name, alias or PID (e.g. F407, 0x413).")
+@click.option("--device", "-d", "device_name", required=True, shell_complete=complete_devices, help="Device name, alias or PID (e.g. F407, 0x413).")
 @click.option("--image", "image", type=click.Path(dir_okay=False), default=None,
               help="Image file holding flash, option bytes and OTP (created if missing, saved on exit).")
 @click.option("--timing", type=click.Choice(["instant", "realistic"]), default="instant", show_default=True,
               help="instant: answer at once; realistic: pace the line, programming and erase times.")
-@click.option("--baud", type=int, default=115200, show_default=True, help="Modelled line rate (realistic timing).")
+@click.option("--baud", type=click.IntRange(min=1), default=115200, show_default=True, help="Modelled line rate (realistic timing).")
 @click.option("--adapter", type=click.Choice(["ch340", "cp210x", "ftdi", "ideal"]), default="ch340",
               show_default=True, help="USB-serial adapter profile (realistic timing): turnaround per answer "
               "ch340/cp210x ~1 ms, ftdi 16 ms (default latency timer), ideal 0.")
-@click.option("--latency-ms", type=float, default=None, help="Explicit adapter turnaround per answer in ms "
-              "(overrides --adapter).")
+@click.option("--latency-ms", type=SecondsParam(0.0, 10000.0, allow_zero=True), default=None,
+              help="Explicit adapter turnaround per answer in ms (overrides --adapter).")
 @click.option("--fault", "fault", default=None, help="Fault spec, e.g. 'drop=0.01,stray_zero,power_loss=after:4096'.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for faults and the chip's UID.")
 @click.option("--link", "link", type=click.Path(dir_okay=False), default=None,
@@ -64,6 +66,10 @@ def uart(device_name: str, image: str | None, timing: str, baud: int, latency_ms
         raise UsageError(f"--baud must be positive, not {baud}")
     if latency_ms is not None and latency_ms < 0:
         raise UsageError(f"--latency-ms must not be negative, not {latency_ms}")
+    if image is not None:
+        from stmflash.paths import check_output_file
+
+        check_output_file(image, "--image")  # saved on exit: refuse now, not after the session
     chip = VirtualChip(
         device,
         image_path=image,

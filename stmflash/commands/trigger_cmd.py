@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import click
 
-from stmflash.commands.common import output_options
+from stmflash.commands.common import SECONDS, complete_ports, output_options
 
 
 @click.command("trigger")
-@click.argument("port")
-@click.option("--app-baud", type=int, default=115200, show_default=True,
+@click.argument("port", shell_complete=complete_ports)
+@click.option("--app-baud", type=click.IntRange(min=1), default=115200, show_default=True,
               help="The application's own baud rate (8N1).")
 @click.option("--key", "--trigger-key", "key", metavar="HEX", default=None,
               help="Shared key the firmware companion was built with (default: none).")
-@click.option("--timeout", "--trigger-timeout", "timeout", type=float, default=1.0,
+@click.option("--timeout", "--trigger-timeout", "timeout", type=SECONDS,
+              default=1.0,
               show_default=True, help="Seconds to wait for the acknowledgement.")
 @output_options
-def trigger(port: str, app_baud: int, key: str | None, timeout: float, json_: bool, quiet: bool) -> None:
+def trigger(port: str, app_baud: int, key: str | None, timeout: float, json_: bool, quiet: bool,
+            trace: str | None = None) -> None:
     """Ask the application on PORT to reboot into the ROM bootloader and wait for its ack.
 
     \b
@@ -42,7 +44,11 @@ def trigger(port: str, app_baud: int, key: str | None, timeout: float, json_: bo
     reporter = make_reporter(json_, quiet)
 
     def run() -> None:
-        ack = send_trigger(port, app_baud=app_baud, key=key_b, timeout=timeout)
+        from stmflash import trace as tracing
+        from stmflash.trigger.host import _open_app_port
+
+        ack = send_trigger(port, app_baud=app_baud, key=key_b, timeout=timeout,
+                           opener=lambda p, b: tracing.wrap(_open_app_port(p, b)))
         reporter.result(ok=True, **ack.to_dict())
         if not json_ and not quiet:
             click.echo(
@@ -51,4 +57,4 @@ def trigger(port: str, app_baud: int, key: str | None, timeout: float, json_: bo
                 err=True,
             )
 
-    run_and_report(reporter, run)
+    run_and_report(reporter, run, trace_to=trace)

@@ -12,9 +12,16 @@ from typing import Any
 import click
 
 from stmflash.commands.common import (
+    FILE,
     INT,
+    SECONDS,
     SIZE,
+    check_image,
+    check_port_argument,
+    complete_ports,
+    crc_of_range,
     describe_result,
+    image_input_options,
     load_image,
     option_bytes_arg,
     output_options,
@@ -24,6 +31,9 @@ from stmflash.commands.common import (
     raw_needs_device,
     read_to_file,
     run_and_report,
+    standalone_options,
+    units_for_range,
+    verify_only,
 )
 from stmflash.commands.ob_cli import device_hint, echo_rows, ob_options, ob_request, run_ob_actions
 
@@ -70,26 +80,28 @@ def _print_info(info: Any, device: Any) -> None:
 
 
 @click.command("uart", context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("port")
-@click.argument("file", required=False)
+@click.argument("port", required=False, shell_complete=complete_ports)
+@click.argument("file", required=False, type=FILE)
+@click.option("--profile", default=None, metavar="NAME",
+              help="Settings (port, baud, enter) from [profile.NAME] of ~/.config/stmflash/config.toml.")
 @program_options
-@click.option("--baud", "-b", type=int, default=115200, show_default=True, help="Line rate.")
+@click.option("--baud", "-b", type=click.IntRange(min=1), default=None, help="Line rate [default: 115200].")
 @click.option(
     "--parity", type=click.Choice(["even", "none"]), default="even", show_default=True,
     help="AN3155 uses even parity; 'none' for BlueNRG-like ROMs and 8N1-only adapters.",
 )
 @click.option(
-    "--enter", default="none", show_default=True, metavar="CHAIN",
+    "--enter", default=None, metavar="CHAIN",
     help="How to enter the bootloader, tried in order: none, pins:ENTRY[:EXIT] (stm32flash -i "
     "syntax, e.g. pins:rts,dtr,-dtr:-rts,dtr,-dtr), e.g. 'pins:...,none'; command (the stmflash "
     "trigger to a running application), 1200[:PORT], detach[:PATH], e.g. 'command,pins:...'. "
     "A *N suffix tries one strategy N times before falling back: 'pins:...*3,none'.",
 )
-@click.option("--app-baud", type=int, default=None, metavar="N",
+@click.option("--app-baud", type=click.IntRange(min=1), default=None, metavar="N",
               help="--enter command: the application's baud rate (8N1) [default: 115200].")
 @click.option("--trigger-key", default=None, metavar="HEX",
               help="--enter command: key the firmware companion was built with [default: none].")
-@click.option("--trigger-timeout", type=float, default=None, metavar="S",
+@click.option("--trigger-timeout", type=SECONDS, default=None, metavar="S",
               help="--enter command: seconds to wait for the application's acknowledgement [default: 1].")
 @click.option("--invert", multiple=True, type=click.Choice(["dtr", "rts"]), help="Invert a line in pin sequences.")
 @click.option("--read", "read_out", metavar="OUT", help="Read memory into OUT (.bin/.hex/.srec...).")
@@ -116,15 +128,20 @@ def _print_info(info: Any, device: Any) -> None:
               help="The part you expect (e.g. F407): option bytes and option-field requests are "
               "checked against it before the port is opened, and any other chip is refused before "
               "anything is written.")
-@click.option("--timeout", type=float, default=0.3, show_default=True, help="Base answer timeout (s).")
-@click.option("--retries", type=int, default=6, show_default=True, help="Retries per command on a noisy line.")
+@click.option("--timeout", type=SECONDS, default=0.3, show_default=True,
+              help="Base answer timeout (s).")
+@click.option("--retries", type=click.IntRange(min=0, max=100), default=6, show_default=True,
+              help="Retries per command on a noisy line.")
 @click.option("--no-pipeline", is_flag=True, help="Wait for every ACK (ROMs/adapters that lose bytes sent early).")
+@image_input_options
+@standalone_options
 @output_options
 def uart(**kw: Any) -> None:
     """Program FILE into the chip on PORT through its ROM USART bootloader (AN3155).
 
     \b
     PORT: /dev/ttyUSB0, COM3, rfc2217://host:port, socket://host:port, sim://F407 ...
+    Without PORT: STMFLASH_PORT, the config file's profile, or the only USB serial adapter.
     Without FILE and actions: show what the chip is.
 
     \b
@@ -139,14 +156,31 @@ def uart(**kw: Any) -> None:
     from stmflash.progress import make_reporter
 
     reporter = make_reporter(json=kw["json_"], quiet=kw["quiet"])
-    run_and_report(reporter, lambda: _run(reporter, **kw))
+    run_and_report(reporter, lambda: _run(reporter, **kw), trace_to=kw["trace"])
 
 
 def _run(reporter: Any, **kw: Any) -> None:
+    from stmflash import config
     from stmflash.errors import UsageError
 
-    port: str = kw["port"]
+    settings = config.profile(kw["profile"])
+    port: str | None = kw["port"]
     file: str | None = kw["file"]
+    if port is not None and file is None and _is_image_path(port):
+        port, file = None, port  # "stmflash uart fw.hex": the port comes from the defaults
+    if port is None:
+        try:
+            port, source = config.default_port(settings)
+        except UsageError as exc:
+            if file is not None and kw["port"] == file:
+                raise UsageError(f"{exc}; {file} looks like a firmware image: stmflash uart PORT {file}") from None
+            raise
+        reporter.info(f"port {port} (from {source})")
+    kw["port"] = port
+    if kw["baud"] is None:
+        kw["baud"] = settings.get("baud", 115200)
+    if kw["enter"] is None:
+        kw["enter"] = settings.get("enter", "none")
     erase: str = kw["erase"]
     json_mode: bool = kw["json_"]
 
@@ -160,10 +194,19 @@ def _run(reporter: Any, **kw: Any) -> None:
         erase_range = parse_range(erase)
     if kw["erase_only"] and erase in ("auto", "none"):
         raise UsageError("--erase-only needs --erase all or --erase START:LENGTH")
+    if kw["verify_only"] and not file:
+        raise UsageError("--verify-only needs FILE (the image to compare the chip with)")
+    if kw["verify_only"] and (kw["erase_only"] or kw["protect"] or kw["unprotect"] or kw["write_option_bytes"]):
+        raise UsageError("--verify-only changes nothing: it cannot be combined with erase or protection")
+    if kw["crc_range"]:
+        parse_range(kw["crc_range"])  # spelled right before connecting; the map is checked after
     if (kw["start"] is not None or kw["length"] is not None or kw["range_"]) and not kw["read_out"]:
         raise UsageError("--start/--length/--range apply to --read")
     if kw["baud"] <= 0:
         raise UsageError(f"bad --baud {kw['baud']}")
+    check_port_argument(port)
+    kw["go_only"] = kw["after"] if (kw["after"] in ("go", "reset") and (not file or kw["verify_only"])) else None
+    kw["after"] = kw["after"] or "go"
     wp_units = _parse_units(kw["write_protect"]) if kw["write_protect"] else None
     if kw["protect_level"] is not None:
         kw["protect"] = True
@@ -182,10 +225,15 @@ def _run(reporter: Any, **kw: Any) -> None:
         check_option_bytes_early(expected, ob_data, rdp2_confirmed=kw["rdp2_ok"], where="--write-option-bytes")
     if ob_req is not None:
         ob_req.precheck(expected, rdp2_confirmed=kw["rdp2_ok"])  # exit 2 before the port is opened
+    if kw["read_out"]:
+        from stmflash.paths import check_output_file
+
+        check_output_file(kw["read_out"], "--read")
     image = None
     if file:
         if not raw_needs_device(file, kw["address"]):
-            image = load_image(file, address=kw["address"])
+            image = load_image(file, address=kw["address"], require_end=not kw["allow_missing_end"])
+            check_image(image, None, kw["image_check"])
         else:
             import os
 
@@ -200,8 +248,16 @@ def _run(reporter: Any, **kw: Any) -> None:
 
     set_defaults(app_baud=kw.get("app_baud"), key=kw.get("trigger_key"), timeout=kw.get("trigger_timeout"))
     reporter.phase("connect")
+    from stmflash import trace
+
+    ser = None
+    if trace.current() is not None:  # --trace: the port opened here, wrapped, handed over
+        from stmflash.ports import open_port
+
+        ser = trace.wrap(open_port(port, baud=kw["baud"], parity=kw["parity"], timeout=kw["timeout"]))
     link = connect(
         port,
+        ser=ser,
         baud=kw["baud"],
         parity=kw["parity"],
         enter=kw["enter"],
@@ -211,10 +267,23 @@ def _run(reporter: Any, **kw: Any) -> None:
         log=None,
         pipeline=not kw["no_pipeline"],
     )
+    ack = getattr(link.entry, "ack", None)
+    if ack is not None:
+        reporter.info(f"trigger acknowledged by the application on {ack.port} at {ack.app_baud} 8N1 "
+                      f"in {ack.seconds * 1000:.0f} ms; bootloader entered")
     try:
         _session(link, reporter, kw, image, file, erase_range, wp_units, ob_data, json_mode)
     finally:
         link.close()
+
+
+def _is_image_path(arg: str) -> bool:
+    """An existing firmware file given where the port goes."""
+    import os
+
+    from stmflash.image.loaders import EXTENSIONS
+
+    return "://" not in arg and os.path.isfile(arg) and os.path.splitext(arg)[1].lower() in EXTENSIONS
 
 
 def _reidentify(link: Any) -> None:
@@ -255,6 +324,12 @@ def _session(
 
         values_for(device, ob_req, rdp2_confirmed=True)  # the identified chip's table: exit 2, nothing written
     did = False
+    if file:  # a raw binary goes to this chip's flash start; checked before any change
+        if image is None:
+            image = load_image(file, address=kw["address"], device=device, require_end=not kw["allow_missing_end"])
+        check_image(image, device, kw["image_check"])
+    if ob_data is not None:
+        _check_option_bytes(device, ob_data, reporter)
 
     if kw["unprotect"]:
         reporter.phase("unprotect")
@@ -285,6 +360,15 @@ def _session(
             obl.set_rdp(device, obl.default_ob(device), 2)
 
     result = None
+    extra: dict[str, Any] = {}
+    if kw["verify_only"]:
+        extra.update(verify_only(link, reporter, image, file or ""))
+        did = True
+    if kw["crc_range"]:
+        start, length = parse_range(kw["crc_range"])
+        _check_in_memory_map(device, start, length)
+        extra["crc"] = crc_of_range(link, reporter, start, length)
+        did = True
     if kw["erase_only"]:
         if erase_range is None:
             reporter.phase("erase", device.flash_size)
@@ -294,24 +378,14 @@ def _session(
         else:
             start, length = erase_range
             end = start + length
-            units = device.units_covering(start, end)
-            if not units or units[0].address != start or units[-1].end != end or end > device.flash.end:
-                lo = units[0].address if units else start
-                hi = units[-1].end if units else end
-                raise UsageError(
-                    f"erase range 0x{start:08X}..0x{end:08X} must start and end on "
-                    f"{'page' if device.uniform_pages else 'sector'} boundaries inside flash "
-                    f"(nearest: 0x{lo:08X}..0x{hi:08X})"
-                )
+            units = units_for_range(device, start, length)
             reporter.phase("erase", length)
             link.erase(units)
             reporter.advance(length)
             reporter.info(f"erased {len(units)} units, 0x{start:08X}..0x{end:08X}")
         did = True
 
-    if file:
-        if image is None:
-            image = load_image(file, address=kw["address"], device=device)
+    if file and not kw["verify_only"]:
         result = program(
             link,
             image,
@@ -354,6 +428,21 @@ def _session(
             else "RDP level 2 set: the bootloader and debug port are disabled for good"
         )
         did = True
+    if kw["go_only"] == "go":
+        if info.read_protected:
+            raise _rdp_error(link)
+        from stmflash.pipeline import start_address
+
+        target = kw["address"] if kw["address"] is not None else start_address(None, device)
+        reporter.phase("go")
+        link.start(target)
+        reporter.info(f"application started at 0x{target:08X} (Go)")
+        did = True
+    elif kw["go_only"] == "reset":
+        reporter.phase("reset")
+        link.reset()
+        reporter.info("chip reset")
+        did = True
     if result is not None and (wp_units or ob_data or kw["protect"] or kw["read_out"] or ob_req):
         if kw["after"] == "go" and not kw["protect"]:
             from stmflash.pipeline import start_address
@@ -371,6 +460,7 @@ def _session(
         fields["option_bytes"] = ob_read.hex()
         fields.update(_decode_ob(device, ob_read))
     fields.update(ob_fields_out)
+    fields.update(extra)
     fields["retries"] = link.bl.retried
     reporter.result(ok=True, **fields)
     if json_mode:
@@ -390,6 +480,27 @@ def _session(
         _print_info(info, device)
     if result is None and did and not kw["quiet"] and ob_read is None and ob_rows is None:
         click.echo("done", err=True)
+
+
+def _check_option_bytes(device: Any, data: bytes, reporter: Any) -> None:
+    """--write-option-bytes takes the whole area (as the README says): a part of it would
+    leave the rest to whatever the chip held; and a value that sets RDP level 1 is said."""
+    from stmflash import option_bytes as obl
+    from stmflash.errors import UsageError
+
+    area = device.option_bytes
+    if area is None:
+        raise UsageError(f"{device.short_name}: the device table has no option-byte area for this part")
+    if len(data) != area.size:
+        raise UsageError(
+            f"--write-option-bytes: {len(data)} bytes given; {device.short_name} takes the whole area, "
+            f"{area.size} bytes at 0x{area.start:08X} (read it with --read-option-bytes, edit, write back)"
+        )
+    if obl.supported(device) and obl.rdp_level(device, obl.normalize(device, data)) == 1:
+        reporter.warn(
+            "these option bytes set RDP level 1 (readout protection): the flash becomes unreadable "
+            "over the bootloader, and removing it later mass-erases the flash"
+        )
 
 
 def _decode_ob(device: Any, ob: bytes) -> dict[str, Any]:
@@ -416,7 +527,9 @@ def _read_range(kw: dict[str, Any], device: Any) -> tuple[int, int]:
     if kw["range_"]:
         if kw["start"] is not None or kw["length"] is not None:
             raise UsageError("use either --range or --start/--length")
-        return parse_range(kw["range_"], default_start=device.flash_start)
+        start, length = parse_range(kw["range_"], default_start=device.flash_start)
+        _check_in_memory_map(device, start, length)
+        return start, length
     start = device.flash_start if kw["start"] is None else kw["start"]
     if kw["length"] is not None:
         length = kw["length"]
@@ -426,7 +539,31 @@ def _read_range(kw: dict[str, Any], device: Any) -> tuple[int, int]:
         raise UsageError("--read outside flash needs --length")
     if length <= 0:
         raise UsageError("--length must be positive")
+    _check_in_memory_map(device, start, length)
     return start, length
+
+
+def _check_in_memory_map(device: Any, start: int, length: int) -> None:
+    """A read must lie inside one memory of the part (device table), else the ROM NACKs
+    somewhere in the middle: say so before reading anything."""
+    from stmflash.errors import UsageError
+
+    named = [("flash", device.flash), ("system memory", device.system_memory),
+             ("option bytes", device.option_bytes), ("OTP", device.otp), ("EEPROM", device.eeprom)]
+    named += [("RAM", r) for r in device.ram]
+    regions = [(n, r) for n, r in named if r is not None]
+    if any(r.contains_range(start, length) for _n, r in regions):
+        return
+    end = start + length
+    near = next(((n, r) for n, r in regions if start in r), None)
+    if near is not None:
+        n, r = near
+        raise UsageError(
+            f"range 0x{start:08X}..0x{end:08X} runs past the end of {device.short_name} {n} "
+            f"(0x{r.start:08X}..0x{r.end:08X}): at most {r.end - start} bytes from 0x{start:08X}"
+        )
+    known = ", ".join(f"{n} 0x{r.start:08X}..0x{r.end:08X}" for n, r in regions)
+    raise UsageError(f"range 0x{start:08X}..0x{end:08X} is not in a memory of {device.short_name} ({known})")
 
 
 __all__ = ["uart", "parse_int"]

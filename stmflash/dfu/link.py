@@ -65,7 +65,8 @@ class DfuLink:
         xfer = max(xfer, 64)
         align = max(self.device.write_align, 1)
         self.max_write = self.max_read = xfer - xfer % align if xfer >= align else xfer
-        self.uid = info.serial or None
+        self.uid = info.serial or None  # the board's identity for batch; not the chip UID
+        self.uid_is_usb_serial = True
         self.alt: DfuAlt | None = None
         self.proto = self._protocol()
         self.closed = False

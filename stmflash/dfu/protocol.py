@@ -185,11 +185,17 @@ class DfuProtocol:
     def _ctrl(self, what: str, rtype: int, req: int, value: int, data_or_len: Any, timeout_ms: int | None = None) -> Any:
         import usb.core
 
+        from stmflash import trace
+
         self.transfers += 1
         try:
-            return self.dev.ctrl_transfer(rtype, req, value, self.interface, data_or_len, timeout_ms or self.timeout_ms)
+            result = self.dev.ctrl_transfer(rtype, req, value, self.interface, data_or_len,
+                                            timeout_ms or self.timeout_ms)
         except (usb.core.USBError, NotImplementedError) as exc:
+            trace.usb(rtype, req, value, self.interface, data_or_len, None)
             raise translate_usb_error(exc, what) from None
+        trace.usb(rtype, req, value, self.interface, data_or_len, result)
+        return result
 
     def get_status(self, what: str = "GETSTATUS", timeout_ms: int | None = None) -> DfuStatus:
         raw = self._ctrl(what, REQ_IN, GETSTATUS, 0, 6, timeout_ms)

@@ -58,8 +58,8 @@ class DfuDeviceInfo:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "vid": f"{self.vid:04x}",
-            "pid": f"{self.pid:04x}",
+            "vid": f"0x{self.vid:04X}",
+            "pid": f"0x{self.pid:04X}",
             "path": self.path,
             "serial": self.serial,
             "bcd_device": f"0x{self.bcd_device:04X}",

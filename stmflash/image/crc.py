@@ -71,3 +71,11 @@ def stm32_crc_bitwise(data: bytes, init: int = 0xFFFFFFFF) -> int:
         for _ in range(32):
             crc = ((crc << 1) ^ 0x04C11DB7) & _MASK if crc & 0x80000000 else (crc << 1) & _MASK
     return crc
+
+
+def crc16_ccitt(data: bytes, init: int = 0xFFFF) -> int:
+    """CRC-16/CCITT-FALSE (poly 0x1021, init 0xFFFF, no reflection, no final XOR): the CRC-16
+    most small bootloaders use; ``srec_cat -crc16-l-e ADDR -broken`` computes the same."""
+    import binascii
+
+    return binascii.crc_hqx(data, init)

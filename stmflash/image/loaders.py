@@ -85,8 +85,15 @@ def load(
     address: int | None = None,
     fmt: str | None = None,
     device: Device | str | None = None,
+    require_end: bool = True,
 ) -> Image:
     """Load ``path``; ``address`` (or ``device.flash_start``) places a raw binary.
+
+    ``require_end``: an Intel HEX must end with its end-of-file record (type 01) and an
+    S-record file with its termination record (S7/S8/S9), with nothing but blank lines
+    after it, and an S5/S6 count must match: a truncated download is a wrong image.
+    ``False`` accepts a missing end record (the rare tool that omits it); data after an
+    end record is refused either way.
 
     Raises :class:`ImageError` (exit code 2) for anything wrong with the file.
     """
@@ -96,7 +103,7 @@ def load(
             data = f.read()
     except OSError as exc:
         raise ImageError(f"{name}: cannot read: {exc.strerror or exc}") from None
-    return load_bytes(data, name, address=address, fmt=fmt, device=device)
+    return load_bytes(data, name, address=address, fmt=fmt, device=device, require_end=require_end)
 
 
 def load_bytes(
@@ -106,6 +113,7 @@ def load_bytes(
     address: int | None = None,
     fmt: str | None = None,
     device: Device | str | None = None,
+    require_end: bool = True,
 ) -> Image:
     """:func:`load` for bytes already in memory; ``source`` names them in messages."""
     kind = normalize_format(fmt) if fmt else (sniff(data) or format_from_extension(source) or "bin")
@@ -129,8 +137,10 @@ def load_bytes(
                 img = _load_dfu_bin(data, source, _base_address(source, address, device))
         elif kind == "hex":
             img = _load_hex(data, source)
+            _check_hex_end(data, source, require_end)
         elif kind == "srec":
             img = _load_srec(data, source)
+            _check_srec_end(data, source, require_end)
         else:
             img = _load_elf(data, source)
     except UsageError:
@@ -174,6 +184,57 @@ def _decode_text(data: bytes, source: str, what: str) -> str:
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         raise ImageError(f"{source}: line {line}: not {what} text (byte 0x{data[exc.start]:02X})") from None
+
+
+_END_HELP = "a truncated file? (--allow-missing-end for a tool that omits the record)"
+
+
+def _records(data: bytes) -> list[tuple[int, str]]:
+    """(line number, record) of every non-blank line."""
+    text = data.decode("ascii", errors="replace").lstrip("\ufeff")
+    return [(n, line.strip()) for n, line in enumerate(text.split("\n"), 1) if line.strip()]
+
+
+def _check_hex_end(data: bytes, source: str, require_end: bool) -> None:
+    """Intel HEX: the end-of-file record (type 01) is the last record (Intel HEX spec, rev. A)."""
+    recs = _records(data)
+    ends = [i for i, (_n, r) in enumerate(recs) if r[7:9] == "01"]
+    if ends and ends[0] != len(recs) - 1:
+        n = recs[ends[0] + 1][0]
+        raise ImageError(f"{source}: line {n}: data after the end-of-file record (line {recs[ends[0]][0]})")
+    if not ends and require_end:
+        last = recs[-1][0] if recs else 0
+        raise ImageError(f"{source}: no end-of-file record (type 01) after the last line {last}: {_END_HELP}")
+
+
+def _check_srec_end(data: bytes, source: str, require_end: bool) -> None:
+    """S-records: S5/S6 hold the number of S1/S2/S3 records before them, S7/S8/S9 ends the
+    file (Motorola S-record format, as in srec_cat's srec_motorola(5)); a file without an
+    entry point may end with its S5/S6 count instead (srec_cat writes that)."""
+    recs = _records(data)
+    count = 0
+    end_at: int | None = None
+    for i, (n, r) in enumerate(recs):
+        kind = r[1:2]
+        if end_at is not None:
+            raise ImageError(f"{source}: line {n}: data after the end record (line {recs[end_at][0]})")
+        if kind in ("1", "2", "3"):
+            count += 1
+        elif kind in ("5", "6"):
+            width = 4 if kind == "5" else 6
+            said = int(r[4 : 4 + width], 16)
+            if said != count:
+                raise ImageError(f"{source}: line {n}: S{kind} record counts {said} data records, "
+                                 f"the file has {count} before it: records are missing or extra")
+        elif kind in ("7", "8", "9"):
+            end_at = i
+    # srec_cat ends a file without an entry point with its S5 count record and no S7/S8/S9:
+    # a matching count as the last record proves the file complete just as well
+    counted = bool(recs) and recs[-1][1][1:2] in ("5", "6")
+    if end_at is None and not counted and require_end:
+        last = recs[-1][0] if recs else 0
+        raise ImageError(f"{source}: no end record (S7/S8/S9, or a final S5 count) after the last line {last}: "
+                         f"{_END_HELP}")
 
 
 def _load_hex(data: bytes, source: str) -> Image:
@@ -250,7 +311,7 @@ def _load_srec(data: bytes, source: str) -> Image:
     img = Image(source=source, format="srec")
     for seg in bf.segments:
         img.add(seg.minimum_address, bytes(seg.data))
-    if bf.execution_start_address is not None:
+    if bf.execution_start_address:  # 0: the termination record names no entry point
         img.entry = bf.execution_start_address
     return img
 
@@ -263,6 +324,12 @@ def _load_elf(data: bytes, source: str) -> Image:
         raise ImageError(f"{source}: not an ELF file (no ELF magic at offset 0)")
     try:
         elf = ELFFile(io.BytesIO(data))
+        machine = elf.header["e_machine"]
+        if machine != "EM_ARM":
+            raise ImageError(
+                f"{source}: an ELF file for {str(machine).removeprefix('EM_')} (e_machine), not ARM: "
+                "not STM32 firmware (wrong build output?)"
+            )
         img = Image(source=source, format="elf")
         for i, seg in enumerate(elf.iter_segments()):
             if seg["p_type"] != "PT_LOAD" or seg["p_filesz"] == 0:

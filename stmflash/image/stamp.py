@@ -34,6 +34,7 @@ HEADER_SIZE = HEADER.size
 CRC_OFFSET = 12
 CRC_KINDS = ("zlib", "stm32")
 MAX_SPAN = 64 << 20
+MARGIN = 4096  # how far outside the image's span a header may sit (a typo'd --at is refused)
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,7 @@ def stamp(
         raise UsageError(f"{src}: the image spans several DfuSe alt settings; stamp one memory at a time")
     if crc not in CRC_KINDS:
         raise UsageError(f"unknown CRC {crc!r} (choose {' or '.join(CRC_KINDS)})")
+    check_header_place(image, at, HEADER_SIZE, magic)
     start = min(image.start, at)
     end = max(image.end, at + HEADER_SIZE)
     length = -(-(end - start) // 4) * 4
@@ -129,6 +131,38 @@ def stamp(
     alt = image.alts.get(image.segments[0].address)
     out.add(start, bytes(blob), alt=alt)
     return out, Header(at, magic, version, length, value)
+
+
+def check_header_place(
+    image: Image, at: int, size: int, magic: int | None = None, span: tuple[int, int] | None = None
+) -> None:
+    """Refuse a field that would overwrite code, or that lies far outside the image.
+
+    The ``size`` bytes at ``at`` must be absent, blank (all 0xFF, or all 0x00 as a linker
+    reserves a placeholder) or already a header with ``magic`` (re-stamping); the field must
+    lie within the image's span plus :data:`MARGIN` bytes, so a mistyped address is refused
+    instead of producing megabytes of fill.
+    """
+    src = image.source or "image"
+    lo, hi = span if span is not None else (image.start, image.end)
+    if at + size <= lo - MARGIN or at >= hi + MARGIN:
+        raise UsageError(
+            f"{src}: 0x{at:08X} is outside the image (0x{lo:08X}..0x{hi:08X}) by more than "
+            f"{MARGIN} bytes: a typo? place the field inside the image or right after it"
+        )
+    present = bytearray()
+    for seg in image.segments:
+        lo, hi = max(seg.address, at), min(seg.end, at + size)
+        if lo < hi:
+            present += seg.data[lo - seg.address : hi - seg.address]
+    if not present or present.count(0xFF) == len(present) or present.count(0) == len(present):
+        return
+    if magic is not None and len(present) == size and image.read(at, 4) == struct.pack("<I", magic):
+        return
+    raise UsageError(
+        f"{src}: the {size} bytes at 0x{at:08X} hold data ({bytes(present[:8]).hex()}...), not a blank "
+        "placeholder or a header: stamping would overwrite the application"
+    )
 
 
 def read_header(image: Image, at: int) -> Header:

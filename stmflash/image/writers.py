@@ -137,6 +137,7 @@ def _srec(image: Image, bits: int | None) -> bytes:
     bf = bincopy.BinFile()
     for seg in image.segments:
         bf.add_binary(seg.data, address=seg.address)
-    if image.entry is not None:
-        bf.execution_start_address = image.entry
+    # the termination record (S7/S8/S9) is not optional: readers take a file without one
+    # for a truncated download; address 0 when the image names no entry point
+    bf.execution_start_address = image.entry if image.entry is not None else 0
     return bf.as_srec(number_of_data_bytes=32, address_length_bits=bits).encode("ascii")

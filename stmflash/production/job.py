@@ -234,6 +234,11 @@ def load_job(path: str) -> JobConfig:
         raise UsageError(f"cannot read job file {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"{path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:  # TOML is UTF-8; tomllib decodes before parsing
+        with open(path, "rb") as fh:
+            line = fh.read()[: exc.start].count(b"\n") + 1
+        raise UsageError(f"{path}: line {line}: not UTF-8 text (byte 0x{exc.object[exc.start]:02X}); "
+                         "TOML files are UTF-8") from None
     return parse_job(data, source=path)
 
 

@@ -44,21 +44,19 @@ class SerialFormat:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise UsageError(f"serial format {self.kind!r} is not one of {', '.join(KINDS)}")
+        if self.width < 0 or (self.size is not None and self.size <= 0):
+            raise UsageError("serial width/size must be positive")
+        if self.width > (self.size if self.size is not None else MAX_TEXT):
+            raise UsageError(f"serial width {self.width} is wider than the serial's "
+                             f"{self.size if self.size is not None else MAX_TEXT} bytes")
         if self.kind == "template":
             if not self.template:
                 raise UsageError("serial format 'template' needs serial.template")
-            for _lit, name, _spec, _conv in string.Formatter().parse(self.template):
-                if name is not None and name not in _TEMPLATE_FIELDS:
-                    raise UsageError(
-                        f"serial.template {self.template!r}: unknown field {{{name}}} "
-                        f"(known: {', '.join(sorted(_TEMPLATE_FIELDS))})"
-                    )
+            _check_template(self.template, self.size)
             try:
                 self.text(1, uid="0" * 24)
             except (ValueError, IndexError, KeyError) as exc:
                 raise UsageError(f"serial.template {self.template!r}: {exc}") from exc
-        if self.width < 0 or (self.size is not None and self.size <= 0):
-            raise UsageError("serial width/size must be positive")
 
     @property
     def max_number(self) -> int | None:
@@ -147,6 +145,38 @@ class SerialFormat:
             size=int(d["size"]) if d.get("size") is not None else None,
             nul=bool(d.get("nul", False)),
         )
+
+
+_WIDTH_RE = re.compile(r"^(?:.?[<>=^])?[-+ ]?z?#?0?(\d*)")
+MAX_TEXT = 256  # a serial-number field in flash; bounds a template's width without --serial-size
+
+
+def _check_template(template: str, size: int | None) -> None:
+    """Refuse a template that cannot be parsed, names unknown fields, nests fields in a format
+    spec, or whose field widths alone exceed the serial's size: checked *before* formatting,
+    so ``{n:>999999999}`` is refused instead of building a gigabyte string."""
+    where = f"serial.template {template!r}"
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as exc:  # unbalanced braces: "Single '}' encountered in format string"
+        raise UsageError(f"{where}: {exc} (write {{{{ and }}}} for literal braces)") from None
+    limit = size if size is not None else MAX_TEXT
+    total = 0
+    for literal, name, spec, _conv in parts:
+        total += len(literal)
+        if name is None:
+            continue
+        if name not in _TEMPLATE_FIELDS:
+            raise UsageError(f"{where}: unknown field {{{name}}} (known: {', '.join(sorted(_TEMPLATE_FIELDS))})")
+        if spec and ("{" in spec or "}" in spec):
+            raise UsageError(f"{where}: nested fields in a format spec are not supported")
+        m = _WIDTH_RE.match(spec or "")
+        width = m.group(1) if m else ""
+        if width and (len(width) > 6 or int(width) > limit):
+            raise UsageError(f"{where}: field {{{name}:{spec}}} is wider than the serial's {limit} bytes")
+        total += int(width or 0)
+    if total > limit:
+        raise UsageError(f"{where}: text alone is longer than the serial's {limit} bytes")
 
 
 def check_serial_address(image: Image, address: int, length: int, device: Any = None) -> None:

@@ -32,6 +32,20 @@ from stmflash.sim.chip import VirtualChip
 from stmflash.sim.timing import SPIN_S, Pacer, sleep_until
 
 
+def make_link(link: Path, target: str) -> None:
+    """``--link``: a stable symlink to the pty; replaces an old symlink, never a file."""
+    from stmflash.errors import UsageError
+
+    if link.exists() and not link.is_symlink():
+        raise UsageError(f"--link {link}: exists and is not a symlink (not replaced)")
+    try:
+        if link.is_symlink():
+            link.unlink()
+        link.symlink_to(target)
+    except OSError as exc:
+        raise UsageError(f"--link {link}: cannot create the symlink: {exc.strerror}") from None
+
+
 class PtyServer:
     """One virtual chip on one pseudo-terminal."""
 
@@ -48,9 +62,12 @@ class PtyServer:
         self.path = os.ttyname(self.slave)
         self.link = Path(link) if link is not None else None
         if self.link is not None:
-            if self.link.is_symlink() or self.link.exists():
-                self.link.unlink()
-            self.link.symlink_to(self.path)
+            try:
+                make_link(self.link, self.path)
+            except BaseException:
+                os.close(self.master)
+                os.close(self.slave)
+                raise
         self.realistic = chip.timing.realistic
         self.rom = with_app(An3155Rom(chip, now=self._clock()))  # + the application, if any
         self.pacer = Pacer(chip.stats)

@@ -26,6 +26,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from stmflash import enter as _registry
+from stmflash.enter import EntryStrategy
 from stmflash.errors import LinkError, UsageError
 from stmflash.trigger import frame
 from stmflash.trigger.wait import (
@@ -38,7 +40,6 @@ from stmflash.trigger.wait import (
     usb_path,
     wait_for_reenumeration,
 )
-from stmflash.uart.entry import EntryStrategy, register_strategy
 
 DEFAULT_APP_BAUD = frame.DEFAULT_APP_BAUD
 DEFAULT_ACK_TIMEOUT_S = frame.DEFAULT_ACK_TIMEOUT_S
@@ -161,9 +162,11 @@ def send_trigger(
     finally:
         if owned:
             _close(ser)
+    keyed = (f"or the firmware was built with another key than --trigger-key {key_b.hex()}" if key_b
+             else "or the firmware was built with a key (STMFLASH_BOOT_KEY) and no --trigger-key was given")
     raise NoAckError(
         f"no acknowledgement from the application on {name} at {app_baud} 8N1 within "
-        f"{timeout:g} s: {NO_ACK_CAUSES}"
+        f"{timeout:g} s: {NO_ACK_CAUSES}, {keyed}"
     )
 
 
@@ -439,10 +442,14 @@ def parse_args(arg: str, allowed: Iterable[str], what: str) -> dict[str, str]:
 
 
 def _float(text: str, what: str) -> float:
+    import math
+
     try:
         value = float(text)
     except ValueError:
         raise UsageError(f"bad {what} {text!r} (seconds)") from None
+    if not math.isfinite(value) or value > 600:
+        raise UsageError(f"bad {what} {text!r} (seconds, at most 600)")
     if value < 0:
         raise UsageError(f"bad {what} {text!r} (seconds, >= 0)")
     return value
@@ -534,13 +541,36 @@ def _configure(ser: Any, settings: dict[str, Any]) -> None:
         return
     except Exception:  # termios.error, SerialException, ValueError: driver-specific
         pass
+    from stmflash.ports import is_pty
+
+    name = str(getattr(ser, "name", None) or getattr(ser, "port", None) or "the port")
     try:
-        ser.close()
-        for name, value in settings.items():
-            setattr(ser, name, value)
-        ser.open()
+        _reopen(ser, settings)
+        return
     except Exception as exc:
-        raise LinkError(f"cannot switch {getattr(ser, 'name', 'the port')} to {settings}: {exc}") from None
+        error: Exception = exc
+    if settings.get("parity", "N") != "N" and is_pty(name):
+        # a Linux pseudo-terminal refuses PARENB after its first client and ignores parity
+        # anyway: 8N1 there, as stmflash.ports.open_port does when it opens one
+        try:
+            _reopen(ser, {**settings, "parity": "N"})
+            return
+        except Exception as exc:
+            error = exc
+    raise LinkError(f"cannot switch {name} to {_describe_settings(settings)}: {error}") from None
+
+
+def _reopen(ser: Any, settings: dict[str, Any]) -> None:
+    if getattr(ser, "is_open", False):
+        ser.close()
+    for key, value in settings.items():
+        setattr(ser, key, value)
+    ser.open()
+
+
+def _describe_settings(settings: dict[str, Any]) -> str:
+    """``{'baudrate': 115200, 'parity': 'E', ...}`` as a user reads it: ``115200 8E1``."""
+    return f"{settings.get('baudrate', '?')} 8{settings.get('parity', 'N')}1"
 
 
 class TouchStrategy(EntryStrategy):
@@ -603,9 +633,17 @@ def _detach(rt: RuntimeDfu) -> None:
     _tolerant(lambda: usb.util.dispose_resources(rt.device))
 
 
-register_strategy("command", lambda arg, inv: CommandStrategy(trigger_options_from(arg, DEFAULTS)))
-register_strategy("1200", lambda arg, inv: TouchStrategy(arg.strip()))
-register_strategy("detach", lambda arg, inv: DetachStrategy(arg.strip()))
+_registry.register("command", serial=lambda arg, inv: CommandStrategy(trigger_options_from(arg, DEFAULTS)))
+_registry.register(
+    "1200",
+    serial=lambda arg, inv: TouchStrategy(arg.strip()),
+    usb=lambda arg, timeout: TouchEntry(arg.strip() or None, timeout=timeout),
+)
+_registry.register(
+    "detach",
+    serial=lambda arg, inv: DetachStrategy(arg.strip()),
+    usb=lambda arg, timeout: DetachEntry(arg.strip() or None, timeout=timeout),
+)
 
 
 # ---- DFU: ``stmflash dfu --enter CHAIN`` -----------------------------------------------------
@@ -617,35 +655,17 @@ def enter_dfu(spec: str | None, *, timeout: float = DEFAULT_TIMEOUT_S,
 
     Strategies are tried in order until one brings up the ROM DFU device; returns the
     device that appeared (open it by its ``path``), or None for ``none`` (the chip is
-    expected to be in DFU mode already). The last failure is raised when all fail.
+    expected to be in DFU mode already). When all fail, every strategy's failure is named.
     """
     if not spec:
         return None
-    from stmflash.uart.entry import split_repeat
-
-    last: Exception | None = None
-    items: list[str] = []
-    for raw in spec.split(","):
-        if raw.strip():
-            text, times = split_repeat(raw)
-            items.extend([text] * times)
-    for n, item in enumerate(items):
-        name, _, arg = item.strip().partition(":")
-        key = name.strip().lower()
+    chain = _registry.usb_chain(spec, timeout)
+    failures: list[tuple[str, LinkError]] = []
+    for n, (what, strategy) in enumerate(chain):
         try:
-            if key == "none":
-                return None
-            if key == "1200":
-                return TouchEntry(arg.strip() or None, timeout=timeout).enter()
-            if key == "detach":
-                return DetachEntry(arg.strip() or None, timeout=timeout).enter()
-            raise UsageError(
-                f"--enter {name!r} is not a USB entry (use 1200, detach or none; "
-                "pins/command need a serial port: stmflash uart)"
-            )
+            return strategy.enter()
         except LinkError as exc:
-            last = exc
-            if log and n + 1 < len(items):
-                log(f"entry {key} failed ({exc}); trying {items[n + 1].strip()}")
-    assert last is not None
-    raise last
+            failures.append((what, exc))
+            if log and n + 1 < len(chain):
+                log(f"entry {what} failed ({exc}); trying {chain[n + 1][0]}")
+    raise type(failures[-1][1])(_registry.failure_summary(list(failures)))

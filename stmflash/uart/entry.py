@@ -14,8 +14,8 @@ A ``*N`` suffix tries one strategy N times before the chain falls back:
 
 Adapters differ in how DTR/RTS reach NRST/BOOT0 (inverting transistors or not), so
 ``--invert dtr`` / ``--invert rts`` flips a line everywhere in the sequence instead of
-making users rewrite it. Other strategies (the trigger helper's ``command:...`` and
-``1200``) register themselves with :func:`register_strategy`.
+making users rewrite it. The chain grammar and the registry every link uses (``command``,
+``1200`` and ``detach`` live in :mod:`stmflash.trigger.host`) are :mod:`stmflash.enter`.
 """
 
 from __future__ import annotations
@@ -25,37 +25,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from stmflash import enter as _registry
+from stmflash.enter import MAX_REPEAT, EntryStrategy, NoEntry, split_repeat  # noqa: F401  (re-exported)
 from stmflash.errors import UsageError
 
 SIGNALS = ("dtr", "rts", "brk")
 STEP_DELAY_S = 0.1
-
-
-class EntryStrategy:
-    """One way into the bootloader. ``enter`` acts on the open port; the caller then syncs."""
-
-    name = "none"
-    #: seconds to wait after ``enter`` before the first 0x7F (ROM start-up)
-    settle_s = 0.0
-
-    def enter(self, ser: Any) -> None:
-        """Put the chip into its bootloader (nothing: it is assumed to be there)."""
-
-    def exit(self, ser: Any) -> None:
-        """Undo/finish at the end of the session (e.g. BOOT0 low + reset)."""
-
-    def can_reset(self) -> bool:
-        return False
-
-    def reset(self, ser: Any) -> None:
-        raise UsageError(f"entry strategy {self.name!r} cannot reset the chip")
-
-    def describe(self) -> str:
-        return self.name
-
-
-class NoEntry(EntryStrategy):
-    """The chip is already in its bootloader (BOOT0 strap, jumper, or a previous session)."""
 
 
 @dataclass
@@ -160,83 +135,22 @@ class PinsEntry(EntryStrategy):
 
 
 StrategyFactory = Callable[[str, frozenset[str]], EntryStrategy]
-_FACTORIES: dict[str, StrategyFactory] = {
-    "none": lambda arg, inv: NoEntry(),
-    "pins": lambda arg, inv: PinsEntry.parse(arg, inv),
-}
+#: the serial strategies of the one registry (stmflash.enter), by name
+_FACTORIES = _registry.SERIAL
 
 
 def register_strategy(name: str, factory: StrategyFactory) -> None:
-    """Add a strategy (``command``, ``1200``...) usable in ``--enter NAME[:ARG]``."""
-    _FACTORIES[name] = factory
-
-
-_plugins_loaded = False
-
-
-def _load_plugins() -> None:
-    """Strategies living elsewhere (``command``, ``1200``, ``detach``) register on import."""
-    global _plugins_loaded
-    if _plugins_loaded:
-        return
-    _plugins_loaded = True
-    import importlib
-
-    try:
-        importlib.import_module("stmflash.trigger.host")
-    except ImportError:
-        pass
-
-
-MAX_REPEAT = 20
-
-
-def split_repeat(item: str) -> tuple[str, int]:
-    """``"pins:rts,-rts*3"`` -> (``"pins:rts,-rts"``, 3): a strategy tried N times before the
-    chain falls back (auto-baud misses and slow resets are often cured by trying again)."""
-    text = item.rstrip()
-    head, star, count = text.rpartition("*")
-    if not star or not count.isdigit():
-        return item, 1
-    n = int(count)
-    if not 1 <= n <= MAX_REPEAT:
-        raise UsageError(f"--enter {item!r}: repeat count must be 1..{MAX_REPEAT}")
-    return head, n
-
-
-def _is_head(token: str) -> bool:
-    token = split_repeat(token)[0]
-    name = token.split(":", 1)[0].strip().lower()
-    return name in _FACTORIES and (":" in token or token.strip().lower() == name)
+    """Add a serial strategy usable in ``--enter NAME[:ARG]`` (see :mod:`stmflash.enter`)."""
+    _registry.register(name, serial=factory)
 
 
 def parse_entry(spec: str | None, invert: Iterable[str] = ()) -> list[EntryStrategy]:
     """``--enter`` text into the chain of strategies to try, in order."""
-    if not spec:
-        return [NoEntry()]
     inv = frozenset(s.lower() for s in invert)
-    _load_plugins()
-    parts = spec.split(",")
-    groups: list[str] = []
-    for part in parts:
-        if not groups or _is_head(part):
-            groups.append(part)
-        else:
-            groups[-1] += "," + part
-    chain: list[EntryStrategy] = []
-    for group in groups:
-        g, times = split_repeat(group)
-        name, _, arg = g.partition(":")
-        key = name.strip().lower()
-        if key not in _FACTORIES:
-            _load_plugins()
-        if key not in _FACTORIES:
-            raise UsageError(
-                f"unknown --enter strategy {name!r} (known: {', '.join(sorted(_FACTORIES))})"
-            )
-        chain.extend([_FACTORIES[key](arg, inv)] * times)
-    return chain
+    bad = inv - {"dtr", "rts"}
+    if bad:
+        raise UsageError(f"--invert takes dtr or rts, not {', '.join(sorted(bad))}")
+    return _registry.serial_chain(spec, inv)
 
 
-# The pin-less strategies (command, 1200, detach) live with the trigger and register here.
-from stmflash.trigger import host as _trigger_host  # noqa: E402,F401
+_registry.register("pins", serial=lambda arg, inv: PinsEntry.parse(arg, inv))

@@ -294,7 +294,7 @@ def connect(
     if ser is None:
         ser = open_port(port, baud=baud, parity=parity, timeout=timeout)
     try:
-        last: LinkError | None = None
+        failures: list[tuple[str, LinkError]] = []
         for strategy in chain:
             bl = Bootloader(ser, name=port, timeout=timeout, retries=retries, log=log, pipeline=pipeline)
             try:
@@ -305,14 +305,16 @@ def connect(
                     time.sleep(strategy.settle_s)
                 bl.sync()
             except LinkError as exc:
-                last = exc
+                failures.append((strategy.describe(), exc))
                 if log:
                     log(f"entry {strategy.describe()}: {exc}")
                 continue
             bl.identify()
             return UartLink(bl, entry=strategy)
-        assert last is not None
-        raise last
+        from stmflash.enter import failure_summary
+
+        distinct = [f for i, f in enumerate(failures) if all(str(f[1]) != str(g[1]) for g in failures[:i])]
+        raise type(failures[-1][1])(failure_summary(distinct))
     except BaseException:
         ser.close()
         raise

@@ -1,7 +1,7 @@
 """An AN3155 client session: sync, identify and every ROM command, robust to a noisy line.
 
-Design choices (each fixes something stm32flash or stm32loader gets wrong, see
-shared/reference/uart-an3155.md):
+Design choices (each fixes something stm32flash or stm32loader gets wrong in practice;
+the protocol is ST's AN3155):
 
 * Sync accepts ACK, NACK (already synced) and a stray 0x00 before the ACK; a timeout is
   followed by a second 0x7F that an already-synced chip NACKs; repeated silence waits
