@@ -27,7 +27,7 @@ RUNS = int(os.environ.get("STMFLASH_FUZZ_RUNS", "400"))
 BUDGET_S = float(os.environ.get("STMFLASH_FUZZ_BUDGET_S", "40"))
 
 # commands that serve forever or start other programs: fuzzed only up to their option checks
-SERVERS = {("sim", "uart")}
+SERVERS = {("sim", "uart"), ("sim", "usbip")}
 NEVER = {"--loop", "--enter-timeout"}  # station mode waits for boards forever; slow waits
 
 NUMBERS = ["08000000", "007", "0x_", "0x", "-1", "0", "1", "16K", "1M", "0x08000000", "0x08004000",

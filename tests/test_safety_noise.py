@@ -110,7 +110,7 @@ def uart_run(tmp_path, part: str, fault: str, seed: int) -> int:
     name = f"noise-{part}-{seed}"
     chip = registry.register(name, filled_chip(dev, faults=fault, seed=seed))
     try:
-        rc = exit_code("uart", f"sim://{part}?chip={name}", str(path), "--after", "stay", "-q",
+        rc = exit_code("uart", f"sim://{part}?chip={name}", str(path), "--no-image-check", "--after", "stay", "-q",
                      "--timeout", "0.05", "--retries", "4")
         what = f"{part}, {fault}, seed {seed}, exit {rc}"
         check_outcome(rc, chip, img, what)
@@ -120,7 +120,7 @@ def uart_run(tmp_path, part: str, fault: str, seed: int) -> int:
             assert rc == 0, what
         chip.faults = FaultPlan()  # the line is clean again: a re-run completes
         noisy = rc
-        rc = exit_code("uart", f"sim://{part}?chip={name}", str(path), "--after", "stay", "-q")
+        rc = exit_code("uart", f"sim://{part}?chip={name}", str(path), "--no-image-check", "--after", "stay", "-q")
         assert rc == 0, f"fault-free re-run failed ({what})"
         check_outcome(rc, chip, img, f"re-run after {what}")
         return noisy
@@ -150,7 +150,7 @@ def test_issue_reproducer_f407_corrupt_0_005_seed_2422(tmp_path, capsys) -> None
     fill = tmp_path / "fill.bin"
     fill.write_bytes(bytes([PATTERN]) * 0x10000)
     blinky = Path(__file__).resolve().parents[1] / "examples" / "blinky-f407.hex"
-    assert exit_code("uart", f"sim://F407?image={image}", str(fill), "-q") == 0
+    assert exit_code("uart", f"sim://F407?image={image}", str(fill), "--no-image-check", "-q") == 0
     rc = exit_code("uart", f"sim://F407?image={image}&seed=2422&fault=corrupt=0.005", str(blinky), "--json")
     out = capsys.readouterr().out
     img = load(str(blinky))

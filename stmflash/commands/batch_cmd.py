@@ -7,6 +7,7 @@ Afterwards every board gets a line in the report; the exit code is 0 only if all
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import click
@@ -219,8 +220,14 @@ def _run(args: tuple[str, ...], job_file: str | None, o: dict[str, Any]) -> None
     from stmflash.paths import check_output_dir, check_output_file
 
     check_output_dir(job.report_dir, "--report-dir")  # before the first board, not after the last
-    if job.serial is not None:
-        check_output_file(job.serial.ledger, "--ledger")
+    spec = job.ledger_spec
+    if spec is not None:
+        from stmflash.production.store import check_spec, sqlite_path
+
+        check_spec(spec)
+        path = sqlite_path(spec)
+        if path:  # a database file: its directory must take it (a server URL is tried when opened)
+            check_output_file(os.path.expanduser(path), "--ledger")
     targets = expand_targets(job.targets, loop=job.loop)
     if job.protect.rdp == 2 and device is not None:
         # level 2 is written through the family's option-byte layout: refuse parts whose

@@ -54,8 +54,9 @@ def read_journal(path: str) -> Journal:
             continue
         try:
             rec: Any = json.loads(raw)
-        except ValueError as exc:
-            raise _damaged(path, lineno, f"not a JSON record ({exc.msg})") from None
+        except ValueError as exc:  # JSONDecodeError, or UnicodeDecodeError for bytes that are not text
+            why = getattr(exc, "msg", None) or getattr(exc, "reason", None) or str(exc)
+            raise _damaged(path, lineno, f"not a JSON record ({why})") from None
         if not isinstance(rec, dict):
             raise _damaged(path, lineno, "not a JSON object")
         if rec.get("v") != 1:
