@@ -128,6 +128,8 @@ class Device:
     dfu: dict[str, Any] = field(default_factory=dict)
     # option-byte layout as the ROM presents it (stmflash.option_bytes); {} = not known
     ob_layout: dict[str, Any] = field(default_factory=dict)
+    # RAM flasher stub facts (stmflash.stub); {} = the family has no stub
+    stub: dict[str, Any] = field(default_factory=dict)
     note: str = ""
     generic: bool = False
 
@@ -320,6 +322,7 @@ class Device:
             "program_ms_per_256": list(self.program_ms_per_256),
             "dfu": ({**self.dfu, "alts": self.dfu_alts()} if "dfu" in self.interfaces and self.dfu else None),
             "ob_layout": self.ob_layout or None,
+            "stub": self.stub or None,
             "generic": self.generic,
             "note": self.note,
         }

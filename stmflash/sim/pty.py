@@ -22,6 +22,7 @@ from pathlib import Path
 from stmflash.sim.an3155 import An3155Rom
 from stmflash.sim.app import tty_settings, with_app
 from stmflash.sim.chip import VirtualChip
+from stmflash.sim.cpu import with_cpu
 from stmflash.sim.timing import sleep_until
 
 
@@ -45,7 +46,7 @@ class PtyServer:
                 self.link.unlink()
             self.link.symlink_to(self.path)
         self.realistic = chip.timing.realistic
-        self.rom = with_app(An3155Rom(chip, now=self._clock()))  # + the application, if any
+        self.rom = with_cpu(with_app(An3155Rom(chip, now=self._clock())))  # + the application, if any
         self._stop = False
         self.bytes_in = 0
         self.bytes_out = 0
