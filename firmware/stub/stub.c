@@ -113,7 +113,7 @@ struct state {
     struct resp resp[RESP_N];
     uint8_t txq[TXQ_N];
     uint32_t txq_head, txq_tail, tx_stage, tx_pos, tx_crc, tx_esc_byte, tx_bulk_busy;
-    uint8_t tx_cur, tx_byte_pending;
+    uint8_t tx_cur, tx_byte_pending, tx_special;
     /* current job */
     uint32_t job_active, job_step, job_addr, job_end, job_src, job_crc, job_sr;
     /* deferred actions once the line is quiet */
@@ -245,8 +245,9 @@ static uint32_t tx_next(struct state *s)
     }
     for (;;) {
         if (s->tx_stage == 0u) {
-            if (s->nak_pending) {
-                s->tx_cur = 0xFFu;
+            s->tx_special = s->nak_pending != 0;
+            if (s->tx_special) {
+                s->tx_cur = 0u;
             } else if (s->txq_tail != s->txq_head) {
                 s->tx_cur = s->txq[s->txq_tail++ % TXQ_N];
             } else {
@@ -260,7 +261,7 @@ static uint32_t tx_next(struct state *s)
         }
         uint32_t b;
         int raw = 0;
-        if (s->tx_cur == 0xFFu) { /* NAK / READY: seq, type, status */
+        if (s->tx_special) { /* NAK / READY: seq = expected, type, status */
             uint8_t hdr[3] = {s->expect, s->nak_pending, 0u};
             if (s->tx_stage == 1u && s->tx_pos < 3u) {
                 b = hdr[s->tx_pos++];

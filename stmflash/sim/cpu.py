@@ -39,10 +39,10 @@ from stmflash.sim.periph import BusFault, FlashController, Usart, controllers_fo
 ACCESS_CYCLES = 25
 DATA_CYCLES = 40
 FLASH_READ_CYCLES = 12
-IDLE_READS = 8
+IDLE_READS = 2
 CHUNK = 200_000
 LOOKAHEAD = 0.002
-MAX_SILENT_CHUNKS = 200  # chunks without any peripheral access: a hung CPU
+MAX_SILENT_CHUNKS = 100  # chunks without any peripheral access: a hung CPU
 IWDG_KR = 0x40003000
 SCB_PAGE = 0xE000E000
 AIRCR = 0xE000ED0C
@@ -91,6 +91,7 @@ class Cpu:
         self._idle = 0
         self._last_status: dict[int, int] = {}
         self._stop: str | None = None
+        self._replay: tuple[tuple, int] | None = None
         self._target: float | None = None
         self._accesses = 0
         self._silent = 0
@@ -114,10 +115,17 @@ class Cpu:
             pages.setdefault(_page(u.base), []).append((u.base, 0x400, u))
         for c in self.flash_ctl:
             pages.setdefault(_page(c.base), []).append((c.base, 0x400, c))
-        pages.setdefault(_page(IWDG_KR), []).append((IWDG_KR, 0x400, "iwdg"))
         pages.setdefault(SCB_PAGE, []).append((SCB_PAGE, PAGE, "scb"))
         for page, devs in pages.items():
-            uc.mmio_map(page, PAGE, self._periph_read, devs, self._periph_write, devs)
+            # one entry per 1 KiB block of the page: (device, offset of the block in it)
+            table: list[tuple[Any, int]] = [(None, 0)] * 4
+            for base, size, dev in devs:
+                for k in range(size // 0x400):
+                    blk = (base - page) // 0x400 + k
+                    table[blk] = (dev, k * 0x400)
+            uc.mmio_map(page, PAGE, self._periph_read, (page, table), self._periph_write, (page, table))
+        # the IWDG key register: refresh writes land in plain memory (nothing to model)
+        uc.mem_map(_page(IWDG_KR), PAGE, unicorn.UC_PROT_READ | unicorn.UC_PROT_WRITE)
         sp, pc = struct.unpack("<II", bytes(uc.mem_read(address, 8)))
         uc.reg_write(unicorn.arm_const.UC_ARM_REG_SP, sp)
         self.pc = pc
@@ -181,12 +189,11 @@ class Cpu:
             if self._stop == "fault":
                 return
             if self._accesses == before:
+                # a whole chunk without touching a peripheral: computing, or hung for good
                 self._silent += 1
+                self.t += CHUNK / self.clock
                 if self._silent > MAX_SILENT_CHUNKS:
                     self._end("hung (a loop without peripheral access)", dead=True)
-                return_now = not self.realistic and self._silent > MAX_SILENT_CHUNKS
-                if return_now:
-                    return
                 continue
             self._silent = 0
             if self._stop == "idle":
@@ -207,12 +214,14 @@ class Cpu:
         present = [x for x in times if x is not None]
         return min(present) if present else None
 
+    # emu_stop() from a memory callback makes unicorn execute the accessing instruction
+    # again when the run resumes: the callback that stops remembers its access, and the
+    # repeat is answered from that record without a second side effect (see _replayed).
     def _cost(self, cycles: int) -> None:
         self.t += cycles / self.clock
         self._accesses += 1
         if self._target is not None and self.t > self._target and self._stop is None:
             self._stop = "ahead"
-            self.uc.emu_stop()
 
     def _status(self, addr: int, value: int) -> None:
         if self._act or self._last_status.get(addr) != value:
@@ -221,12 +230,34 @@ class Cpu:
         else:
             self._idle += 1
             if self._idle >= IDLE_READS and self._stop is None:
-                self._stop = "idle"
-                self.uc.emu_stop()
+                # waiting: jump to the next event right here, or stop when there is none
+                # (or, realistic, when it lies beyond the wall clock)
+                ev = self._next_event()
+                if ev is not None and (self._target is None or ev <= self._target):
+                    self.t = max(self.t, ev)
+                    self._idle = 0
+                else:
+                    self._stop = "idle"
         self._last_status[addr] = value
+
+    def _maybe_halt(self, key: tuple, value: int = 0) -> None:
+        if self._stop is not None and self._replay is None and self.state == RUN:
+            self._replay = (key, value)
+            self.uc.emu_stop()
+
+    def _replayed(self, key: tuple) -> tuple[bool, int]:
+        if self._replay is not None and self._replay[0] == key:
+            value = self._replay[1]
+            self._replay = None
+            return True, value
+        return False, 0
 
     # ---- memory callbacks ----------------------------------------------------------------
     def _flash_read(self, uc: Any, offset: int, size: int, user: Any) -> int:
+        key = ("fr", offset, size)
+        again, value = self._replayed(key)
+        if again:
+            return value
         self._act = True
         for c in self.flash_ctl:
             if c.busy_until > self.t:
@@ -234,11 +265,16 @@ class Cpu:
         self._cost(FLASH_READ_CYCLES)
         addr = self.chip.device.flash_start + offset
         try:
-            return int.from_bytes(self.chip.read(addr, size), "little")
+            value = int.from_bytes(self.chip.read(addr, size), "little")
         except Exception:
-            return 0xFFFFFFFF & ((1 << (8 * size)) - 1)
+            value = 0xFFFFFFFF & ((1 << (8 * size)) - 1)
+        self._maybe_halt(key, value)
+        return value
 
     def _flash_write(self, uc: Any, offset: int, size: int, value: int, user: Any) -> None:
+        key = ("fw", offset, size)
+        if self._replayed(key)[0]:
+            return
         self._act = True
         self._cost(ACCESS_CYCLES)
         addr = self.chip.device.flash_start + offset
@@ -252,18 +288,19 @@ class Cpu:
         except PowerLoss:
             self._end("power loss")
             uc.emu_stop()
+            return
+        self._maybe_halt(key)
 
-    def _find(self, devs: list, page_base: int, offset: int) -> tuple[Any, int]:
-        addr = page_base + offset
-        for base, size, dev in devs:
-            if base <= addr < base + size:
-                return dev, addr - base
-        return None, 0
-
-    def _periph_read(self, uc: Any, offset: int, size: int, devs: list) -> int:
-        page = _page(devs[0][0])
-        dev, off = self._find(devs, page, offset)
+    def _periph_read(self, uc: Any, offset: int, size: int, user: tuple) -> int:
+        page, table = user
+        key = ("pr", page + offset, size)
+        again, value = self._replayed(key)
+        if again:
+            return value
+        dev, boff = table[offset >> 10]
+        off = boff + (offset & 0x3FF)
         self._cost(ACCESS_CYCLES)
+        value = 0
         if isinstance(dev, Usart):
             value, data = dev.read(off, self.t)
             if data:
@@ -271,19 +308,23 @@ class Cpu:
                 self._cost(DATA_CYCLES)
             elif off == dev.sr_off:
                 self._status(dev.base + off, value)
-            return value
-        if isinstance(dev, FlashController):
+        elif isinstance(dev, FlashController):
             value = dev.read(off, self.t)
             if off == dev.SR:
                 self._status(dev.base + off, value)
-            return value
-        if dev is None:
+        elif dev is None:
             self._fault(f"read of unmapped peripheral 0x{page + offset:08X}")
-        return 0
+            return 0
+        self._maybe_halt(key, value)
+        return value
 
-    def _periph_write(self, uc: Any, offset: int, size: int, value: int, devs: list) -> None:
-        page = _page(devs[0][0])
-        dev, off = self._find(devs, page, offset)
+    def _periph_write(self, uc: Any, offset: int, size: int, value: int, user: tuple) -> None:
+        page, table = user
+        key = ("pw", page + offset, size)
+        if self._replayed(key)[0]:
+            return
+        dev, boff = table[offset >> 10]
+        off = boff + (offset & 0x3FF)
         self._cost(ACCESS_CYCLES)
         if isinstance(dev, Usart):
             if dev.write(off, value, self.t):
@@ -298,6 +339,8 @@ class Cpu:
                 uc.emu_stop()
         elif dev is None:
             self._fault(f"write to unmapped peripheral 0x{page + offset:08X}")
+            return
+        self._maybe_halt(key)
 
     # ---- ending ----------------------------------------------------------------------------
     def _fault(self, why: str) -> None:

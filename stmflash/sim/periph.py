@@ -87,13 +87,13 @@ class Usart:
         self._rx_end = t
 
     def next_event(self, t: float) -> float | None:
+        """When the flags change next (``t`` itself when a byte has arrived unseen)."""
         times = []
         if self._rx:
             times.append(self._rx[0][0])
         if self._tdr is not None or self._shift_end > t:
             times.append(self._shift_end)
-        later = [x for x in times if x > t]
-        return min(later) if later else None
+        return max(t, min(times)) if times else None
 
     def sync(self, t: float) -> None:
         """Bring the flags up to time ``t``."""
@@ -214,6 +214,9 @@ class FlashController:
         self.cr = 0
         self.sr = 0
         self.busy_until = 0.0
+        # write protection cannot change while RAM code runs (option bytes reload = reset)
+        self.wrp = set(chip.wrp)
+        self._starts = [u.address for u in self.device.erase_units]
         self.bank_units = 0
         if self.device.bank_count >= 2:
             self.bank_units = len(self.device.bank_units(1))
@@ -281,24 +284,30 @@ class FlashController:
         self.chip.erase_units([index])
         self.busy_until = t + self.timing.erase_time([unit])
 
+    def _protected(self, addr: int) -> bool:
+        import bisect
+
+        i = bisect.bisect_right(self._starts, addr) - 1
+        return i >= 0 and self.device.erase_units[i].index in self.wrp
+
     def _program(self, addr: int, data: bytes, t: float, allow_and: bool = False) -> bool:
-        """Program cells through the chip's one write path; False (flag set) on failure."""
-        if self.chip._unit_protected(addr):
+        """Program cells of the chip's one flash array; False (flag set) on failure."""
+        if self._protected(addr):
             self.sr |= self.WRPERR
             return False
-        old = self.chip.read(addr, len(data))
-        if old != b"\xff" * len(data) and old != data:
+        chip = self.chip
+        off = addr - self.device.flash_start
+        n = len(data)
+        old = bytes(chip.flash[off : off + n])
+        if old != b"\xff" * n and old != data:
             if not allow_and:
                 return False
-            self.chip.preload(addr, bytes(a & b for a, b in zip(old, data, strict=True)))
-        elif len(data) < self.device.write_align:
-            # narrower than the ROM's write unit (F1 half-words): the cells directly
-            if old != data:
-                self.chip.preload(addr, data)
-                self.chip.programmed_bytes += len(data)
-        else:
-            self.chip.program(addr, data)
-        self.busy_until = t + self.timing.program_time(len(data))
+            data = bytes(a & b for a, b in zip(old, data, strict=True))  # F4: bits only clear
+        if chip._power_budget_exhausted(n):
+            chip.program(addr, data)  # the chip's own path: half a unit, then the power is gone
+        chip.flash[off : off + n] = data
+        chip.programmed_bytes += n
+        self.busy_until = t + self.timing.program_time(n)
         return True
 
     def flash_write(self, addr: int, size: int, value: int, t: float) -> None:

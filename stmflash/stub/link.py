@@ -28,8 +28,12 @@ from stmflash.errors import LinkError, ProtectionError, StmflashError
 from stmflash.stub import GROUP_IDS, patched
 from stmflash.stub import protocol as sp
 
-DEFAULT_BAUDS = (1_000_000, 921_600, 500_000, 460_800, 230_400)
+DEFAULT_BAUDS = (2_000_000, 1_000_000, 921_600, 500_000, 460_800, 230_400)
 MAX_BAUD_ERROR = 0.015  # divider rounding we accept on top of what the ROM link had
+# The stub's main loop takes up to ~200 clock cycles per turn (receive a byte, send one,
+# advance a flash job); a byte must not arrive faster (1-byte USART buffer): BRR >= 32
+# keeps 11 bits x 32 = 352 cycles per byte. 16 MHz -> 500 kbaud, 8 MHz -> 250 kbaud.
+MIN_BRR = 32
 
 # flash controller error flags per group (bit -> name), for messages (reference manuals)
 _FLAGS = {
@@ -81,7 +85,7 @@ class StubSession:
     def _deadline(self) -> float:
         head = self._pending[0]
         inflight = sum(len(p.wire) for p in self._pending) + 64 * len(self._pending)
-        return self._oldest_since + head.work_s * 1.5 + self._wire(inflight) * 2 + 0.25
+        return self._oldest_since + head.work_s * 1.5 + self._wire(inflight) * 2 + 0.5
 
     # ---- sending ---------------------------------------------------------------------------
     def submit(self, cmd: int, payload: bytes = b"", *, work_s: float = 0.0) -> int:
@@ -316,7 +320,8 @@ def start(
     """Upload and start the stub on an identified ROM session; see module docstring.
 
     ``baud``: the stub's line rate (None: the highest of :data:`DEFAULT_BAUDS` that the
-    port and the chip's clock take, tried with a handshake, falling back down the list).
+    port and the chip's clock take (:data:`MIN_BRR`), tried with a handshake, falling back
+    down the list).
     """
     device = rom_link.device
     group_id = _upload(rom_link, device, rom_baud)
@@ -345,7 +350,7 @@ def _try_baud(link: StubLink, rate: int, rom_baud: int, log: Callable[[str], Non
     """Ask the stub for ``rate``; True when both ends talk at it afterwards."""
     clock = link.hello.clock
     brr = round(clock / rate)
-    if brr < 16 or abs(clock / brr - rate) / rate > MAX_BAUD_ERROR:
+    if brr < MIN_BRR or abs(clock / brr - rate) / rate > MAX_BAUD_ERROR:
         return False
     session = link.session
     ser = session.ser
