@@ -374,9 +374,15 @@ static uint32_t f_base(const struct state *s, uint32_t addr)
 #define F_BASE(s, a) f_base((s), (a))
 #endif
 
+/* STUB_FAULT_SKIP_UNLOCK / STUB_FAULT_WIDTH build deliberately broken stubs: the tests show
+   that the simulator fails them as the silicon would (PGSERR, PGPERR/SIZERR, bus fault). */
 static void flash_unlock(uint32_t base)
 {
+#if defined(STUB_FAULT_SKIP_UNLOCK)
+    if (0) {
+#else
     if (REG(base + F_CR) & CR_LOCK) {
+#endif
         REG(base + F_KEYR) = KEY1;
         REG(base + F_KEYR) = KEY2;
     }
@@ -426,7 +432,9 @@ static void flash_prog_begin(struct state *s, uint32_t addr)
 #else
     REG(base + F_SR) = SR_ERR | 1u;
 #endif
-#if defined(STUB_GROUP_F4)
+#if defined(STUB_GROUP_F4) && defined(STUB_FAULT_WIDTH)
+    REG(base + F_CR) = CR_PG; /* PSIZE x8, but words are written */
+#elif defined(STUB_GROUP_F4)
     REG(base + F_CR) = CR_PG | CR_PSIZE32;
 #else
     REG(base + F_CR) = CR_PG;
@@ -436,7 +444,12 @@ static void flash_prog_begin(struct state *s, uint32_t addr)
 /* program one unit (PROG_UNIT bytes) from src (a RAM buffer, any alignment) */
 static void flash_prog_unit(uint32_t addr, const uint8_t *src)
 {
-#if defined(STUB_GROUP_F1)
+#if defined(STUB_FAULT_WIDTH) && defined(STUB_GROUP_F1)
+    REG(addr) = rd32(src) | 0xFFFF0000u; /* a word where the controller takes half-words */
+#elif defined(STUB_FAULT_WIDTH) && defined(STUB_GROUP_G0L4)
+    for (uint32_t i = 0; i < 8u; i += 2u) /* half-words where it takes 32-bit words */
+        *(volatile uint16_t *)(uintptr_t)(addr + i) = (uint16_t)(src[i] | src[i + 1] << 8);
+#elif defined(STUB_GROUP_F1)
     *(volatile uint16_t *)(uintptr_t)addr = (uint16_t)(src[0] | src[1] << 8);
 #elif defined(STUB_GROUP_F4)
     REG(addr) = rd32(src);

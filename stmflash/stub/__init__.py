@@ -90,13 +90,17 @@ def bank_units(device: Device) -> int:
     return len(device.bank_units(1))
 
 
-def patched(device: Device, rom_baud: int) -> StubImage:
-    """The stub for ``device`` with its stack pointer and parameter block filled in."""
+def patched(device: Device, rom_baud: int, binary: bytes | None = None) -> StubImage:
+    """The stub for ``device`` with its stack pointer and parameter block filled in.
+
+    ``binary``: another build of the group's stub (tests load deliberately broken ones)."""
     ok, why = support(device)
     if not ok:
         raise ValueError(why)
     facts = device.stub
     img = stub_image(why)
+    if binary is not None:
+        img = StubImage(img.group, img.load, bytes(binary), img.cpu)
     assert device.ram_usable is not None
     usarts = list(facts.get("usarts", []))[:4]
     usarts += [0] * (4 - len(usarts))

@@ -297,8 +297,8 @@ class StubLink:
         self.rom.close()
 
 
-def _upload(rom_link: Any, device: Device, rom_baud: int) -> int:
-    img = patched(device, rom_baud)
+def _upload(rom_link: Any, device: Device, rom_baud: int, binary: bytes | None = None) -> int:
+    img = patched(device, rom_baud, binary)
     bl = rom_link.bl
     for off in range(0, len(img.data), 256):
         bl.write_memory(img.load + off, img.data[off : off + 256])
@@ -316,6 +316,7 @@ def start(
     rom_baud: int = 115200,
     retries: int = 6,
     log: Callable[[str], None] | None = None,
+    binary: bytes | None = None,
 ) -> StubLink:
     """Upload and start the stub on an identified ROM session; see module docstring.
 
@@ -324,7 +325,7 @@ def start(
     down the list).
     """
     device = rom_link.device
-    group_id = _upload(rom_link, device, rom_baud)
+    group_id = _upload(rom_link, device, rom_baud, binary)
     ser = rom_link.bl.ser
     session = StubSession(ser, baud=rom_baud, credits=1, retries=retries, log=log)
     session.group_id = group_id  # type: ignore[attr-defined]
