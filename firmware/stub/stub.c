@@ -91,7 +91,7 @@ struct resp {
 
 struct slot {
     uint32_t len;
-    uint8_t seq, cmd, pad[2];
+    uint8_t seq, cmd, used, pad;
     uint8_t buf[SLOT_SIZE];
 };
 
@@ -103,7 +103,9 @@ struct state {
     const struct params *p;
     uint32_t *crc_table;
     struct slot *slots;
-    uint32_t nslots, slot_head, slot_tail, slot_count;
+    uint32_t nslots;
+    uint8_t byseq[RESP_N]; /* received, not yet executed: slot index + 1 by seq % RESP_N */
+    uint8_t exec, rx_slot; /* next seq to execute; slot being received into (+1, 0 none) */
     struct usart u;
     uint32_t rom_brr, clock;
     /* receiver */
@@ -234,7 +236,14 @@ static void respond(struct state *s, uint8_t seq, uint8_t status, const uint8_t 
     txq_push(s, seq);
 }
 
-static uint32_t slot_free(const struct state *s) { return s->slot_count < s->nslots; }
+/* a free frame buffer (slot index + 1), 0 when all hold unanswered frames */
+static uint32_t slot_free(const struct state *s)
+{
+    for (uint32_t i = 0; i < s->nslots; i++)
+        if (!s->slots[i].used)
+            return i + 1u;
+    return 0u;
+}
 
 /* one byte out of the current response: 0x100 + byte when a byte was produced, 0 if idle */
 static uint32_t tx_next(struct state *s)
@@ -481,15 +490,17 @@ static void job_fail(struct state *s, struct slot *sl, uint32_t sr, uint32_t add
 
 static void slot_release(struct state *s)
 {
-    s->slot_tail++;
-    s->slot_count--;
+    uint32_t k = s->exec % RESP_N;
+    s->slots[s->byseq[k] - 1u].used = 0;
+    s->byseq[k] = 0;
+    s->exec++;
     s->job_active = JOB_NONE;
 }
 
 /* start the job of the oldest received frame */
 static void job_start(struct state *s)
 {
-    struct slot *sl = &s->slots[s->slot_tail % s->nslots];
+    struct slot *sl = &s->slots[s->byseq[s->exec % RESP_N] - 1u];
     const uint8_t *a = sl->buf + 2;
     uint32_t n = sl->len;
     struct resp *r = resp_for(s, sl->seq);
@@ -586,7 +597,7 @@ static void job_start(struct state *s)
 /* one small step of the running job */
 static void job_step(struct state *s)
 {
-    struct slot *sl = &s->slots[s->slot_tail % s->nslots];
+    struct slot *sl = &s->slots[s->byseq[s->exec % RESP_N] - 1u];
     if (s->job_active == JOB_CRC) {
         /* one word per turn, in the CRC unit's order (each word MSB first) */
         for (int k = 0; k < 1 && s->job_addr < s->job_end; k++) {
@@ -661,6 +672,9 @@ static void nak(struct state *s)
         s->nak_pending = RSP_NAK;
 }
 
+/* A complete frame in slot `sl`. Frames may arrive out of order after a loss (selective
+   repeat): each is kept by its seq until the gap before it is filled; `expect` is the first
+   seq not received yet, and a gap or a damaged frame earns a NAK(expect). */
 static void frame_done(struct state *s, struct slot *sl)
 {
     uint32_t n = s->rx_len;
@@ -670,29 +684,36 @@ static void frame_done(struct state *s, struct slot *sl)
         return;
     }
     uint8_t seq = sl->buf[0];
-    uint8_t d = (uint8_t)(s->expect - seq);
-    if (seq == s->expect) {
-        if (s->probation) { /* first good frame at the new baud rate */
-            s->probation = 0u;
+    uint8_t ahead = (uint8_t)(seq - s->expect);
+    uint8_t behind = (uint8_t)(s->expect - seq);
+    s->probation = 0u; /* a good frame: the line rate works */
+    if (ahead < s->nslots) {
+        uint32_t k = seq % RESP_N;
+        if (!s->byseq[k]) { /* new: keep it */
+            sl->seq = seq;
+            sl->cmd = sl->buf[1];
+            sl->len = n - 6u; /* payload at buf + 2, CRC after it */
+            sl->used = 1u;
+            s->byseq[k] = (uint8_t)(sl - s->slots + 1);
         }
-        sl->seq = seq;
-        sl->cmd = sl->buf[1];
-        sl->len = n - 6u; /* payload at buf + 2, CRC after it */
-        s->slot_head++;
-        s->slot_count++;
-        s->expect++;
-    } else if (d >= 1u && d <= RESP_N - 2u) {
+        if (ahead)
+            nak(s); /* something before it went missing */
+        while (s->byseq[s->expect % RESP_N] && (uint8_t)(s->expect - s->exec) < s->nslots)
+            s->expect++;
+    } else if (behind >= 1u && behind <= RESP_N - 2u) {
         struct resp *r = resp_for(s, seq);
         if (r->seq == seq && r->done) /* our answer was lost: send it again */
             txq_push(s, seq);
     } else {
-        nak(s); /* a frame went missing: ask for `expect` */
+        nak(s);
     }
 }
 
 static void rx_byte(struct state *s, uint32_t status, uint32_t b)
 {
-    struct slot *sl = slot_free(s) ? &s->slots[s->slot_head % s->nslots] : 0;
+    if (!s->rx_slot)
+        s->rx_slot = (uint8_t)slot_free(s);
+    struct slot *sl = s->rx_slot ? &s->slots[s->rx_slot - 1u] : 0;
     if (status & (SR_FE | SR_PE | SR_NE | SR_ORE)) {
         s->rx_bad = 1u;
         if (s->probation && ++s->probation > 4u) { /* the new rate does not work: back */
@@ -705,6 +726,7 @@ static void rx_byte(struct state *s, uint32_t status, uint32_t b)
             frame_done(s, sl);
         else if (s->rx_bad)
             nak(s); /* no room (a retransmission beyond the credits): ask again later */
+        s->rx_slot = 0;
         s->rx_len = 0u;
         s->rx_crc = 0xFFFFFFFFu;
         s->rx_esc = 0u;
@@ -809,7 +831,7 @@ void stub_main(void)
         }
         if (s->job_active)
             job_step(s);
-        else if (s->slot_count)
+        else if (s->byseq[s->exec % RESP_N])
             job_start(s);
     }
 }

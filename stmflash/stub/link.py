@@ -56,6 +56,7 @@ class _Pending:
     wire: bytes
     work_s: float  # how long the stub may need for it (erase/program/CRC), worst case
     sent: float = 0.0
+    answer: sp.Answer | None = None
 
 
 class StubSession:
@@ -109,9 +110,10 @@ class StubSession:
         idx = next((i for i, p in enumerate(self._pending) if p.seq & 0xFF == wire_seq), None)
         if idx is None:
             return
-        self.resent += len(self._pending) - idx
         for p in self._pending[idx:]:
-            self._send(p)
+            if p.answer is None:
+                self.resent += 1
+                self._send(p)
 
     # ---- receiving ------------------------------------------------------------------------
     def _pump(self) -> None:
@@ -140,21 +142,33 @@ class StubSession:
         if ans.kind == sp.READY:
             self.ready = True
             return
+        now = time.monotonic()
         if ans.kind == sp.NAK:
-            if self._pending and time.monotonic() - self._pending[0].sent > self._wire(16):
-                self._resend_from(ans.seq)
+            # the stub keeps frames that arrived after a gap: resend only the missing one,
+            # once per its own wire time (several NAKs may name the same gap)
+            p = next((p for p in self._pending if p.seq & 0xFF == ans.seq and p.answer is None), None)
+            if p is not None and now - p.sent > self._wire(len(p.wire)) + 0.002:
+                self.resent += 1
+                self._send(p)
             return
-        if not self._pending:
-            return
-        head = self._pending[0]
-        if ans.seq != head.seq & 0xFF or ans.kind != head.cmd:
+        p = next((p for p in self._pending if p.seq & 0xFF == ans.seq and p.cmd == ans.kind), None)
+        if p is None or p.answer is not None:
             return  # a repeated answer to something already done
-        self._pending.pop(0)
-        self._timeouts = 0
-        self._oldest_since = time.monotonic()
-        self._answers[head.seq] = ans
-        if ans.status != sp.ST_OK and head.cmd in (sp.WRITE, sp.ERASE):
-            self.error = self._flash_error(head, ans)
+        p.answer = ans
+        # answers come in order: older ones without an answer were lost on the way back
+        for q in self._pending:
+            if q is p:
+                break
+            if q.answer is None and now - q.sent > self._wire(len(q.wire)) + 0.002:
+                self.resent += 1
+                self._send(q)
+        while self._pending and self._pending[0].answer is not None:
+            head = self._pending.pop(0)
+            self._timeouts = 0
+            self._oldest_since = now
+            self._answers[head.seq] = head.answer
+            if head.answer.status != sp.ST_OK and head.cmd in (sp.WRITE, sp.ERASE) and self.error is None:
+                self.error = self._flash_error(head, head.answer)
 
     def _flash_error(self, req: _Pending, ans: sp.Answer) -> StmflashError:
         what = "erase" if req.cmd == sp.ERASE else "write"

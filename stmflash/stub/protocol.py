@@ -19,13 +19,15 @@ little-endian.
 
 Flow control and retransmission: the host numbers requests ``seq`` = 0, 1, 2 ... (mod 256)
 and keeps up to ``credits`` unanswered (the stub's frame buffers, announced in HELLO; at
-most 8), so there is no turnaround per block. The stub executes requests strictly in
-order and answers each exactly once, in order; it answers a repeated request whose answer
-was lost by sending the answer again (no second execution: flash writes are not
-idempotent). A frame with a bad CRC, or one that is not the next expected, earns a NAK
-carrying the expected ``seq``; the host then resends from there (go-back-N). A host
-timeout (no answer for the oldest request) does the same. Special frames from the stub:
-``READY`` (type 0x70, sent once at start) and ``NAK`` (0x7F), both ``seq`` = next expected.
+most 8), so there is no turnaround per block. The stub executes requests strictly in seq
+order and answers each exactly once, in order. Losses are repaired selectively: a frame
+that arrives after a gap is kept, and the gap (like a frame with a bad CRC) earns a NAK
+carrying the first missing ``seq``, which the host resends alone; a repeated request whose
+answer was lost gets that answer again (never a second execution: flash writes are not
+idempotent); an answer that arrives while older ones are missing makes the host repeat
+those older requests at once; a host timeout of the oldest request resends everything
+unanswered. Special frames from the stub: ``READY`` (type 0x70, sent once at start) and
+``NAK`` (0x7F), both with ``seq`` = the first seq not received.
 
 Commands (payload -> answer payload):
 
