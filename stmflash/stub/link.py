@@ -45,6 +45,25 @@ _FLAGS = {
 _WRP = {"WRPERR", "WRPRTERR"}
 
 
+def set_baud(ser: Any, baud: int) -> None:
+    """Change the port's rate. A Linux pty refuses PARENB after its first client (and
+    ignores parity anyway): there the rate is set 8N1."""
+    try:
+        ser.baudrate = baud
+    except Exception:
+        if getattr(ser, "parity", "N") == "N":
+            raise
+        ser._parity = "N"
+        ser.baudrate = baud
+
+
+def _set_timeout(ser: Any, timeout: float) -> None:
+    if hasattr(ser, "_timeout"):
+        ser._timeout = timeout  # no reconfiguration of the port just for a read timeout
+    else:
+        ser.timeout = timeout
+
+
 class StubError(StmflashError):
     """The stub reported a failure (flash controller error, bad request)."""
 
@@ -297,7 +316,7 @@ class StubLink:
         time.sleep(self.session._wire(16))
         self.left = True
         if self.session.ser.baudrate != self.rom_baud:
-            self.session.ser.baudrate = self.rom_baud
+            set_baud(self.session.ser, self.rom_baud)
 
     @property
     def rom_baud(self) -> int:
@@ -344,7 +363,7 @@ def start(
     session = StubSession(ser, baud=rom_baud, credits=1, retries=retries, log=log)
     session.group_id = group_id  # type: ignore[attr-defined]
     t0 = time.monotonic()
-    ser.timeout = 0.02
+    _set_timeout(ser, 0.02)
     while not session.ready and time.monotonic() - t0 < 0.3:
         session._pump()
     hello = sp.Hello.parse(session.call(sp.HELLO).payload)
@@ -370,18 +389,18 @@ def _try_baud(link: StubLink, rate: int, rom_baud: int, log: Callable[[str], Non
     session = link.session
     ser = session.ser
     try:
-        ser.baudrate = rate  # the adapter must take it (pyserial raises otherwise)
-    except (ValueError, OSError) as exc:
+        set_baud(ser, rate)  # the adapter must take it (pyserial raises otherwise)
+    except Exception as exc:
         if log:
             log(f"stub: the port refuses {rate} baud ({exc})")
         return False
-    ser.baudrate = session.baud
+    set_baud(ser, session.baud)
     ans = session.wait(session.submit(sp.BAUD, struct.pack("<I", rate)))
     if ans.status != sp.ST_OK:
         return False
     actual, _brr, _clk = struct.unpack("<III", ans.payload[:12])
     time.sleep(session._wire(32))  # the answer left; the stub switches when the line is idle
-    ser.baudrate = rate
+    set_baud(ser, rate)
     old = session.baud
     session.baud = rate
     t = session.submit(sp.HELLO)
@@ -398,7 +417,7 @@ def _try_baud(link: StubLink, rate: int, rom_baud: int, log: Callable[[str], Non
         session.retries = saved
     # back to the old rate (the stub reverts by itself on the garbage it saw); the same
     # HELLO frame is resent there
-    ser.baudrate = old
+    set_baud(ser, old)
     session.baud = old
     session._timeouts = 0
     session._oldest_since = time.monotonic()
