@@ -302,7 +302,7 @@ def _session(
         if stub is not None:
             stub_info = {"path": "stub", "stub_baud": stub.baud, "stub_resent": stub.session.resent}
             if after == "stay":
-                stub.leave_to_rom()
+                stub.leave_to_rom(sync=back_to_rom)
         if kw["verify_rom"]:
             from stmflash.pipeline import split_image, verify_image
 

@@ -303,11 +303,13 @@ class StubLink:
     def reset(self) -> None:
         self._leave(sp.LEAVE_RESET)
 
-    def leave_to_rom(self) -> None:
-        """Jump back into the ROM bootloader (``--after stay``) and sync with it again."""
+    def leave_to_rom(self, *, sync: bool = True) -> None:
+        """Jump back into the ROM bootloader (``--after stay``); ``sync``: talk to it again
+        (the ROM restarts and waits for 0x7F, as after a reset)."""
         self._leave(sp.LEAVE_ROM)
-        self.rom.bl.drain()
-        self.rom.bl.sync()
+        if sync:
+            self.rom.bl.drain()
+            self.rom.bl.sync()
 
     def _leave(self, mode: int, address: int = 0) -> None:
         self.session.drain()
