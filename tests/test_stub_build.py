@@ -51,7 +51,7 @@ def test_shipped_binaries_match_a_rebuild_byte_for_byte(built, tmp_path):
     manifest = json.loads((DATA / "manifest.json").read_text())
     assert set(manifest) == {"f4", "g0l4", "f1"}
     again = _make(tmp_path / "b")
-    for group, entry in manifest.items():
+    for entry in manifest.values():
         shipped = (DATA / entry["file"]).read_bytes()
         rebuilt = (built / entry["file"]).read_bytes()
         assert rebuilt == shipped, f"{entry['file']} is stale: run make -C firmware/stub install"
@@ -64,7 +64,7 @@ def test_shipped_binaries_match_a_rebuild_byte_for_byte(built, tmp_path):
 
 
 def test_every_supported_device_has_room_for_the_stub():
-    from stmflash.stub import support, stub_image
+    from stmflash.stub import stub_image, support
 
     supported = [d for d in devices.all_devices() if support(d)[0]]
     assert {d.family for d in supported} >= {"F0", "F1", "F2", "F3", "F4", "G0", "G4", "L4", "WB", "WL"}

@@ -299,3 +299,27 @@ def test_image_model_unit_content_with_gaps():
     content = unit_image(img, unit)
     assert len(content) == unit.size and content[10:12] == b"\x01\x02"
     assert content[:10] == b"\xff" * 10 and content[12:] == b"\xff" * (unit.size - 12)
+
+
+def test_a_rate_the_chip_clock_cannot_divide_keeps_the_rom_rate(tmp_path, capsys):
+    fw = firmware(tmp_path, devices.find("F407"), 20 * 1024)
+    code, events, err = run_cli(capsys, "uart", f"sim://F407?image={tmp_path / 'c.img'}", str(fw),
+                                "--stub", "on", "--stub-baud", "2000000", "--json")
+    assert code == 0, err
+    assert result(events)["stub_baud"] == 115200  # 16 MHz / 2 Mbaud is 8 cycles per bit
+
+
+def test_adapter_that_does_not_take_the_new_rate_falls_back(tmp_path, capsys, monkeypatch):
+    """The port claims the new rate but stays at 115200: the stub sees framing errors and
+    reverts, the host's HELLO at the new rate goes unanswered, both end up at the old rate."""
+    import stmflash.stub.link as sl
+
+    real = sl.set_baud
+    monkeypatch.setattr(sl, "set_baud", lambda ser, baud: real(ser, 115200))
+    img = tmp_path / "c.img"
+    fw = firmware(tmp_path, devices.find("G071"), 20 * 1024)
+    code, events, err = run_cli(capsys, "uart", f"sim://G071?image={img}", str(fw), "--stub", "on",
+                                "--stub-baud", "500000", "--json")
+    assert code == 0, err
+    assert result(events)["stub_baud"] == 115200
+    assert flash_bytes(img)[: 20 * 1024] == fw.read_bytes()

@@ -85,7 +85,7 @@ enum { ST_OK = 0, ST_FLASH = 1, ST_ARGS = 2, ST_CMD = 3 };
 
 struct resp {
     uint8_t seq, cmd, status, len, done, pad[3];
-    uint8_t data[12];
+    uint8_t data[16];
     uint32_t bulk, bulk_len;
 };
 
@@ -512,14 +512,15 @@ static void job_start(struct state *s)
     r->done = 0;
     switch (sl->cmd) {
     case CMD_HELLO: {
-        uint8_t d[12];
+        uint8_t d[16];
         d[0] = (uint8_t)STUB_VERSION;
         d[1] = (uint8_t)GROUP_ID;
         d[2] = (uint8_t)s->nslots;
         d[3] = (uint8_t)PROG_UNIT;
         wr32(d + 4, s->u.base);
         wr32(d + 8, s->clock);
-        respond(s, sl->seq, ST_OK, d, 12u);
+        wr32(d + 12, REG(s->u.base + s->u.brr) & 0xFFFFu); /* the divider in use now */
+        respond(s, sl->seq, ST_OK, d, 16u);
         slot_release(s);
         return;
     }

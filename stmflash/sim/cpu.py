@@ -82,6 +82,7 @@ class Cpu:
         self.usarts = [Usart(b, v2, self.clock, brr if i == 0 else 0, enabled=i == 0) for i, b in enumerate(bases)]
         self.usart = self.usarts[0]
         self._host_ref = (host_baud, self.usart.baud)
+        self.set_host_baud(host_baud)
         self.flash_ctl: list[FlashController] = controllers_for(chip)
         self.t = start
         self.state = RUN
@@ -255,9 +256,10 @@ class Cpu:
     # ---- memory callbacks ----------------------------------------------------------------
     def _flash_read(self, uc: Any, offset: int, size: int, user: Any) -> int:
         key = ("fr", offset, size)
-        again, value = self._replayed(key)
-        if again:
-            return value
+        if self._replay is not None:
+            again, value = self._replayed(key)
+            if again:
+                return value
         self._act = True
         for c in self.flash_ctl:
             if c.busy_until > self.t:
@@ -273,7 +275,7 @@ class Cpu:
 
     def _flash_write(self, uc: Any, offset: int, size: int, value: int, user: Any) -> None:
         key = ("fw", offset, size)
-        if self._replayed(key)[0]:
+        if self._replay is not None and self._replayed(key)[0]:
             return
         self._act = True
         self._cost(ACCESS_CYCLES)
@@ -294,9 +296,10 @@ class Cpu:
     def _periph_read(self, uc: Any, offset: int, size: int, user: tuple) -> int:
         page, table = user
         key = ("pr", page + offset, size)
-        again, value = self._replayed(key)
-        if again:
-            return value
+        if self._replay is not None:
+            again, value = self._replayed(key)
+            if again:
+                return value
         dev, boff = table[offset >> 10]
         off = boff + (offset & 0x3FF)
         self._cost(ACCESS_CYCLES)
@@ -321,7 +324,7 @@ class Cpu:
     def _periph_write(self, uc: Any, offset: int, size: int, value: int, user: tuple) -> None:
         page, table = user
         key = ("pw", page + offset, size)
-        if self._replayed(key)[0]:
+        if self._replay is not None and self._replayed(key)[0]:
             return
         dev, boff = table[offset >> 10]
         off = boff + (offset & 0x3FF)

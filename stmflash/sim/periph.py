@@ -126,9 +126,9 @@ class Usart:
     def read(self, off: int, t: float) -> tuple[int, bool]:
         """(value, is data): a data read consumes the received byte."""
         self.sync(t)
-        rd = 0x24 if self.v2 else 0x04
-        if off == self.sr_off:
+        if off == (0x1C if self.v2 else 0x00):
             return self.flags, False
+        rd = 0x24 if self.v2 else 0x04
         if off == rd:
             value = self.rdr
             got = bool(self.flags & RXNE)
@@ -265,8 +265,24 @@ class FlashController:
     def other(self, off: int, value: int, t: float) -> None:
         pass
 
+    STRT = 1 << 16
+
     def control(self, t: float) -> None:
+        """A CR write with STRT starts an erase (the bit clears itself)."""
+        cr = self.cr
+        if cr & self.STRT:
+            self.cr &= ~self.STRT
+            self.start(cr, t)
+
+    def start(self, cr: int, t: float) -> None:
         raise NotImplementedError
+
+    def _mass_erase(self, t: float) -> None:
+        if self.wrp:
+            self.sr |= self.WRPERR  # refused as a whole while any unit is protected
+            return
+        self.chip.mass_erase()
+        self.busy_until = t + self.timing.mass_erase_time()
 
     # helpers
     def unit_index(self, index: int) -> int:
@@ -325,17 +341,9 @@ class FlashF4(FlashController):
     PGAERR, PGPERR = 1 << 5, 1 << 6
     PG, SER, MER, STRT = 1 << 0, 1 << 1, 1 << 2, 1 << 16
 
-    def control(self, t: float) -> None:
-        cr = self.cr
-        if not cr & self.STRT:
-            return
-        self.cr &= ~self.STRT
+    def start(self, cr: int, t: float) -> None:
         if cr & self.MER:
-            if self.chip.wrp:
-                self.sr |= self.WRPERR
-                return
-            self.chip.mass_erase()
-            self.busy_until = t + self.timing.mass_erase_time()
+            self._mass_erase(t)
         elif cr & self.SER:
             snb = cr >> 3 & 0x1F
             code = int(self.facts.get("bank_code", 16))
@@ -372,17 +380,12 @@ class FlashG0L4(FlashController):
         super().__init__(*args)  # type: ignore[arg-type]
         self._latch: tuple[int, int] | None = None
 
-    def control(self, t: float) -> None:
-        cr = self.cr
-        if not cr & self.STRT:
-            return
-        self.cr &= ~self.STRT
+    def start(self, cr: int, t: float) -> None:
         if self.sr & self.PROG_ERRORS:
             self.sr |= self.PGSERR  # error flags of an earlier operation still set
             return
         if cr & self.MER1:
-            self.chip.mass_erase()
-            self.busy_until = t + self.timing.mass_erase_time()
+            self._mass_erase(t)
         elif cr & self.PER:
             page = cr >> 3 & 0x3FF
             bker = int(self.facts.get("bank_code", 0))
@@ -445,14 +448,9 @@ class FlashF1(FlashController):
         if off == self.AR and not self.locked:
             self.ar = value
 
-    def control(self, t: float) -> None:
-        cr = self.cr
-        if not cr & self.STRT:
-            return
-        self.cr &= ~self.STRT
+    def start(self, cr: int, t: float) -> None:
         if cr & self.MER:
-            self.chip.mass_erase()
-            self.busy_until = t + self.timing.mass_erase_time()
+            self._mass_erase(t)
         elif cr & self.PER:
             unit = self.device.unit_at(self.ar)
             if unit is None:

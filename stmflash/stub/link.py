@@ -400,7 +400,7 @@ def _try_baud(link: StubLink, rate: int, rom_baud: int, log: Callable[[str], Non
     ans = session.wait(session.submit(sp.BAUD, struct.pack("<I", rate)))
     if ans.status != sp.ST_OK:
         return False
-    actual, _brr, _clk = struct.unpack("<III", ans.payload[:12])
+    actual, brr, _clk = struct.unpack("<III", ans.payload[:12])
     time.sleep(session._wire(32))  # the answer left; the stub switches when the line is idle
     set_baud(ser, rate)
     old = session.baud
@@ -408,7 +408,15 @@ def _try_baud(link: StubLink, rate: int, rom_baud: int, log: Callable[[str], Non
     t = session.submit(sp.HELLO)
     saved, session.retries = session.retries, 2
     try:
-        session.wait(t)
+        hello = sp.Hello.parse(session.wait(t).payload)
+        if hello.brr != brr:
+            # answered, but at the old divider: the stub went back (an adapter that only
+            # pretended to switch); the line runs at the old rate
+            set_baud(ser, old)
+            session.baud = old
+            if log:
+                log(f"stub: {rate} baud did not work, staying at {old}")
+            return False
         link.baud_error = (actual - rate) / rate  # type: ignore[attr-defined]
         if log:
             log(f"stub: {rate} baud (chip {actual}, {100 * (actual - rate) / rate:+.2f}%)")

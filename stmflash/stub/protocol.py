@@ -34,7 +34,8 @@ Commands (payload -> answer payload):
 ==========  ============================================  ==================================
 HELLO 0x01  -                                             version u8, group u8, credits u8,
                                                           program unit u8, USART base u32,
-                                                          clock u32 (BRR x ROM baud)
+                                                          clock u32 (BRR x ROM baud),
+                                                          BRR now u32
 ERASE 0x02  unit address u32, unit index u32              -
 WRITE 0x03  address u32, data (<= 1024, program units)    -
 READ  0x04  address u32, length u32 (<= 1024)             the bytes (read from memory)
@@ -166,8 +167,9 @@ class Hello:
     unit: int
     usart: int
     clock: int
+    brr: int
 
     @classmethod
     def parse(cls, payload: bytes) -> Hello:
-        v, g, c, u, usart, clock = struct.unpack("<BBBBII", payload[:12])
-        return cls(v, g, c, u, usart, clock)
+        v, g, c, u, usart, clock, brr = struct.unpack("<BBBBIII", payload[:16])
+        return cls(v, g, c, u, usart, clock, brr)
