@@ -26,16 +26,12 @@ Usage: ``python benchmarks/stub_vs_rom.py [--pairs 3] [--quick] [--tools rom,stu
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import random
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,8 +40,7 @@ sys.path.insert(0, str(ROOT))
 from stmflash import devices  # noqa: E402
 from stmflash.erase_plan import plan_erase  # noqa: E402
 from stmflash.image.model import Image  # noqa: E402
-from stmflash.sim.chip import flash_bytes  # noqa: E402
-from stmflash.sim.spawn import pty_server  # noqa: E402
+from stmflash.sim.spawn import timed_flash  # noqa: E402
 from stmflash.stub import stub_image  # noqa: E402
 from stmflash.stub.link import DEFAULT_BAUDS, MIN_BRR  # noqa: E402
 
@@ -76,12 +71,7 @@ def stub_bound(dev: devices.Device, size: int) -> dict[str, float]:
             "total": upload + erase + max(wire, program) + verify, "baud": baud}
 
 
-@contextlib.contextmanager
-def server(name: str, image: Path) -> Iterator[str]:
-    with pty_server(name, image, "--timing", "realistic", "--baud", str(BAUD),
-                    "--latency-ms", str(LATENCY_MS), check=False) as path:
-        time.sleep(0.2)
-        yield path
+SERVER_ARGS = ("--timing", "realistic", "--baud", str(BAUD), "--latency-ms", str(LATENCY_MS))
 
 
 def command(tool: str, pty: str, fw: Path) -> list[str] | None:
@@ -105,19 +95,7 @@ def run_tool(tool: str, name: str, fw: Path, data: bytes, tmp: Path) -> tuple[fl
         shutil.copyfile(stub_img, image)
     elif image.exists():
         image.unlink()
-    with server(name, image) as pty:
-        cmd = command(tool, pty, fw)
-        if cmd is None:
-            return None, "not installed"
-        t0 = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900)
-        elapsed = time.perf_counter() - t0
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [""]
-        return None, f"exit {proc.returncode}: {tail[0][:80]}"
-    if flash_bytes(image)[: len(data)] != data:
-        return None, "WRONG FLASH CONTENT"
-    return elapsed, "ok"
+    return timed_flash(name, image, data, lambda pty: command(tool, pty, fw), *SERVER_ARGS, cwd=ROOT)
 
 
 def main() -> None:

@@ -22,15 +22,11 @@ Usage: ``python benchmarks/uart_vs_peers.py [--quick] [--tools stmflash,stm32fla
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,8 +35,7 @@ sys.path.insert(0, str(ROOT))
 from stmflash import devices  # noqa: E402
 from stmflash.erase_plan import plan_erase  # noqa: E402
 from stmflash.image.model import Image  # noqa: E402
-from stmflash.sim.chip import flash_bytes  # noqa: E402
-from stmflash.sim.spawn import pty_server, stm32loader_command  # noqa: E402
+from stmflash.sim.spawn import stm32loader_command, timed_flash  # noqa: E402
 
 BAUD = 115200
 LATENCY_MS = 1.0
@@ -72,17 +67,13 @@ def lower_bound(dev: devices.Device, size: int) -> dict[str, float]:
     return {"write": write, "erase": erase, "verify": verify, "total": write + erase + verify, "how": how}  # type: ignore[dict-item]
 
 
-@contextlib.contextmanager
-def server(pid: str, image: Path) -> Iterator[str]:
-    with pty_server(pid, image, "--timing", "realistic", "--baud", str(BAUD),
-                    "--latency-ms", str(LATENCY_MS), check=False) as path:
-        time.sleep(0.2)
-        yield path
+SERVER_ARGS = ("--timing", "realistic", "--baud", str(BAUD), "--latency-ms", str(LATENCY_MS))
 
 
 def command(tool: str, pty: str, fw: Path, family: str) -> list[str] | None:
     if tool == "stmflash":
-        return [sys.executable, "-m", "stmflash", "uart", pty, str(fw), "--after", "stay", "-q"]
+        # the ROM protocol against its peers: the RAM stub is benchmarks/stub_vs_rom.py
+        return [sys.executable, "-m", "stmflash", "uart", pty, str(fw), "--after", "stay", "-q", "--stub", "off"]
     if tool == "stm32flash":
         exe = shutil.which("stm32flash")
         return None if exe is None else [exe, "-b", "0", "-w", str(fw), "-v", pty]
@@ -101,19 +92,7 @@ def run_tool(tool: str, pid: str, fw: Path, data: bytes, family: str, tmp: Path)
     image = tmp / f"{tool}-{pid}.img"
     if image.exists():
         image.unlink()
-    with server(pid, image) as pty:
-        cmd = command(tool, pty, fw, family)
-        if cmd is None:
-            return None, "not installed"
-        t0 = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900)
-        elapsed = time.perf_counter() - t0
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [""]
-        return None, f"exit {proc.returncode}: {tail[0][:80]}"
-    if flash_bytes(image)[: len(data)] != data:
-        return None, "WRONG FLASH CONTENT"
-    return elapsed, "ok"
+    return timed_flash(pid, image, data, lambda pty: command(tool, pty, fw, family), *SERVER_ARGS, cwd=ROOT)
 
 
 def main() -> None:

@@ -5,8 +5,8 @@ stmflash flasher stub, or any program a host uploads). Memory map: the chip's RA
 in, copied back when the program ends), the flash as MMIO served from and programmed into
 the :class:`~stmflash.sim.chip.VirtualChip`'s one flash array through the family's flash
 controller model (:mod:`stmflash.sim.periph`), system memory read-only, the USART
-candidates of the device table, the IWDG key register and the SCB (AIRCR reset). Any
-other access faults, as does executing outside RAM: a jump into system memory is the ROM
+candidates of the device table, the IWDG page (plain memory: refresh writes need no model)
+and the SCB (AIRCR reset). Any other peripheral access faults, as does executing outside RAM: a jump into system memory is the ROM
 starting again (``--after stay``), a jump into flash starts the application, AIRCR
 SYSRESETREQ resets the chip, anything else leaves a dead CPU (silent until a reset).
 
