@@ -323,3 +323,34 @@ def test_adapter_that_does_not_take_the_new_rate_falls_back(tmp_path, capsys, mo
     assert code == 0, err
     assert result(events)["stub_baud"] == 115200
     assert flash_bytes(img)[: 20 * 1024] == fw.read_bytes()
+
+
+@pytest.mark.parametrize("name", ["F205", "F429", "F072", "F303xC", "G0B1", "G474", "L476", "L4R5", "WB55", "WLE5"])
+def test_every_family_programs_its_first_and_last_unit(name):
+    """Per family: the stub's controller code (bank 2 included) against the model."""
+    from stmflash.image.crc import stm32_crc
+    from stmflash.sim import register_url_handler
+    from stmflash.stub.link import start
+    from stmflash.uart.link import connect
+
+    register_url_handler()
+    dev = devices.find(name)
+    chip = VirtualChip(dev)
+    registry.register("fam", chip)
+    try:
+        link = connect("sim://x?chip=fam")
+        stub = start(link)
+        units = [dev.erase_units[1], dev.erase_units[-1]]
+        chip.preload(units[1].address, b"\x00" * 16)  # not erased: the stub must erase it
+        data = random.Random(name).randbytes(1024)
+        stub.erase(units)
+        for u in units:
+            stub.write(u.address, data)
+        stub.flush()
+        assert [chip.read(u.address, 1024) for u in units] == [data, data]
+        assert stub.checksums([(u.address, 1024) for u in units]) == [stm32_crc(data)] * 2
+        stub.reset()
+        assert chip.mode == "bootloader"  # BOOT0 high: the reset brings the ROM back
+        link.close()
+    finally:
+        registry.clear()
