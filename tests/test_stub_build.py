@@ -49,7 +49,7 @@ def built(tmp_path_factory):
 
 def test_shipped_binaries_match_a_rebuild_byte_for_byte(built, tmp_path):
     manifest = json.loads((DATA / "manifest.json").read_text())
-    assert set(manifest) == {"f4", "g0l4", "f1"}
+    assert set(manifest) == {"f4", "f7", "g0l4", "f1"}
     again = _make(tmp_path / "b")
     for entry in manifest.values():
         shipped = (DATA / entry["file"]).read_bytes()
@@ -67,7 +67,7 @@ def test_every_supported_device_has_room_for_the_stub():
     from stmflash.stub import stub_image, support
 
     supported = [d for d in devices.all_devices() if support(d)[0]]
-    assert {d.family for d in supported} >= {"F0", "F1", "F2", "F3", "F4", "G0", "G4", "L4", "WB", "WL"}
+    assert {d.family for d in supported} >= {"F0", "F1", "F2", "F3", "F4", "F7", "G0", "G4", "L4", "WB", "WL"}
     for d in supported:
         img = stub_image(d.stub["group"])
         assert d.ram_usable is not None and img.load >= d.ram_usable.start and img.end < d.ram_usable.end

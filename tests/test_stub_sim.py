@@ -325,7 +325,7 @@ def test_adapter_that_does_not_take_the_new_rate_falls_back(tmp_path, capsys, mo
     assert flash_bytes(img)[: 20 * 1024] == fw.read_bytes()
 
 
-@pytest.mark.parametrize("name", ["F205", "F429", "F072", "F303xC", "G0B1", "G474", "L476", "L4R5", "WB55", "WLE5"])
+@pytest.mark.parametrize("name", ["F205", "F429", "F746", "F072", "F303xC", "G0B1", "G474", "L476", "L4R5", "WB55", "WLE5"])
 def test_every_family_programs_its_first_and_last_unit(name):
     """Per family: the stub's controller code (bank 2 included) against the model."""
     from stmflash.image.crc import stm32_crc

@@ -5,7 +5,7 @@
  * described in stmflash/stub/protocol.py (SLIP framing, sequence number and CRC-32 per
  * frame, several frames in flight). One build per family group (STUB_GROUP_*): the flash
  * controller is programmed at register level from the reference manuals
- *   F2/F4   RM0033 / RM0090 section 3 (FLASH_KEYR/SR/CR, sectors, PSIZE x32),
+ *   F2/F4/F7  RM0033 / RM0090 / RM0385 section 3 (FLASH_KEYR/SR/CR, sectors, PSIZE x32),
  *   G0/G4/L4/WB/WL  RM0444 / RM0440 / RM0351 / RM0434 / RM0453 section 3 (64-bit
  *           double-word programming, PER + PNB page erase, BKER on dual-bank parts),
  *   F0/F1/F3  RM0091 / RM0008 / RM0316 section 3 (half-word programming, PER + AR).
@@ -70,7 +70,11 @@ enum { ST_OK = 0, ST_FLASH = 1, ST_ARGS = 2, ST_CMD = 3 };
 #define TXQ_N 32u
 #define STACK_RESERVE 768u
 
-#if defined(STUB_GROUP_F4)
+#if defined(STUB_GROUP_F7) /* the F2/F4 controller (RM0385 3.7), linked above F7's 16 KiB */
+#define STUB_GROUP_F4 1
+#define GROUP_ID 4u
+#define PROG_UNIT 4u
+#elif defined(STUB_GROUP_F4)
 #define GROUP_ID 1u
 #define PROG_UNIT 4u
 #elif defined(STUB_GROUP_G0L4)
@@ -80,7 +84,7 @@ enum { ST_OK = 0, ST_FLASH = 1, ST_ARGS = 2, ST_CMD = 3 };
 #define GROUP_ID 3u
 #define PROG_UNIT 2u
 #else
-#error "define STUB_GROUP_F4, STUB_GROUP_G0L4 or STUB_GROUP_F1"
+#error "define STUB_GROUP_F4, STUB_GROUP_F7, STUB_GROUP_G0L4 or STUB_GROUP_F1"
 #endif
 
 struct resp {

@@ -473,7 +473,7 @@ class FlashF1(FlashController):
             self.sr |= self.EOP
 
 
-CONTROLLERS = {"f4": FlashF4, "g0l4": FlashG0L4, "f1": FlashF1}
+CONTROLLERS = {"f4": FlashF4, "f7": FlashF4, "g0l4": FlashG0L4, "f1": FlashF1}
 
 
 def controllers_for(chip: VirtualChip) -> list[FlashController]:

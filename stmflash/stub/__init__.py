@@ -28,8 +28,8 @@ STACK_AND_STATE = 768 + 640  # stub stack reserve + its state structure (firmwar
 CRC_TABLE = 1024
 SLOT = 1048  # one frame buffer (struct slot)
 MIN_SLOTS = 2
-GROUP_IDS = {"f4": 1, "g0l4": 2, "f1": 3}
-GROUP_FAMILIES = {"f4": "F2, F4", "g0l4": "G0, G4, L4, L4+, WB, WL", "f1": "F0, F1, F3"}
+GROUP_IDS = {"f4": 1, "g0l4": 2, "f1": 3, "f7": 4}
+GROUP_FAMILIES = {"f4": "F2, F4", "f7": "F7", "g0l4": "G0, G4, L4, L4+, WB, WL", "f1": "F0, F1, F3"}
 
 
 @dataclass(frozen=True)

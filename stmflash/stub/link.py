@@ -42,6 +42,7 @@ _FLAGS = {
              8: "MISERR", 9: "FASTERR", 14: "RDERR", 15: "OPTVERR"},
     "f1": {2: "PGERR", 4: "WRPRTERR"},
 }
+_FLAGS["f7"] = _FLAGS["f4"]
 _WRP = {"WRPERR", "WRPRTERR"}
 
 
