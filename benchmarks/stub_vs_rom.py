@@ -12,7 +12,7 @@ of a loaded machine hit every tool alike; min and median are reported.
 The stub protocol's own bound for a write+verify of S bytes on a blank chip:
 
 * upload through the ROM: Write Memory of the stub (265 + 3 bytes and 3 turnarounds per
-  256-byte block), its read-back (9 + 3 + 256 bytes, 3 turnarounds per block), Go;
+  256-byte block), Go (the stub checks its own image by CRC);
 * the erase the image needs (typical times), which nothing can overlap;
 * streaming: max(wire time of the WRITE frames at the stub baud, 11 bits per byte, 1036
   bytes per 1 KiB frame; typical programming time) -- frames in flight hide the rest;
@@ -60,7 +60,7 @@ def stub_bound(dev: devices.Device, size: int) -> dict[str, float]:
     byte, lat = BITS / BAUD, LATENCY_MS / 1000.0
     stub = stub_image(dev.stub["group"])
     blocks = -(-len(stub.data) // 256)
-    upload = blocks * ((265 + 3) * byte + 3 * lat) + blocks * ((9 + 3 + 256) * byte + 3 * lat) + 7 * byte + 2 * lat
+    upload = blocks * ((265 + 3) * byte + 3 * lat) + 7 * byte + 2 * lat
     plan = plan_erase(Image.from_bytes(b"\0" * size, dev.flash_start), dev, allow_mass=False)
     erase = sum(dev.unit_erase_ms(u)[0] for u in plan.units) / 1000.0
     baud = stub_baud(dev)

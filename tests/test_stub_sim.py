@@ -354,3 +354,34 @@ def test_every_family_programs_its_first_and_last_unit(name):
         link.close()
     finally:
         registry.clear()
+
+
+def test_a_garbled_upload_is_caught_by_the_stubs_own_crc_and_never_used():
+    """A block the ROM accepted (its XOR check can miss two flipped bits) but that differs
+    from what was meant: the stub's CRC of its RAM image disagrees, the chip is reset."""
+    from stmflash.sim import register_url_handler
+    from stmflash.stub.link import start
+    from stmflash.uart.link import connect
+
+    register_url_handler()
+    dev = devices.find("G071")
+    chip = VirtualChip(dev)
+    registry.register("garble", chip)
+    try:
+        link = connect("sim://x?chip=garble")
+        real = link.bl.write_memory
+        state = {"blocks": 0}
+
+        def garbling(address, data, **kw):
+            state["blocks"] += 1
+            if state["blocks"] == 3:  # a byte of the stub's code, changed on the way
+                data = data[:-1] + bytes([data[-1] ^ 0x10])
+            return real(address, data, **kw)
+
+        link.bl.write_memory = garbling
+        with pytest.raises(LinkError, match="differs from what was uploaded"):
+            start(link)
+        assert chip.mode == "bootloader" and chip.reset_count >= 1  # reset, never used
+        link.close()
+    finally:
+        registry.clear()

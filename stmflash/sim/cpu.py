@@ -18,7 +18,9 @@ Virtual time, so that waiting, busy flags and overruns behave as on the part:
 * when the program only polls status registers that do not change (``IDLE_READS`` reads
   in a row without data, a flash access or a configuration write), it is waiting: time
   jumps to the next event (a byte arriving, the shift register emptying, the flash
-  finishing). With nothing pending at all the CPU sleeps until the host sends.
+  finishing). With nothing pending at all the CPU sleeps until the host sends -- once two
+  such stops in a row find the same registers and stack (a loop that computes in RAM
+  between its polls, a CRC over RAM, is not waiting).
 * realistic timing keeps the CPU at most ``LOOKAHEAD`` ahead of the wall clock; instant
   timing runs it as far as it goes (busy times are zero there, the wire is not: bytes
   still arrive one byte time apart at the rate BRR gives).
@@ -93,6 +95,9 @@ class Cpu:
         self._last_status: dict[int, int] = {}
         self._stop: str | None = None
         self._replay: tuple[tuple, int] | None = None
+        self._idle_snap: tuple | None = None
+        arm = unicorn.arm_const
+        self._snap_regs = [getattr(arm, f"UC_ARM_REG_R{i}") for i in range(13)] + [arm.UC_ARM_REG_SP]
         self._target: float | None = None
         self._accesses = 0
         self._silent = 0
@@ -200,6 +205,13 @@ class Cpu:
             if self._stop == "idle":
                 ev = self._next_event()
                 if ev is None:
+                    # nothing will change the peripherals: waiting for the host, unless the
+                    # program is computing in RAM between its polls (its registers or its
+                    # stack differ from the last time it looked idle)
+                    snap = self._snapshot()
+                    if snap != self._idle_snap:
+                        self._idle_snap = snap
+                        continue
                     self.state = WAIT
                     self.wake = None
                     return
@@ -208,6 +220,13 @@ class Cpu:
                     self.wake = ev
                     return
                 self.t = max(self.t, ev)
+
+    def _snapshot(self) -> tuple:
+        regs = self.uc.reg_read_batch(self._snap_regs)
+        sp = regs[-1]
+        region = next((r for r, _ in self._ram if sp in r), None)
+        stack = bytes(self.uc.mem_read(sp, min(region.end - sp, 4096))) if region is not None else b""
+        return (*regs, stack)
 
     def _next_event(self) -> float | None:
         times = [u.next_event(self.t) for u in self.usarts]

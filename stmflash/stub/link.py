@@ -1,8 +1,11 @@
 """StubLink: the RAM flasher stub as one more :class:`~stmflash.link.Link`.
 
-:func:`start` uploads the stub through an identified AN3155 session (Write Memory, read
-back and compared before Go: a garbled upload never runs), waits for its READY frame,
-checks HELLO and raises the line rate (``BAUD``, with a handshake at the new rate and a
+:func:`start` uploads the stub through an identified AN3155 session (Write Memory, each
+block under the ROM's checksum), starts it with Go, waits for its READY frame, checks
+HELLO, has the stub compute the CRC of its own RAM image and compares it with what was
+sent before asking it for anything else (a garbled upload is reset, never used: this
+costs one frame instead of reading the upload back at the ROM's rate), and raises the
+line rate (``BAUD``, with a handshake at the new rate and a
 fallback to the old one). The pipeline then drives the stub through the same few Link
 operations as the ROM: ``write`` and ``erase`` return at once (frames in flight, bounded
 by the stub's credits; errors surface at the next call that waits), ``read``,
@@ -333,16 +336,13 @@ class StubLink:
         self.rom.close()
 
 
-def _upload(rom_link: Any, device: Device, rom_baud: int, binary: bytes | None = None) -> int:
+def _upload(rom_link: Any, device: Device, rom_baud: int, binary: bytes | None = None) -> Any:
     img = patched(device, rom_baud, binary)
     bl = rom_link.bl
     for off in range(0, len(img.data), 256):
         bl.write_memory(img.load + off, img.data[off : off + 256])
-    back = bl.read(img.load, len(img.data))
-    if back != img.data:
-        raise LinkError("the stub upload did not read back identically (line noise): not started")
     bl.go(img.load)
-    return GROUP_IDS[img.group]
+    return img
 
 
 def start(
@@ -361,7 +361,8 @@ def start(
     down the list).
     """
     device = rom_link.device
-    group_id = _upload(rom_link, device, rom_baud, binary)
+    img = _upload(rom_link, device, rom_baud, binary)
+    group_id = GROUP_IDS[img.group]
     ser = rom_link.bl.ser
     session = StubSession(ser, baud=rom_baud, credits=1, retries=retries, log=log)
     session.group_id = group_id  # type: ignore[attr-defined]
@@ -374,6 +375,14 @@ def start(
         raise StubError(f"unexpected stub (version {hello.version}, group {hello.group})")
     session.credits = max(1, min(hello.credits, sp.MAX_CREDITS))
     link = StubLink(rom_link, session, hello)
+    from stmflash.image.crc import stm32_crc
+
+    n = len(img.data) & ~3
+    if link.checksum(img.load, n) != stm32_crc(img.data[:n]):
+        try:
+            link.reset()
+        finally:
+            raise LinkError("the stub in RAM differs from what was uploaded (line noise): reset, not used")
     link._rom_baud = rom_baud  # type: ignore[attr-defined]
     candidates = [baud] if baud else [b for b in DEFAULT_BAUDS if b > rom_baud]
     for rate in candidates:
