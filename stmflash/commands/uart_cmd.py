@@ -395,8 +395,9 @@ def _stub_for(link: Any, kw: dict[str, Any], image: Any, reporter: Any) -> Any:
     mode = kw["stub_mode"]
     if mode == "off":
         return None
-    from stmflash.errors import UsageError
+    from stmflash.errors import NackError, UsageError
     from stmflash.stub import support
+    from stmflash.stub.link import start
 
     ok, why = support(link.device)
     reasons = [] if ok else [why]
@@ -412,12 +413,16 @@ def _stub_for(link: Any, kw: dict[str, Any], image: Any, reporter: Any) -> Any:
     if reasons:
         if mode == "on":
             raise UsageError(f"--stub on: {reasons[0]}")
-        reporter.info(f"programming through the ROM: {reasons[0]} (stub: {'auto'})")
+        reporter.info(f"programming through the ROM: {reasons[0]} (--stub auto)")
         return None
-    from stmflash.stub.link import start
-
     reporter.phase("stub")
-    stub = start(link, baud=kw["stub_baud"], rom_baud=kw["baud"], retries=kw["retries"])
+    try:
+        stub = start(link, baud=kw["stub_baud"], rom_baud=kw["baud"], retries=kw["retries"])
+    except NackError as exc:  # the ROM refused the upload or the Go: nothing runs yet
+        if mode == "on":
+            raise
+        reporter.info(f"programming through the ROM: the ROM refused the stub ({exc})")
+        return None
     reporter.info(f"RAM stub running at {stub.baud} baud ({stub.session.credits} frames in flight)")
     return stub
 
