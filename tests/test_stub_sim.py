@@ -9,10 +9,13 @@ G071 and L476 (G0/L4 double words, L476 dual bank), F103 (F0/F1/F3 half-words).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import struct
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,6 +29,23 @@ from stmflash.sim.chip import VirtualChip, flash_bytes
 pytest.importorskip("unicorn", reason="unicorn (test and sim extras) runs the stub in the simulator")
 
 GROUP_DEVICES = ["F407", "G071", "L476", "F103"]
+
+
+@contextlib.contextmanager
+def rom_session(name: str) -> Iterator[tuple[VirtualChip, Any]]:
+    """A registered virtual chip and an identified ROM session on it (closed after)."""
+    from stmflash.sim import register_url_handler
+    from stmflash.uart.link import connect
+
+    register_url_handler()
+    chip = VirtualChip(devices.find(name))
+    registry.register("stubtest", chip)
+    link = connect("sim://x?chip=stubtest")
+    try:
+        yield chip, link
+    finally:
+        link.close()
+        registry.clear()
 
 
 def run_cli(capsys, *args: str) -> tuple[int, list[dict], str]:
@@ -187,16 +207,10 @@ def test_noisy_line_never_ends_in_success_with_wrong_content(tmp_path, capsys, s
 
 
 def test_chip_reset_mid_stub_is_a_clear_error_and_the_next_run_completes(tmp_path, capsys):
-    from stmflash.sim import register_url_handler
     from stmflash.stub.link import start
-    from stmflash.uart.link import connect
 
-    register_url_handler()
-    dev = devices.find("F407")
-    chip = VirtualChip(dev)
-    registry.register("rst", chip)
-    try:
-        link = connect("sim://F407?chip=rst")
+    with rom_session("F407") as (chip, link):
+        dev = chip.device
         stub = start(link)
         unit = dev.erase_units[1]
         stub.erase([unit])
@@ -209,11 +223,9 @@ def test_chip_reset_mid_stub_is_a_clear_error_and_the_next_run_completes(tmp_pat
             stub.flush()
         link.close()
         fw = firmware(tmp_path, dev, 20 * 1024)
-        code, _, err = run_cli(capsys, "uart", "sim://F407?chip=rst", str(fw), "--stub", "on", "-q")
+        code, _, err = run_cli(capsys, "uart", "sim://F407?chip=stubtest", str(fw), "--stub", "on", "-q")
         assert code == 0, err
         assert chip.read(dev.flash_start, 20 * 1024) == fw.read_bytes()
-    finally:
-        registry.clear()
 
 
 def test_power_loss_while_the_stub_programs_then_the_next_run_completes(tmp_path, capsys):
@@ -329,16 +341,10 @@ def test_adapter_that_does_not_take_the_new_rate_falls_back(tmp_path, capsys, mo
 def test_every_family_programs_its_first_and_last_unit(name):
     """Per family: the stub's controller code (bank 2 included) against the model."""
     from stmflash.image.crc import stm32_crc
-    from stmflash.sim import register_url_handler
     from stmflash.stub.link import start
-    from stmflash.uart.link import connect
 
-    register_url_handler()
-    dev = devices.find(name)
-    chip = VirtualChip(dev)
-    registry.register("fam", chip)
-    try:
-        link = connect("sim://x?chip=fam")
+    with rom_session(name) as (chip, link):
+        dev = chip.device
         stub = start(link)
         units = [dev.erase_units[1], dev.erase_units[-1]]
         chip.preload(units[1].address, b"\x00" * 16)  # not erased: the stub must erase it
@@ -351,24 +357,14 @@ def test_every_family_programs_its_first_and_last_unit(name):
         assert stub.checksums([(u.address, 1024) for u in units]) == [stm32_crc(data)] * 2
         stub.reset()
         assert chip.mode == "bootloader"  # BOOT0 high: the reset brings the ROM back
-        link.close()
-    finally:
-        registry.clear()
 
 
 def test_a_garbled_upload_is_caught_by_the_stubs_own_crc_and_never_used():
     """A block the ROM accepted (its XOR check can miss two flipped bits) but that differs
     from what was meant: the stub's CRC of its RAM image disagrees, the chip is reset."""
-    from stmflash.sim import register_url_handler
     from stmflash.stub.link import start
-    from stmflash.uart.link import connect
 
-    register_url_handler()
-    dev = devices.find("G071")
-    chip = VirtualChip(dev)
-    registry.register("garble", chip)
-    try:
-        link = connect("sim://x?chip=garble")
+    with rom_session("G071") as (chip, link):
         real = link.bl.write_memory
         state = {"blocks": 0}
 
@@ -382,6 +378,3 @@ def test_a_garbled_upload_is_caught_by_the_stubs_own_crc_and_never_used():
         with pytest.raises(LinkError, match="differs from what was uploaded"):
             start(link)
         assert chip.mode == "bootloader" and chip.reset_count >= 1  # reset, never used
-        link.close()
-    finally:
-        registry.clear()
