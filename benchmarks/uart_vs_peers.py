@@ -124,7 +124,7 @@ def command(tool: str, sc: Scenario, pty: str, fw: Path, out: Path) -> list[str]
         base = [sys.executable, "-m", "stmflash", "uart", pty, "--baud", str(sc.baud), "-q"]
         if sc.kind == "read":
             return [*base, "--read", str(out), "--range", f"{start}:{sc.size}"]
-        return [*base, str(fw), "--after", "stay"]
+        return [*base, str(fw), "--after", "stay", "--stub", "off"]  # the ROM path; the stub: stub_vs_rom.py
     if tool == "stm32flash":
         exe = shutil.which("stm32flash")
         if exe is None:

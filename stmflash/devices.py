@@ -131,6 +131,8 @@ class Device:
     ob_layout: dict[str, Any] = field(default_factory=dict)
     # option fields by name: a table of stmflash/data/option_bytes.toml (stmflash.ob_fields)
     ob_fields: str = ""
+    # RAM flasher stub facts (stmflash.stub); {} = the family has no stub
+    stub: dict[str, Any] = field(default_factory=dict)
     note: str = ""
     generic: bool = False
 
@@ -317,6 +319,7 @@ class Device:
             "dfu": ({**self.dfu, "alts": self.dfu_alts()} if "dfu" in self.interfaces and self.dfu else None),
             "ob_layout": self.ob_layout or None,
             "ob_fields": self.ob_fields or None,
+            "stub": self.stub or None,
             "generic": self.generic,
             "note": self.note,
         }

@@ -46,3 +46,11 @@ class Link(Protocol):
         ...
 
     def reset(self) -> None: ...
+
+
+# Optional capabilities the pipeline uses when a link has them (the RAM stub does):
+#   checksums(ranges) -> list[int]   many on-chip CRCs in one pipelined batch: fast
+#                                    re-flash (units already holding the image are skipped)
+#                                    and verification without a turnaround per range;
+#   flush() -> None                  wait until writes kept in flight are done (raises
+#                                    their error), called at the end of the write phase.

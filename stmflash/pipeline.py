@@ -144,6 +144,45 @@ def _plan(flash_img: Image, device: Device, erase: str) -> tuple[bool, list[Eras
     return mass, units, summary
 
 
+def unit_image(image: Image, unit: EraseUnit) -> bytes:
+    """What ``unit`` holds once ``image`` is flashed: its bytes, 0xFF (erased) elsewhere."""
+    out = bytearray(b"\xff" * unit.size)
+    for s in image.segments:
+        lo, hi = max(s.address, unit.address), min(s.end, unit.end)
+        if lo < hi:
+            out[lo - unit.address : hi - unit.address] = s.data[lo - s.address : hi - s.address]
+    return bytes(out)
+
+
+def unchanged_units(link: Link, image: Image, device: Device) -> set[int]:
+    """Fast re-flash: indices of the units the image touches that already hold exactly what
+    they would hold after flashing (on-chip CRC per unit). Only links with a pipelined
+    ``checksums(ranges)`` (the RAM stub) offer it; for the others the set is empty."""
+    from stmflash.image.crc import stm32_crc
+
+    batch = getattr(link, "checksums", None)
+    if batch is None or not image:
+        return set()
+    touched: dict[int, EraseUnit] = {}
+    for seg in image.segments:
+        for u in device.units_covering(seg.address, seg.end):
+            touched[u.index] = u
+    units = [touched[i] for i in sorted(touched)]
+    crcs = batch([(u.address, u.size) for u in units])
+    return {u.index for u, crc in zip(units, crcs, strict=True) if crc == stm32_crc(unit_image(image, u))}
+
+
+def _without_units(image: Image, device: Device, indices: set[int]) -> Image:
+    """``image`` minus the bytes inside the erase units ``indices``."""
+    if not indices:
+        return image
+    out = Image(source=image.source, format=image.format)
+    for unit, addr, data in _pieces(image, device):
+        if unit is None or unit.index not in indices:
+            out.add(addr, data)
+    return out
+
+
 def _erase_batches(units: list[EraseUnit], device: Device) -> Iterator[list[EraseUnit]]:
     if not device.uniform_pages:
         for u in units:  # sectors take seconds each: one per call keeps the bar honest
@@ -213,12 +252,18 @@ def verify_image(
     device = link.device
     reporter.phase("verify", image.size)
     method = "checksum"
-    for unit, addr, data in _pieces(image, device):
+    pieces = _pieces(image, device)
+    ahead: dict[int, int] = {}
+    batch = getattr(link, "checksums", None)
+    if batch is not None:  # one pipelined batch of CRCs instead of a turnaround each
+        even = [(a, len(d)) for _, a, d in pieces if a % 4 == 0 and len(d) % 4 == 0]
+        ahead = dict(zip([a for a, _ in even], batch(even), strict=True))
+    for unit, addr, data in pieces:
         while True:
             try:
                 crc = None
                 if method == "checksum" and len(data) % 4 == 0 and addr % 4 == 0:
-                    crc = link.checksum(addr, len(data))
+                    crc = ahead.pop(addr) if addr in ahead else link.checksum(addr, len(data))
                 if crc is None:
                     method = "read-back"
                     _read_back(link, addr, data, Reporter())
@@ -396,7 +441,16 @@ def program(
     flash_img, other_img = split_image(image, device)
     flash_img = flash_img.aligned(device.write_align)
     other_img = other_img.aligned(4)
+    whole = flash_img
+    same: set[int] = set()
+    if erase == "auto":
+        same = unchanged_units(link, flash_img, device)
+        if same:
+            rep.info(f"{len(same)} flash unit(s) already hold the image: not erased, not written")
+        flash_img = _without_units(flash_img, device, same)
     mass, units, erase_summary = _plan(flash_img, device, erase)
+    if same:
+        erase_summary["unchanged_units"] = len(same)
 
     if mass:
         rep.phase("erase", device.flash_size)
@@ -415,6 +469,9 @@ def program(
     total = sum(len(d) for _, d in all_blocks)
     rep.phase("write", total)
     _write_all(link, all_blocks, device, rep, repair=bool(units or mass))
+    flush = getattr(link, "flush", None)
+    if callable(flush):
+        flush()  # links that keep writes in flight: every one done (or its error raised)
 
     method = "none"
     if verify:
@@ -468,7 +525,7 @@ def program(
 
     started = "stay"
     if after == "go":
-        link.start(start_address(flash_img or other_img, device))
+        link.start(start_address(whole or other_img, device))
         started = "go"
     elif after == "reset":
         link.reset()

@@ -77,7 +77,6 @@ def batch(args: tuple[str, ...], job_file: str | None, **opts: Any) -> None:
 
 
 def _looks_like_image(arg: str) -> bool:
-    import os
     import stat
 
     if "://" in arg or arg.lower().startswith("dfu:"):
@@ -188,7 +187,6 @@ def _open_ledger(job: Any, run_id: str, events: Any, report: Any) -> Any:
 
 
 def _run(args: tuple[str, ...], job_file: str | None, o: dict[str, Any]) -> None:
-    import os
     import threading
 
     from stmflash.commands.common import load_image

@@ -46,8 +46,18 @@ def _bl_ids(dev: Any) -> str:
     return ",".join(f"0x{b:02X}" for b in dev.bl_ids) or "-"
 
 
+def _stub(dev: Any) -> str:
+    """Whether ``stmflash uart`` can program this part through the RAM flasher stub."""
+    from stmflash.stub import GROUP_FAMILIES, support
+
+    ok, why = support(dev)
+    return f"yes (group {why}: {GROUP_FAMILIES.get(why, why)})" if ok else f"no ({why}): ROM path"
+
+
 def _table(devs: list[Any]) -> str:
-    header = ("PID", "BL IDs", "name", "flash", "erase layout", "RAM", "interfaces")
+    from stmflash.stub import support
+
+    header = ("PID", "BL IDs", "name", "flash", "erase layout", "RAM", "interfaces", "stub")
     rows = [header]
     for d in devs:
         rows.append(
@@ -59,6 +69,7 @@ def _table(devs: list[Any]) -> str:
                 d.layout_summary,
                 _size(sum(r.size for r in d.ram)),
                 ",".join(d.interfaces),
+                support(d)[1] if support(d)[0] else "-",
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
@@ -103,6 +114,7 @@ def _detail(dev: Any) -> str:
         "  USART commands:   " + " ".join(f"{c:02X}" for c in dev.commands),
         f"  interfaces:       {', '.join(dev.interfaces)}",
         f"  startup delay:    {dev.startup_ms:g} ms",
+        f"  RAM stub:         {_stub(dev)}",
     ]
     sizes = sorted({u.size for u in units})
     times = ", ".join(

@@ -135,6 +135,14 @@ def _print_info(info: Any, device: Any) -> None:
 @click.option("--no-pipeline", is_flag=True, help="Wait for every ACK (ROMs/adapters that lose bytes sent early).")
 @image_input_options
 @standalone_options
+@click.option("--stub", "stub_mode", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="Program through the RAM flasher stub (higher baud, frames in flight, on-chip CRC, "
+              "unchanged units skipped); auto: where the family has one and it pays off.")
+@click.option("--stub-baud", type=int, default=None, metavar="N",
+              help="The stub's line rate [default: the highest of 2000000, 1000000, 921600, 500000, "
+              "460800, 230400 that port and the chip's clock (BRR >= 32) take].")
+@click.option("--verify-rom", is_flag=True,
+              help="After programming through the stub, also read the flash back through the ROM.")
 @output_options
 def uart(**kw: Any) -> None:
     """Program FILE into the chip on PORT through its ROM USART bootloader (AN3155).
@@ -207,6 +215,8 @@ def _run(reporter: Any, **kw: Any) -> None:
     check_port_argument(port)
     kw["go_only"] = kw["after"] if (kw["after"] in ("go", "reset") and (not file or kw["verify_only"])) else None
     kw["after"] = kw["after"] or "go"
+    if kw["stub_baud"] is not None and kw["stub_baud"] <= 0:
+        raise UsageError(f"bad --stub-baud {kw['stub_baud']}")
     wp_units = _parse_units(kw["write_protect"]) if kw["write_protect"] else None
     if kw["protect_level"] is not None:
         kw["protect"] = True
@@ -385,15 +395,27 @@ def _session(
             reporter.info(f"erased {len(units)} units, 0x{start:08X}..0x{end:08X}")
         did = True
 
-    if file and not kw["verify_only"]:
-        result = program(
-            link,
-            image,
-            erase=kw["erase"],
-            verify=kw["verify"],
-            after="stay" if (wp_units or ob_data or kw["protect"] or kw["read_out"] or ob_req) else kw["after"],
-            reporter=reporter,
-        )
+    stub_info: dict[str, Any] = {"path": "rom"}
+    extras = bool(wp_units or ob_data or kw["protect"] or kw["read_out"] or ob_req)
+    if file and not kw["verify_only"]:  # (a raw binary was loaded for this chip above)
+        stub = _stub_for(link, kw, image, reporter)
+        # extras and --verify-rom need the ROM afterwards: the stub leaves into it
+        back_to_rom = stub is not None and (extras or kw["verify_rom"])
+        after = "stay" if (extras or back_to_rom) else kw["after"]
+        result = program(stub or link, image, erase=kw["erase"], verify=kw["verify"], after=after,
+                         reporter=reporter)
+        if stub is not None:
+            stub_info = {"path": "stub", "stub_baud": stub.baud, "stub_resent": stub.session.resent}
+            if after == "stay":
+                stub.leave_to_rom(sync=back_to_rom)
+        if kw["verify_rom"]:
+            from stmflash.pipeline import split_image, verify_image
+
+            reporter.phase("verify")
+            verify_image(link, split_image(image, device)[0].aligned(device.write_align), reporter)
+            stub_info["verified_rom"] = True
+            if not extras and kw["after"] != "stay":
+                _after(link, kw, image, device)
         did = True
 
     if kw["read_out"]:
@@ -443,19 +465,15 @@ def _session(
         link.reset()
         reporter.info("chip reset")
         did = True
-    if result is not None and (wp_units or ob_data or kw["protect"] or kw["read_out"] or ob_req):
-        if kw["after"] == "go" and not kw["protect"]:
-            from stmflash.pipeline import start_address
-
-            link.start(start_address(image, device))
-        elif kw["after"] == "reset" and not (kw["protect"] and kw["rdp_level"] == 2):
-            link.reset()  # (at level 2 the chip has reset itself and answers no more)
+    if result is not None and extras:
+        _after(link, kw, image, device)
     reporter.close()
 
     # ---- report ----------------------------------------------------------------------------
     fields: dict[str, Any] = {"port": link.port_name, "chip": info.to_dict()}
     if result is not None:
         fields.update(result.to_dict())
+        fields.update(stub_info)
     if ob_read is not None:
         fields["option_bytes"] = ob_read.hex()
         fields.update(_decode_ob(device, ob_read))
@@ -501,6 +519,59 @@ def _check_option_bytes(device: Any, data: bytes, reporter: Any) -> None:
             "these option bytes set RDP level 1 (readout protection): the flash becomes unreadable "
             "over the bootloader, and removing it later mass-erases the flash"
         )
+
+
+def _after(link: Any, kw: dict[str, Any], image: Any, device: Any) -> None:
+    """``--after`` through the ROM once the extras (protection, read, ROM verify) are done."""
+    if kw["after"] == "go" and not kw["protect"]:
+        from stmflash.pipeline import start_address
+
+        link.start(start_address(image, device))
+    elif kw["after"] == "reset" and not (kw["protect"] and kw["rdp_level"] == 2):
+        link.reset()  # (at level 2 the chip has reset itself and answers no more)
+
+
+STUB_MIN_BYTES = 16 * 1024  # below this the ROM is done before the stub is uploaded
+
+
+def _stub_for(link: Any, kw: dict[str, Any], image: Any, reporter: Any) -> Any:
+    """The running stub (uploaded and started), or None for the ROM path (one info line why).
+
+    auto: the family has a stub, the chip is not read-protected, the image is big enough to
+    pay for the upload, and (sim://) the simulator can run code; on: the same or exit 2."""
+    mode = kw["stub_mode"]
+    if mode == "off":
+        return None
+    from stmflash.errors import NackError, UsageError
+    from stmflash.stub import support
+    from stmflash.stub.link import start
+
+    ok, why = support(link.device)
+    reasons = [] if ok else [why]
+    if link.info.read_protected:
+        reasons.append("the chip is readout-protected")
+    if str(kw["port"]).lower().startswith("sim://"):
+        from stmflash.sim import cpu
+
+        if not cpu.available():
+            reasons.append("the simulator needs unicorn to run it (pip install 'stmflash[sim]')")
+    if mode == "auto" and image.size < STUB_MIN_BYTES:
+        reasons.append(f"the image is small ({image.size} bytes): the ROM is quicker")
+    if reasons:
+        if mode == "on":
+            raise UsageError(f"--stub on: {reasons[0]}")
+        reporter.info(f"programming through the ROM: {reasons[0]} (--stub auto)")
+        return None
+    reporter.phase("stub")
+    try:
+        stub = start(link, baud=kw["stub_baud"], rom_baud=kw["baud"], retries=kw["retries"])
+    except NackError as exc:  # the ROM refused the upload or the Go: nothing runs yet
+        if mode == "on":
+            raise
+        reporter.info(f"programming through the ROM: the ROM refused the stub ({exc})")
+        return None
+    reporter.info(f"RAM stub running at {stub.baud} baud ({stub.session.credits} frames in flight)")
+    return stub
 
 
 def _decode_ob(device: Any, ob: bytes) -> dict[str, Any]:

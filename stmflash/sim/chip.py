@@ -175,6 +175,8 @@ class VirtualChip:
         # Called as hook(chip, signal, level) by sim:// ports when DTR/RTS/break change.
         self.on_line_change: Callable[[VirtualChip, str, bool], None] | None = None
         self.reset_hooks: list[Callable[[VirtualChip], None]] = []
+        # Go into RAM: hook(chip, address) -> True when it runs the code (stmflash.sim.cpu)
+        self.go_hooks: list[Callable[[VirtualChip, int], bool]] = []
         self.line_events: list[tuple[str, bool]] = []  # DTR/RTS/break changes seen by ports
 
         if self.image_path is not None and self.image_path.exists():
@@ -193,6 +195,11 @@ class VirtualChip:
         if not self.sysmem:
             return
         self.sysmem[:] = bytes(len(self.sysmem))
+        # a ROM starts with its vector table: initial SP in RAM, reset handler in the ROM
+        ram = dev.ram_usable or (dev.ram[0] if dev.ram else None)
+        if ram is not None and dev.system_memory is not None and len(self.sysmem) >= 0x200:
+            self.sysmem[0:8] = (ram.end & ~7).to_bytes(4, "little") + (
+                (dev.system_memory.start + 0x101).to_bytes(4, "little"))
         if dev.bl_id_address is not None and dev.bl_ids and dev.system_memory:
             if dev.bl_id_address in dev.system_memory:
                 self.sysmem[dev.bl_id_address - dev.system_memory.start] = dev.bl_ids[0]
@@ -653,6 +660,10 @@ class VirtualChip:
         if self._is_reset_stub(address):
             self.reset()
             return
+        if self.region_kind(address) == "ram":
+            for hook in list(self.go_hooks):
+                if hook(self, address):
+                    return
         self.mode = "app"
         self.go_address = address
 

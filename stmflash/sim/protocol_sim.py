@@ -41,6 +41,7 @@ from stmflash.sim.an3155 import An3155Rom
 from stmflash.sim.app import install as app_install
 from stmflash.sim.app import with_app
 from stmflash.sim.chip import VirtualChip
+from stmflash.sim.cpu import with_cpu
 from stmflash.sim.timing import Pacer, sleep_until
 
 OPTIONS = ("chip", "image", "timing", "baud", "adapter", "latency_ms", "fault", "seed", "app", "app_baud", "app_key")
@@ -125,7 +126,7 @@ class Serial(SerialBase):
         if not chip.powered:
             chip.power_on()  # reopening after a power loss = powering the board again
         self.chip = chip
-        self.rom = with_app(An3155Rom(chip, now=self._clock()))
+        self.rom = with_cpu(with_app(An3155Rom(chip, now=self._clock())))
         self.pacer = Pacer(chip.stats)
         self._reconfigure_port()
         self._rx.clear()

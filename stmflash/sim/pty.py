@@ -29,6 +29,7 @@ from pathlib import Path
 from stmflash.sim.an3155 import An3155Rom
 from stmflash.sim.app import tty_settings, with_app
 from stmflash.sim.chip import VirtualChip
+from stmflash.sim.cpu import with_cpu
 from stmflash.sim.timing import SPIN_S, Pacer, sleep_until
 
 
@@ -69,7 +70,7 @@ class PtyServer:
                 os.close(self.slave)
                 raise
         self.realistic = chip.timing.realistic
-        self.rom = with_app(An3155Rom(chip, now=self._clock()))  # + the application, if any
+        self.rom = with_cpu(with_app(An3155Rom(chip, now=self._clock())))  # + the application, if any
         self.pacer = Pacer(chip.stats)
         self._stop = False
         self.bytes_in = 0

@@ -12,7 +12,8 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 # stm32loader drives DTR/RTS for BOOT0/NRST; a pty has no modem lines and answers ENOTTY
 # (or EINVAL). This wrapper lets stm32loader run unchanged on a pty: its bytes on the wire
@@ -77,3 +78,36 @@ def pty_server(
         if check and rc not in (0, -signal.SIGKILL):
             err = proc.stderr.read() if proc.stderr else ""
             raise RuntimeError(f"stmflash sim uart exited {rc}: {err.strip()}")
+
+
+def timed_flash(
+    device: str,
+    image: str | os.PathLike[str],
+    data: bytes,
+    command: Callable[[str], list[str] | None],
+    *server_args: str,
+    cwd: str | os.PathLike[str] | None = None,
+    timeout: float = 900.0,
+) -> tuple[float | None, str]:
+    """Time one flasher run against a pty server: ``(seconds, "ok")`` when the image file
+    the server saved holds ``data`` at the flash start, else ``(None, why)``.
+
+    ``command(pty)`` gives the argv (None: the tool is not installed). Benchmarks use this
+    so that a tool leaving the wrong flash is reported as failed, never timed.
+    """
+    from stmflash.sim.chip import flash_bytes
+
+    with pty_server(device, image, *server_args, check=False) as pty:
+        time.sleep(0.2)
+        cmd = command(pty)
+        if cmd is None:
+            return None, "not installed"
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=timeout)
+        elapsed = time.perf_counter() - t0
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [""]
+        return None, f"exit {proc.returncode}: {tail[0][:80]}"
+    if flash_bytes(image)[: len(data)] != data:
+        return None, "WRONG FLASH CONTENT"
+    return elapsed, "ok"

@@ -1,0 +1,488 @@
+"""Register-level models of the peripherals code in RAM meets: USART and flash controller.
+
+Used by :mod:`stmflash.sim.cpu` when the virtual STM32 runs uploaded code (the stmflash
+RAM flasher stub, or any other RAM program started with Go). Each model works on the
+CPU's virtual time ``t`` (seconds) so waiting, busy flags and overruns behave as on the
+part. The flash controllers program and erase the :class:`~stmflash.sim.chip.VirtualChip`'s
+one flash array, so what the code writes is what the ROM's Read Memory and the image
+file show afterwards. Facts (register offsets, bits, key sequence, which error a wrong
+access raises) are from the reference manuals:
+
+* F2/F4 (``f4``, RM0090 3.9): KEYR 0x04, SR 0x0C, CR 0x10; PSIZE must match the access
+  size (PGPERR), PG must be set (PGSERR), write-protected sectors give WRPERR, BSY while
+  programming/erasing; a wrong key sequence locks the controller until reset.
+* G0/G4/L4/WB/WL (``g0l4``, RM0444/RM0351 3.3.7): KEYR 0x08, SR 0x10, CR 0x14; 64-bit double
+  words written as two 32-bit words (first one 8-aligned: PGAERR; the second at +4: MISERR),
+  other access sizes SIZERR, a double word that is not erased PROGERR, programming without
+  PG or with an error flag left set PGSERR.
+* F0/F1/F3 (``f1``, RM0008 3.3): KEYR 0x04, SR 0x0C, CR 0x10, AR 0x14; half-words only
+  (any other size is a bus error: the CPU faults), a cell not erased gives PGERR.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from stmflash.sim.chip import AccessError, PowerLoss, VirtualChip
+
+KEY1, KEY2 = 0x45670123, 0xCDEF89AB
+BITS_PER_BYTE = 11  # 8E1, as the ROM set the USART up
+
+
+class BusFault(Exception):
+    """An access the part answers with a bus error: the CPU takes a fault."""
+
+
+# ---- USART -------------------------------------------------------------------------------
+PE, FE, NE, ORE, RXNE, TC, TXE = 1 << 0, 1 << 1, 1 << 2, 1 << 3, 1 << 5, 1 << 6, 1 << 7
+
+
+@dataclass
+class Usart:
+    """One USART (v1: SR/DR/BRR/CR1 of F1/F2/F4; v2: CR1/BRR/ISR/ICR/RDR/TDR), 1-byte buffers.
+
+    Received bytes wait in ``_rx`` with their arrival time; a byte that arrives while RDR is
+    still full is lost and sets ORE, exactly the overrun a real part has. Bytes sent leave
+    one after the other at the rate BRR gives; TXE/TC follow the shift register.
+    """
+
+    base: int
+    v2: bool
+    clock: int
+    brr: int
+    enabled: bool = True
+    host_baud: int | None = None  # what the host's port is set to (None: unknown = matching)
+    _rx: deque = field(default_factory=deque)
+    _rx_end: float = 0.0
+    rdr: int = 0
+    flags: int = TXE | TC
+    _shift_end: float = 0.0
+    _tdr: int | None = None
+    out: list = field(default_factory=list)
+
+    # offsets
+    @property
+    def sr_off(self) -> int:
+        return 0x1C if self.v2 else 0x00
+
+    @property
+    def baud(self) -> float:
+        return self.clock / max(self.brr, 1)
+
+    def byte_time(self) -> float:
+        return BITS_PER_BYTE / self.baud
+
+    def matches_host(self) -> bool:
+        return self.host_baud is None or abs(self.host_baud / self.baud - 1) < 0.025
+
+    # ---- host side ----------------------------------------------------------------------
+    def receive(self, data: bytes, start: float) -> None:
+        bt = self.byte_time()
+        t = max(start, self._rx_end)
+        good = self.matches_host()
+        for b in data:
+            t += bt
+            self._rx.append((t, b if good else (b ^ 0x5A) & 0xFF, 0 if good else FE))
+        self._rx_end = t
+
+    def next_event(self, t: float) -> float | None:
+        """When the flags change next (``t`` itself when a byte has arrived unseen)."""
+        times = []
+        if self._rx:
+            times.append(self._rx[0][0])
+        if self._tdr is not None or self._shift_end > t:
+            times.append(self._shift_end)
+        return max(t, min(times)) if times else None
+
+    def sync(self, t: float) -> None:
+        """Bring the flags up to time ``t``."""
+        while self._rx and self._rx[0][0] <= t:
+            _, b, err = self._rx.popleft()
+            if not self.enabled:
+                continue
+            if self.flags & RXNE:
+                self.flags |= ORE  # RDR still full: the new byte is lost
+                continue
+            self.rdr = b
+            self.flags |= RXNE | err
+        if self._tdr is not None and self._shift_end <= t:
+            self._start_tx(self._tdr, self._shift_end)
+            self._tdr = None
+        self.flags |= TXE
+        if self._tdr is not None:
+            self.flags &= ~TXE
+        if self._shift_end <= t and self._tdr is None:
+            self.flags |= TC
+        else:
+            self.flags &= ~TC
+
+    def _start_tx(self, b: int, start: float) -> None:
+        end = start + self.byte_time()
+        self._shift_end = end
+        self.out.append((end, b if self.matches_host() else (b ^ 0xA5) & 0xFF))
+
+    # ---- CPU side ---------------------------------------------------------------------
+    def read(self, off: int, t: float) -> tuple[int, bool]:
+        """(value, is data): a data read consumes the received byte."""
+        self.sync(t)
+        if off == (0x1C if self.v2 else 0x00):
+            return self.flags, False
+        rd = 0x24 if self.v2 else 0x04
+        if off == rd:
+            value = self.rdr
+            got = bool(self.flags & RXNE)
+            self.flags &= ~RXNE
+            if not self.v2:
+                self.flags &= ~(ORE | FE | NE | PE)  # v1: SR read then DR read clears them
+            return value, got
+        if off == (0x0C if self.v2 else 0x08):
+            return self.brr, False
+        if off == (0x00 if self.v2 else 0x0C):
+            return self._cr1(), False
+        return 0, False
+
+    def _cr1(self) -> int:
+        if self.v2:
+            return 0x0000000D | (1 if self.enabled else 0) | 1 << 12 | 1 << 10  # UE RE TE M0 PCE
+        return (1 << 13 if self.enabled else 0) | 1 << 12 | 1 << 10 | 0x0C
+
+    def write(self, off: int, value: int, t: float) -> bool:
+        """True when the write is activity (data or configuration)."""
+        self.sync(t)
+        td = 0x28 if self.v2 else 0x04
+        if off == td:
+            if self._shift_end <= t and self._tdr is None:
+                self._start_tx(value & 0xFF, t)
+            elif self._tdr is None:
+                self._tdr = value & 0xFF
+            # TXE clear: the byte overwrites the one waiting (lost), as on the part
+            else:
+                self._tdr = value & 0xFF
+            self.sync(t)
+            return True
+        if off == (0x0C if self.v2 else 0x08):
+            if self.v2 and self.enabled:
+                return True  # v2: BRR is writable only while UE = 0
+            self.brr = value & 0xFFFF
+            return True
+        if off == (0x00 if self.v2 else 0x0C):
+            self.enabled = bool(value & (1 if self.v2 else 1 << 13))
+            return True
+        if self.v2 and off == 0x20:  # ICR
+            self.flags &= ~(value & (PE | FE | NE | ORE))
+            return True
+        return False
+
+    def take(self, until: float | None) -> bytes:
+        out = bytearray()
+        keep = []
+        for t, b in self.out:
+            if until is None or t <= until:
+                out.append(b)
+            else:
+                keep.append((t, b))
+        self.out = keep
+        return bytes(out)
+
+    def next_output_time(self) -> float | None:
+        return self.out[0][0] if self.out else None
+
+
+# ---- flash controllers ---------------------------------------------------------------------
+class FlashController:
+    """Common part: keys, lock, busy time, error flags; subclasses decide the access rules."""
+
+    KEYR = 0x04
+    SR = 0x0C
+    CR = 0x10
+    BSY = 1 << 16
+    LOCK = 1 << 31
+    ERRORS = 0
+    WRPERR = 1 << 4
+    PGSERR = 1 << 7
+
+    def __init__(self, chip: VirtualChip, base: int, facts: dict) -> None:
+        self.chip = chip
+        self.base = base
+        self.facts = facts
+        self.device = chip.device
+        self.timing = chip.timing
+        self.locked = True
+        self.frozen = False  # wrong key sequence: locked until the next reset
+        self._key_stage = 0
+        self.cr = 0
+        self.sr = 0
+        self.busy_until = 0.0
+        # write protection cannot change while RAM code runs (option bytes reload = reset)
+        self.wrp = set(chip.wrp)
+        self._starts = [u.address for u in self.device.erase_units]
+        self.bank_units = 0
+        if self.device.bank_count >= 2:
+            self.bank_units = len(self.device.bank_units(1))
+
+    # registers
+    def read(self, off: int, t: float) -> int:
+        if off == self.SR:
+            return self.sr | (self.BSY if t < self.busy_until else 0)
+        if off == self.CR:
+            return self.cr | (self.LOCK if self.locked else 0)
+        return 0
+
+    def write(self, off: int, value: int, t: float) -> None:
+        if off == self.KEYR:
+            self._key(value)
+        elif off == self.SR:
+            self.sr &= ~(value & (self.ERRORS | self.EOP))
+        elif off == self.CR:
+            if self.locked:
+                return  # CR is read-only while locked
+            if t < self.busy_until:
+                return
+            self.cr = value & ~self.LOCK
+            if value & self.LOCK:
+                self.locked = True
+                self.cr = 0
+                return
+            self.control(t)
+        else:
+            self.other(off, value, t)
+
+    EOP = 1 << 0
+
+    def _key(self, value: int) -> None:
+        if not self.locked or self.frozen:
+            return
+        if self._key_stage == 0 and value == KEY1:
+            self._key_stage = 1
+        elif self._key_stage == 1 and value == KEY2:
+            self.locked = False
+            self._key_stage = 0
+        else:
+            self.frozen = True  # RM: a wrong sequence locks the controller until reset
+            self._key_stage = 0
+
+    def other(self, off: int, value: int, t: float) -> None:
+        pass
+
+    STRT = 1 << 16
+
+    def control(self, t: float) -> None:
+        """A CR write with STRT starts an erase (the bit clears itself)."""
+        cr = self.cr
+        if cr & self.STRT:
+            self.cr &= ~self.STRT
+            self.start(cr, t)
+
+    def start(self, cr: int, t: float) -> None:
+        raise NotImplementedError
+
+    def _mass_erase(self, t: float) -> None:
+        if self.wrp:
+            self.sr |= self.WRPERR  # refused as a whole while any unit is protected
+            return
+        self.chip.mass_erase()
+        self.busy_until = t + self.timing.mass_erase_time()
+
+    # helpers
+    def unit_index(self, index: int) -> int:
+        return index
+
+    def _erase(self, index: int, t: float) -> None:
+        units = self.device.erase_units
+        if not 0 <= index < len(units):
+            self.sr |= self.PGSERR
+            return
+        unit = units[index]
+        if unit.index in self.chip.wrp:
+            self.sr |= self.WRPERR
+            return
+        self.chip.erase_units([index])
+        self.busy_until = t + self.timing.erase_time([unit])
+
+    def _protected(self, addr: int) -> bool:
+        import bisect
+
+        i = bisect.bisect_right(self._starts, addr) - 1
+        return i >= 0 and self.device.erase_units[i].index in self.wrp
+
+    def _program(self, addr: int, data: bytes, t: float, allow_and: bool = False) -> bool:
+        """Program cells of the chip's one flash array; False (flag set) on failure."""
+        if self._protected(addr):
+            self.sr |= self.WRPERR
+            return False
+        chip = self.chip
+        off = addr - self.device.flash_start
+        n = len(data)
+        old = bytes(chip.flash[off : off + n])
+        if old != b"\xff" * n and old != data:
+            if not allow_and:
+                return False
+            data = bytes(a & b for a, b in zip(old, data, strict=True))  # F4: bits only clear
+        if chip._power_budget_exhausted(n):
+            chip.program(addr, data)  # the chip's own path: half a unit, then the power is gone
+        chip.flash[off : off + n] = data
+        chip.programmed_bytes += n
+        self.busy_until = t + self.timing.program_time(n)
+        return True
+
+    def flash_write(self, addr: int, size: int, value: int, t: float) -> None:
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        self.locked, self.frozen, self._key_stage, self.cr, self.sr = True, False, 0, 0, 0
+
+
+class FlashF4(FlashController):
+    """F2/F4 (RM0090 3.9): sectors, PSIZE parallelism."""
+
+    EOP = 1 << 0
+    ERRORS = (1 << 1) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 7) | (1 << 8)
+    PGAERR, PGPERR = 1 << 5, 1 << 6
+    PG, SER, MER, STRT = 1 << 0, 1 << 1, 1 << 2, 1 << 16
+
+    def start(self, cr: int, t: float) -> None:
+        if cr & self.MER:
+            self._mass_erase(t)
+        elif cr & self.SER:
+            snb = cr >> 3 & 0x1F
+            code = int(self.facts.get("bank_code", 16))
+            index = snb - code + self.bank_units if self.bank_units and snb >= code else snb
+            self._erase(index, t)
+        else:
+            self.sr |= self.PGSERR
+
+    def flash_write(self, addr: int, size: int, value: int, t: float) -> None:
+        if self.locked or not self.cr & self.PG:
+            self.sr |= self.PGSERR
+            return
+        psize = 1 << (self.cr >> 8 & 3)
+        if size != psize:
+            self.sr |= self.PGPERR
+            return
+        if addr % size:
+            self.sr |= self.PGAERR
+            return
+        self._program(addr, value.to_bytes(size, "little"), t, allow_and=True)
+
+
+class FlashG0L4(FlashController):
+    """G0/G4/L4/WB/WL (RM0444/RM0351): 64-bit double words, pages, BKER on dual-bank parts."""
+
+    KEYR, SR, CR = 0x08, 0x10, 0x14
+    EOP = 1 << 0
+    PROGERR, PGAERR, SIZERR, MISERR = 1 << 3, 1 << 5, 1 << 6, 1 << 8
+    ERRORS = (1 << 1) | (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 7) | (1 << 8) | (1 << 9) | (1 << 14) | (1 << 15)
+    PG, PER, MER1, STRT = 1 << 0, 1 << 1, 1 << 2, 1 << 16
+    PROG_ERRORS = (1 << 3) | (1 << 5) | (1 << 6) | (1 << 7) | (1 << 8) | (1 << 9)
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)  # type: ignore[arg-type]
+        self._latch: tuple[int, int] | None = None
+
+    def start(self, cr: int, t: float) -> None:
+        if self.sr & self.PROG_ERRORS:
+            self.sr |= self.PGSERR  # error flags of an earlier operation still set
+            return
+        if cr & self.MER1:
+            self._mass_erase(t)
+        elif cr & self.PER:
+            page = cr >> 3 & 0x3FF
+            bker = int(self.facts.get("bank_code", 0))
+            if self.bank_units and bker:
+                page &= (1 << (bker - 3)) - 1
+                if cr >> bker & 1:
+                    page += self.bank_units
+            self._erase(page, t)
+        else:
+            self.sr |= self.PGSERR
+
+    def flash_write(self, addr: int, size: int, value: int, t: float) -> None:
+        if size != 4:
+            self.sr |= self.SIZERR
+            self._latch = None
+            return
+        if self.locked or not self.cr & self.PG or self.sr & self.PROG_ERRORS:
+            self.sr |= self.PGSERR
+            self._latch = None
+            return
+        if self._latch is None:
+            if addr % 8:
+                self.sr |= self.PGAERR
+                return
+            self._latch = (addr, value)
+            return
+        first, v0 = self._latch
+        self._latch = None
+        if addr != first + 4:
+            self.sr |= self.MISERR
+            return
+        data = v0.to_bytes(4, "little") + value.to_bytes(4, "little")
+        if not self._program(first, data, t):
+            if not self.sr & self.WRPERR:
+                self.sr |= self.PROGERR
+
+    def reset(self) -> None:
+        super().reset()
+        self._latch = None
+
+
+class FlashF1(FlashController):
+    """F0/F1/F3 (RM0008 3.3): half-words, PER + AR page erase; bank 2 of XL parts at +0x40."""
+
+    KEYR, SR, CR, AR = 0x04, 0x0C, 0x10, 0x14
+    BSY = 1 << 0
+    LOCK = 1 << 7
+    EOP = 1 << 5
+    PGERR, WRPRTERR = 1 << 2, 1 << 4
+    WRPERR = WRPRTERR
+    PGSERR = PGERR
+    ERRORS = PGERR | WRPRTERR
+    PG, PER, MER, STRT = 1 << 0, 1 << 1, 1 << 2, 1 << 6
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)  # type: ignore[arg-type]
+        self.ar = 0
+
+    def other(self, off: int, value: int, t: float) -> None:
+        if off == self.AR and not self.locked:
+            self.ar = value
+
+    def start(self, cr: int, t: float) -> None:
+        if cr & self.MER:
+            self._mass_erase(t)
+        elif cr & self.PER:
+            unit = self.device.unit_at(self.ar)
+            if unit is None:
+                return
+            self._erase(unit.index, t)
+        else:
+            return
+        if not self.sr & self.ERRORS:
+            self.sr |= self.EOP
+
+    def flash_write(self, addr: int, size: int, value: int, t: float) -> None:
+        if self.locked or not self.cr & self.PG:
+            raise BusFault(f"write to flash 0x{addr:08X} without PG")
+        if size != 2:
+            raise BusFault(f"{size}-byte write to flash 0x{addr:08X}: the F1 controller takes half-words only")
+        data = value.to_bytes(2, "little")
+        if not self._program(addr, data, t) and not self.sr & self.WRPRTERR:
+            self.sr |= self.PGERR
+        elif not self.sr & self.ERRORS:
+            self.sr |= self.EOP
+
+
+CONTROLLERS = {"f4": FlashF4, "f7": FlashF4, "g0l4": FlashG0L4, "f1": FlashF1}
+
+
+def controllers_for(chip: VirtualChip) -> list[FlashController]:
+    """The flash controller(s) of ``chip`` (bank 2 of F1 XL has its own register set)."""
+    facts = chip.device.stub
+    cls = CONTROLLERS[facts["group"]]
+    base = int(facts["flash_regs"])
+    out = [cls(chip, base, facts)]
+    return out
+
+
+__all__ = ["AccessError", "BusFault", "CONTROLLERS", "PowerLoss", "Usart", "controllers_for"]
