@@ -30,6 +30,7 @@ import os
 import random
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -93,8 +94,14 @@ def run_tool(tool: str, name: str, fw: Path, data: bytes, tmp: Path) -> tuple[fl
         if not stub_img.exists():
             return None, "no stub run to re-flash"
         shutil.copyfile(stub_img, image)
-    elif image.exists():
-        image.unlink()
+    else:
+        if image.exists():
+            image.unlink()
+        if devices.find(name).family in ("G0", "C0"):
+            # a factory G0/C0 boots its programmed flash whatever BOOT0 says (RM0444 boot
+            # table): nBOOT_SEL=0 first, as a line that re-enters the ROM does (not timed)
+            subprocess.run([sys.executable, "-m", "stmflash", "uart", f"sim://{name}?image={image}",
+                            "--ob", "nBOOT_SEL=0", "-q"], check=True, cwd=ROOT, capture_output=True)
     return timed_flash(name, image, data, lambda pty: command(tool, pty, fw), *SERVER_ARGS, cwd=ROOT)
 
 

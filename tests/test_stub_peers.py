@@ -32,7 +32,7 @@ def test_stub_over_a_pty_reads_back_identically_with_stm32flash(tmp_path: Path, 
     fw.write_bytes(data)
     back = tmp_path / "back.bin"
     with pty_server(name, image, stop_timeout=20) as pty:
-        proc = subprocess.run([sys.executable, "-m", "stmflash", "uart", pty, str(fw), "--stub", "on",
+        proc = subprocess.run([sys.executable, "-m", "stmflash", "uart", pty, str(fw), "--no-image-check", "--stub", "on",
                                "--after", "stay", "--json"], capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr
         assert '"path": "stub"' in proc.stdout

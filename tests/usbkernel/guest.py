@@ -319,7 +319,7 @@ def fault_scenarios(att: Attacher) -> None:
     for path, runs in PLAN["fault_ports"].items():
         wait_for(path, "0483:df11", 60)
         for i in range(runs):
-            stmflash(f"fault_{path}_{i}", "dfu", PLAN["fw_fault"], "--path", path, "--address", "0x08000000",
+            stmflash(f"fault_{path}_{i}", "dfu", PLAN["fw_fault"], "--no-image-check", "--path", path, "--address", "0x08000000",
                      "--enter-timeout", "20")
             wait_for(path, "0483:df11", 30)
         snapshot(path, f"fault_{path}")
