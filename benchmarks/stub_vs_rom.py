@@ -76,7 +76,7 @@ SERVER_ARGS = ("--timing", "realistic", "--baud", str(BAUD), "--latency-ms", str
 
 
 def command(tool: str, pty: str, fw: Path) -> list[str] | None:
-    base = [sys.executable, "-m", "stmflash", "uart", pty, str(fw), "--after", "stay", "-q"]
+    base = [sys.executable, "-m", "stmflash", "uart", pty, str(fw), "--no-image-check", "--after", "stay", "-q"]
     if tool == "rom":
         return [*base, "--stub", "off"]
     if tool in ("stub", "reflash"):
