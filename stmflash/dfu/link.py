@@ -440,10 +440,14 @@ class DfuLink:
     def _rewrite_ob(self, change: Callable[[bytes], bytes], what: str) -> bytes:
         """Apply ``change`` to the option bytes, write them (the ROM resets and comes back on
         the same port), and return them as read back afterwards."""
+        from stmflash.safety import check_option_bytes_write
+
         start, area, size = self._ob_area()
         new = change(area[:size])
+        # computed from the layout (level 1, WRP): never level 2, and the one gate says so too
+        check_option_bytes_write(self.device, new, rdp2_confirmed=False, where=what)
         if new != area[:size]:
-            self._download_ob(start, new + area[size:])  # computed from the layout: not level 2
+            self._download_ob(start, new + area[size:])
         back = self._ob_area()[1][:size]
         if back != new:
             from stmflash.errors import VerifyError
