@@ -16,10 +16,10 @@ from hypothesis import strategies as st
 
 from stmflash import devices
 from stmflash import option_bytes as obl
-from stmflash.cli import main
 from stmflash.errors import UsageError
 from stmflash.sim import registry
 from stmflash.sim.chip import VirtualChip, load_image_file
+from tests.clirun import exit_code as run_cli
 
 F1_MD, F1_HD, F0, F3, F4, F429, G0, L4, L0 = (
     devices.find(n) for n in ("F103", "F1-HD", "F051", "F303xC", "F407", "F429", "G071", "L476", "L053")
@@ -31,14 +31,6 @@ KNOWN = [F1_MD, F1_HD, F0, F3, F4, G0, L4, L0]
 def _clean_registry():
     yield
     registry.clear()
-
-
-def run_cli(*args: str) -> int:
-    try:
-        main(list(args))
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
 
 
 # ---- the table -----------------------------------------------------------------------------

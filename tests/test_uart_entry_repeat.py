@@ -7,20 +7,12 @@ from typing import Any
 import pytest
 
 from stmflash import devices
-from stmflash.cli import main
 from stmflash.errors import UsageError
 from stmflash.sim import registry
 from stmflash.sim.chip import VirtualChip
 from stmflash.uart import entry
 from stmflash.uart.entry import EntryStrategy, parse_entry, split_repeat
-
-
-def run_cli(*args: str) -> int:
-    try:
-        main(list(args))
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
+from tests.clirun import exit_code as run_cli
 
 
 class SecondPulse(EntryStrategy):

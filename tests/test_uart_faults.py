@@ -16,19 +16,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from stmflash import devices
-from stmflash.cli import main
 from stmflash.image import save
 from stmflash.image.model import Image
 from stmflash.sim import registry
 from stmflash.sim.chip import VirtualChip
-
-
-def run_cli(*args: str) -> int:
-    try:
-        main(list(args))
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
+from tests.clirun import exit_code as run_cli
 
 
 def flash(tmp: Path, pid: str, fault: str, seed: int, size: int = 6000, name: str = "f") -> tuple[int, bool, VirtualChip]:

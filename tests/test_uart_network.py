@@ -18,20 +18,12 @@ import serial
 import serial.rfc2217
 
 from stmflash import devices
-from stmflash.cli import main
 from stmflash.image import save
 from stmflash.image.model import Image
 from stmflash.sim import registry
 from stmflash.sim.chip import VirtualChip
 from stmflash.sim.protocol_sim import Serial as SimSerial
-
-
-def run_cli(*args: str) -> int:
-    try:
-        main(list(args))
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
+from tests.clirun import exit_code as run_cli
 
 
 class _Writer:

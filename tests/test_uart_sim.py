@@ -16,22 +16,14 @@ from pathlib import Path
 import pytest
 
 from stmflash import devices, ob_fields
-from stmflash.cli import main
 from stmflash.image import load, save
 from stmflash.image.model import Image
 from stmflash.sim import registry
 from stmflash.sim.chip import VirtualChip, flash_bytes
+from tests.clirun import exit_code as run_cli
 
 DEVICES = ["0x460", "0x413", "0x410", "0x417"]
 FORMATS = ["bin", "hex", "srec", "elf", "dfu"]
-
-
-def run_cli(*args: str) -> int:
-    try:
-        main(list(args))
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
 
 
 def make_image(dev: devices.Device, seed: int, sparse: bool) -> Image:
