@@ -377,3 +377,37 @@ def test_a_usb_serial_bridge_that_stays_is_not_blamed() -> None:
     with pytest.raises(LinkError) as err:
         strategy.enter(port)
     assert "went away" not in str(err.value) and strategy.explain_failure(port) is None
+
+
+def test_list_reads_the_runtime_applications_in_one_enumeration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``dfu_runtime`` and ``runtime_apps`` come from one scan of the bus (the DFU device
+    list is the only other one), and keep their shapes: an application with a DFU runtime
+    interface is in both, a CDC-only device (a USB-serial adapter) only in runtime_apps."""
+    import json
+
+    import usb.core
+
+    from stmflash.trigger import runtime
+
+    app_img = image_with_app(tmp_path)
+    use_sim(monkeypatch, f"F407={app_img};app=1;port=2-3,F407={tmp_path / 'b.img'};adapter=1;port=2-4")
+    finds: list[object] = []
+    real_find = usb.core.find
+    monkeypatch.setattr(usb.core, "find", lambda *a, **k: finds.append(k.get("backend")) or real_find(*a, **k))
+    scans: list[int] = []
+    real_scan = runtime.scan
+    monkeypatch.setattr(runtime, "scan", lambda *a, **k: scans.append(1) or real_scan(*a, **k))
+    code, out, err = cli(["list", "--json"], capsys)
+    assert code == 0, err
+    assert scans == [1] and len(finds) == 2
+    doc = json.loads(out)
+    assert doc["dfu_runtime"] == [{"vid": "0483", "pid": "5740", "path": "2-3", "interface": 2,
+                                   "will_detach": True, "detach_timeout_ms": 1000}]
+    assert doc["runtime_apps"] == [
+        {"usb": "0483:5740", "path": "2-3", "kind": "dfu-runtime", "enter": "--enter detach"},
+        {"usb": "1209:0001", "path": "2-4", "kind": "cdc", "enter": "--enter 1200"},
+    ]
+    apps = real_scan()
+    assert [(a.kind, a.cdc_interface, a.dfu_interface) for a in apps] == [("dfu-runtime", 0, 2), ("cdc", 0, None)]
