@@ -118,7 +118,12 @@ class BatchTrace:
             if self.directory:
                 out = self._files.get(label)
                 if out is None:
-                    out = self._files[label] = open(self.file_for(label), "a", encoding="utf-8")  # noqa: SIM115
+                    path, n = self.file_for(label), 1
+                    taken = {f.name for f in self._files.values()}
+                    while path in taken:  # two targets that spell alike: -2, -3, ...
+                        n += 1
+                        path = self.file_for(label)[: -len(".trace")] + f"-{n}.trace"
+                    out = self._files[label] = open(path, "w", encoding="utf-8")  # noqa: SIM115
                 return Tracer(out, t0=self._t0)
             assert self._shared is not None
             return Tracer(self._shared, prefix=f"{label:<{width}}  ", lock=self._lock, t0=self._t0)

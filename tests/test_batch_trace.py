@@ -103,3 +103,15 @@ def test_trace_path_is_checked_before_any_board(tmp_path: Path, capsys: pytest.C
 def test_batch_help_documents_trace(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_cli(["batch", "--help"], capsys)
     assert code == 0 and "--trace FILE|DIR|-" in out and "one file per board" in " ".join(out.split())
+
+
+def test_targets_that_spell_alike_get_their_own_files(tmp_path: Path) -> None:
+    bt = trace.BatchTrace(str(tmp_path))
+    a, b = bt.board("/dev/ttyUSB0"), bt.board("dev:ttyUSB0")
+    assert bt.board("/dev/ttyUSB0").out is a.out  # one file per target, however often asked
+    a.line("uart", ">", "7f")
+    b.line("uart", "<", "79")
+    bt.close()
+    assert sorted(os.listdir(tmp_path)) == ["dev_ttyUSB0-2.trace", "dev_ttyUSB0.trace"]
+    assert (tmp_path / "dev_ttyUSB0.trace").read_text().split()[1:] == ["uart", ">", "7f"]
+    assert (tmp_path / "dev_ttyUSB0-2.trace").read_text().split()[1:] == ["uart", "<", "79"]

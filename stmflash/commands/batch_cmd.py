@@ -269,11 +269,10 @@ def _run(args: tuple[str, ...], job_file: str | None, o: dict[str, Any]) -> None
     stop = threading.Event()
     from stmflash.trace import BatchTrace
 
-    tracing = BatchTrace(trace_to) if trace_to else None
     runner = BatchRunner(job, image, targets, events=events, report=report, connector=LinkConnector(),
                          ledger=ledger, stop=stop, station=job.station or "",
-                         operator=o["operator"] if o["operator"] is not None else os.environ.get("USER", ""),
-                         trace=tracing)
+                         operator=o["operator"] if o["operator"] is not None else os.environ.get("USER", ""))
+    runner.trace = tracing = BatchTrace(trace_to) if trace_to else None
     try:
         runner.run()
     finally:
