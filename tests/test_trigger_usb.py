@@ -411,3 +411,21 @@ def test_list_reads_the_runtime_applications_in_one_enumeration(
     ]
     apps = real_scan()
     assert [(a.kind, a.cdc_interface, a.dfu_interface) for a in apps] == [("dfu-runtime", 0, 2), ("cdc", 0, None)]
+
+
+def test_uart_connect_reports_the_vanished_cdc_port_with_the_parts_pins() -> None:
+    """Through ``stmflash.uart.link.connect`` (what ``stmflash uart --enter command
+    --device L053`` runs): one line naming the port and the L05x ROM's USART pins."""
+    from stmflash.trigger.host import set_defaults
+    from stmflash.uart.link import connect
+
+    port = VanishingCdcPort()
+    set_defaults(device=L053, timeout=0.5)
+    try:
+        with pytest.raises(LinkError) as err:
+            connect(port.name, enter="command", ser=port, timeout=0.05, retries=0)
+    finally:
+        set_defaults()
+    msg = str(err.value)
+    assert "\n" not in msg and f"{port.name} went away" in msg
+    assert "USART1 TX PA9 / RX PA10, USART2 TX PA2 / RX PA3" in msg and err.value.exit_code == 3
