@@ -1,5 +1,7 @@
 """``stmflash devices``: show the device table, so users can check what stmflash will assume
-about their chip (erase layout, usable RAM, interfaces) before it touches one."""
+about their chip (erase layout, usable RAM, interfaces) before it touches one, and where its
+ROM bootloader listens (interfaces and pins, AN2606: :mod:`stmflash.rom_interfaces`) before
+they wire it."""
 
 from __future__ import annotations
 
@@ -207,6 +209,8 @@ def devices(name_or_pid: str | None, as_json: bool, family: str | None) -> None:
 
     \b
     NAME_OR_PID is an alias (F407, G071), a name or a product ID (0x413).
+    The detail shows the interfaces and pins the part's ROM bootloader
+    listens on (AN2606), e.g. USART1 TX PA9 / RX PA10, USB DFU DM PA11 / DP PA12.
     Examples:
       stmflash devices
       stmflash devices F407
