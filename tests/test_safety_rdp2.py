@@ -220,7 +220,9 @@ def test_dfu_write_protect_unit_that_does_not_exist(usb, tmp_path, capsys) -> No
 
 
 def test_dfu_protect_where_the_alt_is_not_the_layout(usb, capsys) -> None:
-    dev = usb("G071")
+    # G0B1: a G0 whose ROM has USB DFU (AN2606 sec. 50.1 Table 111; the G07x ROM has none,
+    # sec. 48.1 Table 107, so a virtual G071 is not on the USB bus at all)
+    dev = usb("G0B1")
     code, _, err = run_cli(["dfu", os.path.join(ROOT, "examples", "blinky-g071.elf"), "--protect"], capsys)
     assert code == EXIT_USAGE and "option-bytes alt" in err
     assert untouched(dev)

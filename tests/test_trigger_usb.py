@@ -231,3 +231,201 @@ def test_list_shows_the_application_runtime_interface(tmp_path: Path, monkeypatc
                                                "will_detach": True, "detach_timeout_ms": 1000}]
     code, out, _err = cli(["list"], capsys)
     assert code == 0 and re.search(r"^  2-3 +0483:5740 dfu-runtime", out, re.M), out
+
+
+# ---- a part whose ROM has no USB DFU (AN2606: L05x listens on USART1/USART2 only) --------------
+
+L053 = devices.find("L053")
+
+
+def l053_with_app(tmp_path: Path) -> tuple[Path, Path]:
+    """An L053 image running the demo application, and a small valid L053 program."""
+    img = tmp_path / "l0.img"
+    chip = VirtualChip(L053, image_path=img)
+    chip.preload(L053.flash_start, demo_vector_table(chip))
+    chip.save()
+    prog = tmp_path / "l0.bin"
+    prog.write_bytes(struct.pack("<II", 0x20002000, L053.flash_start + 0x101) + bytes(248))
+    return img, prog
+
+
+def test_a_rom_without_usb_dfu_never_enumerates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The virtual L05x is no more forgiving than silicon: after the touch its ROM runs and
+    listens on its USARTs, and nothing appears on USB (AN2606 sec. 65.1 Table 146)."""
+    img, _ = l053_with_app(tmp_path)
+    chip = use_sim(monkeypatch, f"L053={img};app=1")
+    assert [s.pid for s in scan_usb(host_backend())] == [0x5740]
+    with pytest.raises(LinkError) as err:
+        TouchEntry(timeout=0.3).enter()
+    assert "the application left but the ROM bootloader did not enumerate" in str(err.value)
+    assert "'stmflash devices NAME' shows where a part's ROM listens" in str(err.value)
+    assert chip.mode == "bootloader" and chip.usb_app.touches == 1
+    assert scan_usb(host_backend()) == []
+
+
+@pytest.mark.parametrize("how", ["1200", "detach", "1200,detach"])
+def test_dfu_enter_to_a_part_whose_rom_has_no_usb_names_its_usart_pins(
+    how: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from stmflash.errors import EXIT_USAGE
+
+    img, prog = l053_with_app(tmp_path)
+    chip = use_sim(monkeypatch, f"L053={img};app=1")
+    code, _, err = cli(["dfu", "--enter", how, "--device", "L053", str(prog)], capsys)
+    assert code == EXIT_USAGE, err
+    (line,) = err.strip().splitlines()
+    assert line.startswith(f"stmflash: error: --enter {how}: the STM32L05xxx/06xxx ROM bootloader has no USB DFU")
+    assert "AN2606 Rev 70 sec. 65.1 Table 146" in line
+    assert "USART1 TX PA9 / RX PA10, USART2 TX PA2 / RX PA3" in line and "stmflash uart" in line
+    # refused before the trigger: the application still runs, untouched
+    assert chip.mode == "app" and chip.usb_app.touches == 0 and chip.usb_app.detaches == 0
+
+
+def test_dfu_enter_with_device_named_still_enters_a_part_with_usb_rom(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    chip = use_sim(monkeypatch, f"F407={image_with_app(tmp_path)};app=1")
+    path, data = app_bin(tmp_path)
+    code, _, err = cli(["dfu", "--enter", "1200", "--device", "F407", str(path)], capsys)
+    assert code == 0, err
+    assert bytes(chip.flash[: len(data)]) == data
+
+
+class VanishingCdcPort:
+    """The application's own USB CDC port (``/dev/ttyACM*``): answers the trigger like the
+    stmflash companion, then leaves with the application (the node no longer exists), so
+    switching it back to 8E1 and syncing fail."""
+
+    name = "/dev/ttyACM-stmflash-test-vanished"
+
+    def __init__(self) -> None:
+        from stmflash.trigger import frame
+
+        self.frame = frame
+        self.baudrate, self.parity, self.timeout = 115200, "E", 0.05
+        self.pending = b""
+        self.gone = False
+        self.is_open = True
+
+    @property
+    def in_waiting(self) -> int:
+        return len(self.pending)
+
+    def write(self, data: bytes) -> int:
+        if self.gone:
+            raise OSError(5, "Input/output error")
+        got = self.frame.decode_frame(bytes(data)[-self.frame.FRAME_LEN:])
+        if got is not None:
+            self.pending = self.frame.encode_ack(got[1])
+        return len(data)
+
+    def read(self, n: int = 1) -> bytes:
+        out, self.pending = self.pending[:n], self.pending[n:]
+        if out and not self.pending:
+            self.gone = True  # the application resets into its ROM after the ack
+        return out
+
+    def flush(self) -> None:
+        pass
+
+    def reset_input_buffer(self) -> None:
+        self.pending = b""
+
+    def apply_settings(self, settings: dict[str, object]) -> None:
+        if self.gone:
+            raise OSError(2, "No such file or directory")
+        for k, v in settings.items():
+            setattr(self, k, v)
+
+    def open(self) -> None:
+        raise OSError(2, f"could not open port {self.name}: No such file or directory")
+
+    def close(self) -> None:
+        self.is_open = False
+
+
+@pytest.mark.parametrize("device, expect", [
+    ("L053", "ROM bootloader has no USB DFU (AN2606 Rev 70 sec. 65.1 Table 146): it listens on USART1 TX PA9 / RX PA10"),
+    ("F407", "the STM32F405xx/07xx/15xx/17xx ROM is a USB DFU device now: stmflash dfu"),
+    (None, "'stmflash devices NAME' shows where the part's ROM listens"),
+])
+def test_command_over_the_apps_own_usb_cdc_port_says_where_the_rom_listens(device: str | None, expect: str) -> None:
+    """``stmflash uart /dev/ttyACM0 --enter command`` on the application's own USB CDC port:
+    the trigger works, the port leaves with the application, and instead of a failed
+    8E1 switch or sync timeout the message names where the ROM listens."""
+    from stmflash.trigger.host import CommandStrategy, TriggerOptions
+
+    port = VanishingCdcPort()
+    dev = devices.find(device) if device else None
+    strategy = CommandStrategy(TriggerOptions(device=dev, timeout=0.5))
+    with pytest.raises(LinkError) as err:
+        strategy.enter(port)
+    assert strategy.ack is not None  # the application took the trigger
+    msg = str(err.value)
+    assert msg.startswith(f"the application on {port.name} acknowledged the trigger and {port.name} went away")
+    assert expect in msg
+    assert strategy.explain_failure(port) is not None and expect in str(strategy.explain_failure(port))
+
+
+def test_a_usb_serial_bridge_that_stays_is_not_blamed() -> None:
+    """A bridge (ST-LINK VCP, FTDI) stays on the bus while the chip resets: no such message."""
+    from stmflash.trigger.host import CommandStrategy, TriggerOptions
+
+    port = VanishingCdcPort()
+    port.name = "/dev/null"  # exists: a port that did not go away
+    strategy = CommandStrategy(TriggerOptions(device=L053, timeout=0.5))
+    with pytest.raises(LinkError) as err:
+        strategy.enter(port)
+    assert "went away" not in str(err.value) and strategy.explain_failure(port) is None
+
+
+def test_list_reads_the_runtime_applications_in_one_enumeration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``dfu_runtime`` and ``runtime_apps`` come from one scan of the bus (the DFU device
+    list is the only other one), and keep their shapes: an application with a DFU runtime
+    interface is in both, a CDC-only device (a USB-serial adapter) only in runtime_apps."""
+    import json
+
+    import usb.core
+
+    from stmflash.trigger import runtime
+
+    app_img = image_with_app(tmp_path)
+    use_sim(monkeypatch, f"F407={app_img};app=1;port=2-3,F407={tmp_path / 'b.img'};adapter=1;port=2-4")
+    finds: list[object] = []
+    real_find = usb.core.find
+    monkeypatch.setattr(usb.core, "find", lambda *a, **k: finds.append(k.get("backend")) or real_find(*a, **k))
+    scans: list[int] = []
+    real_scan = runtime.scan
+    monkeypatch.setattr(runtime, "scan", lambda *a, **k: scans.append(1) or real_scan(*a, **k))
+    code, out, err = cli(["list", "--json"], capsys)
+    assert code == 0, err
+    assert scans == [1] and len(finds) == 2
+    doc = json.loads(out)
+    assert doc["dfu_runtime"] == [{"vid": "0483", "pid": "5740", "path": "2-3", "interface": 2,
+                                   "will_detach": True, "detach_timeout_ms": 1000}]
+    assert doc["runtime_apps"] == [
+        {"usb": "0483:5740", "path": "2-3", "kind": "dfu-runtime", "enter": "--enter detach"},
+        {"usb": "1209:0001", "path": "2-4", "kind": "cdc", "enter": "--enter 1200"},
+    ]
+    apps = real_scan()
+    assert [(a.kind, a.cdc_interface, a.dfu_interface) for a in apps] == [("dfu-runtime", 0, 2), ("cdc", 0, None)]
+
+
+def test_uart_connect_reports_the_vanished_cdc_port_with_the_parts_pins() -> None:
+    """Through ``stmflash.uart.link.connect`` (what ``stmflash uart --enter command
+    --device L053`` runs): one line naming the port and the L05x ROM's USART pins."""
+    from stmflash.trigger.host import set_defaults
+    from stmflash.uart.link import connect
+
+    port = VanishingCdcPort()
+    set_defaults(device=L053, timeout=0.5)
+    try:
+        with pytest.raises(LinkError) as err:
+            connect(port.name, enter="command", ser=port, timeout=0.05, retries=0)
+    finally:
+        set_defaults()
+    msg = str(err.value)
+    assert "\n" not in msg and f"{port.name} went away" in msg
+    assert "USART1 TX PA9 / RX PA10, USART2 TX PA2 / RX PA3" in msg and err.value.exit_code == 3

@@ -58,6 +58,10 @@ from stmflash.commands.common import INT, allow_missing_end_option
               help="Refuse an image whose vector table looks wrong for the part [check].")
 @click.option("--json", "json_", is_flag=True, help="One JSON event per line on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="Only errors and the summary.")
+@click.option("--trace", "trace_to", metavar="FILE|DIR|-", default=None,
+              help="Log every board's bytes on the wire (UART) and USB control transfers (DFU) "
+              "with timestamps: FILE or '-' (stderr) gets one log, each line starting with the "
+              "board's target; an existing DIR gets one file per board (TARGET.trace).")
 @allow_missing_end_option
 def batch(args: tuple[str, ...], job_file: str | None, **opts: Any) -> None:
     """Program IMAGE into every TARGET in parallel (one worker per target).
@@ -218,6 +222,9 @@ def _run(args: tuple[str, ...], job_file: str | None, o: dict[str, Any]) -> None
     from stmflash.paths import check_output_dir, check_output_file
 
     check_output_dir(job.report_dir, "--report-dir")  # before the first board, not after the last
+    trace_to = o.get("trace_to")
+    if trace_to and trace_to != "-" and not os.path.isdir(trace_to):
+        check_output_file(trace_to, "--trace")
     spec = job.ledger_spec
     if spec is not None:
         from stmflash.production.store import check_spec, sqlite_path
@@ -260,12 +267,17 @@ def _run(args: tuple[str, ...], job_file: str | None, o: dict[str, Any]) -> None
                 station=ledger.station if ledger is not None else (job.station or ""),
                 ledger=redact(job.ledger_spec) if job.ledger_spec else None)
     stop = threading.Event()
+    from stmflash.trace import BatchTrace
+
     runner = BatchRunner(job, image, targets, events=events, report=report, connector=LinkConnector(),
                          ledger=ledger, stop=stop, station=job.station or "",
                          operator=o["operator"] if o["operator"] is not None else os.environ.get("USER", ""))
+    runner.trace = tracing = BatchTrace(trace_to) if trace_to else None
     try:
         runner.run()
     finally:
+        if tracing is not None:
+            tracing.close()
         report.finished = _now_iso()
         report.write()
         if ledger is not None:

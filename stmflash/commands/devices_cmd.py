@@ -1,5 +1,7 @@
 """``stmflash devices``: show the device table, so users can check what stmflash will assume
-about their chip (erase layout, usable RAM, interfaces) before it touches one."""
+about their chip (erase layout, usable RAM, interfaces) before it touches one, and where its
+ROM bootloader listens (interfaces and pins, AN2606: :mod:`stmflash.rom_interfaces`) before
+they wire it."""
 
 from __future__ import annotations
 
@@ -52,6 +54,25 @@ def _stub(dev: Any) -> str:
 
     ok, why = support(dev)
     return f"yes (group {why}: {GROUP_FAMILIES.get(why, why)})" if ok else f"no ({why}): ROM path"
+
+
+def _rom_lines(dev: Any) -> list[str]:
+    """The ROM bootloader's interfaces and pins (AN2606), one per line, per bootloader ID
+    where AN2606 gives a table per bootloader version."""
+    from stmflash.rom_interfaces import parts_for
+
+    parts = parts_for(dev)
+    if not parts:
+        return ["  ROM listens on:   not recorded (no AN2606 bootloader configuration for this entry)"]
+    lines: list[str] = []
+    for p in parts:
+        head = "  ROM listens on:   " if not lines else "                    "
+        tag = f"BL {','.join(f'0x{b:02X}' for b in p.bl_ids)}: " if len(parts) > 1 and p.bl_ids else ""
+        lines.append(f"{head}{tag}{p.source}")
+        lines += [f"    {i.text()}" for i in p.interfaces]
+        if p.note:
+            lines.append(f"    note: {p.note}")
+    return lines
 
 
 def _table(devs: list[Any]) -> str:
@@ -116,6 +137,7 @@ def _detail(dev: Any) -> str:
         f"  startup delay:    {dev.startup_ms:g} ms",
         f"  RAM stub:         {_stub(dev)}",
     ]
+    lines += _rom_lines(dev)
     sizes = sorted({u.size for u in units})
     times = ", ".join(
         f"{_size(s)}: {dev.unit_erase_ms(next(u for u in units if u.size == s))[0]:g}/"
@@ -146,9 +168,12 @@ def _public(dev: Any) -> dict[str, Any]:
     the erase units of one bank spelled out (the table's repeating short form is internal)."""
     from stmflash.devices import unit_groups
     from stmflash.jsonfmt import addr, hexid, region
+    from stmflash.rom_interfaces import parts_for
 
     d = dev.to_dict()
     d.pop("pid_hex", None)
+    # AN2606 bootloader configuration: a list per bootloader-ID group, null = not recorded
+    d["rom_interfaces"] = [p.to_dict() for p in parts_for(dev)] or None
     d["pid"] = hexid(dev.pid, 3)
     d["bl_ids"] = [hexid(b, 2) for b in dev.bl_ids]
     flash = dict(d["flash"])
@@ -184,6 +209,8 @@ def devices(name_or_pid: str | None, as_json: bool, family: str | None) -> None:
 
     \b
     NAME_OR_PID is an alias (F407, G071), a name or a product ID (0x413).
+    The detail shows the interfaces and pins the part's ROM bootloader
+    listens on (AN2606), e.g. USART1 TX PA9 / RX PA10, USB DFU DM PA11 / DP PA12.
     Examples:
       stmflash devices
       stmflash devices F407

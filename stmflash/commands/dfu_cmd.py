@@ -149,6 +149,19 @@ def _run(reporter: Any, **kw: Any) -> None:
     if kw.get("enter") and kw["enter"].strip().lower() != "none":  # pin-less entry (stmflash.trigger)
         from stmflash.trigger.host import enter_dfu
 
+        if forced is not None:
+            # a part whose ROM has no USB would leave its application for a ROM that never
+            # enumerates: say where it listens instead of waiting for it (AN2606 per part)
+            from stmflash.rom_interfaces import no_usb_reason
+
+            reason = no_usb_reason(forced)
+            if reason:
+                raise UsageError(
+                    f"--enter {kw['enter']}: {reason}; wire a USB-serial adapter to one of "
+                    "those and use stmflash uart (with --enter command on the application's "
+                    "serial port when it carries the stmflash companion)"
+                )
+
         reporter.phase("enter")
         seen = enter_dfu(kw["enter"], timeout=kw["enter_timeout"], log=reporter.info)
         if seen is not None:

@@ -1,7 +1,9 @@
 """``stmflash list``: the serial ports and DFU devices a board could be on.
 
-Besides ROMs in DFU mode it lists applications with a DFU 1.1 runtime interface (FE/01/01):
-boards that ``stmflash dfu --enter detach`` can bring into their ROM.
+Besides ROMs in DFU mode it lists applications in runtime mode, from one enumeration of the
+bus (:func:`stmflash.trigger.runtime.scan`): a DFU 1.1 runtime interface (FE/01/01, JSON
+``dfu_runtime``: boards that ``stmflash dfu --enter detach`` can bring into their ROM) and
+USB CDC applications (``runtime_apps``: every application with the entry to use).
 
 Both lists show the USB port path (``location``), because on a production line with
 identical adapters and ROMs that report the same serial, the physical port is the only
@@ -47,28 +49,22 @@ def _dfu_devices() -> tuple[list[dict[str, Any]], str | None]:
     return [d.to_dict() for d in found], None
 
 
-def _dfu_runtime() -> list[dict[str, Any]]:
-    import usb.core
-
-    from stmflash.trigger.host import find_runtime_dfu, usb_backend
-    from stmflash.trigger.wait import usb_path
-
-    try:
-        found = find_runtime_dfu(usb_backend())
-    except (usb.core.USBError, usb.core.NoBackendError, OSError):
-        return []  # the DFU list above already says why the bus cannot be read
-    return [{"vid": f"{rt.device.idVendor:04x}", "pid": f"{rt.device.idProduct:04x}",
-             "path": usb_path(getattr(rt.device, "bus", None), getattr(rt.device, "port_numbers", None)),
-             "interface": rt.interface, "will_detach": rt.will_detach,
-             "detach_timeout_ms": rt.detach_timeout_ms} for rt in found]
-def _runtime_apps() -> list[dict[str, Any]]:
+def _runtime() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``(dfu_runtime, runtime_apps)`` from one enumeration of the bus (stmflash.trigger.runtime)."""
     from stmflash.errors import StmflashError
-    from stmflash.trigger.runtime import runtime_apps
 
     try:
-        return runtime_apps()
+        import usb.core
+
+        from stmflash.trigger.runtime import scan
+
+        apps = scan()
     except (StmflashError, ImportError, OSError, ValueError):
-        return []
+        return [], []  # the DFU list above already says why the bus cannot be read
+    except (usb.core.USBError, usb.core.NoBackendError):
+        return [], []
+    runtime = [d for d in (a.runtime_dict() for a in apps) if d is not None]
+    return runtime, [a.app_dict() for a in apps]
 
 
 @click.command("list", context_settings={"help_option_names": ["-h", "--help"]})
@@ -77,8 +73,7 @@ def list_(json_: bool) -> None:
     """List serial ports, USB DFU devices and applications in runtime mode (with USB port paths)."""
     ports = _serial_ports()
     dfu, problem = _dfu_devices()
-    runtime = _dfu_runtime() if not problem else []
-    apps = _runtime_apps() if not problem else []
+    runtime, apps = _runtime() if not problem else ([], [])
     if json_:
         obj: dict[str, Any] = {"serial_ports": ports, "dfu_devices": dfu, "dfu_runtime": runtime,
                                "runtime_apps": apps}

@@ -256,7 +256,8 @@ def _run(reporter: Any, **kw: Any) -> None:
     from stmflash.trigger.host import set_defaults  # --enter command settings
     from stmflash.uart.link import connect
 
-    set_defaults(app_baud=kw.get("app_baud"), key=kw.get("trigger_key"), timeout=kw.get("trigger_timeout"))
+    set_defaults(app_baud=kw.get("app_baud"), key=kw.get("trigger_key"), timeout=kw.get("trigger_timeout"),
+                 device=expected)
     reporter.phase("connect")
     from stmflash import trace
 

@@ -112,9 +112,11 @@ class DfuLink:
         *,
         before_retry: Callable[[], T | None] | None = None,
         reopen: bool = True,
+        retry_on: tuple[type[LinkError], ...] = (),
     ) -> T:
-        """Run ``op``; after a stall, timeout or disconnect recover the link and run it again
-        (``before_retry`` may find it already done). errVENDOR is confirmed the same way."""
+        """Run ``op``; after a stall, timeout or disconnect (or one of ``retry_on``) recover
+        the link and run it again (``before_retry`` may find it already done). errVENDOR is
+        confirmed the same way."""
         last: LinkError | None = None
         protection_seen = False
         for attempt in range(self.retries + 1):
@@ -136,7 +138,7 @@ class DfuLink:
                     raise
                 protection_seen = True  # a diagnosis is confirmed before it is reported
                 last = LinkError(str(exc))
-            except (Stall, TimeoutError_, DeviceGone) as exc:
+            except (Stall, TimeoutError_, DeviceGone, *retry_on) as exc:
                 last = exc
         assert last is not None
         raise type(last)(f"{last} (after {self.retries} retries)") if isinstance(last, LinkError) else last
@@ -439,23 +441,45 @@ class DfuLink:
 
     def _rewrite_ob(self, change: Callable[[bytes], bytes], what: str) -> bytes:
         """Apply ``change`` to the option bytes, write them (the ROM resets and comes back on
-        the same port), and return them as read back afterwards."""
+        the same port), and return them as read back afterwards.
+
+        Retried like every other request (:meth:`_retry`): a stall or timeout on the way, or
+        a disconnect that was not the ROM applying them (they read back unchanged), costs a
+        retry; before each retry the option bytes are read, and a write that did take
+        effect is not sent again. Writing the same option bytes twice is harmless.
+        """
         from stmflash.safety import check_option_bytes_write
 
         start, area, size = self._ob_area()
         new = change(area[:size])
         # computed from the layout (level 1, WRP): never level 2, and the one gate says so too
         check_option_bytes_write(self.device, new, rdp2_confirmed=False, where=what)
-        if new != area[:size]:
+        if new == area[:size]:
+            return self._ob_area()[1][:size]
+        last: list[bytes] = []
+
+        def applied() -> bytes | None:
+            back = self._ob_area()[1][:size]
+            last[:] = [back]
+            return back if back == new else None
+
+        def op() -> bytes:
             self._download_ob(start, new + area[size:])
-        back = self._ob_area()[1][:size]
-        if back != new:
+            back = applied()
+            if back is None:
+                raise _ObNotApplied(f"{what} at {self.info.path}: the option bytes did not take the new value")
+            return back
+
+        try:
+            return self._retry(what, op, before_retry=applied, retry_on=(_ObNotApplied,))
+        except _ObNotApplied:
             from stmflash.errors import VerifyError
 
+            got = last[0].hex() if last else "?"
             raise VerifyError(
-                f"{what} at {self.info.path}: option bytes read back as {back.hex()} after writing {new.hex()}"
-            )
-        return back
+                f"{what} at {self.info.path}: option bytes read back as {got} after writing {new.hex()} "
+                f"({self.retries} retries)"
+            ) from None
 
     def ob_area_read(self) -> bytes:
         """The option-byte area the table describes (for :mod:`stmflash.ob_ops`)."""
@@ -530,9 +554,17 @@ class DfuLink:
         return rdp_level(self.device, area[:size]), wrp_units(self.device, area[:size])
 
     def read_unprotect(self) -> None:
-        """Remove readout protection: the ROM mass-erases the flash and resets."""
-        self.select(FLASH)
-        self.proto.read_unprotect()
+        """Remove readout protection: the ROM mass-erases the flash and resets.
+
+        The request is retried like every other one (a stall or timeout before the ROM took
+        it); once the ROM has it, it resets, which the protocol expects.
+        """
+
+        def op() -> None:
+            self.select(FLASH)
+            self.proto.read_unprotect()
+
+        self._retry("Read Unprotect", op)
         self.reconnect(self._mass_deadline() + REENUMERATE_S)
 
     def reconnect(self, timeout_s: float = REENUMERATE_S) -> None:
@@ -560,6 +592,10 @@ class DfuLink:
                     f"the DFU device at {self.info.path} did not come back within {timeout_s:.0f} s after its reset"
                 )
             self.sleep(0.05)
+
+
+class _ObNotApplied(LinkError):
+    """The option bytes read back without the value just written (retried, then a VerifyError)."""
 
 
 def _flash_size(layouts: list[AltLayout]) -> int:

@@ -156,6 +156,7 @@ class BatchRunner:
         poll_s: float = 0.25,
         station: str = "",
         operator: str = "",
+        trace: Any = None,
     ) -> None:
         if job.serial is not None and ledger is None:
             raise UsageError("serial numbers need a ledger")
@@ -173,6 +174,7 @@ class BatchRunner:
         self.poll_s = poll_s
         self.station = station or (ledger.station if ledger is not None else "")
         self.operator = operator
+        self.trace = trace  # stmflash.trace.BatchTrace: each worker traces its own board
         self._count_lock = threading.Lock()
         self._boards_started = 0
         self._boards_finished = 0
@@ -212,6 +214,15 @@ class BatchRunner:
             return self.job.max_boards is not None and self._boards_started >= self.job.max_boards
 
     def _worker(self, target: Target) -> None:
+        from stmflash import trace
+
+        tracer = None
+        if self.trace is not None:
+            tracer = self.trace.board(target.label, max(len(t.label) for t in self.targets))
+        with trace.for_thread(tracer):
+            self._work(target)
+
+    def _work(self, target: Target) -> None:
         try:
             if not self.job.loop:
                 self.report.add(self.board(target).result)
@@ -463,10 +474,7 @@ class LinkConnector:
     def connect(self, target: Target, job: JobConfig, reporter: Any) -> Any:
         if target.is_dfu:
             return self._connect_dfu(target, job)
-        from stmflash.uart.link import connect
-
-        return connect(target.spec, baud=job.baud, parity=job.parity, enter=job.entry, invert=job.invert,
-                       timeout=self.timeout, retries=self.retries, log=None)
+        return _uart_connect(target, job, timeout=self.timeout, retries=self.retries)
 
     def _connect_dfu(self, target: Target, job: JobConfig) -> Any:
         from stmflash.dfu import link as dfu_link  # type: ignore[attr-defined]
@@ -506,14 +514,25 @@ class LinkConnector:
                 return None
             link = self._connect_dfu(target, job)
         else:
-            from stmflash.uart.link import connect
-
-            link = connect(target.spec, baud=job.baud, parity=job.parity, enter=job.entry,
-                           invert=job.invert, timeout=0.2, retries=1, log=None)
+            link = _uart_connect(target, job, timeout=0.2, retries=1)
         try:
             return link_uid(link) or "?"
         finally:
             self.close(link)
+
+
+def _uart_connect(target: Target, job: JobConfig, *, timeout: float, retries: int) -> Any:
+    """``stmflash.uart.link.connect``, through a traced port when this thread traces."""
+    from stmflash import trace
+    from stmflash.uart.link import connect
+
+    ser = None
+    if trace.current() is not None:
+        from stmflash.ports import open_port
+
+        ser = trace.wrap(open_port(target.spec, baud=job.baud, parity=job.parity, timeout=timeout))
+    return connect(target.spec, ser=ser, baud=job.baud, parity=job.parity, enter=job.entry,
+                   invert=job.invert, timeout=timeout, retries=retries, log=None)
 
 
 def _safe(fn: Callable[[], Any]) -> None:

@@ -267,12 +267,14 @@ class VirtualUsbDevice:
         return app if app is not None and self.chip.mode == "app" else None
 
     def shows(self) -> bool:
-        """On the bus in the current mode: the ROM (unreachable at RDP level 2, AN2606), or
-        an application with a USB face; an adapter is powered by USB and always shows."""
+        """On the bus in the current mode: the ROM (unreachable at RDP level 2, AN2606; only
+        on parts whose ROM has USB DFU: an L05x ROM listens on its USARTs and never
+        enumerates, AN2606 sec. 65.1), or an application with a USB face; an adapter is
+        powered by USB and always shows."""
         chip = self.chip
         if getattr(chip, "usb_adapter", None) is not None:
             return True
-        rom = chip.mode == "bootloader" and chip.rdp_level < 2
+        rom = chip.mode == "bootloader" and chip.rdp_level < 2 and "dfu" in chip.device.interfaces
         return chip.powered and (rom or self.persona() is not None)
 
     @property
@@ -746,8 +748,11 @@ def bus_from_spec(text: str) -> VirtualBus:
             device = find(entry.device)
         except KeyError as exc:
             raise UsageError(f"STMFLASH_USB_SIM: {exc.args[0]}") from None
-        if entry.adapter is None and "dfu" not in device.interfaces and not device.dfu:
-            raise UsageError(f"STMFLASH_USB_SIM: {device.name} has no USB DFU bootloader")
+        if entry.adapter is None and entry.app is None and "dfu" not in device.interfaces:
+            # its ROM would never enumerate (AN2606): only its application or a USB-serial
+            # adapter on its UART can be on the bus
+            raise UsageError(f"STMFLASH_USB_SIM: {device.name} has no USB DFU bootloader "
+                             "(give it app=1 for its application's USB face, or adapter=1)")
         chip = VirtualChip(device, image_path=entry.image, timing=entry.timing,
                            faults=entry.chip_faults or None, seed=entry.seed)
         if entry.rdp is not None:

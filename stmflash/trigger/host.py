@@ -89,6 +89,7 @@ class TriggerOptions:
     key: bytes = b""
     timeout: float = DEFAULT_ACK_TIMEOUT_S  # request sent -> ack seen
     settle: float | None = None  # ack -> ROM ready; None: DEFAULT_RESET_SETTLE_S + start-up
+    device: Any = None  # the part, when known (--device, sim://NAME): where its ROM listens
 
     def settle_for(self, device: Any = None) -> float:
         if self.settle is not None:
@@ -480,10 +481,10 @@ DEFAULTS = TriggerOptions()
 
 
 def set_defaults(*, app_baud: int | None = None, key: str | bytes | None = None,
-                 timeout: float | None = None) -> TriggerOptions:
+                 timeout: float | None = None, device: Any = None) -> TriggerOptions:
     """Command-line options shared by every ``command`` strategy parsed afterwards."""
     global DEFAULTS
-    opts = TriggerOptions()
+    opts = TriggerOptions(device=device)
     if app_baud is not None:
         if app_baud <= 0:
             raise UsageError(f"bad --app-baud {app_baud}")
@@ -522,8 +523,20 @@ class CommandStrategy(EntryStrategy):
                 timeout=self.options.timeout,
             )
         finally:
-            _configure(ser, saved)
+            try:
+                _configure(ser, saved)
+            except LinkError:
+                if self.ack is not None and _port_gone(ser):
+                    raise LinkError(_gone_message(ser, self.options.device)) from None
+                raise
             _drain(ser)
+
+    def explain_failure(self, ser: Any) -> LinkError | None:
+        """After the sync failed: when the application took the trigger and its port then
+        vanished, the port was the chip's own USB; say so (and where the ROM listens)."""
+        if self.ack is not None and _port_gone(ser):
+            return LinkError(_gone_message(ser, self.options.device))
+        return None
 
     def describe(self) -> str:
         return f"command (trigger at {self.options.app_baud} 8N1)"
@@ -558,6 +571,35 @@ def _configure(ser: Any, settings: dict[str, Any]) -> None:
         except Exception as exc:
             error = exc
     raise LinkError(f"cannot switch {name} to {_describe_settings(settings)}: {error}") from None
+
+
+def _port_name(ser: Any) -> str:
+    return str(getattr(ser, "name", None) or getattr(ser, "port", None) or "the port")
+
+
+def _port_gone(ser: Any) -> bool:
+    """The port's device node vanished: it was the chip's own USB (a CDC application), which
+    left the bus when the chip reset into its ROM; a USB-serial bridge stays."""
+    name = _port_name(ser)
+    return name.startswith("/dev/") and not os.path.exists(name)
+
+
+def _gone_message(ser: Any, device: Any) -> str:
+    """Why syncing on a vanished USB CDC port cannot work, and where the ROM listens."""
+    name = _port_name(ser)
+    head = (f"the application on {name} acknowledged the trigger and {name} went away with it: "
+            "it was the chip's own USB CDC port, and the ROM bootloader offers no serial port on USB")
+    if device is None:
+        return head + ("; 'stmflash devices NAME' shows where the part's ROM listens (USART pins, "
+                       "or USB DFU: stmflash dfu)")
+    from stmflash.rom_interfaces import no_usb_reason, usb_dfu
+
+    reason = no_usb_reason(device)
+    if reason:
+        return f"{head}; {reason}: wire a USB-serial adapter to one of those and sync there"
+    if usb_dfu(device):
+        return f"{head}; the {device.name} ROM is a USB DFU device now: stmflash dfu (--enter none)"
+    return head + f"; where the {device.name} ROM listens is not recorded (AN2606)"
 
 
 def _reopen(ser: Any, settings: dict[str, Any]) -> None:

@@ -117,7 +117,7 @@ def wait_for_reenumeration(
             break
         sleep(poll)
 
-    want = "the ROM DFU device (0483:df11)"
+    want = "ROM DFU device (0483:df11)"
     if not left and old is not None:
         raise LinkError(
             f"the application {old.describe()} did not disconnect within {timeout:g} s after "
@@ -128,7 +128,8 @@ def wait_for_reenumeration(
     raise LinkError(
         f"no {want} appeared on {where} within {timeout:g} s after {how}"
         + (" (the application left but the ROM bootloader did not enumerate: check that the "
-           "part has USB DFU in ROM and its clock requirements, e.g. the HSE crystal)" if old else "")
+           "part has USB DFU in ROM and its clock requirements, e.g. the HSE crystal; "
+           "'stmflash devices NAME' shows where a part's ROM listens)" if old else "")
     )
 
 

@@ -305,6 +305,8 @@ def connect(
                     time.sleep(strategy.settle_s)
                 bl.sync()
             except LinkError as exc:
+                explain = getattr(strategy, "explain_failure", None)  # --enter command, a gone USB port
+                exc = (explain(ser) if explain else None) or exc
                 failures.append((strategy.describe(), exc))
                 if log:
                     log(f"entry {strategy.describe()}: {exc}")
