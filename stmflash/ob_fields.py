@@ -223,9 +223,13 @@ def factory_area(device: Device) -> bytes | None:
 
 # ---- decoding ---------------------------------------------------------------------------------
 def decode(device: Device, area: bytes) -> list[dict[str, Any]]:
-    """One row per field: name, value, its documented name and meaning, the default, and
-    whether it may be written (``writable``; else ``why`` says why not)."""
+    """One row per field: name, value, its documented name and meaning, the default (None
+    where the table holds no production values), and whether it may be written
+    (``writable``; else ``why`` says why not)."""
     t = _need_table(device)
+    # a table without production-value words (decoded-only families): no factory default
+    # is claimed, whatever the field list holds
+    known = bool(t.factory)
     rows = []
     for f in t.fields:
         if f.offset + 4 > len(area):
@@ -237,8 +241,8 @@ def decode(device: Device, area: bytes) -> list[dict[str, Any]]:
                 "value": v,
                 "name": f.name_of(v),
                 "meaning": f.meaning_of(v),
-                "default": f.default,
-                "is_default": v == f.default,
+                "default": f.default if known else None,
+                "is_default": v == f.default if known else None,
                 "writable": not f.writable_reason(),
                 **({"why": f.writable_reason()} if f.writable_reason() else {}),
                 **({"danger": f.danger} if f.danger else {}),

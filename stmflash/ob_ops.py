@@ -126,8 +126,9 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
     """The --ob-show table: field, value, meaning, default."""
     lines = [f"{'field':<18} {'value':>8}  {'default':>8}  meaning"]
     for r in rows:
-        mark = "" if r["is_default"] else " *"
+        mark = "" if r["is_default"] in (True, None) else " *"
         note = "" if r["writable"] else f"  [not written: {r['why']}]"
-        value, default = f"0x{r['value']:X}", f"0x{r['default']:X}"
+        value = f"0x{r['value']:X}"
+        default = "?" if r["default"] is None else f"0x{r['default']:X}"
         lines.append(f"{r['field']:<18} {value:>8}  {default:>8}  {r['meaning']}{mark}{note}")
     return "\n".join(lines)

@@ -180,7 +180,7 @@ DFU_DEVS = _dfu_devices()
 
 
 def test_dfu_families_are_covered() -> None:
-    assert {"F4", "L4", "G4", "H7"} <= {d.ob_fields for d in DFU_DEVS}
+    assert {"F4", "L4", "G4", "H7", "U5", "U53", "U59"} <= {d.ob_fields for d in DFU_DEVS}
 
 
 @pytest.fixture
@@ -390,8 +390,8 @@ def test_unknown_fields_and_families_refused_with_their_reason(capsys) -> None:
     assert code == 2 and "not written: U0: the option-byte area address" in err
     code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--device", "F746", "--ob", "RDP=level0"], capsys)
     assert code == 2 and "F7: the organization of the option-byte area" in err
-    code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--device", "U575", "--ob-reset-defaults"], capsys)
-    assert code == 2 and "U5: the option-byte area the ROM bootloader presents is not established" in err
+    code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--device", "L552", "--ob-reset-defaults"], capsys)
+    assert code == 2 and "L5: the option-byte area the ROM bootloader presents is not established" in err
     # no part named: names unknown to every family, and permanent values anywhere, still refused
     code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--ob", "FOO=1"], capsys)
     assert code == 2 and "no STM32 family has an option field of that name" in err

@@ -497,6 +497,8 @@ class VirtualChip:
         was = self.rdp_level
         new = bytearray(self._ob)
         new[: len(data)] = data
+        # the ROM programs only the registers its option-byte write knows (layout `writes`)
+        new = bytearray(obl.rom_written(self.device, bytes(new), bytes(self._ob)))
         for cur, _prg in self.device.ob_layout.get("mirror", []):
             # _CUR registers are read-only: what the host put there is ignored
             new[int(cur) : int(cur) + 4] = self._ob[int(cur) : int(cur) + 4]
