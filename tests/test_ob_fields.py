@@ -483,3 +483,99 @@ def test_device_names_the_part_the_request_was_checked_against(capsys) -> None:
     code, _, err = cli(["uart", "sim://G071?chip=other-part", "--device", "F407", "--ob", "BOR_LEV=3"], capsys)
     assert code == 2 and "not STM32F405" in err  # checked against F407, the chip is a G071
     assert chip.option_bytes() == before and chip.reset_count == 0
+
+
+# ---- U5: the FLASH option registers as ST's OpenBootloader presents them ------------------------
+def test_u5_area_is_the_flash_option_registers() -> None:
+    dev = devices.find("U575")
+    assert (dev.option_bytes.start, dev.option_bytes.size) == (0x40022040, 64)
+    assert any("/0x40022040/01*64" in a for a in dev.dfu_alts() if "Option" in a)
+    ob = ob_fields.factory_area(dev)
+    assert int.from_bytes(ob[0:4], "little") == 0x1FEFF8AA  # RM0456 FLASH_OPTR production value
+    t = ob_fields.table_of(dev)
+    assert t.find("NSBOOTADD1").get(ob) << 7 == 0x0BF90000  # boot0 = 1: system memory
+    assert obl.rdp_level(dev, ob) == 0 and obl.wrp_units(dev, ob) == set()
+
+
+def test_u5_rom_ignores_the_registers_it_does_not_program() -> None:
+    """OPENBL_OB_Write (U5) stores OPTR, NSBOOTADDx and WRPxy only: SECBOOTADD0R and the
+    secure watermarks keep their value whatever the host sends."""
+    dev = devices.find("U575")
+    chip = VirtualChip(dev)
+    before = chip.option_bytes()
+    data = bytearray(b"\x00" * 64)
+    data[0:4] = (0x1FEFF8AA & ~(1 << 16)).to_bytes(4, "little")  # IWDG_SW = 0
+    data[4:12] = before[4:12]
+    data[0x18:0x30] = before[0x18:0x30]
+    chip.write_option_bytes(bytes(data))
+    after = chip.option_bytes()
+    assert ob_fields.table_of(dev).find("IWDG_SW").get(after) == 0
+    assert after[0x0C:0x18] == before[0x0C:0x18] and after[0x20:0x28] == before[0x20:0x28]
+    assert after[0x30:] == before[0x30:]
+
+
+def test_u5_wrp_area_set_by_field_protects_the_pages(capsys: pytest.CaptureFixture[str]) -> None:
+    dev = devices.find("U575")
+    url = uart_url(dev, "wrp-u575")
+    chip = registry.get("wrp-u575")
+    code, out, err = cli(["uart", url, "--ob", "WRP1A_PSTRT=2", "--ob", "WRP1A_PEND=3", "--json"], capsys)
+    assert code == 0, err
+    assert result(out)["option_fields_verified"]
+    assert chip.wrp == frozenset({2, 3})
+    page, free = dev.erase_units[2], dev.erase_units[4]
+    chip.program(page.address, b"\x00" * 16)  # the flash interface leaves a protected page alone
+    chip.program(free.address, b"\x00" * 16)
+    assert chip.read(page.address, 16) == b"\xff" * 16 and chip.read(free.address, 16) == b"\x00" * 16
+    # the page ranges are those of bank 1 only: WRP2A protects bank 2 and is decoded apart
+    code, out, err = cli(["uart", url, "--ob", "WRP1A_PSTRT=0x7F", "--ob", "WRP1A_PEND=0", "-q"], capsys)
+    assert code == 0, err and chip.wrp == frozenset()
+
+
+@pytest.mark.parametrize("request_", [["--ob", "TZEN=1"], ["--ob", "RDP=level2"], ["--ob", "WRP1A_UNLOCK=0"],
+                                      ["--ob", "WRP1A_PEND=0x80"], ["--ob", "SECWM1_PSTRT=0"]])
+def test_u5_wrong_requests_exit_2_before_the_port_is_opened(request_, capsys) -> None:
+    code, _, err = cli(["uart", "sim://U575?chip=u5-never", *request_], capsys)
+    assert code == 2, err
+    assert registry.get("u5-never") is None
+    code, _, err = cli(["dfu", "--device", "U575", *request_], capsys)
+    assert code == 2, err  # no USB device at all: it was never opened
+
+
+def test_u5_tzen_with_the_flag_is_written(capsys) -> None:
+    dev = devices.find("U575")
+    url = uart_url(dev, "tz-u575")
+    chip = registry.get("tz-u575")
+    code, _, err = cli(["uart", url, "--ob", "TZEN=on", "--i-understand-rdp2-is-permanent", "-q"], capsys)
+    assert code == 0, err
+    assert ob_fields.table_of(dev).find("TZEN").get(chip.option_bytes()) == 1
+
+
+@pytest.mark.parametrize("name", ["H563", "WBA55"])
+def test_decoded_only_areas_claim_no_factory_default(name: str, capsys) -> None:
+    """H5 / WBA: the ROM's area is established (ST's OpenBootloader) but not the production
+    values: --ob-show decodes the fields, claims no default, and nothing is written."""
+    dev = devices.find(name)
+    t = ob_fields.table_of(dev)
+    url = uart_url(dev, f"dec-{name}")
+    code, out, err = cli(["uart", url, "--ob-show", "--json"], capsys)
+    assert code == 0, err
+    rows = result(out)["option_fields"]
+    assert rows and all(r["default"] is None and not r["writable"] and r["why"] == t.unknown for r in rows)
+    code, out, err = cli(["uart", url, "--ob-show"], capsys)
+    assert code == 0 and "?" in out
+    code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--device", name, "--ob", "IWDG_SW=0"], capsys)
+    assert code == 2 and "not written" in err
+
+
+def test_u5_readout_protection_through_the_registers(capsys) -> None:
+    dev = devices.find("U575")
+    url = uart_url(dev, "rdp-u575")
+    chip = registry.get("rdp-u575")
+    chip.program(dev.flash_start, b"\x11" * 16)
+    code, _, err = cli(["uart", url, "--protect", "-q"], capsys)
+    assert code == 0, err
+    assert chip.rdp_level == 1 and chip.option_bytes()[0] == 0xBB
+    code, _, err = cli(["uart", url, "--unprotect", "-q"], capsys)
+    assert code == 0, err
+    assert chip.rdp_level == 0 and chip.option_bytes()[0] == 0xAA
+    assert chip.read(dev.flash_start, 16) == b"\xff" * 16  # the regression mass-erased the flash
