@@ -550,7 +550,7 @@ def test_u5_tzen_with_the_flag_is_written(capsys) -> None:
     assert ob_fields.table_of(dev).find("TZEN").get(chip.option_bytes()) == 1
 
 
-@pytest.mark.parametrize("name", ["H563", "WBA55", "H7R3"])
+@pytest.mark.parametrize("name", ["H563", "WBA55", "H7R3", "H7A3"])
 def test_decoded_only_areas_claim_no_factory_default(name: str, capsys) -> None:
     """H5 / WBA: the ROM's area is established (ST's OpenBootloader) but not the production
     values: --ob-show decodes the fields, claims no default, and nothing is written."""
@@ -579,3 +579,15 @@ def test_u5_readout_protection_through_the_registers(capsys) -> None:
     assert code == 0, err
     assert chip.rdp_level == 0 and chip.option_bytes()[0] == 0xAA
     assert chip.read(dev.flash_start, 16) == b"\xff" * 16  # the regression mass-erased the flash
+
+
+def test_g0b1_over_dfu_is_refused_with_what_its_alt_covers(usb_sim, capsys) -> None:
+    """G0B1's DFU option-bytes alt (0x40022040, 48 bytes) is the FLASH register block from the
+    bank-2 PCROP/WRP registers on (CMSIS stm32g0b1xx.h), not OPTR's area at 0x1FFF7800."""
+    dev = devices.find("G0B1")
+    bus = usb_sim(dev, 0)
+    for args in (["--ob-show"], ["--ob", "nBOOT_SEL=0"]):
+        code, _, err = cli(["dfu", "--device", "G0B1", *args], capsys)
+        assert code == 2, err
+        assert "covers 0x40022040-0x4002206F, not the option-byte area" in err and "0x1FFF7800" in err
+    assert bus.devices[0].chip.reset_count == 0
