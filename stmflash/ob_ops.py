@@ -109,10 +109,13 @@ def _boot_hint(device: Device, new: bytes) -> str:
     pin_high = ob_fields.boot_source(device, new, boot0_pin=True, flash_empty=False)
     if pin_high is None or pin_high == "system":
         return ""
+    t = ob_fields.table_of(device)
+    hint = (t.boot_hint if t is not None else "") or "--ob nBOOT_SEL=0 (BOOT0 pin decides) or --ob nBOOT0=0"
+    empty_check = t is not None and any(r.get("empty_check") for r in t.boot)
     return (
-        f"; with these option bytes a {device.short_name} whose flash is programmed boots "
+        f"; with these option bytes a {device.short_name}{' whose flash is programmed' if empty_check else ''} boots "
         f"{pin_high} after the reload whatever the BOOT0 pin (reference manual boot table): "
-        "add --ob nBOOT_SEL=0 (BOOT0 pin decides) or --ob nBOOT0=0 to keep the bootloader"
+        f"add {hint} to keep the bootloader"
     )
 
 

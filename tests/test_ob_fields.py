@@ -138,7 +138,12 @@ def _writable(dev: devices.Device) -> list[tuple[ob_fields.Field, int]]:
 def _readback_ok(dev: devices.Device, f: ob_fields.Field, v: int) -> bool:
     """Fields after which the part no longer runs its ROM (it boots SRAM) are walked in the
     boot-table test instead."""
-    return not (f.name == "nBOOT1" and v == 0 and ob_fields.table_of(dev).boot)
+    if f.name == "nBOOT1" and v == 0 and ob_fields.table_of(dev).boot:
+        return False
+    area = ob_fields.apply(dev, ob_fields.factory_area(dev), {f: v})
+    # U5: nSWBOOT0 = 0 alone (nBOOT0 = 1), or a boot address moved off the ROM: the reload
+    # runs NSBOOTADD0 / that address whatever the pin, as silicon does; walked apart
+    return ob_fields.boot_source(dev, area, boot0_pin=True, flash_empty=True) in (None, "system")
 
 
 @pytest.mark.parametrize("dev", [d for d in REPS if field_ok(d)], ids=lambda d: d.short_name)
@@ -196,7 +201,7 @@ def usb_sim(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("dev", DFU_DEVS, ids=lambda d: d.short_name)
 def test_every_writable_field_round_trips_over_dfu(dev: devices.Device, usb_sim, capsys) -> None:
-    for i, (f, v) in enumerate(_writable(dev)):
+    for i, (f, v) in enumerate((f, v) for f, v in _writable(dev) if _readback_ok(dev, f, v)):
         bus = usb_sim(dev, i)
         # --device: DfuSe descriptors alone do not tell every part apart (F373 looks like F09x)
         code, out, err = cli(["dfu", "--device", dev.short_name, "--ob", f"{f.name}={v}", "--ob-show", "--json"],
@@ -528,7 +533,8 @@ def test_u5_wrp_area_set_by_field_protects_the_pages(capsys: pytest.CaptureFixtu
     assert chip.read(page.address, 16) == b"\xff" * 16 and chip.read(free.address, 16) == b"\x00" * 16
     # the page ranges are those of bank 1 only: WRP2A protects bank 2 and is decoded apart
     code, out, err = cli(["uart", url, "--ob", "WRP1A_PSTRT=0x7F", "--ob", "WRP1A_PEND=0", "-q"], capsys)
-    assert code == 0, err and chip.wrp == frozenset()
+    assert code == 0, err
+    assert chip.wrp == frozenset()
 
 
 @pytest.mark.parametrize("request_", [["--ob", "TZEN=1"], ["--ob", "RDP=level2"], ["--ob", "WRP1A_UNLOCK=0"],
@@ -591,3 +597,40 @@ def test_g0b1_over_dfu_is_refused_with_what_its_alt_covers(usb_sim, capsys) -> N
         assert code == 2, err
         assert "covers 0x40022040-0x4002206F, not the option-byte area" in err and "0x1FFF7800" in err
     assert bus.devices[0].chip.reset_count == 0
+
+
+# RM0456 Table "Boot modes when TrustZone is disabled (TZEN = 0)", independently of the data
+# file: nSWBOOT0 = 1: the BOOT0 pin picks NSBOOTADD0 (0) / NSBOOTADD1 (1); nSWBOOT0 = 0: nBOOT0
+# picks NSBOOTADD0 (1) / NSBOOTADD1 (0). Factory NSBOOTADD0 = flash, NSBOOTADD1 = the ROM.
+@pytest.mark.parametrize("sw, n0, pin, want", [
+    (1, 1, 0, "flash"), (1, 1, 1, "system"), (1, 0, 0, "flash"), (1, 0, 1, "system"),
+    (0, 1, 0, "flash"), (0, 1, 1, "flash"), (0, 0, 0, "system"), (0, 0, 1, "system"),
+])
+def test_u5_boot_table_walk(sw: int, n0: int, pin: int, want: str) -> None:
+    dev = devices.find("U575")
+    t = ob_fields.table_of(dev)
+    chip = VirtualChip(dev)
+    area = ob_fields.apply(dev, chip.option_bytes(), {t.find("nSWBOOT0"): sw, t.find("nBOOT0"): n0})
+    chip.store_raw_option_bytes(area)
+    chip.reset("bootloader" if pin else "app")
+    assert chip.boots == want
+    # a boot address moved off the start of system memory does not reach the ROM
+    moved = ob_fields.apply(dev, area, {t.find("NSBOOTADD1"): 0x17F201})
+    chip.store_raw_option_bytes(moved)
+    chip.reset("bootloader" if pin else "app")
+    assert chip.boots == ("flash" if want == "system" else want)
+
+
+def test_u5_write_that_leaves_the_rom_is_explained(capsys) -> None:
+    dev = devices.find("U575")
+    url = uart_url(dev, "leave-u575")
+    chip = registry.get("leave-u575")
+    code, _, err = cli(["uart", url, "--ob", "nSWBOOT0=option"], capsys)
+    assert code != 0
+    assert "boots flash after the reload" in err and "nSWBOOT0=pin" in err
+    assert chip.boots == "flash" and chip.mode == "app"
+    # both fields at once keep the ROM: boot0 = 1 from the option bit -> NSBOOTADD1
+    url = uart_url(dev, "stay-u575")
+    code, _, err = cli(["uart", url, "--ob", "nSWBOOT0=option", "--ob", "nBOOT0=boot0_high", "-q"], capsys)
+    assert code == 0, err
+    assert registry.get("stay-u575").boots == "system"
