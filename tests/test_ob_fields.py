@@ -556,7 +556,7 @@ def test_u5_tzen_with_the_flag_is_written(capsys) -> None:
     assert ob_fields.table_of(dev).find("TZEN").get(chip.option_bytes()) == 1
 
 
-@pytest.mark.parametrize("name", ["H563", "WBA55", "H7R3", "H7A3"])
+@pytest.mark.parametrize("name", ["H563", "WBA55", "H7R3", "H7A3", "U385"])
 def test_decoded_only_areas_claim_no_factory_default(name: str, capsys) -> None:
     """H5 / WBA: the ROM's area is established (ST's OpenBootloader) but not the production
     values: --ob-show decodes the fields, claims no default, and nothing is written."""
