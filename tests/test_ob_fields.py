@@ -634,3 +634,22 @@ def test_u5_write_that_leaves_the_rom_is_explained(capsys) -> None:
     code, _, err = cli(["uart", url, "--ob", "nSWBOOT0=option", "--ob", "nBOOT0=boot0_high", "-q"], capsys)
     assert code == 0, err
     assert registry.get("stay-u575").boots == "system"
+
+
+def test_u5_raw_write_of_a_register_the_rom_ignores_is_not_passed(capsys) -> None:
+    """Trust first: a raw --write-option-bytes that changes SECBOOTADD0R (which the U5 ROM
+    does not program) reads back otherwise and exits 5 (verify), not 0."""
+    dev = devices.find("U575")
+    url = uart_url(dev, "raw-u575")
+    chip = registry.get("raw-u575")
+    area = bytearray(chip.option_bytes())
+    area[0x0C:0x10] = (0x0C00007C).to_bytes(4, "little")
+    code, _, err = cli(["uart", url, "--device", "U575", "--write-option-bytes", area.hex()], capsys)
+    assert code == 5, err
+    assert chip.option_bytes()[0x0C:0x10] == b"\xff" * 4
+    # the same area with only OPTR changed is written and verified
+    area = bytearray(chip.option_bytes())
+    area[2] &= ~1  # IWDG_SW = 0 (OPTR bit 16)
+    code, _, err = cli(["uart", url, "--device", "U575", "--write-option-bytes", area.hex()], capsys)
+    assert code == 0, err
+    assert chip.option_bytes() == bytes(area)

@@ -496,8 +496,6 @@ def _ob_encoded(link: Any, address: int, data: bytes) -> bytes | None:
     at_area = address == first and (virtual or (dev.option_bytes is not None and dev.option_bytes.start == first))
     if not at_area or len(data) < size:
         return None
-    if obl.supported(dev) and dev.ob_layout.get("writes"):
-        return None  # the ROM keeps the registers it does not program: not predictable from data
     try:
         return obl.as_stored(dev, data[:size]) + data[size:]
     except UsageError:

@@ -182,7 +182,7 @@ class UartLink:
         level = 0
         if obl.supported(self.device):
             current = self.read_option_bytes()
-            expect = obl.as_stored(self.device, data + current[len(data) :], current)
+            expect = obl.as_stored(self.device, data + current[len(data) :])
             level = obl.rdp_level(self.device, expect)
         else:
             level = -1  # layout unknown (written only when confirmed): may be silent afterwards
