@@ -105,6 +105,7 @@ class Table:
     factory: tuple[tuple[int, int], ...] = ()
     unknown: str = ""
     boot: tuple[dict[str, Any], ...] = ()
+    boot_hint: str = ""
     by_name: Mapping[str, Field] = field(default_factory=dict)
 
     def find(self, name: str) -> Field | None:
@@ -147,7 +148,7 @@ def _merged(name: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
     if name in seen:
         raise ValueError(f"option_bytes.toml: table {name} includes itself")
     raw = data[name]
-    out: dict[str, Any] = {"fields": {}, "factory": [], "boot": [], "source": "", "unknown": ""}
+    out: dict[str, Any] = {"fields": {}, "factory": [], "boot": [], "source": "", "unknown": "", "boot_hint": ""}
     if "base" in raw:
         out = _merged(str(raw["base"]), (*seen, name))
         out["fields"] = dict(out["fields"])
@@ -161,6 +162,7 @@ def _merged(name: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
             out[key] = raw[key]
     out["source"] = str(raw.get("source", out["source"]))
     out["unknown"] = str(raw.get("unknown", out["unknown"]))
+    out["boot_hint"] = str(raw.get("boot_hint", out["boot_hint"]))
     return out
 
 
@@ -181,6 +183,7 @@ def _table(name: str) -> Table:
         factory=tuple((int(a), int(w)) for a, w in m["factory"]),
         unknown=m["unknown"],
         boot=tuple(dict(r) for r in m["boot"]),
+        boot_hint=m["boot_hint"],
         by_name=by_name,
     )
 
@@ -223,9 +226,13 @@ def factory_area(device: Device) -> bytes | None:
 
 # ---- decoding ---------------------------------------------------------------------------------
 def decode(device: Device, area: bytes) -> list[dict[str, Any]]:
-    """One row per field: name, value, its documented name and meaning, the default, and
-    whether it may be written (``writable``; else ``why`` says why not)."""
+    """One row per field: name, value, its documented name and meaning, the default (None
+    where the table holds no production values), and whether it may be written
+    (``writable``; else ``why`` says why not)."""
     t = _need_table(device)
+    # a table without production-value words (decoded-only families): no factory default
+    # is claimed, whatever the field list holds
+    known = bool(t.factory)
     rows = []
     for f in t.fields:
         if f.offset + 4 > len(area):
@@ -237,8 +244,8 @@ def decode(device: Device, area: bytes) -> list[dict[str, Any]]:
                 "value": v,
                 "name": f.name_of(v),
                 "meaning": f.meaning_of(v),
-                "default": f.default,
-                "is_default": v == f.default,
+                "default": f.default if known else None,
+                "is_default": v == f.default if known else None,
                 "writable": not f.writable_reason(),
                 **({"why": f.writable_reason()} if f.writable_reason() else {}),
                 **({"danger": f.danger} if f.danger else {}),
@@ -388,7 +395,8 @@ def check_written(device: Device, back: bytes, values: Mapping[Field, int], wher
 # ---- behaviour the option bytes choose ------------------------------------------------------
 def boot_source(device: Device, area: bytes, *, boot0_pin: bool, flash_empty: bool) -> str | None:
     """What a reset boots per the reference manual's boot table ("flash", "system", "sram"),
-    or None when the table has no boot table for this family."""
+    or None when the table has no boot table for this family. A row gives ``boots``, or
+    ``boots_at`` = the boot-address field the reset jumps through (U5)."""
     t = table_of(device)
     if t is None or not t.boot:
         return None
@@ -404,8 +412,24 @@ def boot_source(device: Device, area: bytes, *, boot0_pin: bool, flash_empty: bo
                 ok = False
                 break
         if ok:
-            boots = str(row["boots"])
+            boots = _boots_at(device, t, area, str(row["boots_at"])) if "boots_at" in row else str(row["boots"])
             if boots == "flash" and row.get("empty_check") and flash_empty:
                 return "system"
             return boots
+    return "flash"
+
+
+def _boots_at(device: Device, t: Table, area: bytes, name: str) -> str:
+    """What a boot-address option field (U5 NSBOOTADDx: bits 31:7 of the address) makes a
+    reset run: the ROM only when it names the start of system memory (its vector table),
+    SRAM when it points there, anything else runs from that address ("flash")."""
+    f = t.find(name)
+    if f is None:
+        raise ValueError(f"option_bytes.toml {t.name}: boot row names no field {name}")
+    address = f.get(area) << f.bit
+    sysmem = device.system_memory
+    if sysmem is not None and address == sysmem.start:
+        return "system"
+    if any(address in r for r in device.ram):
+        return "sram"
     return "flash"

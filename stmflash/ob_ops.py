@@ -109,10 +109,13 @@ def _boot_hint(device: Device, new: bytes) -> str:
     pin_high = ob_fields.boot_source(device, new, boot0_pin=True, flash_empty=False)
     if pin_high is None or pin_high == "system":
         return ""
+    t = ob_fields.table_of(device)
+    hint = (t.boot_hint if t is not None else "") or "--ob nBOOT_SEL=0 (BOOT0 pin decides) or --ob nBOOT0=0"
+    empty_check = t is not None and any(r.get("empty_check") for r in t.boot)
     return (
-        f"; with these option bytes a {device.short_name} whose flash is programmed boots "
+        f"; with these option bytes a {device.short_name}{' whose flash is programmed' if empty_check else ''} boots "
         f"{pin_high} after the reload whatever the BOOT0 pin (reference manual boot table): "
-        "add --ob nBOOT_SEL=0 (BOOT0 pin decides) or --ob nBOOT0=0 to keep the bootloader"
+        f"add {hint} to keep the bootloader"
     )
 
 
@@ -126,8 +129,9 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
     """The --ob-show table: field, value, meaning, default."""
     lines = [f"{'field':<18} {'value':>8}  {'default':>8}  meaning"]
     for r in rows:
-        mark = "" if r["is_default"] else " *"
+        mark = "" if r["is_default"] in (True, None) else " *"
         note = "" if r["writable"] else f"  [not written: {r['why']}]"
-        value, default = f"0x{r['value']:X}", f"0x{r['default']:X}"
+        value = f"0x{r['value']:X}"
+        default = "?" if r["default"] is None else f"0x{r['default']:X}"
         lines.append(f"{r['field']:<18} {value:>8}  {default:>8}  {r['meaning']}{mark}{note}")
     return "\n".join(lines)

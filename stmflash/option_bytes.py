@@ -26,6 +26,7 @@ __all__ = [
     "encode_layout",
     "loaded_view",
     "reload_registers",
+    "rom_written",
     "set_codes",
     "with_complements",
     "layout_of",
@@ -130,10 +131,26 @@ def with_complements(device: Device, data: bytes) -> bytes:
     return bytes(ob)
 
 
+def rom_written(device: Device, data: bytes, current: bytes) -> bytes:
+    """``data`` as far as the ROM programs it: where the layout lists the registers its
+    option-byte write stores (``writes``: ST's OpenBootloader writes only some FLASH option
+    registers, e.g. U5: OPTR, NSBOOTADDx, WRPxy), every other byte keeps ``current``."""
+    spans = device.ob_layout.get("writes") if supported(device) else None
+    if not spans:
+        return bytes(data)
+    out = bytearray(current[: len(data)].ljust(len(data), b"\xff"))
+    for off, size in spans:
+        off, end = int(off), min(int(off) + int(size), len(data))
+        out[off:end] = data[off:end]
+    return bytes(out)
+
+
 def as_stored(device: Device, data: bytes) -> bytes:
     """What a whole-area write of ``data`` reads back as after the reload: complement bytes
     rewritten by the flash interface, H7-style _CUR registers showing the _PRG ones written
-    (what the host put in a read-only _CUR register is ignored)."""
+    (what the host put in a read-only _CUR register is ignored). Registers the ROM does not
+    program (layout ``writes``) are expected as sent: if the host changed one, the read-back
+    differs and the write is reported as not taken (exit 5), never passed as done."""
     return reload_registers(device, with_complements(device, data))
 
 

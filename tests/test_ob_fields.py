@@ -138,7 +138,12 @@ def _writable(dev: devices.Device) -> list[tuple[ob_fields.Field, int]]:
 def _readback_ok(dev: devices.Device, f: ob_fields.Field, v: int) -> bool:
     """Fields after which the part no longer runs its ROM (it boots SRAM) are walked in the
     boot-table test instead."""
-    return not (f.name == "nBOOT1" and v == 0 and ob_fields.table_of(dev).boot)
+    if f.name == "nBOOT1" and v == 0 and ob_fields.table_of(dev).boot:
+        return False
+    area = ob_fields.apply(dev, ob_fields.factory_area(dev), {f: v})
+    # U5: nSWBOOT0 = 0 alone (nBOOT0 = 1), or a boot address moved off the ROM: the reload
+    # runs NSBOOTADD0 / that address whatever the pin, as silicon does; walked apart
+    return ob_fields.boot_source(dev, area, boot0_pin=True, flash_empty=True) in (None, "system")
 
 
 @pytest.mark.parametrize("dev", [d for d in REPS if field_ok(d)], ids=lambda d: d.short_name)
@@ -180,7 +185,7 @@ DFU_DEVS = _dfu_devices()
 
 
 def test_dfu_families_are_covered() -> None:
-    assert {"F4", "L4", "G4", "H7"} <= {d.ob_fields for d in DFU_DEVS}
+    assert {"F4", "L4", "G4", "H7", "U5", "U53", "U59"} <= {d.ob_fields for d in DFU_DEVS}
 
 
 @pytest.fixture
@@ -196,7 +201,7 @@ def usb_sim(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("dev", DFU_DEVS, ids=lambda d: d.short_name)
 def test_every_writable_field_round_trips_over_dfu(dev: devices.Device, usb_sim, capsys) -> None:
-    for i, (f, v) in enumerate(_writable(dev)):
+    for i, (f, v) in enumerate((f, v) for f, v in _writable(dev) if _readback_ok(dev, f, v)):
         bus = usb_sim(dev, i)
         # --device: DfuSe descriptors alone do not tell every part apart (F373 looks like F09x)
         code, out, err = cli(["dfu", "--device", dev.short_name, "--ob", f"{f.name}={v}", "--ob-show", "--json"],
@@ -390,8 +395,8 @@ def test_unknown_fields_and_families_refused_with_their_reason(capsys) -> None:
     assert code == 2 and "not written: U0: the option-byte area address" in err
     code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--device", "F746", "--ob", "RDP=level0"], capsys)
     assert code == 2 and "F7: the organization of the option-byte area" in err
-    code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--device", "U575", "--ob-reset-defaults"], capsys)
-    assert code == 2 and "U5: the option-byte area the ROM bootloader presents is not established" in err
+    code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--device", "L552", "--ob-reset-defaults"], capsys)
+    assert code == 2 and "L5: the option-byte area the ROM bootloader presents is not established" in err
     # no part named: names unknown to every family, and permanent values anywhere, still refused
     code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--ob", "FOO=1"], capsys)
     assert code == 2 and "no STM32 family has an option field of that name" in err
@@ -483,3 +488,168 @@ def test_device_names_the_part_the_request_was_checked_against(capsys) -> None:
     code, _, err = cli(["uart", "sim://G071?chip=other-part", "--device", "F407", "--ob", "BOR_LEV=3"], capsys)
     assert code == 2 and "not STM32F405" in err  # checked against F407, the chip is a G071
     assert chip.option_bytes() == before and chip.reset_count == 0
+
+
+# ---- U5: the FLASH option registers as ST's OpenBootloader presents them ------------------------
+def test_u5_area_is_the_flash_option_registers() -> None:
+    dev = devices.find("U575")
+    assert (dev.option_bytes.start, dev.option_bytes.size) == (0x40022040, 64)
+    assert any("/0x40022040/01*64" in a for a in dev.dfu_alts() if "Option" in a)
+    ob = ob_fields.factory_area(dev)
+    assert int.from_bytes(ob[0:4], "little") == 0x1FEFF8AA  # RM0456 FLASH_OPTR production value
+    t = ob_fields.table_of(dev)
+    assert t.find("NSBOOTADD1").get(ob) << 7 == 0x0BF90000  # boot0 = 1: system memory
+    assert obl.rdp_level(dev, ob) == 0 and obl.wrp_units(dev, ob) == set()
+
+
+def test_u5_rom_ignores_the_registers_it_does_not_program() -> None:
+    """OPENBL_OB_Write (U5) stores OPTR, NSBOOTADDx and WRPxy only: SECBOOTADD0R and the
+    secure watermarks keep their value whatever the host sends."""
+    dev = devices.find("U575")
+    chip = VirtualChip(dev)
+    before = chip.option_bytes()
+    data = bytearray(b"\x00" * 64)
+    data[0:4] = (0x1FEFF8AA & ~(1 << 16)).to_bytes(4, "little")  # IWDG_SW = 0
+    data[4:12] = before[4:12]
+    data[0x18:0x30] = before[0x18:0x30]
+    chip.write_option_bytes(bytes(data))
+    after = chip.option_bytes()
+    assert ob_fields.table_of(dev).find("IWDG_SW").get(after) == 0
+    assert after[0x0C:0x18] == before[0x0C:0x18] and after[0x20:0x28] == before[0x20:0x28]
+    assert after[0x30:] == before[0x30:]
+
+
+def test_u5_wrp_area_set_by_field_protects_the_pages(capsys: pytest.CaptureFixture[str]) -> None:
+    dev = devices.find("U575")
+    url = uart_url(dev, "wrp-u575")
+    chip = registry.get("wrp-u575")
+    code, out, err = cli(["uart", url, "--ob", "WRP1A_PSTRT=2", "--ob", "WRP1A_PEND=3", "--json"], capsys)
+    assert code == 0, err
+    assert result(out)["option_fields_verified"]
+    assert chip.wrp == frozenset({2, 3})
+    page, free = dev.erase_units[2], dev.erase_units[4]
+    chip.program(page.address, b"\x00" * 16)  # the flash interface leaves a protected page alone
+    chip.program(free.address, b"\x00" * 16)
+    assert chip.read(page.address, 16) == b"\xff" * 16 and chip.read(free.address, 16) == b"\x00" * 16
+    # the page ranges are those of bank 1 only: WRP2A protects bank 2 and is decoded apart
+    code, out, err = cli(["uart", url, "--ob", "WRP1A_PSTRT=0x7F", "--ob", "WRP1A_PEND=0", "-q"], capsys)
+    assert code == 0, err
+    assert chip.wrp == frozenset()
+
+
+@pytest.mark.parametrize("request_", [["--ob", "TZEN=1"], ["--ob", "RDP=level2"], ["--ob", "WRP1A_UNLOCK=0"],
+                                      ["--ob", "WRP1A_PEND=0x80"], ["--ob", "SECWM1_PSTRT=0"]])
+def test_u5_wrong_requests_exit_2_before_the_port_is_opened(request_, capsys) -> None:
+    code, _, err = cli(["uart", "sim://U575?chip=u5-never", *request_], capsys)
+    assert code == 2, err
+    assert registry.get("u5-never") is None
+    code, _, err = cli(["dfu", "--device", "U575", *request_], capsys)
+    assert code == 2, err  # no USB device at all: it was never opened
+
+
+def test_u5_tzen_with_the_flag_is_written(capsys) -> None:
+    dev = devices.find("U575")
+    url = uart_url(dev, "tz-u575")
+    chip = registry.get("tz-u575")
+    code, _, err = cli(["uart", url, "--ob", "TZEN=on", "--i-understand-rdp2-is-permanent", "-q"], capsys)
+    assert code == 0, err
+    assert ob_fields.table_of(dev).find("TZEN").get(chip.option_bytes()) == 1
+
+
+@pytest.mark.parametrize("name", ["H563", "WBA55", "H7R3", "H7A3", "U385"])
+def test_decoded_only_areas_claim_no_factory_default(name: str, capsys) -> None:
+    """H5 / WBA: the ROM's area is established (ST's OpenBootloader) but not the production
+    values: --ob-show decodes the fields, claims no default, and nothing is written."""
+    dev = devices.find(name)
+    t = ob_fields.table_of(dev)
+    url = uart_url(dev, f"dec-{name}")
+    code, out, err = cli(["uart", url, "--ob-show", "--json"], capsys)
+    assert code == 0, err
+    rows = result(out)["option_fields"]
+    assert rows and all(r["default"] is None and not r["writable"] and r["why"] == t.unknown for r in rows)
+    code, out, err = cli(["uart", url, "--ob-show"], capsys)
+    assert code == 0 and "?" in out
+    code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--device", name, "--ob", "IWDG_SW=0"], capsys)
+    assert code == 2 and "not written" in err
+
+
+def test_u5_readout_protection_through_the_registers(capsys) -> None:
+    dev = devices.find("U575")
+    url = uart_url(dev, "rdp-u575")
+    chip = registry.get("rdp-u575")
+    chip.program(dev.flash_start, b"\x11" * 16)
+    code, _, err = cli(["uart", url, "--protect", "-q"], capsys)
+    assert code == 0, err
+    assert chip.rdp_level == 1 and chip.option_bytes()[0] == 0xBB
+    code, _, err = cli(["uart", url, "--unprotect", "-q"], capsys)
+    assert code == 0, err
+    assert chip.rdp_level == 0 and chip.option_bytes()[0] == 0xAA
+    assert chip.read(dev.flash_start, 16) == b"\xff" * 16  # the regression mass-erased the flash
+
+
+def test_g0b1_over_dfu_is_refused_with_what_its_alt_covers(usb_sim, capsys) -> None:
+    """G0B1's DFU option-bytes alt (0x40022040, 48 bytes) is the FLASH register block from the
+    bank-2 PCROP/WRP registers on (CMSIS stm32g0b1xx.h), not OPTR's area at 0x1FFF7800."""
+    dev = devices.find("G0B1")
+    bus = usb_sim(dev, 0)
+    for args in (["--ob-show"], ["--ob", "nBOOT_SEL=0"]):
+        code, _, err = cli(["dfu", "--device", "G0B1", *args], capsys)
+        assert code == 2, err
+        assert "covers 0x40022040-0x4002206F, not the option-byte area" in err and "0x1FFF7800" in err
+    assert bus.devices[0].chip.reset_count == 0
+
+
+# RM0456 Table "Boot modes when TrustZone is disabled (TZEN = 0)", independently of the data
+# file: nSWBOOT0 = 1: the BOOT0 pin picks NSBOOTADD0 (0) / NSBOOTADD1 (1); nSWBOOT0 = 0: nBOOT0
+# picks NSBOOTADD0 (1) / NSBOOTADD1 (0). Factory NSBOOTADD0 = flash, NSBOOTADD1 = the ROM.
+@pytest.mark.parametrize("sw, n0, pin, want", [
+    (1, 1, 0, "flash"), (1, 1, 1, "system"), (1, 0, 0, "flash"), (1, 0, 1, "system"),
+    (0, 1, 0, "flash"), (0, 1, 1, "flash"), (0, 0, 0, "system"), (0, 0, 1, "system"),
+])
+def test_u5_boot_table_walk(sw: int, n0: int, pin: int, want: str) -> None:
+    dev = devices.find("U575")
+    t = ob_fields.table_of(dev)
+    chip = VirtualChip(dev)
+    area = ob_fields.apply(dev, chip.option_bytes(), {t.find("nSWBOOT0"): sw, t.find("nBOOT0"): n0})
+    chip.store_raw_option_bytes(area)
+    chip.reset("bootloader" if pin else "app")
+    assert chip.boots == want
+    # a boot address moved off the start of system memory does not reach the ROM
+    moved = ob_fields.apply(dev, area, {t.find("NSBOOTADD1"): 0x17F201})
+    chip.store_raw_option_bytes(moved)
+    chip.reset("bootloader" if pin else "app")
+    assert chip.boots == ("flash" if want == "system" else want)
+
+
+def test_u5_write_that_leaves_the_rom_is_explained(capsys) -> None:
+    dev = devices.find("U575")
+    url = uart_url(dev, "leave-u575")
+    chip = registry.get("leave-u575")
+    code, _, err = cli(["uart", url, "--ob", "nSWBOOT0=option"], capsys)
+    assert code != 0
+    assert "boots flash after the reload" in err and "nSWBOOT0=pin" in err
+    assert chip.boots == "flash" and chip.mode == "app"
+    # both fields at once keep the ROM: boot0 = 1 from the option bit -> NSBOOTADD1
+    url = uart_url(dev, "stay-u575")
+    code, _, err = cli(["uart", url, "--ob", "nSWBOOT0=option", "--ob", "nBOOT0=boot0_high", "-q"], capsys)
+    assert code == 0, err
+    assert registry.get("stay-u575").boots == "system"
+
+
+def test_u5_raw_write_of_a_register_the_rom_ignores_is_not_passed(capsys) -> None:
+    """Trust first: a raw --write-option-bytes that changes SECBOOTADD0R (which the U5 ROM
+    does not program) reads back otherwise and exits 5 (verify), not 0."""
+    dev = devices.find("U575")
+    url = uart_url(dev, "raw-u575")
+    chip = registry.get("raw-u575")
+    area = bytearray(chip.option_bytes())
+    area[0x0C:0x10] = (0x0C00007C).to_bytes(4, "little")
+    code, _, err = cli(["uart", url, "--device", "U575", "--write-option-bytes", area.hex()], capsys)
+    assert code == 5, err
+    assert chip.option_bytes()[0x0C:0x10] == b"\xff" * 4
+    # the same area with only OPTR changed is written and verified
+    area = bytearray(chip.option_bytes())
+    area[2] &= ~1  # IWDG_SW = 0 (OPTR bit 16)
+    code, _, err = cli(["uart", url, "--device", "U575", "--write-option-bytes", area.hex()], capsys)
+    assert code == 0, err
+    assert chip.option_bytes() == bytes(area)

@@ -422,10 +422,11 @@ class DfuLink:
         ob = self.device.option_bytes
         size = ob.size if ob is not None else end - start
         if ob is None or ob.start != start:
-            where = f"0x{ob.start:08X}" if ob is not None else "unknown"
+            where = f"0x{ob.start:08X}, {ob.size} bytes" if ob is not None else "unknown"
             raise UsageError(
-                f"{self.device.short_name}: the DFU option-bytes alt starts at 0x{start:08X}, not at the "
-                f"option-byte area whose layout stmflash knows ({where}); protection over DFU is not supported"
+                f"{self.device.short_name}: the DFU option-bytes alt covers 0x{start:08X}-0x{end - 1:08X}, not "
+                f"the option-byte area whose layout stmflash knows ({where}); protection and option "
+                "fields over DFU are not supported"
             )
         if end - start < size:
             raise UsageError(

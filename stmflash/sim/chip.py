@@ -28,12 +28,13 @@ Option bytes: the family's real layout from the device table (``ob_layout``, dec
 :mod:`stmflash.option_bytes`; field names and factory values from
 ``stmflash/data/option_bytes.toml``), so Read Memory at the option-bytes address shows what
 the chip stores, and a write there changes the chip as on silicon: complements recomputed by
-the "flash interface", H7-style _PRG registers copied into _CUR at the reload, level 1 -> 0
-mass-erases, then a reset. The option-byte loader's complement check is applied to what is
+the "flash interface", H7-style _PRG registers copied into _CUR at the reload, only the
+registers the family's ROM programs (``writes``: ST's OpenBootloader on U5 stores OPTR,
+NSBOOTADDx and WRPxy, not the secure registers), level 1 -> 0 mass-erases, then a reset. The option-byte loader's complement check is applied to what is
 stored (a value byte with a wrong complement loads as 0xFF: on F1 that is readout
 protection). Every change goes through :meth:`VirtualChip._store_option_bytes`, the one
 place a protection-state cache would be invalidated. Families whose boot table is in the
-field table (G0, C0) boot what that table says after each reset (``chip.boots``: "flash",
+field table (G0, C0, U5) boot what that table says after each reset (``chip.boots``: "flash",
 "system" or "sram"; the empty check uses the EMPTY flag latched at power-on and at each
 option-byte load). Parts whose layout is not in the table refuse option-byte writes and
 Write Protect exactly as the clients do; their readout level (AN3155 Readout
@@ -497,6 +498,8 @@ class VirtualChip:
         was = self.rdp_level
         new = bytearray(self._ob)
         new[: len(data)] = data
+        # the ROM programs only the registers its option-byte write knows (layout `writes`)
+        new = bytearray(obl.rom_written(self.device, bytes(new), bytes(self._ob)))
         for cur, _prg in self.device.ob_layout.get("mirror", []):
             # _CUR registers are read-only: what the host put there is ignored
             new[int(cur) : int(cur) + 4] = self._ob[int(cur) : int(cur) + 4]
