@@ -268,7 +268,7 @@ class StubLink:
         pad = -len(data) % self.unit
         if address % self.unit:
             raise ValueError(f"write at 0x{address:08X} is not aligned to the {self.unit}-byte program unit")
-        data = bytes(data) + b"\xff" * pad
+        data = bytes(data) + self.device.erased_bytes * pad  # reads as the unwritten rest
         self.session.submit(sp.WRITE, struct.pack("<I", address) + data, work_s=self._program_s(len(data)))
 
     def erase(self, units: Sequence[EraseUnit]) -> None:
