@@ -28,7 +28,7 @@ from stmflash.sim.chip import VirtualChip, flash_bytes
 
 pytest.importorskip("unicorn", reason="unicorn (test and sim extras) runs the stub in the simulator")
 
-GROUP_DEVICES = ["F407", "G071", "L476", "F103"]
+GROUP_DEVICES = ["F407", "G071", "L476", "F103", "L072", "L152xC"]  # L0: USART v2, L1: v1
 
 
 @contextlib.contextmanager
@@ -107,7 +107,7 @@ def test_stub_flash_reads_back_through_the_rom_and_in_the_image_file(tmp_path, c
     data = fw.read_bytes()
     flash = flash_bytes(img)
     assert flash[: len(data)] == data
-    assert flash[len(data):] == b"\xff" * (len(flash) - len(data))  # nothing else touched
+    assert flash[len(data):] == dev.erased_bytes * (len(flash) - len(data))  # nothing else touched
     assert rom_read(capsys, url, dev, len(data), tmp_path) == data
 
 

@@ -17,6 +17,17 @@ access raises) are from the reference manuals:
   PG or with an error flag left set PGSERR.
 * F0/F1/F3 (``f1``, RM0008 3.3): KEYR 0x04, SR 0x0C, CR 0x10, AR 0x14; half-words only
   (any other size is a bus error: the CPU faults), a cell not erased gives PGERR.
+* L0/L1 (``l0l1``, RM0377/RM0367/RM0038 3.3-3.7, CMSIS stm32l0xx.h/stm32l1xx.h): PECR 0x04,
+  PEKEYR 0x0C, PRGKEYR 0x10, SR 0x18. PECR unlocks with PEKEY1/PEKEY2, then the program
+  memory with PRGKEY1/PRGKEY2 (a wrong key locks until reset); a flash write while PELOCK
+  or PRGLOCK is set gives WRPERR and is not executed (RM0367 "write protection error
+  flag": "write to the Flash program memory ... if not unlocked by PEKEY, PRGKEY"); words
+  only (SIZERR otherwise), word-aligned (PGAERR); ERASE + PROG and a word written into a
+  page erase the page (to 0x00); a word that does not read 0 gives NOTZEROERR on L0
+  (``notzeroerr`` in the stub facts; L1 has no such flag: the word stays unchanged and the
+  host's CRC catches it -- what L1 silicon does there is not established, this is the
+  stricter outcome). Half-page programming (FPRG) is not modelled: a write with it set
+  faults the CPU rather than pass for programmed.
 """
 
 from __future__ import annotations
@@ -315,7 +326,7 @@ class FlashController:
         off = addr - self.device.flash_start
         n = len(data)
         old = bytes(chip.flash[off : off + n])
-        if old != b"\xff" * n and old != data:
+        if old != self.device.erased_bytes * n and old != data:
             if not allow_and:
                 return False
             data = bytes(a & b for a, b in zip(old, data, strict=True))  # F4: bits only clear
@@ -473,7 +484,114 @@ class FlashF1(FlashController):
             self.sr |= self.EOP
 
 
-CONTROLLERS = {"f4": FlashF4, "f7": FlashF4, "g0l4": FlashG0L4, "f1": FlashF1}
+class FlashL0L1(FlashController):
+    """L0/L1 (RM0377/RM0367/RM0038): PECR/PEKEYR/PRGKEYR, words, page erase by a word write."""
+
+    PECR, PEKEYR, PRGKEYR, SR = 0x04, 0x0C, 0x10, 0x18
+    KEYR = CR = -1  # not used: this controller has its own key registers
+    PEKEY1, PEKEY2, PRGKEY1, PRGKEY2 = 0x89ABCDEF, 0x02030405, 0x8C9DAEBF, 0x13141516
+    PELOCK, PRGLOCK, OPTLOCK, PROG, ERASE, FPRG = 1 << 0, 1 << 1, 1 << 2, 1 << 3, 1 << 9, 1 << 10
+    BSY, EOP, READY = 1 << 0, 1 << 1, 1 << 3
+    WRPERR, PGAERR, SIZERR, NOTZEROERR = 1 << 8, 1 << 9, 1 << 10, 1 << 16
+    PGSERR = PGAERR  # an erase of a unit that does not exist (base-class helper)
+    ERRORS = (1 << 8) | (1 << 9) | (1 << 10) | (1 << 11) | (1 << 12) | (1 << 13) | (1 << 16) | (1 << 17)
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)  # type: ignore[arg-type]
+        self.prg_locked = True
+        self._prg_stage = 0
+
+    def read(self, off: int, t: float) -> int:
+        if off == self.SR:
+            return self.sr | self.READY | (self.BSY if t < self.busy_until else 0)
+        if off == self.PECR:
+            locks = (self.PELOCK if self.locked else 0) | (self.PRGLOCK if self.prg_locked else 0)
+            return self.cr | locks | self.OPTLOCK
+        return 0
+
+    def write(self, off: int, value: int, t: float) -> None:
+        if off == self.PEKEYR:
+            self._key(value)  # PEKEY1, PEKEY2 in that order (base class: stage, freeze)
+        elif off == self.PRGKEYR:
+            self._prg_key(value)
+        elif off == self.SR:
+            self.sr &= ~(value & (self.ERRORS | self.EOP))  # rc_w1
+        elif off == self.PECR:
+            if self.locked or t < self.busy_until:
+                return  # PECR is write-protected while PELOCK is set
+            if value & self.PELOCK:
+                self.locked = self.prg_locked = True
+                self.cr = 0
+                return
+            if value & self.PRGLOCK:
+                self.prg_locked = True
+            self.cr = value & (self.PROG | self.ERASE | self.FPRG)
+
+    def _key(self, value: int) -> None:
+        keys = (self.PEKEY1, self.PEKEY2)
+        if not self.locked or self.frozen:
+            return
+        if value == keys[self._key_stage]:
+            self._key_stage += 1
+            if self._key_stage == 2:
+                self.locked, self._key_stage = False, 0
+        else:
+            self.frozen, self._key_stage = True, 0  # locked until the next reset
+
+    def _prg_key(self, value: int) -> None:
+        keys = (self.PRGKEY1, self.PRGKEY2)
+        if self.locked or not self.prg_locked or self.frozen:
+            return  # PRGKEYR works only once PECR is unlocked
+        if value == keys[self._prg_stage]:
+            self._prg_stage += 1
+            if self._prg_stage == 2:
+                self.prg_locked, self._prg_stage = False, 0
+        else:
+            self.frozen, self._prg_stage = True, 0
+
+    def start(self, cr: int, t: float) -> None:  # erases start by a word write, not STRT
+        pass
+
+    def flash_write(self, addr: int, size: int, value: int, t: float) -> None:
+        if self.locked or self.prg_locked:
+            self.sr |= self.WRPERR  # not unlocked by PEKEY + PRGKEY: not executed
+            return
+        if self.cr & self.FPRG:
+            raise BusFault(f"half-page write at 0x{addr:08X}: FPRG is not modelled by the simulator")
+        if size != 4:
+            self.sr |= self.SIZERR  # program memory takes words (bytes/half-words: data EEPROM)
+            return
+        if addr % 4:
+            self.sr |= self.PGAERR
+            return
+        if self.cr & self.ERASE:
+            if not self.cr & self.PROG:
+                self.sr |= self.PGAERR  # ERASE alone addresses the data EEPROM, not this
+                return
+            unit = self.device.unit_at(addr)
+            if unit is None:
+                self.sr |= self.PGAERR
+                return
+            before = self.sr
+            self._erase(unit.index, t)
+            if self.sr == before:
+                self.sr |= self.EOP
+            return
+        if self.cr & self.PROG:
+            self.sr |= self.PGAERR  # PROG without ERASE/FPRG: no word operation
+            return
+        data = value.to_bytes(4, "little")
+        if self._program(addr, data, t):
+            self.sr |= self.EOP
+        elif not self.sr & self.WRPERR and self.facts.get("notzeroerr"):
+            self.sr |= self.NOTZEROERR
+
+    def reset(self) -> None:
+        super().reset()
+        self.prg_locked, self._prg_stage = True, 0
+
+
+CONTROLLERS = {"f4": FlashF4, "f7": FlashF4, "g0l4": FlashG0L4, "f1": FlashF1, "l0l1": FlashL0L1}
 
 
 def controllers_for(chip: VirtualChip) -> list[FlashController]:
