@@ -363,9 +363,12 @@ class VirtualChip:
         for i in writable:
             if kind == "flash" and self._power_budget_exhausted(align):
                 half = align // 2 or 1
-                # Power fails mid-word: half of the unit made it.
+                # Power fails mid-word: half of the unit made it (programming only moves
+                # bits away from the erased value: clears them, or sets them on L0/L1).
+                old_half = buf[off + i : off + i + half]
+                new_half = data[i : i + half]
                 buf[off + i : off + i + half] = bytes(
-                    o & n for o, n in zip(buf[off + i : off + i + half], data[i : i + half], strict=True)
+                    (o & n) if self.device.erased else (o | n) for o, n in zip(old_half, new_half, strict=True)
                 )
                 self._die()
             buf[off + i : off + i + align] = data[i : i + align]
