@@ -320,7 +320,8 @@ def test_devices_command_states_stub_support(capsys):
                        ("L072", "RAM stub:         yes (group l0l1: L0, L1"),
                        ("L152xC", "RAM stub:         yes (group l0l1"),
                        ("L053", "RAM stub:         no (not enough usable RAM"),
-                       ("L011", "RAM stub:         no (usable RAM unknown")):
+                       ("L011", "RAM stub:         no (usable RAM unknown"),
+                       ("L072", "erased flash:     0x00"), ("F407", "erased flash:     0xFF")):
         try:
             main(["devices", name])
         except SystemExit:
