@@ -454,3 +454,68 @@ def test_l0l1_flash_controller_model_follows_the_reference_manual():
     ctl.write(ctl.PEKEYR, ctl.PEKEY1, 0.0)
     ctl.write(ctl.PEKEYR, ctl.PEKEY2, 0.0)
     assert not ctl.read(ctl.PECR, 0.0) & ctl.PELOCK
+
+
+@pytest.mark.parametrize("name", ["L072", "L152xC"])
+def test_l0l1_stub_programs_half_pages_and_words_where_a_frame_ends_inside_one(name):
+    """Whole half-pages (64 B on L0, 128 B on L1) go as one FPRG operation each, the rest word
+    by word: the model counts both, and the flash holds the data either way."""
+    from stmflash.stub.link import start
+
+    with rom_session(name) as (chip, link):
+        dev = chip.device
+        hp = int(dev.stub["half_page"])
+        stub = start(link)
+        unit, nxt = dev.erase_units[4], dev.erase_units[5]
+        stub.erase([unit, nxt])
+        data = random.Random(7).randbytes(2 * hp + 12)  # two half-pages and three words
+        stub.write(unit.address, data)
+        stub.write(nxt.end - 8, b"\x11" * 8)  # two words, not a half-page
+        stub.flush()
+        ops = chip.cpu.flash_ctl[0].operations
+        assert ops == {"half-page": 2, "word": 5}
+        assert chip.read(unit.address, len(data)) == data
+        assert chip.read(nxt.end - 8, 8) == b"\x11" * 8
+        stub.reset()
+
+
+def test_l0l1_half_page_rules_in_the_model():
+    """RM0377 3.3.4: the first word starts the half-page, the others follow in order; a flash
+    read in between aborts it (FWWERR on L0); nothing is programmed until the last word."""
+    from stmflash.sim.periph import FlashL0L1
+
+    dev = devices.find("L072")
+    chip = VirtualChip(dev)
+    ctl = FlashL0L1(chip, int(dev.stub["flash_regs"]), dev.stub)
+    for reg, key in ((ctl.PEKEYR, ctl.PEKEY1), (ctl.PEKEYR, ctl.PEKEY2), (ctl.PRGKEYR, ctl.PRGKEY1),
+                     (ctl.PRGKEYR, ctl.PRGKEY2)):
+        ctl.write(reg, key, 0.0)
+    base = dev.erase_units[2].address
+    ctl.write(ctl.PECR, ctl.FPRG | ctl.PROG, 0.0)
+    ctl.flash_write(base + 4, 4, 1, 0.0)  # not the half-page's first word
+    assert ctl.read(ctl.SR, 0.0) & ctl.PGAERR
+    ctl.write(ctl.SR, ctl.ERRORS, 0.0)
+    for i in range(8):
+        ctl.flash_write(base + 4 * i, 4, 0x01010101, 0.0)
+    assert chip.read(base, 32) == bytes(32)  # not programmed yet
+    ctl.on_flash_read()  # the CPU reads the flash in the middle
+    assert ctl.read(ctl.SR, 0.0) & ctl.FWWERR
+    ctl.write(ctl.SR, ctl.ERRORS, 0.0)
+    for i in range(16):
+        ctl.flash_write(base + 4 * i, 4, 0x01010101, 0.0)
+    assert chip.read(base, 64) == b"\x01" * 64 and not ctl.read(ctl.SR, 0.0) & ctl.ERRORS
+
+
+def test_l0_word_over_programmed_flash_is_reported_as_notzeroerr():
+    """Programming over a word that does not read 0 (L0 erases to 0x00): the controller
+    refuses it with NOTZEROERR, the stub reports it, the host raises -- never a silent OK."""
+    from stmflash.stub.link import StubError, start
+
+    with rom_session("L072") as (chip, link):
+        unit = chip.device.erase_units[6]
+        chip.preload(unit.address, b"\x5a" * 8)  # programmed, not erased
+        stub = start(link)
+        stub.write(unit.address, b"\x01" * 8)
+        with pytest.raises(StubError, match="NOTZEROERR"):
+            stub.flush()
+        assert chip.read(unit.address, 8) == b"\x5a" * 8

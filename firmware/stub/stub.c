@@ -9,8 +9,10 @@
  *   G0/G4/L4/WB/WL  RM0444 / RM0440 / RM0351 / RM0434 / RM0453 section 3 (64-bit
  *           double-word programming, PER + PNB page erase, BKER on dual-bank parts),
  *   F0/F1/F3  RM0091 / RM0008 / RM0316 section 3 (half-word programming, PER + AR),
- *   L0/L1  RM0377 / RM0367 / RM0038 section 3 (PEKEYR then PRGKEYR unlock, word programming,
- *           page erase by writing a word with PECR.ERASE + PROG; erased flash reads 0x00).
+ *   L0/L1  RM0377 / RM0367 / RM0038 section 3 (PEKEYR then PRGKEYR unlock, half-page
+ *           programming with PECR.FPRG + PROG where a frame covers whole half-pages, words
+ *           elsewhere, page erase by writing a word with PECR.ERASE + PROG; erased flash
+ *           reads 0x00).
  * The USART is found from its state (the enabled candidate the host lists) and uses the
  * USART v1 (F1/F2/F4/L1) or v2 (all others) register map; both keep RXNE/TXE/TC/ORE/FE at
  * the same bit positions.
@@ -39,7 +41,8 @@ struct params {
     uint32_t buf_end;     /* end of usable RAM (the stack grows down from here) */
     uint32_t bank_units;  /* erase units in bank 1; 0 = single bank */
     uint32_t bank_code;   /* F4: SNB of the first bank-2 sector; G0/L4: BKER bit number;
-                             F1: FLASH register offset of bank 2 (0x40) */
+                             F1: FLASH register offset of bank 2 (0x40);
+                             L0/L1: half-page bytes (0 = word programming only) */
     uint32_t sysmem;      /* ROM vector table (leave into the ROM) */
     uint32_t iwdg_kr;     /* IWDG key register (refreshed every turn) */
     uint32_t flags;       /* bit 0: USART v2 register map */
@@ -380,6 +383,7 @@ static uint32_t tx_next(struct state *s)
 #define PECR_PRGLOCK (1u << 1)
 #define PECR_PROG (1u << 3)
 #define PECR_ERASE (1u << 9)
+#define PECR_FPRG (1u << 10)
 #define PEKEY1 0x89ABCDEFu /* RM0377 3.3.4 unlocking the PECR and the program memory */
 #define PEKEY2 0x02030405u
 #define PRGKEY1 0x8C9DAEBFu
@@ -528,6 +532,27 @@ static void flash_prog_unit(uint32_t addr, const uint8_t *src)
     REG(addr + 4u) = rd32(src + 4);
 #endif
 }
+
+#if defined(STUB_GROUP_L0L1)
+/* one half-page (RM0377 3.3.4 "program a half-page"): FPRG + PROG, then every word of the
+   half-page in order, with no flash access in between (this code runs from RAM; interrupts
+   are held off so that no vector fetch from flash aborts it) */
+static void flash_prog_half(uint32_t base, uint32_t addr, const uint8_t *src, uint32_t n)
+{
+    uint32_t primask;
+    __asm volatile("mrs %0, primask\n\tcpsid i" : "=r"(primask) : : "memory");
+    REG(base + F_PECR) = PECR_FPRG | PECR_PROG;
+    for (uint32_t i = 0; i < n; i += 4u) {
+#if defined(STUB_FAULT_WIDTH)
+        *(volatile uint16_t *)(uintptr_t)(addr + i) = (uint16_t)(src[i] | src[i + 1] << 8);
+        *(volatile uint16_t *)(uintptr_t)(addr + i + 2u) = (uint16_t)(src[i + 2] | src[i + 3] << 8);
+#else
+        REG(addr + i) = rd32(src + i);
+#endif
+    }
+    __asm volatile("msr primask, %0" : : "r"(primask) : "memory");
+}
+#endif
 
 static uint32_t flash_errors(uint32_t base) { return REG(base + F_SR) & SR_ERR; }
 
@@ -726,6 +751,16 @@ static void job_step(struct state *s)
         slot_release(s);
         return;
     }
+#if defined(STUB_GROUP_L0L1)
+    uint32_t hp = s->p->bank_code;
+    if (hp && s->job_addr % hp == 0u && s->job_end - s->job_src >= hp) {
+        flash_prog_half(base, s->job_addr, sl->buf + s->job_src, hp);
+        s->job_addr += hp;
+        s->job_src += hp;
+        return;
+    }
+    REG(base + F_PECR) = 0u; /* word programming (a half-page left FPRG + PROG set) */
+#endif
     flash_prog_unit(s->job_addr, sl->buf + s->job_src);
     s->job_addr += PROG_UNIT;
     s->job_src += PROG_UNIT;

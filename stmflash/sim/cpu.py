@@ -283,6 +283,9 @@ class Cpu:
         for c in self.flash_ctl:
             if c.busy_until > self.t:
                 self.t = c.busy_until  # a flash read waits while the flash is busy
+            hook = getattr(c, "on_flash_read", None)
+            if hook is not None:
+                hook()  # L0/L1: a read in the middle of a half-page write aborts it
         self._cost(FLASH_READ_CYCLES)
         addr = self.chip.device.flash_start + offset
         try:

@@ -26,8 +26,12 @@ access raises) are from the reference manuals:
   page erase the page (to 0x00); a word that does not read 0 gives NOTZEROERR on L0
   (``notzeroerr`` in the stub facts; L1 has no such flag: the word stays unchanged and the
   host's CRC catches it -- what L1 silicon does there is not established, this is the
-  stricter outcome). Half-page programming (FPRG) is not modelled: a write with it set
-  faults the CPU rather than pass for programmed.
+  stricter outcome). Half-page programming: FPRG + PROG, then every word of the half-page
+  (``half_page`` bytes in the stub facts) in order from its aligned start (PGAERR
+  otherwise); the half-page is programmed when its last word arrives; a flash read in
+  between aborts it (FWWERR on L0). A word and a half-page cost one programming time each
+  (the datasheets give one tprog for both), the time of ``half_page`` bytes in the timing
+  model, so word-by-word programming is as slow here as on the part.
 """
 
 from __future__ import annotations
@@ -317,7 +321,8 @@ class FlashController:
         i = bisect.bisect_right(self._starts, addr) - 1
         return i >= 0 and self.device.erase_units[i].index in self.wrp
 
-    def _program(self, addr: int, data: bytes, t: float, allow_and: bool = False) -> bool:
+    def _program(self, addr: int, data: bytes, t: float, allow_and: bool = False,
+                 cost: int | None = None) -> bool:
         """Program cells of the chip's one flash array; False (flag set) on failure."""
         if self._protected(addr):
             self.sr |= self.WRPERR
@@ -334,7 +339,7 @@ class FlashController:
             chip.program(addr, data)  # the chip's own path: half a unit, then the power is gone
         chip.flash[off : off + n] = data
         chip.programmed_bytes += n
-        self.busy_until = t + self.timing.program_time(n)
+        self.busy_until = t + self.timing.program_time(n if cost is None else cost)
         return True
 
     def flash_write(self, addr: int, size: int, value: int, t: float) -> None:
@@ -492,7 +497,7 @@ class FlashL0L1(FlashController):
     PEKEY1, PEKEY2, PRGKEY1, PRGKEY2 = 0x89ABCDEF, 0x02030405, 0x8C9DAEBF, 0x13141516
     PELOCK, PRGLOCK, OPTLOCK, PROG, ERASE, FPRG = 1 << 0, 1 << 1, 1 << 2, 1 << 3, 1 << 9, 1 << 10
     BSY, EOP, READY = 1 << 0, 1 << 1, 1 << 3
-    WRPERR, PGAERR, SIZERR, NOTZEROERR = 1 << 8, 1 << 9, 1 << 10, 1 << 16
+    WRPERR, PGAERR, SIZERR, NOTZEROERR, FWWERR = 1 << 8, 1 << 9, 1 << 10, 1 << 16, 1 << 17
     PGSERR = PGAERR  # an erase of a unit that does not exist (base-class helper)
     ERRORS = (1 << 8) | (1 << 9) | (1 << 10) | (1 << 11) | (1 << 12) | (1 << 13) | (1 << 16) | (1 << 17)
 
@@ -500,6 +505,16 @@ class FlashL0L1(FlashController):
         super().__init__(*args)  # type: ignore[arg-type]
         self.prg_locked = True
         self._prg_stage = 0
+        self.half_page = int(self.facts.get("half_page", 0))
+        self._half: tuple[int, bytearray] | None = None  # half-page being written
+        self.operations = {"word": 0, "half-page": 0}  # programming operations started
+
+    def on_flash_read(self) -> None:
+        """A read of the flash while a half-page is being written aborts it."""
+        if self._half is not None:
+            self._half = None
+            if self.facts.get("notzeroerr"):  # the L0 status register (NOTZEROERR, FWWERR)
+                self.sr |= self.FWWERR
 
     def read(self, off: int, t: float) -> int:
         if off == self.SR:
@@ -525,6 +540,7 @@ class FlashL0L1(FlashController):
                 return
             if value & self.PRGLOCK:
                 self.prg_locked = True
+            self._half = None
             self.cr = value & (self.PROG | self.ERASE | self.FPRG)
 
     def _key(self, value: int) -> None:
@@ -557,7 +573,8 @@ class FlashL0L1(FlashController):
             self.sr |= self.WRPERR  # not unlocked by PEKEY + PRGKEY: not executed
             return
         if self.cr & self.FPRG:
-            raise BusFault(f"half-page write at 0x{addr:08X}: FPRG is not modelled by the simulator")
+            self._half_write(addr, size, value, t)
+            return
         if size != 4:
             self.sr |= self.SIZERR  # program memory takes words (bytes/half-words: data EEPROM)
             return
@@ -580,15 +597,46 @@ class FlashL0L1(FlashController):
         if self.cr & self.PROG:
             self.sr |= self.PGAERR  # PROG without ERASE/FPRG: no word operation
             return
-        data = value.to_bytes(4, "little")
-        if self._program(addr, data, t):
+        self._finish(addr, value.to_bytes(4, "little"), t)
+
+    def _finish(self, addr: int, data: bytes, t: float) -> None:
+        # one programming operation: a word or a half-page, one tprog either way
+        self.operations["word" if len(data) == 4 else "half-page"] += 1
+        if self._program(addr, data, t, cost=self.half_page or len(data)):
             self.sr |= self.EOP
         elif not self.sr & self.WRPERR and self.facts.get("notzeroerr"):
             self.sr |= self.NOTZEROERR
 
+    def _half_write(self, addr: int, size: int, value: int, t: float) -> None:
+        hp = self.half_page
+        if not hp:
+            raise BusFault(f"half-page write at 0x{addr:08X}: no half-page size in the device table")
+        if not self.cr & self.PROG or self.cr & self.ERASE:
+            self.sr |= self.PGAERR  # FPRG alone is the data EEPROM's double-word write
+            self._half = None
+            return
+        if size != 4:
+            self.sr |= self.SIZERR
+            self._half = None
+            return
+        if self._half is None:
+            if addr % hp:
+                self.sr |= self.PGAERR  # the first word must start the half-page
+                return
+            self._half = (addr, bytearray())
+        start, buf = self._half
+        if addr != start + len(buf):
+            self.sr |= self.PGAERR  # every word, in order, inside the one half-page
+            self._half = None
+            return
+        buf += value.to_bytes(4, "little")
+        if len(buf) == hp:
+            self._half = None
+            self._finish(start, bytes(buf), t)
+
     def reset(self) -> None:
         super().reset()
-        self.prg_locked, self._prg_stage = True, 0
+        self.prg_locked, self._prg_stage, self._half = True, 0, None
 
 
 CONTROLLERS = {"f4": FlashF4, "f7": FlashF4, "g0l4": FlashG0L4, "f1": FlashF1, "l0l1": FlashL0L1}

@@ -117,7 +117,7 @@ def patched(device: Device, rom_baud: int, binary: bytes | None = None) -> StubI
         (img.end + 7) & ~7,
         device.ram_usable.end,
         bank_units(device),
-        int(facts.get("bank_code", 0)),
+        int(facts.get("half_page", facts.get("bank_code", 0))),  # L0/L1: half-page bytes there
         sysmem,
         IWDG_KR,
         1 if facts.get("usart_v2") else 0,
