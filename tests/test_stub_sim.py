@@ -368,7 +368,7 @@ def test_adapter_that_does_not_take_the_new_rate_falls_back(tmp_path, capsys, mo
 
 
 @pytest.mark.parametrize("name", ["F205", "F429", "F746", "F072", "F303xC", "G0B1", "G474", "L476", "L4R5", "WB55", "WLE5",
-                                  "L072", "L151xB", "L152xE"])
+                                  "L072", "L151xB", "L152xE", "F103xG"])
 def test_every_family_programs_its_first_and_last_unit(name):
     """Per family: the stub's controller code (bank 2 included) against the model."""
     from stmflash.image.crc import stm32_crc
@@ -519,3 +519,47 @@ def test_l0_word_over_programmed_flash_is_reported_as_notzeroerr():
         with pytest.raises(StubError, match="NOTZEROERR"):
             stub.flush()
         assert chip.read(unit.address, 8) == b"\x5a" * 8
+
+
+def test_f1_xl_image_across_the_bank_boundary_goes_through_both_register_sets(tmp_path, capsys):
+    """F1 XL density (RM0008 3.3.3): bank 2 from 0x08080000 has its own KEYR2/SR2/CR2/AR2 at
+    +0x40; an image across the boundary is flashed through the stub and reads back through
+    the ROM."""
+    dev = devices.find("F103xG")
+    img = tmp_path / "chip.img"
+    url = f"sim://F103xG?image={img}"
+    data = random.Random(11).randbytes(24 * 1024)
+    fw = tmp_path / "fw.bin"
+    fw.write_bytes(data)
+    start = 0x08080000 - 8 * 1024
+    code, events, err = run_cli(capsys, "uart", url, str(fw), "--address", f"0x{start:08X}", "--stub", "on",
+                                "--json")
+    assert code == 0, err
+    assert result(events)["path"] == "stub"
+    off = start - dev.flash_start
+    assert flash_bytes(img)[off : off + len(data)] == data
+    out = tmp_path / "back.bin"
+    code, _, err = run_cli(capsys, "uart", url, "--stub", "off", "--read", str(out), "--range",
+                           f"0x{start:08X}:{len(data)}", "-q")
+    assert code == 0, err
+    assert out.read_bytes() == data
+
+
+def test_f1_xl_model_bank_2_needs_its_own_unlock_and_pg():
+    from stmflash.sim.periph import KEY1, KEY2, BusFault, FlashF1XL
+
+    dev = devices.find("F103xG")
+    chip = VirtualChip(dev)
+    ctl = FlashF1XL(chip, int(dev.stub["flash_regs"]), dev.stub)
+    ctl.write(0x04, KEY1, 0.0)
+    ctl.write(0x04, KEY2, 0.0)
+    ctl.write(0x10, 1, 0.0)  # bank 1: PG
+    ctl.flash_write(0x08000000, 2, 0x1234, 0.0)
+    assert chip.read(0x08000000, 2) == b"\x34\x12"
+    with pytest.raises(BusFault):  # bank 2 is still locked, its PG clear
+        ctl.flash_write(0x08080000, 2, 0x1234, 0.0)
+    ctl.write(0x44, KEY1, 0.0)
+    ctl.write(0x44, KEY2, 0.0)
+    ctl.write(0x50, 1, 0.0)  # bank 2: PG in CR2
+    ctl.flash_write(0x08080000, 2, 0x5678, 0.0)
+    assert chip.read(0x08080000, 2) == b"\x78\x56"

@@ -16,7 +16,10 @@ access raises) are from the reference manuals:
   other access sizes SIZERR, a double word that is not erased PROGERR, programming without
   PG or with an error flag left set PGSERR.
 * F0/F1/F3 (``f1``, RM0008 3.3): KEYR 0x04, SR 0x0C, CR 0x10, AR 0x14; half-words only
-  (any other size is a bus error: the CPU faults), a cell not erased gives PGERR.
+  (any other size is a bus error: the CPU faults), a cell not erased gives PGERR. XL
+  density (RM0008 3.3.3 "dual-bank"): bank 2 (from 0x08080000) has its own KEYR2/SR2/CR2/
+  AR2 at +0x40, its own lock; each bank's controller programs and erases only its bank (a
+  write into bank 2 with only bank 1's PG set faults as a write without PG).
 * L0/L1 (``l0l1``, RM0377/RM0367/RM0038 3.3-3.7, CMSIS stm32l0xx.h/stm32l1xx.h): PECR 0x04,
   PEKEYR 0x0C, PRGKEYR 0x10, SR 0x18. PECR unlocks with PEKEY1/PEKEY2, then the program
   memory with PRGKEY1/PRGKEY2 (a wrong key locks until reset); a flash write while PELOCK
@@ -38,6 +41,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 from stmflash.sim.chip import AccessError, PowerLoss, VirtualChip
 
@@ -456,9 +460,10 @@ class FlashF1(FlashController):
     ERRORS = PGERR | WRPRTERR
     PG, PER, MER, STRT = 1 << 0, 1 << 1, 1 << 2, 1 << 6
 
-    def __init__(self, *args: object) -> None:
+    def __init__(self, *args: object, bank: int = 0) -> None:
         super().__init__(*args)  # type: ignore[arg-type]
         self.ar = 0
+        self.bank = bank  # XL: the bank this register set controls (0: all flash)
 
     def other(self, off: int, value: int, t: float) -> None:
         if off == self.AR and not self.locked:
@@ -469,8 +474,8 @@ class FlashF1(FlashController):
             self._mass_erase(t)
         elif cr & self.PER:
             unit = self.device.unit_at(self.ar)
-            if unit is None:
-                return
+            if unit is None or (self.bank and unit.bank != self.bank):
+                return  # not a page of this bank: nothing erased, no EOP
             self._erase(unit.index, t)
         else:
             return
@@ -642,13 +647,51 @@ class FlashL0L1(FlashController):
 CONTROLLERS = {"f4": FlashF4, "f7": FlashF4, "g0l4": FlashG0L4, "f1": FlashF1, "l0l1": FlashL0L1}
 
 
-def controllers_for(chip: VirtualChip) -> list[FlashController]:
+class FlashF1XL:
+    """F1 XL density: the two F1 register sets (bank 1 at the base, bank 2 at +``bank_code``,
+    RM0008 3.3.3) in one 1 KiB register block; flash writes go to the bank they address."""
+
+    SR = FlashF1.SR
+    STATUS = (FlashF1.SR, FlashF1.SR + 0x40)
+
+    def __init__(self, chip: VirtualChip, base: int, facts: dict) -> None:
+        self.base = base
+        self.offset = int(facts.get("bank_code", 0x40))
+        self.banks = (FlashF1(chip, base, facts, bank=1), FlashF1(chip, base + self.offset, facts, bank=2))
+        self.device = chip.device
+        self._bank2 = min(u.address for u in chip.device.bank_units(2))
+
+    @property
+    def busy_until(self) -> float:
+        return max(b.busy_until for b in self.banks)
+
+    def _reg(self, off: int) -> tuple[FlashF1, int]:
+        return (self.banks[1], off - self.offset) if off >= self.offset else (self.banks[0], off)
+
+    def read(self, off: int, t: float) -> int:
+        ctl, o = self._reg(off)
+        return ctl.read(o, t)
+
+    def write(self, off: int, value: int, t: float) -> None:
+        ctl, o = self._reg(off)
+        ctl.write(o, value, t)
+
+    def flash_write(self, addr: int, size: int, value: int, t: float) -> None:
+        self.banks[1 if addr >= self._bank2 else 0].flash_write(addr, size, value, t)
+
+    def reset(self) -> None:
+        for b in self.banks:
+            b.reset()
+
+
+def controllers_for(chip: VirtualChip) -> list[Any]:
     """The flash controller(s) of ``chip`` (bank 2 of F1 XL has its own register set)."""
     facts = chip.device.stub
-    cls = CONTROLLERS[facts["group"]]
+    group = facts["group"]
     base = int(facts["flash_regs"])
-    out = [cls(chip, base, facts)]
-    return out
+    if group == "f1" and chip.device.bank_count >= 2:
+        return [FlashF1XL(chip, base, facts)]
+    return [CONTROLLERS[group](chip, base, facts)]
 
 
 __all__ = ["AccessError", "BusFault", "CONTROLLERS", "PowerLoss", "Usart", "controllers_for"]

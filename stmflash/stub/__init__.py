@@ -70,8 +70,6 @@ def support(device: Device) -> tuple[bool, str]:
     if group not in manifest():
         return False, f"no stub binary for group {group!r}"
     img = stub_image(group)
-    if group == "f1" and device.bank_count >= 2:
-        return False, "bank 2 of XL-density parts is not programmed by the stub"
     ram = device.ram_usable
     if ram is None:
         return False, "usable RAM unknown"
