@@ -117,6 +117,9 @@ class Device:
     write_align: int = 4  # programming unit (bytes): the ROM fills a short last unit with 0xFF
     write_misaligned: str = "nack"  # a write starting inside a unit: "nack" or "drop" (ACK, unchanged)
     empty_check: bool = False
+    # what erased program flash reads as (0xFF on most families; 0x00 on L0/L1, RM0377/RM0367
+    # 3.3 "NOTZEROERR: write to a not-zero area", RM0038 3.3 page erase)
+    erased: int = 0xFF
     mass_erase: bool = True
     usart_protocol: int = 0x31
     usart_commands: tuple[int, ...] | None = None
@@ -137,6 +140,11 @@ class Device:
     generic: bool = False
 
     # ---- geometry -------------------------------------------------------------------
+    @property
+    def erased_bytes(self) -> bytes:
+        """One erased byte (``erased`` as ``bytes``: multiply for a blank span)."""
+        return bytes([self.erased])
+
     @property
     def flash(self) -> Region:
         return Region(self.flash_start, self.flash_start + self.flash_size)
@@ -306,6 +314,7 @@ class Device:
             "write_align": self.write_align,
             "write_misaligned": self.write_misaligned,
             "empty_check": self.empty_check,
+            "erased": f"0x{self.erased:02X}",
             "mass_erase": self.mass_erase,
             "erase_command": self.erase_command,
             "usart_protocol": self.usart_protocol,

@@ -144,9 +144,10 @@ def _plan(flash_img: Image, device: Device, erase: str) -> tuple[bool, list[Eras
     return mass, units, summary
 
 
-def unit_image(image: Image, unit: EraseUnit) -> bytes:
-    """What ``unit`` holds once ``image`` is flashed: its bytes, 0xFF (erased) elsewhere."""
-    out = bytearray(b"\xff" * unit.size)
+def unit_image(image: Image, unit: EraseUnit, erased: int = 0xFF) -> bytes:
+    """What ``unit`` holds once ``image`` is flashed: its bytes, erased elsewhere (0xFF, or
+    0x00 on L0/L1: ``erased`` in the device table)."""
+    out = bytearray(bytes([erased]) * unit.size)
     for s in image.segments:
         lo, hi = max(s.address, unit.address), min(s.end, unit.end)
         if lo < hi:
@@ -169,7 +170,7 @@ def unchanged_units(link: Link, image: Image, device: Device) -> set[int]:
             touched[u.index] = u
     units = [touched[i] for i in sorted(touched)]
     crcs = batch([(u.address, u.size) for u in units])
-    return {u.index for u, crc in zip(units, crcs, strict=True) if crc == stm32_crc(unit_image(image, u))}
+    return {u.index for u, crc in zip(units, crcs, strict=True) if crc == stm32_crc(unit_image(image, u, device.erased))}
 
 
 def _without_units(image: Image, device: Device, indices: set[int]) -> Image:
@@ -196,7 +197,7 @@ def write_blocks(image: Image, device: Device, block: int, *, skip_blank: bool) 
     """Blocks to write, in the order to write them, and the number of blank bytes skipped."""
     blocks: list[tuple[int, bytes]] = []
     skipped = 0
-    blank = b"\xff" * block
+    blank = device.erased_bytes * block  # what the erase left: no need to write it
     for addr, data in image.chunks(block):
         if skip_blank and data == blank[: len(data)]:
             skipped += len(data)
@@ -388,7 +389,7 @@ def _write_all(
                 if unit is None or not repair:
                     raise
                 got = confirmed_read(link, addr, len(data))
-                if got == b"\xff" * len(data) or repairs.get(unit.index, 0) >= 2:
+                if got == device.erased_bytes * len(data) or repairs.get(unit.index, 0) >= 2:
                     raise
                 repairs[unit.index] = repairs.get(unit.index, 0) + 1
                 rep.warn(
@@ -439,7 +440,9 @@ def program(
     t0 = time.monotonic()
     device = link.device
     flash_img, other_img = split_image(image, device)
-    flash_img = flash_img.aligned(device.write_align)
+    # a short last unit is completed with the erased value: the bytes the image leaves out
+    # read as erased, as the rest of the unit does (and as unit_image() assumes)
+    flash_img = flash_img.aligned(device.write_align, fill=device.erased)
     other_img = other_img.aligned(4)
     whole = flash_img
     same: set[int] = set()
@@ -493,7 +496,7 @@ def program(
             hi = max([unit.end] + [a + len(d) for a, d in mine])
             span = device.units_covering(lo, hi)
             mine = [(a, d) for a, d in blocks if a < span[-1].end and span[0].address < a + len(d)]
-            blank = b"\xff" * len(mine[0][1]) if mine else b""
+            blank = device.erased_bytes * len(mine[0][1]) if mine else b""
             for attempt in range(3):
                 link.erase(span)
                 # a garbled page list can pass the XOR check and erase another unit:

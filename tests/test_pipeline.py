@@ -14,14 +14,16 @@ from stmflash.pipeline import program, start_address
 
 
 class FakeLink:
-    """Flash that only clears bits, with an optional on-chip CRC and a call log."""
+    """Flash whose programming only moves bits away from the erased value (clears them;
+    sets them where ``device.erased`` is 0x00, L0/L1), with an optional on-chip CRC and a
+    call log."""
 
     max_read = 256
     max_write = 256
 
     def __init__(self, device: devices.Device, *, crc: bool = False, stuck: int | None = None) -> None:
         self.device = device
-        self.mem = bytearray(b"\x00") * device.flash_size  # not erased: erase must happen
+        self.mem = bytearray([device.erased ^ 0xFF]) * device.flash_size  # not erased: erase must happen
         self.crc = crc
         self.stuck = stuck  # an address whose byte never programs (write-protected cell)
         self.calls: list[tuple] = []
@@ -42,17 +44,20 @@ class FakeLink:
         for i, b in enumerate(data):
             if self.stuck is not None and address + i == self.stuck:
                 continue
-            self.mem[o + i] &= b
+            if self.device.erased:
+                self.mem[o + i] &= b
+            else:
+                self.mem[o + i] |= b
 
     def erase(self, units) -> None:
         for u in units:
             self.calls.append(("erase", u.index))
             o = self._off(u.address)
-            self.mem[o : o + u.size] = b"\xff" * u.size
+            self.mem[o : o + u.size] = self.device.erased_bytes * u.size
 
     def mass_erase(self) -> None:
         self.calls.append(("mass",))
-        self.mem[:] = b"\xff" * len(self.mem)
+        self.mem[:] = self.device.erased_bytes * len(self.mem)
 
     def checksum(self, address: int, length: int) -> int | None:
         if not self.crc:
@@ -98,14 +103,17 @@ def test_vector_table_unit_is_written_last_on_empty_check_parts() -> None:
     assert not any(first.address <= a < first.end for a in writes[:-8])
 
 
-def test_blank_blocks_are_skipped_but_verified() -> None:
-    dev = devices.find("0x413")
+@pytest.mark.parametrize("pid", ["0x413", "0x417"])  # F4 erases to 0xFF, L0 to 0x00
+def test_blank_blocks_are_skipped_but_verified(pid: str) -> None:
+    dev = devices.find(pid)
     data = bytearray(random.Random(2).randbytes(4096))
-    data[1024:2048] = b"\xff" * 1024
+    data[1024:2048] = dev.erased_bytes * 1024  # blank on this part: skipped
+    data[2048:3072] = bytes([dev.erased ^ 0xFF]) * 1024  # blank elsewhere: must be written here
     link = FakeLink(dev)
     result = program(link, Image.from_bytes(bytes(data), dev.flash_start), after="stay")
     written = {c[1] for c in link.calls if c[0] == "write"}
     assert not any(dev.flash_start + 1024 <= a < dev.flash_start + 2048 for a in written)
+    assert any(dev.flash_start + 2048 <= a < dev.flash_start + 3072 for a in written)
     assert result.bytes_skipped == 1024
     assert bytes(link.mem[:4096]) == bytes(data)
 
@@ -174,3 +182,15 @@ def test_erase_modes() -> None:
     link = FakeLink(devices.find("0x417"))  # no mass erase: every page instead
     program(link, _image(link.device, 100), erase="all", after="stay")
     assert sum(1 for c in link.calls if c[0] == "erase") == len(link.device.erase_units)
+
+
+@pytest.mark.parametrize("pid", ["0x413", "0x417"])
+def test_short_last_unit_is_completed_with_the_erased_value(pid: str) -> None:
+    """Bytes the image leaves out of its last programming unit read as erased: 0xFF, or 0x00
+    on L0/L1, whose flash erases to zeros (the re-flash comparison assumes the same)."""
+    dev = devices.find(pid)
+    data = random.Random(5).randbytes(1001)
+    link = FakeLink(dev)
+    program(link, Image.from_bytes(data, dev.flash_start), after="stay")
+    assert bytes(link.mem[:1001]) == data
+    assert bytes(link.mem[1001:1004]) == dev.erased_bytes * 3

@@ -55,12 +55,12 @@ def small_image(dev: Device, rng: random.Random) -> Image:
 
 
 def expected_flash(dev: Device, img: Image) -> bytes:
-    """The pattern, 0xFF over every erase unit the image touches, the image inside."""
+    """The pattern, erased (0xFF; 0x00 on L0/L1) over every erase unit the image touches, the image inside."""
     want = bytearray([PATTERN]) * dev.flash_size
     for seg in img.segments:
         for unit in dev.units_covering(seg.address, seg.end):
             lo = unit.address - dev.flash_start
-            want[lo : lo + unit.size] = b"\xff" * unit.size
+            want[lo : lo + unit.size] = dev.erased_bytes * unit.size
     for seg in img.segments:
         lo = seg.address - dev.flash_start
         want[lo : lo + len(seg.data)] = seg.data

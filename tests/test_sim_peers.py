@@ -92,11 +92,11 @@ def test_stm32flash_write_read_erase(tmp_path: Path, key: str) -> None:
         assert back.read_bytes() == fw.read_bytes()
     flash = flash_bytes(image)
     assert flash[:16384] == fw.read_bytes()
-    assert flash[16384:] == b"\xff" * (len(flash) - 16384)
+    assert flash[16384:] == device.erased_bytes * (len(flash) - 16384)  # 0x00 on L0/L1
 
     with sim_server(dev_arg, image) as pty:  # state survived the restart; now erase it all
         stm32flash("-o", pty)
-    assert flash_bytes(image) == b"\xff" * device.flash_size
+    assert flash_bytes(image) == device.erased_bytes * device.flash_size
 
 
 @pytest.mark.parametrize("key", list(DEVICES))
@@ -163,4 +163,4 @@ def test_stm32flash_protection_commands(tmp_path: Path, key: str) -> None:
         assert denied.returncode != 0
         stm32flash("-k", pty)  # readout unprotect: mass erase and level 0
     assert _rdp(image) == 0
-    assert flash_bytes(image) == b"\xff" * device.flash_size
+    assert flash_bytes(image) == device.erased_bytes * device.flash_size

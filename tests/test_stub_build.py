@@ -4,8 +4,8 @@
 ``stmflash/data/stub/*.bin`` byte for byte, twice (reproducible build), and match the
 manifest. Then two deliberately broken builds run in the virtual STM32 and fail there as
 they would on silicon: skipping the flash unlock (the controller stays locked, so PG never
-sets: PGSERR) and programming with the wrong width (F4 PSIZE x8 for word writes: PGPERR;
-G0/L4 half-words where 32-bit words are required: SIZERR; F1 words where half-words are
+sets: PGSERR; L0/L1: WRPERR, RM0367 3.4) and programming with the wrong width (F4 PSIZE x8 for word writes: PGPERR;
+G0/L4 and L0/L1 half-words where 32-bit words are required: SIZERR; F1 words where half-words are
 required: a bus fault, after which the stub is silent).
 """
 
@@ -49,7 +49,7 @@ def built(tmp_path_factory):
 
 def test_shipped_binaries_match_a_rebuild_byte_for_byte(built, tmp_path):
     manifest = json.loads((DATA / "manifest.json").read_text())
-    assert set(manifest) == {"f4", "f7", "g0l4", "f1"}
+    assert set(manifest) == {"f4", "f7", "g0l4", "f1", "l0l1"}
     again = _make(tmp_path / "b")
     for entry in manifest.values():
         shipped = (DATA / entry["file"]).read_bytes()
@@ -67,7 +67,8 @@ def test_every_supported_device_has_room_for_the_stub():
     from stmflash.stub import stub_image, support
 
     supported = [d for d in devices.all_devices() if support(d)[0]]
-    assert {d.family for d in supported} >= {"F0", "F1", "F2", "F3", "F4", "F7", "G0", "G4", "L4", "WB", "WL"}
+    assert {d.family for d in supported} >= {"F0", "F1", "F2", "F3", "F4", "F7", "G0", "G4", "L0", "L1", "L4",
+                                             "WB", "WL"}
     for d in supported:
         img = stub_image(d.stub["group"])
         assert d.ram_usable is not None and img.load >= d.ram_usable.start and img.end < d.ram_usable.end
@@ -102,24 +103,28 @@ def _flash_with(binary: bytes, name: str) -> tuple[VirtualChip, Exception]:
         registry.clear()
 
 
-@pytest.mark.parametrize("name,group", [("F407", "f4"), ("G071", "g0l4"), ("F103", "f1")])
+@pytest.mark.parametrize("name,group", [("F407", "f4"), ("G071", "g0l4"), ("F103", "f1"), ("L072", "l0l1"),
+                                        ("L152xC", "l0l1")])
 def test_stub_that_skips_the_unlock_fails_as_on_silicon(tmp_path, name, group):
     chip, err = _flash_with(_broken(tmp_path, "STUB_FAULT_SKIP_UNLOCK", group), name)
     unit = chip.device.erase_units[1]
-    assert chip.read(unit.address, 1024) == b"\xff" * 1024  # nothing programmed
+    assert chip.read(unit.address, 1024) == chip.device.erased_bytes * 1024  # nothing programmed
     if group == "f1":
         assert isinstance(err, LinkError)  # F1: writing flash without PG is a bus error
         assert "fault" in chip.cpu.result
+    elif group == "l0l1":
+        assert "WRPERR" in str(err)  # L0/L1: a write to locked program memory (RM0367 3.4)
     else:
         assert "PGSERR" in str(err)  # the erase never started either: CR stayed locked
 
 
 @pytest.mark.parametrize("name,group,flag", [("F407", "f4", "PGPERR"), ("G071", "g0l4", "SIZERR"),
-                                             ("F103", "f1", "fault")])
+                                             ("F103", "f1", "fault"), ("L072", "l0l1", "SIZERR"),
+                                             ("L152xC", "l0l1", "SIZERR")])
 def test_stub_that_programs_with_the_wrong_width_fails_as_on_silicon(tmp_path, name, group, flag):
     chip, err = _flash_with(_broken(tmp_path, "STUB_FAULT_WIDTH", group), name)
     unit = chip.device.erase_units[1]
-    assert chip.read(unit.address, 1024) == b"\xff" * 1024
+    assert chip.read(unit.address, 1024) == chip.device.erased_bytes * 1024
     if flag == "fault":
         assert isinstance(err, LinkError) and "half-words" in chip.cpu.result
     else:

@@ -22,7 +22,7 @@ from tests.peers import require, run
 pytest.importorskip("unicorn", reason="unicorn (test and sim extras) runs the stub in the simulator")
 
 
-@pytest.mark.parametrize("name", ["F407", "G071", "L476", "F103"])
+@pytest.mark.parametrize("name", ["F407", "G071", "L476", "F103", "L072", "L152xC"])
 def test_stub_over_a_pty_reads_back_identically_with_stm32flash(tmp_path: Path, name: str) -> None:
     stm32flash = require("stm32flash")
     dev = devices.find(name)
@@ -41,4 +41,4 @@ def test_stub_over_a_pty_reads_back_identically_with_stm32flash(tmp_path: Path, 
             timeout=300)
     assert back.read_bytes() == data
     flash = flash_bytes(image)
-    assert flash[: len(data)] == data and flash[len(data):] == b"\xff" * (len(flash) - len(data))
+    assert flash[: len(data)] == data and flash[len(data):] == dev.erased_bytes * (len(flash) - len(data))

@@ -28,7 +28,7 @@ from stmflash.sim.chip import VirtualChip, flash_bytes
 
 pytest.importorskip("unicorn", reason="unicorn (test and sim extras) runs the stub in the simulator")
 
-GROUP_DEVICES = ["F407", "G071", "L476", "F103"]
+GROUP_DEVICES = ["F407", "G071", "L476", "F103", "L072", "L152xC"]  # L0: USART v2, L1: v1
 
 
 @contextlib.contextmanager
@@ -107,14 +107,15 @@ def test_stub_flash_reads_back_through_the_rom_and_in_the_image_file(tmp_path, c
     data = fw.read_bytes()
     flash = flash_bytes(img)
     assert flash[: len(data)] == data
-    assert flash[len(data):] == b"\xff" * (len(flash) - len(data))  # nothing else touched
+    assert flash[len(data):] == dev.erased_bytes * (len(flash) - len(data))  # nothing else touched
     assert rom_read(capsys, url, dev, len(data), tmp_path) == data
 
 
-def test_unchanged_reflash_erases_and_writes_nothing_and_a_changed_unit_only_that(tmp_path, capsys):
-    dev = devices.find("G071")
+@pytest.mark.parametrize("name", ["G071", "L072"])
+def test_unchanged_reflash_erases_and_writes_nothing_and_a_changed_unit_only_that(tmp_path, capsys, name):
+    dev = devices.find(name)
     img = tmp_path / "chip.img"
-    url = f"sim://G071?image={img}"
+    url = f"sim://{name}?image={img}"
     fw = firmware(tmp_path, dev, 48 * 1024)
     boot_rom_after_reset(capsys, url, dev)
     assert run_cli(capsys, "uart", url, str(fw), "--stub", "on", "-q")[0] == 0
@@ -122,35 +123,41 @@ def test_unchanged_reflash_erases_and_writes_nothing_and_a_changed_unit_only_tha
     assert code == 0, err
     res = result(events)
     assert res["bytes_written"] == 0 and res["erase"]["units"] == 0
-    assert res["erase"]["unchanged_units"] == 24  # 48 KiB of 2 KiB pages
+    page = dev.erase_units[0].size
+    assert res["erase"]["unchanged_units"] == 48 * 1024 // page  # G0: 2 KiB pages, L0: 128 B
     # one byte changed in page 5: only page 5 is erased and written
     data = bytearray(fw.read_bytes())
-    data[5 * 2048 + 100] ^= 0xFF
+    data[5 * page + page // 2] ^= 0xFF
     fw.write_bytes(bytes(data))
     code, events, err = run_cli(capsys, "uart", url, str(fw), "--stub", "on", "--json")
     assert code == 0, err
     res = result(events)
-    assert res["erase"]["units"] == 1 and res["erase"]["unchanged_units"] == 23
-    assert res["bytes_written"] == 2048
+    assert res["erase"]["units"] == 1 and res["erase"]["unchanged_units"] == 48 * 1024 // page - 1
+    assert res["bytes_written"] == page
     assert flash_bytes(img)[: len(data)] == bytes(data)
 
 
-def test_reflash_with_flash_outside_the_image_already_programmed(tmp_path, capsys):
-    """A unit is 'unchanged' only when its gaps are erased too: stale bytes in a gap of the
-    image force that unit to be erased and rewritten."""
-    dev = devices.find("F407")
+@pytest.mark.parametrize("name", ["F407", "L072"])
+def test_reflash_with_flash_outside_the_image_already_programmed(tmp_path, capsys, name):
+    """A unit is 'unchanged' only when its gaps are erased too (0xFF, or 0x00 on L0): stale
+    bytes in a gap of the image force that unit to be erased and rewritten."""
+    dev = devices.find(name)
     chip = VirtualChip(dev)
     registry.register("gap", chip)
     try:
         fw = tmp_path / "fw.bin"
         fw.write_bytes(random.Random(3).randbytes(20000))
         chip.preload(dev.flash_start, fw.read_bytes())
-        chip.preload(dev.flash_start + 30000, b"stale")  # inside sector 1, outside the image
-        code, events, err = run_cli(capsys, "uart", "sim://F407?chip=gap", str(fw), "--stub", "on", "--json")
+        end = dev.flash_start + 20000
+        last = dev.unit_at(end - 1)
+        stale = end + (last.end - end) // 2  # in the image's last unit, outside the image
+        chip.preload(stale, b"stale")
+        touched = len(dev.units_covering(dev.flash_start, end))
+        code, events, err = run_cli(capsys, "uart", f"sim://{name}?chip=gap", str(fw), "--stub", "on", "--json")
         assert code == 0, err
         res = result(events)
-        assert res["erase"].get("unchanged_units") == 1 and res["erase"]["units"] == 1  # sector 1 redone
-        assert chip.read(dev.flash_start + 30000, 5) == b"\xff" * 5
+        assert res["erase"].get("unchanged_units") == touched - 1 and res["erase"]["units"] == 1  # last redone
+        assert chip.read(stale, 5) == dev.erased_bytes * 5
         assert chip.read(dev.flash_start, 20000) == fw.read_bytes()
     finally:
         registry.clear()
@@ -201,12 +208,12 @@ def test_readout_protected_chip_is_refused_before_any_upload(tmp_path, capsys):
         registry.clear()
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
-def test_noisy_line_never_ends_in_success_with_wrong_content(tmp_path, capsys, seed):
-    dev = devices.find("L476")
+@pytest.mark.parametrize("name,seed", [("L476", 1), ("L476", 2), ("L476", 3), ("L072", 1), ("L152xC", 2)])
+def test_noisy_line_never_ends_in_success_with_wrong_content(tmp_path, capsys, name, seed):
+    dev = devices.find(name)
     img = tmp_path / "chip.img"
     fw = firmware(tmp_path, dev, 32 * 1024, seed=seed)
-    url = f"sim://L476?image={img}&fault=drop=0.0003,corrupt=0.0003&seed={seed}"
+    url = f"sim://{name}?image={img}&fault=drop=0.0003,corrupt=0.0003&seed={seed}"
     code, events, err = run_cli(capsys, "uart", url, str(fw), "--stub", "on", "--json")
     data = fw.read_bytes()
     if code == 0:
@@ -215,15 +222,16 @@ def test_noisy_line_never_ends_in_success_with_wrong_content(tmp_path, capsys, s
     else:
         assert code in (1, 3, 5) and "error" in err
     # the next run on a clean line completes, whatever state the last one left
-    code, _, err = run_cli(capsys, "uart", f"sim://L476?image={img}", str(fw), "--stub", "on", "-q")
+    code, _, err = run_cli(capsys, "uart", f"sim://{name}?image={img}", str(fw), "--stub", "on", "-q")
     assert code == 0, err
     assert flash_bytes(img)[: len(data)] == data
 
 
-def test_chip_reset_mid_stub_is_a_clear_error_and_the_next_run_completes(tmp_path, capsys):
+@pytest.mark.parametrize("name", ["F407", "L072", "L152xC"])
+def test_chip_reset_mid_stub_is_a_clear_error_and_the_next_run_completes(tmp_path, capsys, name):
     from stmflash.stub.link import start
 
-    with rom_session("F407") as (chip, link):
+    with rom_session(name) as (chip, link):
         dev = chip.device
         stub = start(link)
         unit = dev.erase_units[1]
@@ -237,21 +245,22 @@ def test_chip_reset_mid_stub_is_a_clear_error_and_the_next_run_completes(tmp_pat
             stub.flush()
         link.close()
         fw = firmware(tmp_path, dev, 20 * 1024)
-        code, _, err = run_cli(capsys, "uart", "sim://F407?chip=stubtest", str(fw), "--stub", "on", "-q")
+        code, _, err = run_cli(capsys, "uart", f"sim://{name}?chip=stubtest", str(fw), "--stub", "on", "-q")
         assert code == 0, err
         assert chip.read(dev.flash_start, 20 * 1024) == fw.read_bytes()
 
 
-def test_power_loss_while_the_stub_programs_then_the_next_run_completes(tmp_path, capsys):
-    dev = devices.find("G071")
+@pytest.mark.parametrize("name", ["G071", "L072"])
+def test_power_loss_while_the_stub_programs_then_the_next_run_completes(tmp_path, capsys, name):
+    dev = devices.find(name)
     img = tmp_path / "chip.img"
     fw = firmware(tmp_path, dev, 32 * 1024)
-    code, _, err = run_cli(capsys, "uart", f"sim://G071?image={img}&fault=power_loss=after:9000",
+    code, _, err = run_cli(capsys, "uart", f"sim://{name}?image={img}&fault=power_loss=after:9000",
                            str(fw), "--stub", "on", "-q")
     assert code == 3 and "stub stopped answering" in err
     data = fw.read_bytes()
     assert flash_bytes(img)[: len(data)] != data
-    code, _, err = run_cli(capsys, "uart", f"sim://G071?image={img}", str(fw), "--stub", "on", "-q")
+    code, _, err = run_cli(capsys, "uart", f"sim://{name}?image={img}", str(fw), "--stub", "on", "-q")
     assert code == 0, err
     assert flash_bytes(img)[: len(data)] == data
 
@@ -307,7 +316,12 @@ def test_parameter_block_is_filled_from_the_device_table():
 
 
 def test_devices_command_states_stub_support(capsys):
-    for name, want in (("F407", "RAM stub:         yes (group f4"), ("H743", "RAM stub:         no (no stub")):
+    for name, want in (("F407", "RAM stub:         yes (group f4"), ("H743", "RAM stub:         no (no stub"),
+                       ("L072", "RAM stub:         yes (group l0l1: L0, L1"),
+                       ("L152xC", "RAM stub:         yes (group l0l1"),
+                       ("L053", "RAM stub:         no (not enough usable RAM"),
+                       ("L011", "RAM stub:         no (usable RAM unknown"),
+                       ("L072", "erased flash:     0x00"), ("F407", "erased flash:     0xFF")):
         try:
             main(["devices", name])
         except SystemExit:
@@ -325,6 +339,8 @@ def test_image_model_unit_content_with_gaps():
     content = unit_image(img, unit)
     assert len(content) == unit.size and content[10:12] == b"\x01\x02"
     assert content[:10] == b"\xff" * 10 and content[12:] == b"\xff" * (unit.size - 12)
+    zeros = unit_image(img, unit, erased=0x00)  # L0/L1: gaps read as their erased 0x00
+    assert zeros[:10] == bytes(10) and zeros[10:12] == b"\x01\x02" and zeros[12:] == bytes(unit.size - 12)
 
 
 def test_a_rate_the_chip_clock_cannot_divide_keeps_the_rom_rate(tmp_path, capsys):
@@ -351,7 +367,8 @@ def test_adapter_that_does_not_take_the_new_rate_falls_back(tmp_path, capsys, mo
     assert flash_bytes(img)[: 20 * 1024] == fw.read_bytes()
 
 
-@pytest.mark.parametrize("name", ["F205", "F429", "F746", "F072", "F303xC", "G0B1", "G474", "L476", "L4R5", "WB55", "WLE5"])
+@pytest.mark.parametrize("name", ["F205", "F429", "F746", "F072", "F303xC", "G0B1", "G474", "L476", "L4R5", "WB55", "WLE5",
+                                  "L072", "L151xB", "L152xE", "F103xG"])
 def test_every_family_programs_its_first_and_last_unit(name):
     """Per family: the stub's controller code (bank 2 included) against the model."""
     from stmflash.image.crc import stm32_crc
@@ -361,14 +378,15 @@ def test_every_family_programs_its_first_and_last_unit(name):
         dev = chip.device
         stub = start(link)
         units = [dev.erase_units[1], dev.erase_units[-1]]
-        chip.preload(units[1].address, b"\x00" * 16)  # not erased: the stub must erase it
-        data = random.Random(name).randbytes(1024)
+        chip.preload(units[1].address, b"\x5a" * 16)  # not erased: the stub must erase it
+        data = random.Random(name).randbytes(min(1024, units[1].size))  # L0: 128 B pages
         stub.erase(units)
         for u in units:
             stub.write(u.address, data)
         stub.flush()
-        assert [chip.read(u.address, 1024) for u in units] == [data, data]
-        assert stub.checksums([(u.address, 1024) for u in units]) == [stm32_crc(data)] * 2
+        n = len(data)
+        assert [chip.read(u.address, n) for u in units] == [data, data]
+        assert stub.checksums([(u.address, n) for u in units]) == [stm32_crc(data)] * 2
         stub.reset()
         assert chip.mode == "bootloader"  # BOOT0 high: the reset brings the ROM back
 
@@ -392,3 +410,156 @@ def test_a_garbled_upload_is_caught_by_the_stubs_own_crc_and_never_used():
         with pytest.raises(LinkError, match="differs from what was uploaded"):
             start(link)
         assert chip.mode == "bootloader" and chip.reset_count >= 1  # reset, never used
+
+
+def test_l0l1_flash_controller_model_follows_the_reference_manual():
+    """The L0/L1 model at register level (RM0377/RM0367/RM0038 3.3-3.7): PRGKEYR works only
+    after PEKEYR, a locked controller answers WRPERR, a wrong key locks until reset, words
+    only (SIZERR), ERASE + PROG and a word write erase a page to 0x00, NOTZEROERR (L0) for a
+    word that does not read 0."""
+    from stmflash.sim.periph import FlashL0L1
+
+    dev = devices.find("L072")
+    chip = VirtualChip(dev)
+    ctl = FlashL0L1(chip, int(dev.stub["flash_regs"]), dev.stub)
+    page = dev.erase_units[3]
+    ctl.flash_write(page.address, 4, 0x11223344, 0.0)
+    assert ctl.read(ctl.SR, 0.0) & ctl.WRPERR and chip.read(page.address, 4) == bytes(4)
+    ctl.write(ctl.SR, ctl.ERRORS, 0.0)
+    ctl.write(ctl.PRGKEYR, ctl.PRGKEY1, 0.0)  # before PEKEYR: ignored
+    ctl.write(ctl.PRGKEYR, ctl.PRGKEY2, 0.0)
+    assert ctl.read(ctl.PECR, 0.0) & (ctl.PELOCK | ctl.PRGLOCK) == ctl.PELOCK | ctl.PRGLOCK
+    for reg, key in ((ctl.PEKEYR, ctl.PEKEY1), (ctl.PEKEYR, ctl.PEKEY2), (ctl.PRGKEYR, ctl.PRGKEY1),
+                     (ctl.PRGKEYR, ctl.PRGKEY2)):
+        ctl.write(reg, key, 0.0)
+    assert ctl.read(ctl.PECR, 0.0) & (ctl.PELOCK | ctl.PRGLOCK) == 0
+    ctl.flash_write(page.address, 2, 0x3344, 0.0)
+    assert ctl.read(ctl.SR, 0.0) & ctl.SIZERR and chip.read(page.address, 4) == bytes(4)
+    ctl.write(ctl.SR, ctl.ERRORS | ctl.EOP, 0.0)
+    ctl.flash_write(page.address, 4, 0x11223344, 0.0)
+    assert chip.read(page.address, 4) == bytes.fromhex("44332211") and ctl.read(ctl.SR, 0.0) & ctl.EOP
+    ctl.flash_write(page.address, 4, 0x55667788, 0.0)  # over a programmed word
+    assert ctl.read(ctl.SR, 0.0) & ctl.NOTZEROERR and chip.read(page.address, 4) == bytes.fromhex("44332211")
+    ctl.write(ctl.SR, ctl.ERRORS | ctl.EOP, 0.0)
+    ctl.write(ctl.PECR, ctl.ERASE | ctl.PROG, 0.0)
+    ctl.flash_write(page.address + 8, 4, 0, 0.0)  # any word of the page
+    assert chip.read(page.address, page.size) == bytes(page.size) and not ctl.read(ctl.SR, 0.0) & ctl.ERRORS
+    ctl.write(ctl.PECR, ctl.PELOCK, 0.0)
+    assert ctl.read(ctl.PECR, 0.0) & ctl.PRGLOCK  # PELOCK locks the program memory too
+    ctl.write(ctl.PEKEYR, 0x12345678, 0.0)  # a wrong key: locked until reset
+    ctl.write(ctl.PEKEYR, ctl.PEKEY1, 0.0)
+    ctl.write(ctl.PEKEYR, ctl.PEKEY2, 0.0)
+    assert ctl.read(ctl.PECR, 0.0) & ctl.PELOCK
+    ctl.reset()
+    ctl.write(ctl.PEKEYR, ctl.PEKEY1, 0.0)
+    ctl.write(ctl.PEKEYR, ctl.PEKEY2, 0.0)
+    assert not ctl.read(ctl.PECR, 0.0) & ctl.PELOCK
+
+
+@pytest.mark.parametrize("name", ["L072", "L152xC"])
+def test_l0l1_stub_programs_half_pages_and_words_where_a_frame_ends_inside_one(name):
+    """Whole half-pages (64 B on L0, 128 B on L1) go as one FPRG operation each, the rest word
+    by word: the model counts both, and the flash holds the data either way."""
+    from stmflash.stub.link import start
+
+    with rom_session(name) as (chip, link):
+        dev = chip.device
+        hp = int(dev.stub["half_page"])
+        stub = start(link)
+        unit, nxt = dev.erase_units[4], dev.erase_units[5]
+        stub.erase([unit, nxt])
+        data = random.Random(7).randbytes(2 * hp + 12)  # two half-pages and three words
+        stub.write(unit.address, data)
+        stub.write(nxt.end - 8, b"\x11" * 8)  # two words, not a half-page
+        stub.flush()
+        ops = chip.cpu.flash_ctl[0].operations
+        assert ops == {"half-page": 2, "word": 5}
+        assert chip.read(unit.address, len(data)) == data
+        assert chip.read(nxt.end - 8, 8) == b"\x11" * 8
+        stub.reset()
+
+
+def test_l0l1_half_page_rules_in_the_model():
+    """RM0377 3.3.4: the first word starts the half-page, the others follow in order; a flash
+    read in between aborts it (FWWERR on L0); nothing is programmed until the last word."""
+    from stmflash.sim.periph import FlashL0L1
+
+    dev = devices.find("L072")
+    chip = VirtualChip(dev)
+    ctl = FlashL0L1(chip, int(dev.stub["flash_regs"]), dev.stub)
+    for reg, key in ((ctl.PEKEYR, ctl.PEKEY1), (ctl.PEKEYR, ctl.PEKEY2), (ctl.PRGKEYR, ctl.PRGKEY1),
+                     (ctl.PRGKEYR, ctl.PRGKEY2)):
+        ctl.write(reg, key, 0.0)
+    base = dev.erase_units[2].address
+    ctl.write(ctl.PECR, ctl.FPRG | ctl.PROG, 0.0)
+    ctl.flash_write(base + 4, 4, 1, 0.0)  # not the half-page's first word
+    assert ctl.read(ctl.SR, 0.0) & ctl.PGAERR
+    ctl.write(ctl.SR, ctl.ERRORS, 0.0)
+    for i in range(8):
+        ctl.flash_write(base + 4 * i, 4, 0x01010101, 0.0)
+    assert chip.read(base, 32) == bytes(32)  # not programmed yet
+    ctl.on_flash_read()  # the CPU reads the flash in the middle
+    assert ctl.read(ctl.SR, 0.0) & ctl.FWWERR
+    ctl.write(ctl.SR, ctl.ERRORS, 0.0)
+    for i in range(16):
+        ctl.flash_write(base + 4 * i, 4, 0x01010101, 0.0)
+    assert chip.read(base, 64) == b"\x01" * 64 and not ctl.read(ctl.SR, 0.0) & ctl.ERRORS
+
+
+def test_l0_word_over_programmed_flash_is_reported_as_notzeroerr():
+    """Programming over a word that does not read 0 (L0 erases to 0x00): the controller
+    refuses it with NOTZEROERR, the stub reports it, the host raises -- never a silent OK."""
+    from stmflash.stub.link import StubError, start
+
+    with rom_session("L072") as (chip, link):
+        unit = chip.device.erase_units[6]
+        chip.preload(unit.address, b"\x5a" * 8)  # programmed, not erased
+        stub = start(link)
+        stub.write(unit.address, b"\x01" * 8)
+        with pytest.raises(StubError, match="NOTZEROERR"):
+            stub.flush()
+        assert chip.read(unit.address, 8) == b"\x5a" * 8
+
+
+def test_f1_xl_image_across_the_bank_boundary_goes_through_both_register_sets(tmp_path, capsys):
+    """F1 XL density (RM0008 3.3.3): bank 2 from 0x08080000 has its own KEYR2/SR2/CR2/AR2 at
+    +0x40; an image across the boundary is flashed through the stub and reads back through
+    the ROM."""
+    dev = devices.find("F103xG")
+    img = tmp_path / "chip.img"
+    url = f"sim://F103xG?image={img}"
+    data = random.Random(11).randbytes(24 * 1024)
+    fw = tmp_path / "fw.bin"
+    fw.write_bytes(data)
+    start = 0x08080000 - 8 * 1024
+    code, events, err = run_cli(capsys, "uart", url, str(fw), "--address", f"0x{start:08X}", "--stub", "on",
+                                "--json")
+    assert code == 0, err
+    assert result(events)["path"] == "stub"
+    off = start - dev.flash_start
+    assert flash_bytes(img)[off : off + len(data)] == data
+    out = tmp_path / "back.bin"
+    code, _, err = run_cli(capsys, "uart", url, "--stub", "off", "--read", str(out), "--range",
+                           f"0x{start:08X}:{len(data)}", "-q")
+    assert code == 0, err
+    assert out.read_bytes() == data
+
+
+def test_f1_xl_model_bank_2_needs_its_own_unlock_and_pg():
+    from stmflash.sim.periph import KEY1, KEY2, BusFault, FlashF1XL
+
+    dev = devices.find("F103xG")
+    chip = VirtualChip(dev)
+    ctl = FlashF1XL(chip, int(dev.stub["flash_regs"]), dev.stub)
+    ctl.write(0x04, KEY1, 0.0)
+    ctl.write(0x04, KEY2, 0.0)
+    ctl.write(0x10, 1, 0.0)  # bank 1: PG
+    ctl.flash_write(0x08000000, 2, 0x1234, 0.0)
+    assert chip.read(0x08000000, 2) == b"\x34\x12"
+    with pytest.raises(BusFault):  # bank 2 is still locked, its PG clear
+        ctl.flash_write(0x08080000, 2, 0x1234, 0.0)
+    ctl.write(0x44, KEY1, 0.0)
+    ctl.write(0x44, KEY2, 0.0)
+    ctl.write(0x50, 1, 0.0)  # bank 2: PG in CR2
+    ctl.flash_write(0x08080000, 2, 0x5678, 0.0)
+    assert chip.read(0x08080000, 2) == b"\x78\x56"

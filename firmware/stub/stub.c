@@ -8,7 +8,11 @@
  *   F2/F4/F7  RM0033 / RM0090 / RM0385 section 3 (FLASH_KEYR/SR/CR, sectors, PSIZE x32),
  *   G0/G4/L4/WB/WL  RM0444 / RM0440 / RM0351 / RM0434 / RM0453 section 3 (64-bit
  *           double-word programming, PER + PNB page erase, BKER on dual-bank parts),
- *   F0/F1/F3  RM0091 / RM0008 / RM0316 section 3 (half-word programming, PER + AR).
+ *   F0/F1/F3  RM0091 / RM0008 / RM0316 section 3 (half-word programming, PER + AR),
+ *   L0/L1  RM0377 / RM0367 / RM0038 section 3 (PEKEYR then PRGKEYR unlock, half-page
+ *           programming with PECR.FPRG + PROG where a frame covers whole half-pages, words
+ *           elsewhere, page erase by writing a word with PECR.ERASE + PROG; erased flash
+ *           reads 0x00).
  * The USART is found from its state (the enabled candidate the host lists) and uses the
  * USART v1 (F1/F2/F4/L1) or v2 (all others) register map; both keep RXNE/TXE/TC/ORE/FE at
  * the same bit positions.
@@ -37,7 +41,8 @@ struct params {
     uint32_t buf_end;     /* end of usable RAM (the stack grows down from here) */
     uint32_t bank_units;  /* erase units in bank 1; 0 = single bank */
     uint32_t bank_code;   /* F4: SNB of the first bank-2 sector; G0/L4: BKER bit number;
-                             F1: FLASH register offset of bank 2 (0x40) */
+                             F1: FLASH register offset of bank 2 (0x40);
+                             L0/L1: half-page bytes (0 = word programming only) */
     uint32_t sysmem;      /* ROM vector table (leave into the ROM) */
     uint32_t iwdg_kr;     /* IWDG key register (refreshed every turn) */
     uint32_t flags;       /* bit 0: USART v2 register map */
@@ -83,8 +88,11 @@ enum { ST_OK = 0, ST_FLASH = 1, ST_ARGS = 2, ST_CMD = 3 };
 #elif defined(STUB_GROUP_F1)
 #define GROUP_ID 3u
 #define PROG_UNIT 2u
+#elif defined(STUB_GROUP_L0L1)
+#define GROUP_ID 5u
+#define PROG_UNIT 4u
 #else
-#error "define STUB_GROUP_F4, STUB_GROUP_F7, STUB_GROUP_G0L4 or STUB_GROUP_F1"
+#error "define STUB_GROUP_F4, STUB_GROUP_F7, STUB_GROUP_G0L4, STUB_GROUP_F1 or STUB_GROUP_L0L1"
 #endif
 
 struct resp {
@@ -361,6 +369,26 @@ static uint32_t tx_next(struct state *s)
 #define CR_PER (1u << 1)
 #define CR_STRT (1u << 16)
 #define F_BASE(s, a) ((void)(a), (s)->p->flash_regs)
+#elif defined(STUB_GROUP_L0L1)
+/* RM0377/RM0367/RM0038 3.7 (CMSIS stm32l0xx.h / stm32l1xx.h FLASH_TypeDef): PECR 0x04,
+   PEKEYR 0x0C, PRGKEYR 0x10, SR 0x18; one register set for both banks (L07x, L1 Cat.4/5) */
+#define F_PECR 0x04u
+#define F_PEKEYR 0x0Cu
+#define F_PRGKEYR 0x10u
+#define F_SR 0x18u
+#define SR_BSY (1u << 0)
+#define SR_EOP (1u << 1)
+#define SR_ERR 0x33F00u /* WRPERR PGAERR SIZERR OPTVERR OPTVERRUSR(L1) RDERR NOTZEROERR FWWERR(L0) */
+#define PECR_PELOCK (1u << 0)
+#define PECR_PRGLOCK (1u << 1)
+#define PECR_PROG (1u << 3)
+#define PECR_ERASE (1u << 9)
+#define PECR_FPRG (1u << 10)
+#define PEKEY1 0x89ABCDEFu /* RM0377 3.3.4 unlocking the PECR and the program memory */
+#define PEKEY2 0x02030405u
+#define PRGKEY1 0x8C9DAEBFu
+#define PRGKEY2 0x13141516u
+#define F_BASE(s, a) ((void)(a), (s)->p->flash_regs)
 #else
 /* RM0008 3.4: KEYR 0x04, SR 0x0C, CR 0x10, AR 0x14; bank 2 (XL) at +bank_code */
 #define F_KEYR 0x04u
@@ -389,6 +417,25 @@ static uint32_t f_base(const struct state *s, uint32_t addr)
 
 /* STUB_FAULT_SKIP_UNLOCK / STUB_FAULT_WIDTH build deliberately broken stubs: the tests show
    that the simulator fails them as the silicon would (PGSERR, PGPERR/SIZERR, bus fault). */
+#if defined(STUB_GROUP_L0L1)
+static void flash_unlock(uint32_t base)
+{
+#if !defined(STUB_FAULT_SKIP_UNLOCK)
+    if (REG(base + F_PECR) & PECR_PELOCK) { /* PECR first, then the program memory */
+        REG(base + F_PEKEYR) = PEKEY1;
+        REG(base + F_PEKEYR) = PEKEY2;
+    }
+    if (REG(base + F_PECR) & PECR_PRGLOCK) {
+        REG(base + F_PRGKEYR) = PRGKEY1;
+        REG(base + F_PRGKEYR) = PRGKEY2;
+    }
+#else
+    (void)base;
+#endif
+}
+
+static void flash_lock(uint32_t base) { REG(base + F_PECR) = PECR_PELOCK; /* locks PRG too */ }
+#else
 static void flash_unlock(uint32_t base)
 {
 #if defined(STUB_FAULT_SKIP_UNLOCK)
@@ -402,6 +449,7 @@ static void flash_unlock(uint32_t base)
 }
 
 static void flash_lock(uint32_t base) { REG(base + F_CR) |= CR_LOCK; }
+#endif
 
 static int flash_busy(uint32_t base) { return (REG(base + F_SR) & SR_BSY) != 0u; }
 
@@ -410,8 +458,16 @@ static uint32_t flash_erase_start(struct state *s, uint32_t index, uint32_t addr
 {
     uint32_t base = F_BASE(s, addr);
     flash_unlock(base);
+#if defined(STUB_GROUP_L0L1)
+    (void)index;
+    REG(base + F_SR) = SR_ERR | SR_EOP; /* rc_w1: clear stale errors and EOP */
+    REG(base + F_PECR) = PECR_ERASE | PECR_PROG;
+    REG(addr) = 0u; /* a word written into the page starts its erase */
+#else
     REG(base + F_SR) = SR_ERR | 1u; /* clear stale errors (and EOP) */
-#if defined(STUB_GROUP_F4)
+#endif
+#if defined(STUB_GROUP_L0L1)
+#elif defined(STUB_GROUP_F4)
     uint32_t snb = index;
     if (s->p->bank_units && index >= s->p->bank_units)
         snb = index - s->p->bank_units + s->p->bank_code;
@@ -440,12 +496,14 @@ static void flash_prog_begin(struct state *s, uint32_t addr)
 {
     uint32_t base = F_BASE(s, addr);
     flash_unlock(base);
-#if defined(STUB_GROUP_F1)
+#if defined(STUB_GROUP_F1) || defined(STUB_GROUP_L0L1)
     REG(base + F_SR) = SR_ERR | SR_EOP;
 #else
     REG(base + F_SR) = SR_ERR | 1u;
 #endif
-#if defined(STUB_GROUP_F4) && defined(STUB_FAULT_WIDTH)
+#if defined(STUB_GROUP_L0L1)
+    REG(base + F_PECR) = 0u; /* word programming: neither PROG nor FPRG (RM0377 3.3.4) */
+#elif defined(STUB_GROUP_F4) && defined(STUB_FAULT_WIDTH)
     REG(base + F_CR) = CR_PG; /* PSIZE x8, but words are written */
 #elif defined(STUB_GROUP_F4)
     REG(base + F_CR) = CR_PG | CR_PSIZE32;
@@ -459,12 +517,15 @@ static void flash_prog_unit(uint32_t addr, const uint8_t *src)
 {
 #if defined(STUB_FAULT_WIDTH) && defined(STUB_GROUP_F1)
     REG(addr) = rd32(src) | 0xFFFF0000u; /* a word where the controller takes half-words */
+#elif defined(STUB_FAULT_WIDTH) && defined(STUB_GROUP_L0L1)
+    for (uint32_t i = 0; i < 4u; i += 2u) /* half-words where program memory takes words */
+        *(volatile uint16_t *)(uintptr_t)(addr + i) = (uint16_t)(src[i] | src[i + 1] << 8);
 #elif defined(STUB_FAULT_WIDTH) && defined(STUB_GROUP_G0L4)
     for (uint32_t i = 0; i < 8u; i += 2u) /* half-words where it takes 32-bit words */
         *(volatile uint16_t *)(uintptr_t)(addr + i) = (uint16_t)(src[i] | src[i + 1] << 8);
 #elif defined(STUB_GROUP_F1)
     *(volatile uint16_t *)(uintptr_t)addr = (uint16_t)(src[0] | src[1] << 8);
-#elif defined(STUB_GROUP_F4)
+#elif defined(STUB_GROUP_F4) || defined(STUB_GROUP_L0L1)
     REG(addr) = rd32(src);
 #else
     REG(addr) = rd32(src);
@@ -472,12 +533,37 @@ static void flash_prog_unit(uint32_t addr, const uint8_t *src)
 #endif
 }
 
+#if defined(STUB_GROUP_L0L1)
+/* one half-page (RM0377 3.3.4 "program a half-page"): FPRG + PROG, then every word of the
+   half-page in order, with no flash access in between (this code runs from RAM; interrupts
+   are held off so that no vector fetch from flash aborts it) */
+static void flash_prog_half(uint32_t base, uint32_t addr, const uint8_t *src, uint32_t n)
+{
+    uint32_t primask;
+    __asm volatile("mrs %0, primask\n\tcpsid i" : "=r"(primask) : : "memory");
+    REG(base + F_PECR) = PECR_FPRG | PECR_PROG;
+    for (uint32_t i = 0; i < n; i += 4u) {
+#if defined(STUB_FAULT_WIDTH)
+        *(volatile uint16_t *)(uintptr_t)(addr + i) = (uint16_t)(src[i] | src[i + 1] << 8);
+        *(volatile uint16_t *)(uintptr_t)(addr + i + 2u) = (uint16_t)(src[i + 2] | src[i + 3] << 8);
+#else
+        REG(addr + i) = rd32(src + i);
+#endif
+    }
+    __asm volatile("msr primask, %0" : : "r"(primask) : "memory");
+}
+#endif
+
 static uint32_t flash_errors(uint32_t base) { return REG(base + F_SR) & SR_ERR; }
 
 static void flash_end(struct state *s, uint32_t addr)
 {
     uint32_t base = F_BASE(s, addr);
+#if defined(STUB_GROUP_L0L1)
+    REG(base + F_PECR) = 0u;
+#else
     REG(base + F_CR) = 0u;
+#endif
     flash_lock(base);
 }
 
@@ -665,6 +751,16 @@ static void job_step(struct state *s)
         slot_release(s);
         return;
     }
+#if defined(STUB_GROUP_L0L1)
+    uint32_t hp = s->p->bank_code;
+    if (hp && s->job_addr % hp == 0u && s->job_end - s->job_src >= hp) {
+        flash_prog_half(base, s->job_addr, sl->buf + s->job_src, hp);
+        s->job_addr += hp;
+        s->job_src += hp;
+        return;
+    }
+    REG(base + F_PECR) = 0u; /* word programming (a half-page left FPRG + PROG set) */
+#endif
     flash_prog_unit(s->job_addr, sl->buf + s->job_src);
     s->job_addr += PROG_UNIT;
     s->job_src += PROG_UNIT;

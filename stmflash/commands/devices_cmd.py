@@ -128,6 +128,7 @@ def _detail(dev: Any) -> str:
         f"  UID reg:          {_hex(dev.uid_reg)}",
         f"  write alignment:  {dev.write_align} bytes (short tail: 0xFF-filled by the ROM; "
         f"misaligned start: {'ignored, ACKed' if dev.write_misaligned == 'drop' else 'NACKed'})",
+        f"  erased flash:     0x{dev.erased:02X}",
         f"  empty check:      {'yes' if dev.empty_check else 'no'}",
         f"  mass erase:       {'yes' if dev.mass_erase else 'no (page by page)'}",
         f"  USART protocol:   v{dev.usart_protocol >> 4}.{dev.usart_protocol & 0xF} "

@@ -413,7 +413,7 @@ def _session(
             from stmflash.pipeline import split_image, verify_image
 
             reporter.phase("verify")
-            verify_image(link, split_image(image, device)[0].aligned(device.write_align), reporter)
+            verify_image(link, split_image(image, device)[0].aligned(device.write_align, fill=device.erased), reporter)
             stub_info["verified_rom"] = True
             if not extras and kw["after"] != "stay":
                 _after(link, kw, image, device)

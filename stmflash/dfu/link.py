@@ -262,8 +262,8 @@ class DfuLink:
             got = self.read(address, len(data))
             if got == data:
                 return True
-            if got == b"\xff" * len(data):
-                return None  # not programmed: send it again
+            if got == self.device.erased_bytes * len(data):
+                return None  # not programmed (reads erased): send it again
             raise NackError(
                 f"writing {len(data)} bytes at 0x{address:08X}: the block was partly programmed when "
                 "the request failed"

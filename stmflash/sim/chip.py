@@ -14,7 +14,10 @@ Rules the chip enforces (the same for every device, so clients meet one behaviou
   table says ``write_misaligned = "drop"``, accepted and ignored (the flash interface
   raises PGAERR and the ROM's write routine reports nothing, as field reports on G0
   show; ``dropped_writes`` counts them) — the host's verify is what catches it;
-* a unit that is neither erased (all 0xFF) nor already equal to the new data makes the
+* erased flash reads ``device.erased`` (0xFF; 0x00 on L0/L1, whose program flash erases to
+  zeros: RM0377/RM0367 3.3, RM0038 3.3) -- erase, mass erase, blank checks and a fresh chip
+  all use it;
+* a unit that is neither erased (all ``erased``) nor already equal to the new data makes the
   whole write fail (:class:`ProgramError`, ROM answers NACK) and nothing is written — the
   PROGERR behaviour of newer parts, applied universally;
 * units under write protection are silently left unchanged (the ROM still ACKs, AN3155);
@@ -144,7 +147,7 @@ class VirtualChip:
             rdp_double_nack = bool(getattr(device, "rdp_double_nack", False)) or faults.double_nack
         self.rdp_double_nack = rdp_double_nack
 
-        self.flash = bytearray(b"\xff" * device.flash_size)
+        self.flash = bytearray(device.erased_bytes * device.flash_size)
         self.ram: list[tuple[Region, bytearray]] = [(r, bytearray(r.size)) for r in device.ram]
         self.sysmem = bytearray(device.system_memory.size) if device.system_memory else bytearray()
         # the option-byte area as stored (what Read Memory shows); unknown layouts: erased
@@ -331,11 +334,12 @@ class VirtualChip:
             data = data + b"\xff" * (align - len(data) % align)
             if off + len(data) > len(buf):
                 raise AccessError(f"write at 0x{addr:08X} crosses the end of its region")
-        blank = b"\xff" * align
+        erased = self.device.erased_bytes if kind == "flash" else b"\xff"
+        blank = erased * align
         protected = kind == "flash" and bool(self.wrp)
         end = off + len(data)
         if (not protected and self.faults.power_loss_after is None and end <= len(buf)
-                and buf[off:end] == b"\xff" * len(data)):
+                and buf[off:end] == erased * len(data)):
             # The common case (erased, unprotected, no power-loss budget) in one slice: the
             # simulator's CPU must not stand in for the flash's programming time.
             buf[off:end] = data
@@ -360,9 +364,12 @@ class VirtualChip:
         for i in writable:
             if kind == "flash" and self._power_budget_exhausted(align):
                 half = align // 2 or 1
-                # Power fails mid-word: half of the unit made it.
+                # Power fails mid-word: half of the unit made it (programming only moves
+                # bits away from the erased value: clears them, or sets them on L0/L1).
+                old_half = buf[off + i : off + i + half]
+                new_half = data[i : i + half]
                 buf[off + i : off + i + half] = bytes(
-                    o & n for o, n in zip(buf[off + i : off + i + half], data[i : i + half], strict=True)
+                    (o & n) if self.device.erased else (o | n) for o, n in zip(old_half, new_half, strict=True)
                 )
                 self._die()
             buf[off + i : off + i + align] = data[i : i + align]
@@ -410,7 +417,7 @@ class VirtualChip:
 
     def _erase(self, unit: EraseUnit) -> None:
         off = unit.address - self.device.flash_start
-        self.flash[off : off + unit.size] = b"\xff" * unit.size
+        self.flash[off : off + unit.size] = self.device.erased_bytes * unit.size
 
     def erase_units(self, indices: Iterable[int]) -> None:
         """Erase pages/sectors by index; protected ones stay; bad index -> AccessError."""
@@ -432,7 +439,7 @@ class VirtualChip:
             raise Refused(f"{self.device.name}: mass erase is not available from the ROM")
         if self.wrp:
             return
-        self.flash[:] = b"\xff" * len(self.flash)
+        self.flash[:] = self.device.erased_bytes * len(self.flash)
 
     def erase_bank(self, bank: int) -> None:
         """Bank erase (AN3155 0xFFFE/0xFFFD): a mass erase of one bank, so only on parts
@@ -545,7 +552,7 @@ class VirtualChip:
         self._store_option_bytes(obl.set_rdp(self.device, bytes(self._ob), 1), reload=True)
 
     def _wipe(self) -> None:
-        self.flash[:] = b"\xff" * len(self.flash)
+        self.flash[:] = self.device.erased_bytes * len(self.flash)
         for _, buf in self.ram:
             buf[:] = bytes(len(buf))
 
@@ -613,7 +620,7 @@ class VirtualChip:
     # ---- what a reset boots ------------------------------------------------------------
     def _latch_empty(self) -> None:
         """FLASH_ACR.EMPTY: sampled at power-on and option-byte load (RM0444 / RM0490 3.1.4)."""
-        self.flash_empty_flag = self.flash[:4] == b"\xff\xff\xff\xff"
+        self.flash_empty_flag = self.flash[:4] == self.device.erased_bytes * 4
 
     def boot_at_power_on(self, want: str) -> None:
         """Decide what a power-on boots with the pins strapped as ``want`` ("bootloader" =

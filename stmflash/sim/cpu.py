@@ -36,7 +36,7 @@ import struct
 from typing import Any
 
 from stmflash.sim.chip import PowerLoss, VirtualChip
-from stmflash.sim.periph import BusFault, FlashController, Usart, controllers_for
+from stmflash.sim.periph import BusFault, FlashController, FlashF1XL, Usart, controllers_for
 
 ACCESS_CYCLES = 25
 DATA_CYCLES = 40
@@ -85,7 +85,7 @@ class Cpu:
         self.usart = self.usarts[0]
         self._host_ref = (host_baud, self.usart.baud)
         self.set_host_baud(host_baud)
-        self.flash_ctl: list[FlashController] = controllers_for(chip)
+        self.flash_ctl: list[Any] = controllers_for(chip)
         self.t = start
         self.state = RUN
         self.wake: float | None = None
@@ -283,6 +283,9 @@ class Cpu:
         for c in self.flash_ctl:
             if c.busy_until > self.t:
                 self.t = c.busy_until  # a flash read waits while the flash is busy
+            hook = getattr(c, "on_flash_read", None)
+            if hook is not None:
+                hook()  # L0/L1: a read in the middle of a half-page write aborts it
         self._cost(FLASH_READ_CYCLES)
         addr = self.chip.device.flash_start + offset
         try:
@@ -330,9 +333,9 @@ class Cpu:
                 self._cost(DATA_CYCLES)
             elif off == dev.sr_off:
                 self._status(dev.base + off, value)
-        elif isinstance(dev, FlashController):
+        elif isinstance(dev, FlashController | FlashF1XL):
             value = dev.read(off, self.t)
-            if off == dev.SR:
+            if off in getattr(dev, "STATUS", (dev.SR,)):
                 self._status(dev.base + off, value)
         elif dev is None:
             self._fault(f"read of unmapped peripheral 0x{page + offset:08X}")
@@ -351,7 +354,7 @@ class Cpu:
         if isinstance(dev, Usart):
             if dev.write(off, value, self.t):
                 self._act = True
-        elif isinstance(dev, FlashController):
+        elif isinstance(dev, FlashController | FlashF1XL):
             self._act = True
             dev.write(off, value, self.t)
         elif dev == "scb":

@@ -16,13 +16,32 @@ access raises) are from the reference manuals:
   other access sizes SIZERR, a double word that is not erased PROGERR, programming without
   PG or with an error flag left set PGSERR.
 * F0/F1/F3 (``f1``, RM0008 3.3): KEYR 0x04, SR 0x0C, CR 0x10, AR 0x14; half-words only
-  (any other size is a bus error: the CPU faults), a cell not erased gives PGERR.
+  (any other size is a bus error: the CPU faults), a cell not erased gives PGERR. XL
+  density (RM0008 3.3.3 "dual-bank"): bank 2 (from 0x08080000) has its own KEYR2/SR2/CR2/
+  AR2 at +0x40, its own lock; each bank's controller programs and erases only its bank (a
+  write into bank 2 with only bank 1's PG set faults as a write without PG).
+* L0/L1 (``l0l1``, RM0377/RM0367/RM0038 3.3-3.7, CMSIS stm32l0xx.h/stm32l1xx.h): PECR 0x04,
+  PEKEYR 0x0C, PRGKEYR 0x10, SR 0x18. PECR unlocks with PEKEY1/PEKEY2, then the program
+  memory with PRGKEY1/PRGKEY2 (a wrong key locks until reset); a flash write while PELOCK
+  or PRGLOCK is set gives WRPERR and is not executed (RM0367 "write protection error
+  flag": "write to the Flash program memory ... if not unlocked by PEKEY, PRGKEY"); words
+  only (SIZERR otherwise), word-aligned (PGAERR); ERASE + PROG and a word written into a
+  page erase the page (to 0x00); a word that does not read 0 gives NOTZEROERR on L0
+  (``notzeroerr`` in the stub facts; L1 has no such flag: the word stays unchanged and the
+  host's CRC catches it -- what L1 silicon does there is not established, this is the
+  stricter outcome). Half-page programming: FPRG + PROG, then every word of the half-page
+  (``half_page`` bytes in the stub facts) in order from its aligned start (PGAERR
+  otherwise); the half-page is programmed when its last word arrives; a flash read in
+  between aborts it (FWWERR on L0). A word and a half-page cost one programming time each
+  (the datasheets give one tprog for both), the time of ``half_page`` bytes in the timing
+  model, so word-by-word programming is as slow here as on the part.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 from stmflash.sim.chip import AccessError, PowerLoss, VirtualChip
 
@@ -306,7 +325,8 @@ class FlashController:
         i = bisect.bisect_right(self._starts, addr) - 1
         return i >= 0 and self.device.erase_units[i].index in self.wrp
 
-    def _program(self, addr: int, data: bytes, t: float, allow_and: bool = False) -> bool:
+    def _program(self, addr: int, data: bytes, t: float, allow_and: bool = False,
+                 cost: int | None = None) -> bool:
         """Program cells of the chip's one flash array; False (flag set) on failure."""
         if self._protected(addr):
             self.sr |= self.WRPERR
@@ -315,7 +335,7 @@ class FlashController:
         off = addr - self.device.flash_start
         n = len(data)
         old = bytes(chip.flash[off : off + n])
-        if old != b"\xff" * n and old != data:
+        if old != self.device.erased_bytes * n and old != data:
             if not allow_and:
                 return False
             data = bytes(a & b for a, b in zip(old, data, strict=True))  # F4: bits only clear
@@ -323,7 +343,7 @@ class FlashController:
             chip.program(addr, data)  # the chip's own path: half a unit, then the power is gone
         chip.flash[off : off + n] = data
         chip.programmed_bytes += n
-        self.busy_until = t + self.timing.program_time(n)
+        self.busy_until = t + self.timing.program_time(n if cost is None else cost)
         return True
 
     def flash_write(self, addr: int, size: int, value: int, t: float) -> None:
@@ -440,9 +460,10 @@ class FlashF1(FlashController):
     ERRORS = PGERR | WRPRTERR
     PG, PER, MER, STRT = 1 << 0, 1 << 1, 1 << 2, 1 << 6
 
-    def __init__(self, *args: object) -> None:
+    def __init__(self, *args: object, bank: int = 0) -> None:
         super().__init__(*args)  # type: ignore[arg-type]
         self.ar = 0
+        self.bank = bank  # XL: the bank this register set controls (0: all flash)
 
     def other(self, off: int, value: int, t: float) -> None:
         if off == self.AR and not self.locked:
@@ -453,8 +474,8 @@ class FlashF1(FlashController):
             self._mass_erase(t)
         elif cr & self.PER:
             unit = self.device.unit_at(self.ar)
-            if unit is None:
-                return
+            if unit is None or (self.bank and unit.bank != self.bank):
+                return  # not a page of this bank: nothing erased, no EOP
             self._erase(unit.index, t)
         else:
             return
@@ -473,16 +494,204 @@ class FlashF1(FlashController):
             self.sr |= self.EOP
 
 
-CONTROLLERS = {"f4": FlashF4, "f7": FlashF4, "g0l4": FlashG0L4, "f1": FlashF1}
+class FlashL0L1(FlashController):
+    """L0/L1 (RM0377/RM0367/RM0038): PECR/PEKEYR/PRGKEYR, words, page erase by a word write."""
+
+    PECR, PEKEYR, PRGKEYR, SR = 0x04, 0x0C, 0x10, 0x18
+    KEYR = CR = -1  # not used: this controller has its own key registers
+    PEKEY1, PEKEY2, PRGKEY1, PRGKEY2 = 0x89ABCDEF, 0x02030405, 0x8C9DAEBF, 0x13141516
+    PELOCK, PRGLOCK, OPTLOCK, PROG, ERASE, FPRG = 1 << 0, 1 << 1, 1 << 2, 1 << 3, 1 << 9, 1 << 10
+    BSY, EOP, READY = 1 << 0, 1 << 1, 1 << 3
+    WRPERR, PGAERR, SIZERR, NOTZEROERR, FWWERR = 1 << 8, 1 << 9, 1 << 10, 1 << 16, 1 << 17
+    PGSERR = PGAERR  # an erase of a unit that does not exist (base-class helper)
+    ERRORS = (1 << 8) | (1 << 9) | (1 << 10) | (1 << 11) | (1 << 12) | (1 << 13) | (1 << 16) | (1 << 17)
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)  # type: ignore[arg-type]
+        self.prg_locked = True
+        self._prg_stage = 0
+        self.half_page = int(self.facts.get("half_page", 0))
+        self._half: tuple[int, bytearray] | None = None  # half-page being written
+        self.operations = {"word": 0, "half-page": 0}  # programming operations started
+
+    def on_flash_read(self) -> None:
+        """A read of the flash while a half-page is being written aborts it."""
+        if self._half is not None:
+            self._half = None
+            if self.facts.get("notzeroerr"):  # the L0 status register (NOTZEROERR, FWWERR)
+                self.sr |= self.FWWERR
+
+    def read(self, off: int, t: float) -> int:
+        if off == self.SR:
+            return self.sr | self.READY | (self.BSY if t < self.busy_until else 0)
+        if off == self.PECR:
+            locks = (self.PELOCK if self.locked else 0) | (self.PRGLOCK if self.prg_locked else 0)
+            return self.cr | locks | self.OPTLOCK
+        return 0
+
+    def write(self, off: int, value: int, t: float) -> None:
+        if off == self.PEKEYR:
+            self._key(value)  # PEKEY1, PEKEY2 in that order (base class: stage, freeze)
+        elif off == self.PRGKEYR:
+            self._prg_key(value)
+        elif off == self.SR:
+            self.sr &= ~(value & (self.ERRORS | self.EOP))  # rc_w1
+        elif off == self.PECR:
+            if self.locked or t < self.busy_until:
+                return  # PECR is write-protected while PELOCK is set
+            if value & self.PELOCK:
+                self.locked = self.prg_locked = True
+                self.cr = 0
+                return
+            if value & self.PRGLOCK:
+                self.prg_locked = True
+            self._half = None
+            self.cr = value & (self.PROG | self.ERASE | self.FPRG)
+
+    def _key(self, value: int) -> None:
+        keys = (self.PEKEY1, self.PEKEY2)
+        if not self.locked or self.frozen:
+            return
+        if value == keys[self._key_stage]:
+            self._key_stage += 1
+            if self._key_stage == 2:
+                self.locked, self._key_stage = False, 0
+        else:
+            self.frozen, self._key_stage = True, 0  # locked until the next reset
+
+    def _prg_key(self, value: int) -> None:
+        keys = (self.PRGKEY1, self.PRGKEY2)
+        if self.locked or not self.prg_locked or self.frozen:
+            return  # PRGKEYR works only once PECR is unlocked
+        if value == keys[self._prg_stage]:
+            self._prg_stage += 1
+            if self._prg_stage == 2:
+                self.prg_locked, self._prg_stage = False, 0
+        else:
+            self.frozen, self._prg_stage = True, 0
+
+    def start(self, cr: int, t: float) -> None:  # erases start by a word write, not STRT
+        pass
+
+    def flash_write(self, addr: int, size: int, value: int, t: float) -> None:
+        if self.locked or self.prg_locked:
+            self.sr |= self.WRPERR  # not unlocked by PEKEY + PRGKEY: not executed
+            return
+        if self.cr & self.FPRG:
+            self._half_write(addr, size, value, t)
+            return
+        if size != 4:
+            self.sr |= self.SIZERR  # program memory takes words (bytes/half-words: data EEPROM)
+            return
+        if addr % 4:
+            self.sr |= self.PGAERR
+            return
+        if self.cr & self.ERASE:
+            if not self.cr & self.PROG:
+                self.sr |= self.PGAERR  # ERASE alone addresses the data EEPROM, not this
+                return
+            unit = self.device.unit_at(addr)
+            if unit is None:
+                self.sr |= self.PGAERR
+                return
+            before = self.sr
+            self._erase(unit.index, t)
+            if self.sr == before:
+                self.sr |= self.EOP
+            return
+        if self.cr & self.PROG:
+            self.sr |= self.PGAERR  # PROG without ERASE/FPRG: no word operation
+            return
+        self._finish(addr, value.to_bytes(4, "little"), t)
+
+    def _finish(self, addr: int, data: bytes, t: float) -> None:
+        # one programming operation: a word or a half-page, one tprog either way
+        self.operations["word" if len(data) == 4 else "half-page"] += 1
+        if self._program(addr, data, t, cost=self.half_page or len(data)):
+            self.sr |= self.EOP
+        elif not self.sr & self.WRPERR and self.facts.get("notzeroerr"):
+            self.sr |= self.NOTZEROERR
+
+    def _half_write(self, addr: int, size: int, value: int, t: float) -> None:
+        hp = self.half_page
+        if not hp:
+            raise BusFault(f"half-page write at 0x{addr:08X}: no half-page size in the device table")
+        if not self.cr & self.PROG or self.cr & self.ERASE:
+            self.sr |= self.PGAERR  # FPRG alone is the data EEPROM's double-word write
+            self._half = None
+            return
+        if size != 4:
+            self.sr |= self.SIZERR
+            self._half = None
+            return
+        if self._half is None:
+            if addr % hp:
+                self.sr |= self.PGAERR  # the first word must start the half-page
+                return
+            self._half = (addr, bytearray())
+        start, buf = self._half
+        if addr != start + len(buf):
+            self.sr |= self.PGAERR  # every word, in order, inside the one half-page
+            self._half = None
+            return
+        buf += value.to_bytes(4, "little")
+        if len(buf) == hp:
+            self._half = None
+            self._finish(start, bytes(buf), t)
+
+    def reset(self) -> None:
+        super().reset()
+        self.prg_locked, self._prg_stage, self._half = True, 0, None
 
 
-def controllers_for(chip: VirtualChip) -> list[FlashController]:
+CONTROLLERS = {"f4": FlashF4, "f7": FlashF4, "g0l4": FlashG0L4, "f1": FlashF1, "l0l1": FlashL0L1}
+
+
+class FlashF1XL:
+    """F1 XL density: the two F1 register sets (bank 1 at the base, bank 2 at +``bank_code``,
+    RM0008 3.3.3) in one 1 KiB register block; flash writes go to the bank they address."""
+
+    SR = FlashF1.SR
+    STATUS = (FlashF1.SR, FlashF1.SR + 0x40)
+
+    def __init__(self, chip: VirtualChip, base: int, facts: dict) -> None:
+        self.base = base
+        self.offset = int(facts.get("bank_code", 0x40))
+        self.banks = (FlashF1(chip, base, facts, bank=1), FlashF1(chip, base + self.offset, facts, bank=2))
+        self.device = chip.device
+        self._bank2 = min(u.address for u in chip.device.bank_units(2))
+
+    @property
+    def busy_until(self) -> float:
+        return max(b.busy_until for b in self.banks)
+
+    def _reg(self, off: int) -> tuple[FlashF1, int]:
+        return (self.banks[1], off - self.offset) if off >= self.offset else (self.banks[0], off)
+
+    def read(self, off: int, t: float) -> int:
+        ctl, o = self._reg(off)
+        return ctl.read(o, t)
+
+    def write(self, off: int, value: int, t: float) -> None:
+        ctl, o = self._reg(off)
+        ctl.write(o, value, t)
+
+    def flash_write(self, addr: int, size: int, value: int, t: float) -> None:
+        self.banks[1 if addr >= self._bank2 else 0].flash_write(addr, size, value, t)
+
+    def reset(self) -> None:
+        for b in self.banks:
+            b.reset()
+
+
+def controllers_for(chip: VirtualChip) -> list[Any]:
     """The flash controller(s) of ``chip`` (bank 2 of F1 XL has its own register set)."""
     facts = chip.device.stub
-    cls = CONTROLLERS[facts["group"]]
+    group = facts["group"]
     base = int(facts["flash_regs"])
-    out = [cls(chip, base, facts)]
-    return out
+    if group == "f1" and chip.device.bank_count >= 2:
+        return [FlashF1XL(chip, base, facts)]
+    return [CONTROLLERS[group](chip, base, facts)]
 
 
 __all__ = ["AccessError", "BusFault", "CONTROLLERS", "PowerLoss", "Usart", "controllers_for"]

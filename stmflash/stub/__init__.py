@@ -23,13 +23,14 @@ from typing import Any
 from stmflash.devices import Device
 
 MAGIC = 0x53544231
-IWDG_KR = 0x40003000  # same address on every family with a stub (RM0090/RM0444/RM0351/RM0008)
+IWDG_KR = 0x40003000  # same address on every family with a stub (RM0090/RM0444/RM0351/RM0008; CMSIS stm32l0xx.h/stm32l1xx.h IWDG_BASE)
 STACK_AND_STATE = 768 + 640  # stub stack reserve + its state structure (firmware/stub/stub.c)
 CRC_TABLE = 1024
 SLOT = 1048  # one frame buffer (struct slot)
 MIN_SLOTS = 2
-GROUP_IDS = {"f4": 1, "g0l4": 2, "f1": 3, "f7": 4}
-GROUP_FAMILIES = {"f4": "F2, F4", "f7": "F7", "g0l4": "G0, G4, L4, L4+, WB, WL", "f1": "F0, F1, F3"}
+GROUP_IDS = {"f4": 1, "g0l4": 2, "f1": 3, "f7": 4, "l0l1": 5}
+GROUP_FAMILIES = {"f4": "F2, F4", "f7": "F7", "g0l4": "G0, G4, L4, L4+, WB, WL", "f1": "F0, F1, F3",
+                  "l0l1": "L0, L1"}
 
 
 @dataclass(frozen=True)
@@ -69,8 +70,6 @@ def support(device: Device) -> tuple[bool, str]:
     if group not in manifest():
         return False, f"no stub binary for group {group!r}"
     img = stub_image(group)
-    if group == "f1" and device.bank_count >= 2:
-        return False, "bank 2 of XL-density parts is not programmed by the stub"
     ram = device.ram_usable
     if ram is None:
         return False, "usable RAM unknown"
@@ -116,7 +115,7 @@ def patched(device: Device, rom_baud: int, binary: bytes | None = None) -> StubI
         (img.end + 7) & ~7,
         device.ram_usable.end,
         bank_units(device),
-        int(facts.get("bank_code", 0)),
+        int(facts.get("half_page", facts.get("bank_code", 0))),  # L0/L1: half-page bytes there
         sysmem,
         IWDG_KR,
         1 if facts.get("usart_v2") else 0,

@@ -44,6 +44,10 @@ _FLAGS = {
     "g0l4": {1: "OPERR", 3: "PROGERR", 4: "WRPERR", 5: "PGAERR", 6: "SIZERR", 7: "PGSERR",
              8: "MISERR", 9: "FASTERR", 14: "RDERR", 15: "OPTVERR"},
     "f1": {2: "PGERR", 4: "WRPRTERR"},
+    # RM0377/RM0367/RM0038 FLASH_SR (CMSIS stm32l0xx.h / stm32l1xx.h); OPTVERRUSR is L1's,
+    # NOTZEROERR and FWWERR L0's
+    "l0l1": {8: "WRPERR", 9: "PGAERR", 10: "SIZERR", 11: "OPTVERR", 12: "OPTVERRUSR", 13: "RDERR",
+             16: "NOTZEROERR", 17: "FWWERR"},
 }
 _FLAGS["f7"] = _FLAGS["f4"]
 _WRP = {"WRPERR", "WRPRTERR"}
@@ -201,6 +205,8 @@ class StubSession:
             names = [n for b, n in _FLAGS.get(group, {}).items() if flags >> b & 1] or [f"0x{flags:X}"]
             msg = f"flash {what} failed at 0x{addr:08X}: controller reports {'+'.join(names)}"
             if set(names) & _WRP:
+                # L0/L1 raise WRPERR for a locked controller too (RM0367 3.4.x): the stub
+                # unlocks it first, so protection is what is left
                 return ProtectionError(msg + " (write-protected: remove the protection first)")
             return StubError(msg)
         return StubError(f"the stub refused a {what} (status {ans.status})")
@@ -268,7 +274,7 @@ class StubLink:
         pad = -len(data) % self.unit
         if address % self.unit:
             raise ValueError(f"write at 0x{address:08X} is not aligned to the {self.unit}-byte program unit")
-        data = bytes(data) + b"\xff" * pad
+        data = bytes(data) + self.device.erased_bytes * pad  # reads as the unwritten rest
         self.session.submit(sp.WRITE, struct.pack("<I", address) + data, work_s=self._program_s(len(data)))
 
     def erase(self, units: Sequence[EraseUnit]) -> None:
