@@ -143,10 +143,12 @@ def _run_line(tmp_path, spec: str, restart_server=None, seed: int = 15, secret: 
             assert time.monotonic() < deadline, f"the line did not finish 16 boards in time: {line.where}\n" + "\n".join(
                 open(tmp_path / f"st{k}.log").read()[-800:] for k in range(STATIONS))
             done = sum(1 for e in _entries(line, store) if e.status == "done")
-            if restart_server is not None and not restarted and done >= BOARDS // 2:
+            # the server restarts once the kills are done, so that the stations that ride
+            # through it are not replaced by fresh ones (a fresh process never reconnects)
+            if restart_server is not None and not restarted and done >= BOARDS // 2 and line.kills >= 2:
                 restart_server()
                 restarted = True
-            if line.kills < 3 and time.monotonic() >= next_kill:
+            if line.kills < 3 and not restarted and time.monotonic() >= next_kill:
                 # kill a station in the middle of a board (its number reserved or being written)
                 busy = [e for e in _entries(line, store) if e.status in ("reserved", "written")]
                 if busy:
