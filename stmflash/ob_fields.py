@@ -105,6 +105,8 @@ class Table:
     factory: tuple[tuple[int, int], ...] = ()
     unknown: str = ""
     boot: tuple[dict[str, Any], ...] = ()
+    boot_address: Mapping[str, Any] = field(default_factory=dict)
+    boot_hint: str = ""
     by_name: Mapping[str, Field] = field(default_factory=dict)
 
     def find(self, name: str) -> Field | None:
@@ -147,7 +149,9 @@ def _merged(name: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
     if name in seen:
         raise ValueError(f"option_bytes.toml: table {name} includes itself")
     raw = data[name]
-    out: dict[str, Any] = {"fields": {}, "factory": [], "boot": [], "source": "", "unknown": ""}
+    out: dict[str, Any] = {
+        "fields": {}, "factory": [], "boot": [], "boot_address": {}, "boot_hint": "", "source": "", "unknown": "",
+    }
     if "base" in raw:
         out = _merged(str(raw["base"]), (*seen, name))
         out["fields"] = dict(out["fields"])
@@ -156,7 +160,7 @@ def _merged(name: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
         out["fields"].pop(str(d).lower(), None)
     for f in raw.get("fields", []):
         out["fields"][str(f["name"]).lower()] = f
-    for key in ("factory", "boot"):
+    for key in ("factory", "boot", "boot_address", "boot_hint"):
         if key in raw:
             out[key] = raw[key]
     out["source"] = str(raw.get("source", out["source"]))
@@ -181,6 +185,8 @@ def _table(name: str) -> Table:
         factory=tuple((int(a), int(w)) for a, w in m["factory"]),
         unknown=m["unknown"],
         boot=tuple(dict(r) for r in m["boot"]),
+        boot_address=dict(m["boot_address"]),
+        boot_hint=str(m["boot_hint"]),
         by_name=by_name,
     )
 
@@ -387,8 +393,13 @@ def check_written(device: Device, back: bytes, values: Mapping[Field, int], wher
 
 # ---- behaviour the option bytes choose ------------------------------------------------------
 def boot_source(device: Device, area: bytes, *, boot0_pin: bool, flash_empty: bool) -> str | None:
-    """What a reset boots per the reference manual's boot table ("flash", "system", "sram"),
-    or None when the table has no boot table for this family."""
+    """What a reset boots per the reference manual's boot table ("flash", "system", "sram",
+    or "none": an address where nothing the part can run lies), or None when the table has
+    no boot table for this family.
+
+    A row either names what it boots (``boots``) or the field holding the boot address
+    (``boots_at``, F7 BOOT_ADDx: the address is the field shifted by the table's
+    ``boot_address.shift``, and ``boot_address.map`` says what lies there)."""
     t = table_of(device)
     if t is None or not t.boot:
         return None
@@ -404,8 +415,21 @@ def boot_source(device: Device, area: bytes, *, boot0_pin: bool, flash_empty: bo
                 ok = False
                 break
         if ok:
+            if "boots_at" in row:
+                return _boots_at(t, str(row["boots_at"]), area)
             boots = str(row["boots"])
             if boots == "flash" and row.get("empty_check") and flash_empty:
                 return "system"
             return boots
     return "flash"
+
+
+def _boots_at(t: Table, name: str, area: bytes) -> str:
+    f = t.find(name)
+    if f is None:
+        raise ValueError(f"option_bytes.toml: table {t.name}: boot row names no field {name!r}")
+    address = f.get(area) << int(t.boot_address.get("shift", 0))
+    for start, end, kind in t.boot_address.get("map", []):
+        if int(start) <= address < int(end):
+            return str(kind)
+    return "none"

@@ -136,9 +136,12 @@ def _writable(dev: devices.Device) -> list[tuple[ob_fields.Field, int]]:
 
 
 def _readback_ok(dev: devices.Device, f: ob_fields.Field, v: int) -> bool:
-    """Fields after which the part no longer runs its ROM (it boots SRAM) are walked in the
-    boot-table test instead."""
-    return not (f.name == "nBOOT1" and v == 0 and ob_fields.table_of(dev).boot)
+    """Fields after which the part no longer runs its ROM (it boots SRAM, or F7 BOOT_ADD1
+    points away from system memory) are walked in the boot-table tests instead."""
+    if f.name == "nBOOT1" and v == 0 and ob_fields.table_of(dev).boot:
+        return False
+    area = ob_fields.apply(dev, ob_fields.factory_area(dev), {f: v})
+    return ob_fields.boot_source(dev, area, boot0_pin=True, flash_empty=True) in (None, "system")
 
 
 @pytest.mark.parametrize("dev", [d for d in REPS if field_ok(d)], ids=lambda d: d.short_name)
@@ -180,7 +183,7 @@ DFU_DEVS = _dfu_devices()
 
 
 def test_dfu_families_are_covered() -> None:
-    assert {"F4", "L4", "G4", "H7"} <= {d.ob_fields for d in DFU_DEVS}
+    assert {"F4", "L4", "G4", "H7", "F7", "F76x"} <= {d.ob_fields for d in DFU_DEVS}
 
 
 @pytest.fixture
@@ -196,7 +199,7 @@ def usb_sim(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("dev", DFU_DEVS, ids=lambda d: d.short_name)
 def test_every_writable_field_round_trips_over_dfu(dev: devices.Device, usb_sim, capsys) -> None:
-    for i, (f, v) in enumerate(_writable(dev)):
+    for i, (f, v) in enumerate((f, v) for f, v in _writable(dev) if _readback_ok(dev, f, v)):
         bus = usb_sim(dev, i)
         # --device: DfuSe descriptors alone do not tell every part apart (F373 looks like F09x)
         code, out, err = cli(["dfu", "--device", dev.short_name, "--ob", f"{f.name}={v}", "--ob-show", "--json"],
@@ -361,6 +364,68 @@ def test_ob_nboot_sel_hands_boot_to_the_pin(capsys: pytest.CaptureFixture[str], 
     assert chip.boots == "system"
 
 
+# ---- F7: the boot address is an option field -----------------------------------------------------
+# RM0385 / RM0410 FLASH_OPTCR1 description (examples of BOOT_ADDx) and section 2.5 Table 3
+# (BOOT0 low boots at BOOT_ADD0 << 14, high at BOOT_ADD1 << 14), written out here from the
+# manuals, independently of the data file's boot table and address map.
+F7_BOOT_ADDRESSES = [
+    (0x0000, "sram"),    # ITCM RAM 0x00000000
+    (0x0040, "system"),  # system memory 0x00100000: the ROM bootloader
+    (0x0080, "flash"),   # flash on ITCM 0x00200000
+    (0x2000, "flash"),   # flash on AXIM 0x08000000
+    (0x8000, "sram"),    # DTCM RAM 0x20000000
+    (0x8004, "sram"),    # SRAM1 0x20010000
+    (0x0041, "none"),    # 0x00104000: inside the ROM, not its vector table
+    (0x4000, "none"),    # 0x10000000: nothing mapped on F7
+]
+
+
+@pytest.mark.parametrize("name", ["F746", "F767"])
+def test_f7_boot_address_walk(name: str) -> None:
+    dev = devices.find(name)
+    t = ob_fields.table_of(dev)
+    chip = VirtualChip(dev)
+    assert chip.boots == "system"  # factory BOOT_ADD1 = 0x0040 with BOOT0 high
+    for field, pin in (("BOOT_ADD0", "app"), ("BOOT_ADD1", "bootloader")):
+        for value, want in F7_BOOT_ADDRESSES:
+            chip = VirtualChip(dev)
+            chip.write_option_bytes(ob_fields.apply(dev, chip.option_bytes(), {t.find(field): value}))
+            chip.reset(pin)
+            assert chip.boots == want, f"{name} {field}=0x{value:04X}: {chip.boots}, RM says {want}"
+            other = "bootloader" if pin == "app" else "app"
+            chip.reset(other)  # the other pin level reads the other, factory, address
+            assert chip.boots == ("system" if other == "bootloader" else "flash")
+
+
+def test_f7_boot_add1_away_from_the_rom_is_explained(capsys: pytest.CaptureFixture[str]) -> None:
+    dev = devices.find("F746")
+    url = uart_url(dev, "boot-f746")
+    chip = registry.get("boot-f746")
+    code, _, err = cli(["uart", url, "--ob", "BOOT_ADD1=0x2000", "--timeout", "0.05", "--retries", "1"], capsys)
+    assert code == 3  # BOOT0 high now boots the flash: the ROM never answers again
+    assert "boots flash after the reload" in err and "BOOT_ADD1=0x0040" in err
+    assert chip.boots == "flash" and chip.mode == "app"
+    assert ob_fields.table_of(dev).find("BOOT_ADD1").get(chip.option_bytes()) == 0x2000
+
+
+def test_f7_write_protection_and_rdp_go_through_the_layout(capsys: pytest.CaptureFixture[str]) -> None:
+    """nWRP bit n protects sector n (RM0385 3.4.1, 0 = protected): --write-protect, the field
+    and the virtual chip agree; RDP level 1 is byte 1 of the area."""
+    for name, sectors in (("F746", 8), ("F767", 12)):
+        dev = devices.find(name)
+        t = ob_fields.table_of(dev)
+        assert obl.wrp_code_count(dev) == sectors == t.find("nWRP").width
+        url = uart_url(dev, f"wrp-{name}")
+        chip = registry.get(f"wrp-{name}")
+        code, _, err = cli(["uart", url, "--ob", f"nWRP=0x{(1 << sectors) - 1 - 0b101:X}", "-q"], capsys)
+        assert code == 0, err
+        assert chip.wrp == {0, 2}
+        area = chip.option_bytes()
+        assert obl.wrp_units(dev, area) == {0, 2} and t.find("IWDG_STOP").get(area) == 1  # neighbours kept
+        chip.readout_protect()
+        assert chip.option_bytes()[1] == 0x55 and chip.rdp_level == 1
+
+
 # ---- refused before the port is opened --------------------------------------------------------
 @pytest.mark.parametrize(
     "args, message",
@@ -388,8 +453,10 @@ def test_bad_requests_exit_2_before_the_port_is_opened(args, message, capsys) ->
 def test_unknown_fields_and_families_refused_with_their_reason(capsys) -> None:
     code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--device", "U031", "--ob", "nBOOT0=0"], capsys)
     assert code == 2 and "not written: U0: the option-byte area address" in err
-    code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--device", "F746", "--ob", "RDP=level0"], capsys)
-    assert code == 2 and "F7: the organization of the option-byte area" in err
+    code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--device", "L4P5", "--ob", "RDP=level0"], capsys)
+    assert code == 2 and "L4P5/L4Q5: the option-byte organization" in err
+    code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--device", "F767", "--ob", "nDBANK=dual"], capsys)
+    assert code == 2 and "nDBANK: not written: nDBANK = 0" in err
     code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--device", "U575", "--ob-reset-defaults"], capsys)
     assert code == 2 and "U5: the option-byte area the ROM bootloader presents is not established" in err
     # no part named: names unknown to every family, and permanent values anywhere, still refused
@@ -412,7 +479,7 @@ def test_rdp2_with_the_flag_goes_through(capsys) -> None:
 
 def test_virtual_chip_refuses_what_the_client_cannot_encode(usb_sim, capsys) -> None:
     """No simulator fallback: an unknown layout is refused over virtual DFU as over UART."""
-    dev = devices.find("F746")
+    dev = devices.find("L4P5")
     bus = usb_sim(dev, 0)
     code, _, err = cli(["dfu", "--protect"], capsys)
     assert code == 2 and "not in the table" in err

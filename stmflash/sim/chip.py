@@ -33,8 +33,8 @@ mass-erases, then a reset. The option-byte loader's complement check is applied 
 stored (a value byte with a wrong complement loads as 0xFF: on F1 that is readout
 protection). Every change goes through :meth:`VirtualChip._store_option_bytes`, the one
 place a protection-state cache would be invalidated. Families whose boot table is in the
-field table (G0, C0) boot what that table says after each reset (``chip.boots``: "flash",
-"system" or "sram"; the empty check uses the EMPTY flag latched at power-on and at each
+field table (G0, C0, F7) boot what that table says after each reset (``chip.boots``: "flash",
+"system", "sram" or "none"; the empty check uses the EMPTY flag latched at power-on and at each
 option-byte load). Parts whose layout is not in the table refuse option-byte writes and
 Write Protect exactly as the clients do; their readout level (AN3155 Readout
 Protect/Unprotect, which need no layout, and test fixtures) is internal to this model.
@@ -639,7 +639,8 @@ class VirtualChip:
         boots = None
         if self.layout_known:
             # the reference manual's boot table (G0/C0: nBOOT_SEL, nBOOT0, nBOOT1, BOOT0
-            # pin, empty check); the pin is high when the strapping says "bootloader"
+            # pin, empty check; F7: BOOT_ADD0/BOOT_ADD1 by the BOOT0 pin); the pin is high
+            # when the strapping says "bootloader"
             boots = ob_fields.boot_source(
                 self.device, self.loaded_option_bytes(), boot0_pin=want != "app", flash_empty=self.flash_empty_flag
             )
@@ -648,7 +649,8 @@ class VirtualChip:
             self.boots = "system" if want == "bootloader" else "flash"
         else:
             self.boots = boots
-            self.mode = {"system": "bootloader", "flash": "app", "sram": "sram"}[boots]
+            # "none": the boot address holds nothing the part can run (F7 BOOT_ADDx)
+            self.mode = {"system": "bootloader", "flash": "app", "sram": "sram", "none": "none"}[boots]
 
     def go(self, address: int) -> None:
         """The ROM jumps to the application: the bootloader stops answering.
