@@ -454,7 +454,7 @@ def test_unknown_fields_and_families_refused_with_their_reason(capsys) -> None:
     code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--device", "U031", "--ob", "nBOOT0=0"], capsys)
     assert code == 2 and "not written: U0: the factory option values" in err
     code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--device", "L4P5", "--ob", "RDP=level0"], capsys)
-    assert code == 2 and "L4P5/L4Q5: the option-byte organization" in err
+    assert code == 2 and "L4P5/L4Q5: where the ROM bootloader presents the option bytes" in err
     code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--device", "F767", "--ob", "nDBANK=dual"], capsys)
     assert code == 2 and "nDBANK: not written: nDBANK = 0" in err
     code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--device", "U575", "--ob-reset-defaults"], capsys)
