@@ -17,7 +17,7 @@ otherwise is an :class:`OptionByteMismatch` naming the field.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from typing import Any
@@ -392,14 +392,20 @@ def check_written(device: Device, back: bytes, values: Mapping[Field, int], wher
 
 
 # ---- behaviour the option bytes choose ------------------------------------------------------
-def boot_source(device: Device, area: bytes, *, boot0_pin: bool, flash_empty: bool) -> str | None:
+def boot_source(
+    device: Device, area: bytes, *, boot0_pin: bool, flash_empty: bool, banks_valid: Sequence[bool] = ()
+) -> str | None:
     """What a reset boots per the reference manual's boot table ("flash", "system", "sram",
-    or "none": an address where nothing the part can run lies), or None when the table has
-    no boot table for this family.
+    "flash-bank2", or "none": an address where nothing the part can run lies), or None when
+    the table has no boot table for this family.
 
     A row either names what it boots (``boots``) or the field holding the boot address
     (``boots_at``, F7 BOOT_ADDx: the address is the field shifted by the table's
-    ``boot_address.shift``, and ``boot_address.map`` says what lies there)."""
+    ``boot_address.shift``, and ``boot_address.map`` says what lies there).
+    ``boots = "dual_bank"`` is the dual-bank boot of BFB2 (AN2606 "dual bank boot"): the
+    system memory runs first and jumps to bank 2 when its first word is a stack pointer in
+    RAM (``banks_valid[1]``), else to bank 1 when that holds one, else stays in the
+    bootloader."""
     t = table_of(device)
     if t is None or not t.boot:
         return None
@@ -418,6 +424,10 @@ def boot_source(device: Device, area: bytes, *, boot0_pin: bool, flash_empty: bo
             if "boots_at" in row:
                 return _boots_at(t, str(row["boots_at"]), area)
             boots = str(row["boots"])
+            if boots == "dual_bank":
+                if len(banks_valid) > 1 and banks_valid[1]:
+                    return "flash-bank2"
+                return "flash" if banks_valid and banks_valid[0] else "system"
             if boots == "flash" and row.get("empty_check") and flash_empty:
                 return "system"
             return boots

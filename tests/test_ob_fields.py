@@ -364,6 +364,43 @@ def test_ob_nboot_sel_hands_boot_to_the_pin(capsys: pytest.CaptureFixture[str], 
     assert chip.boots == "system"
 
 
+# ---- dual-bank boot (BFB2) ---------------------------------------------------------------------
+# AN2606 "dual bank boot" (F1 XL-density, F42x/F43x, L07x/L08x, L47x/L49x) with the reference
+# manuals' BFB2 descriptions, written out here: with the dual-bank boot on and BOOT0 low the
+# system memory runs first and jumps to bank 2 when its first word is a stack pointer in SRAM,
+# else to bank 1 when that holds one, else stays in the bootloader; BOOT0 high: the ROM.
+#   (part, value of BFB2 that turns the dual-bank boot on)
+DUAL_BANK = [("F103xG", 0), ("F429", 1), ("L476", 1), ("L072", 1)]
+
+
+@pytest.mark.parametrize("name, on", DUAL_BANK)
+def test_dual_bank_boot_walk(name: str, on: int) -> None:
+    dev = devices.find(name)
+    t = ob_fields.table_of(dev)
+    bfb2 = t.find("BFB2")
+    bank2 = dev.bank_units(2)[0].address
+    for value in (on, on ^ 1):
+        for valid1 in (False, True):
+            for valid2 in (False, True):
+                for pin in ("app", "bootloader"):
+                    chip = VirtualChip(dev)
+                    if valid1:
+                        chip.preload(dev.flash_start, APP)
+                    if valid2:
+                        chip.preload(bank2, APP)
+                    chip.write_option_bytes(ob_fields.apply(dev, chip.option_bytes(), {bfb2: value}))
+                    chip.reset(pin)
+                    if pin == "bootloader":
+                        want = "system"
+                    elif value != on:
+                        want = "flash"  # the reset runs bank 1 whatever it holds
+                    else:
+                        want = "flash-bank2" if valid2 else "flash" if valid1 else "system"
+                    case = f"{name} BFB2={value} bank1={valid1} bank2={valid2} {pin}"
+                    assert chip.boots == want, f"{case}: {chip.boots}, AN2606 says {want}"
+                    assert chip.mode == ("bootloader" if want == "system" else "app"), case
+
+
 # ---- F7: the boot address is an option field -----------------------------------------------------
 # RM0385 / RM0410 FLASH_OPTCR1 description (examples of BOOT_ADDx) and section 2.5 Table 3
 # (BOOT0 low boots at BOOT_ADD0 << 14, high at BOOT_ADD1 << 14), written out here from the

@@ -642,15 +642,35 @@ class VirtualChip:
             # pin, empty check; F7: BOOT_ADD0/BOOT_ADD1 by the BOOT0 pin); the pin is high
             # when the strapping says "bootloader"
             boots = ob_fields.boot_source(
-                self.device, self.loaded_option_bytes(), boot0_pin=want != "app", flash_empty=self.flash_empty_flag
+                self.device,
+                self.loaded_option_bytes(),
+                boot0_pin=want != "app",
+                flash_empty=self.flash_empty_flag,
+                banks_valid=self._banks_valid(),
             )
         if boots is None:
             self.mode = want
             self.boots = "system" if want == "bootloader" else "flash"
         else:
             self.boots = boots
-            # "none": the boot address holds nothing the part can run (F7 BOOT_ADDx)
-            self.mode = {"system": "bootloader", "flash": "app", "sram": "sram", "none": "none"}[boots]
+            # "none": the boot address holds nothing the part can run (F7 BOOT_ADDx);
+            # "flash-bank2": the dual-bank boot jumped to bank 2 (BFB2)
+            self.mode = {"system": "bootloader", "flash": "app", "flash-bank2": "app", "sram": "sram",
+                         "none": "none"}[boots]
+
+    def _banks_valid(self) -> tuple[bool, ...]:
+        """Per flash bank: does its first word hold a stack pointer in RAM? What the dual-bank
+        boot of the ROM checks before jumping there (AN2606 "dual bank boot")."""
+        out = []
+        for bank in range(1, max(self.device.banks, 1) + 1):
+            units = self.device.bank_units(bank)
+            if not units:
+                out.append(False)
+                continue
+            off = units[0].address - self.device.flash_start
+            sp = int.from_bytes(self.flash[off : off + 4], "little")
+            out.append(sp % 4 == 0 and any(r.start < sp <= r.end for r in self.device.ram))
+        return tuple(out)
 
     def go(self, address: int) -> None:
         """The ROM jumps to the application: the bootloader stops answering.
