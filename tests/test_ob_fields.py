@@ -247,11 +247,13 @@ def test_names_and_numbers_are_the_same_request(capsys: pytest.CaptureFixture[st
 def test_h7_writes_the_prg_registers_and_reads_the_cur_ones(usb_sim, capsys) -> None:
     dev = devices.find("H743")
     bus = usb_sim(dev, 0)
-    code, _, err = cli(["dfu", "--ob", "BOOT_ADD0=0x0801", "--ob", "SWAP_BANK_OPT=swapped", "-q"], capsys)
+    code, _, err = cli(["dfu", "--ob", "BOOT_ADD0=0x0801", "--ob", "FZ_IWDG_STOP=frozen", "-q"], capsys)
     assert code == 0, err
     ob = bus.devices[0].chip.option_bytes()
     assert int.from_bytes(ob[0x24:0x28], "little") == int.from_bytes(ob[0x28:0x2C], "little") == 0x1FF00801
-    assert ob[3] & 0x80 and ob[7] & 0x80  # OPTSR_CUR and OPTSR_PRG bit 31
+    assert not ob[2] & 0x02 and not ob[6] & 0x02  # OPTSR_CUR and OPTSR_PRG bit 17
+    code, _, err = cli(["dfu", "--ob", "SWAP_BANK_OPT=swapped"], capsys)
+    assert code == 2 and "bank swap" in err and "not modelled" in err
 
 
 # ---- readback mismatch is its own error -------------------------------------------------------
