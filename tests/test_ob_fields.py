@@ -496,6 +496,14 @@ def test_unknown_fields_and_families_refused_with_their_reason(capsys) -> None:
     assert code == 2 and "L4P5/L4Q5: where the ROM bootloader presents the option bytes" in err
     code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--device", "F767", "--ob", "nDBANK=dual"], capsys)
     assert code == 2 and "nDBANK: not written: nDBANK = 0" in err
+    code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--device", "F746", "--ob", "BOOT_ADD1=0x10000"], capsys)
+    assert code == 2 and "out of range for a 16-bit field" in err
+    code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--device", "F746", "--ob", "RDP=level2"], capsys)
+    assert code == 2 and "--i-understand-rdp2-is-permanent" in err
+    code, _, err = cli(["dfu", "--device", "F767", "--ob", "nWRP=0x1000"], capsys)
+    assert code == 2 and "out of range for a 12-bit field" in err  # no USB device: never opened
+    code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--device", "U073", "--ob", "BDRST=0"], capsys)
+    assert code == 2 and "not written: U0: the factory option values" in err
     code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--device", "U575", "--ob-reset-defaults"], capsys)
     assert code == 2 and "U5: the option-byte area the ROM bootloader presents is not established" in err
     # no part named: names unknown to every family, and permanent values anywhere, still refused
