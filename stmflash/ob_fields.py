@@ -428,7 +428,7 @@ def boot_source(
                 if len(banks_valid) > 1 and banks_valid[1]:
                     return "flash-bank2"
                 return "flash" if banks_valid and banks_valid[0] else "system"
-            if boots == "flash" and row.get("empty_check") and flash_empty:
+            if boots == "flash" and row.get("empty_check") and flash_empty and device.empty_check:
                 return "system"
             return boots
     return "flash"

@@ -403,6 +403,45 @@ def test_dual_bank_boot_walk(name: str, on: int) -> None:
                     assert chip.mode == ("bootloader" if want == "system" else "app"), case
 
 
+# ---- L4 / G4 / WB: BOOT0 from the pin or from nBOOT0 ------------------------------------------------
+# RM0394 / RM0440 / RM0434 boot configuration, written out here: boot0 is the BOOT0 pin, or
+# with nSWBOOT0 = 0 the inverse of nBOOT0; boot0 = 0 boots the main flash (a blank flash boots
+# the system memory on parts with AN2606's empty check: L41x-L46x, WB, not G4); boot0 = 1 the
+# system memory with nBOOT1 = 1, SRAM with nBOOT1 = 0; BFB2 = 1 with boot0 = 0 is the dual-bank
+# boot (the ROM runs first: bank 1 holding a stack pointer is jumped to, a blank part stays).
+def _l4_expected(dev: devices.Device, nsw: int, n0: int, n1: int, bfb2: int, pin: int, empty: bool) -> str:
+    boot0 = pin if nsw == 1 else 1 - n0
+    if boot0 == 1:
+        return "system" if n1 else "sram"
+    if bfb2:
+        return "system" if empty else "flash"
+    return "system" if empty and dev.empty_check else "flash"
+
+
+@pytest.mark.parametrize("name", ["L432", "G474", "WB55", "L496"])
+def test_l4_family_boot_walk(name: str) -> None:
+    dev = devices.find(name)
+    t = ob_fields.table_of(dev)
+    has_bfb2 = t.find("BFB2") is not None
+    for nsw in (0, 1):
+        for n0 in (0, 1):
+            for n1 in (0, 1):
+                for bfb2 in ((0, 1) if has_bfb2 else (0,)):
+                    for pin in (0, 1):
+                        for empty in (True, False):
+                            chip = VirtualChip(dev)
+                            if not empty:
+                                chip.preload(dev.flash_start, APP)
+                            values = {t.find("nSWBOOT0"): nsw, t.find("nBOOT0"): n0, t.find("nBOOT1"): n1}
+                            if has_bfb2:
+                                values[t.find("BFB2")] = bfb2
+                            chip.write_option_bytes(ob_fields.apply(dev, chip.option_bytes(), values))
+                            chip.reset("bootloader" if pin else "app")
+                            want = _l4_expected(dev, nsw, n0, n1, bfb2, pin, empty)
+                            case = f"{name} nSWBOOT0={nsw} nBOOT0={n0} nBOOT1={n1} BFB2={bfb2} pin={pin} empty={empty}"
+                            assert chip.boots == want, f"{case}: {chip.boots}, RM says {want}"
+
+
 # ---- F7: the boot address is an option field -----------------------------------------------------
 # RM0385 / RM0410 FLASH_OPTCR1 description (examples of BOOT_ADDx) and section 2.5 Table 3
 # (BOOT0 low boots at BOOT_ADD0 << 14, high at BOOT_ADD1 << 14), written out here from the
