@@ -17,7 +17,7 @@ otherwise is an :class:`OptionByteMismatch` naming the field.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from typing import Any
@@ -105,6 +105,7 @@ class Table:
     factory: tuple[tuple[int, int], ...] = ()
     unknown: str = ""
     boot: tuple[dict[str, Any], ...] = ()
+    boot_address: Mapping[str, Any] = field(default_factory=dict)
     boot_hint: str = ""
     by_name: Mapping[str, Field] = field(default_factory=dict)
 
@@ -148,7 +149,9 @@ def _merged(name: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
     if name in seen:
         raise ValueError(f"option_bytes.toml: table {name} includes itself")
     raw = data[name]
-    out: dict[str, Any] = {"fields": {}, "factory": [], "boot": [], "source": "", "unknown": "", "boot_hint": ""}
+    out: dict[str, Any] = {
+        "fields": {}, "factory": [], "boot": [], "boot_address": {}, "boot_hint": "", "source": "", "unknown": "",
+    }
     if "base" in raw:
         out = _merged(str(raw["base"]), (*seen, name))
         out["fields"] = dict(out["fields"])
@@ -157,12 +160,11 @@ def _merged(name: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
         out["fields"].pop(str(d).lower(), None)
     for f in raw.get("fields", []):
         out["fields"][str(f["name"]).lower()] = f
-    for key in ("factory", "boot"):
+    for key in ("factory", "boot", "boot_address", "boot_hint"):
         if key in raw:
             out[key] = raw[key]
     out["source"] = str(raw.get("source", out["source"]))
     out["unknown"] = str(raw.get("unknown", out["unknown"]))
-    out["boot_hint"] = str(raw.get("boot_hint", out["boot_hint"]))
     return out
 
 
@@ -183,7 +185,8 @@ def _table(name: str) -> Table:
         factory=tuple((int(a), int(w)) for a, w in m["factory"]),
         unknown=m["unknown"],
         boot=tuple(dict(r) for r in m["boot"]),
-        boot_hint=m["boot_hint"],
+        boot_address=dict(m["boot_address"]),
+        boot_hint=str(m["boot_hint"]),
         by_name=by_name,
     )
 
@@ -393,10 +396,20 @@ def check_written(device: Device, back: bytes, values: Mapping[Field, int], wher
 
 
 # ---- behaviour the option bytes choose ------------------------------------------------------
-def boot_source(device: Device, area: bytes, *, boot0_pin: bool, flash_empty: bool) -> str | None:
-    """What a reset boots per the reference manual's boot table ("flash", "system", "sram"),
-    or None when the table has no boot table for this family. A row gives ``boots``, or
-    ``boots_at`` = the boot-address field the reset jumps through (U5)."""
+def boot_source(
+    device: Device, area: bytes, *, boot0_pin: bool, flash_empty: bool, banks_valid: Sequence[bool] = ()
+) -> str | None:
+    """What a reset boots per the reference manual's boot table ("flash", "system", "sram",
+    "flash-bank2", or "none": an address where nothing the part can run lies), or None when
+    the table has no boot table for this family.
+
+    A row either names what it boots (``boots``) or the field holding the boot address
+    (``boots_at``, F7 BOOT_ADDx: the address is the field shifted by the table's
+    ``boot_address.shift``, and ``boot_address.map`` says what lies there).
+    ``boots = "dual_bank"`` is the dual-bank boot of BFB2 (AN2606 "dual bank boot"): the
+    system memory runs first and jumps to bank 2 when its first word is a stack pointer in
+    RAM (``banks_valid[1]``), else to bank 1 when that holds one, else stays in the
+    bootloader."""
     t = table_of(device)
     if t is None or not t.boot:
         return None
@@ -412,21 +425,37 @@ def boot_source(device: Device, area: bytes, *, boot0_pin: bool, flash_empty: bo
                 ok = False
                 break
         if ok:
-            boots = _boots_at(device, t, area, str(row["boots_at"])) if "boots_at" in row else str(row["boots"])
-            if boots == "flash" and row.get("empty_check") and flash_empty:
+            if "boots_at" in row:
+                return _boots_at(device, t, area, str(row["boots_at"]))
+            boots = str(row["boots"])
+            if boots == "dual_bank":
+                if len(banks_valid) > 1 and banks_valid[1]:
+                    return "flash-bank2"
+                return "flash" if banks_valid and banks_valid[0] else "system"
+            if boots == "flash" and row.get("empty_check") and flash_empty and device.empty_check:
                 return "system"
             return boots
     return "flash"
 
 
 def _boots_at(device: Device, t: Table, area: bytes, name: str) -> str:
-    """What a boot-address option field (U5 NSBOOTADDx: bits 31:7 of the address) makes a
-    reset run: the ROM only when it names the start of system memory (its vector table),
-    SRAM when it points there, anything else runs from that address ("flash")."""
+    """What a boot-address option field makes a reset run.
+
+    The address is the field shifted by the table's ``boot_address.shift`` (F7 BOOT_ADDx:
+    address bits 29:14, RM0385 3.4.1), or by the field's own bit position when the table gives
+    none (U5 NSBOOTADDx: bits 31:7 of the address in bits 31:7 of the register, RM0456).
+    With ``boot_address.map`` the table says what lies at that address ("none" outside every
+    range); without it the ROM runs only when the address is the start of system memory (its
+    vector table), SRAM when it points there, and anything else runs from flash."""
     f = t.find(name)
     if f is None:
-        raise ValueError(f"option_bytes.toml {t.name}: boot row names no field {name}")
-    address = f.get(area) << f.bit
+        raise ValueError(f"option_bytes.toml: table {t.name}: boot row names no field {name!r}")
+    address = f.get(area) << int(t.boot_address.get("shift", f.bit))
+    if "map" in t.boot_address:
+        for start, end, kind in t.boot_address["map"]:
+            if int(start) <= address < int(end):
+                return str(kind)
+        return "none"
     sysmem = device.system_memory
     if sysmem is not None and address == sysmem.start:
         return "system"

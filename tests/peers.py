@@ -6,15 +6,20 @@ so in CI these tests run.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 
 
 def require(program: str) -> str:
-    """Path of ``program`` or skip the calling test, naming the Debian/PyPI package."""
-    path = shutil.which(program)
+    """Path of ``program`` or skip the calling test, naming the Debian/PyPI package.
+
+    Python peers (stm32loader, pyfu-usb) are test extras: they sit beside the interpreter
+    running the tests, which need not be on PATH (a venv used without activating it)."""
+    path = shutil.which(program) or shutil.which(program, path=os.path.dirname(sys.executable))
     if path is None:
         pytest.skip(f"peer program {program!r} is not installed (.ci/run installs it)")
     return path

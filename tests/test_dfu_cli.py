@@ -90,7 +90,11 @@ def test_multi_target_dfu_file(name, sim, tmp_path, capsys):
         want = b"\x86\x01"  # FZ_IWDG_SDBY, bits 23/24 kept; SECURITY stays 0
         ob[6], ob[7] = want
     if name == "G474":  # G4: the complement word of OPTR follows it (the chip rewrites it)
-        ob[6], ob[7] = 0xC3, 0x3C
+        # IWDG_SW = 0 only: 0x3CC3 would clear nBOOT1 with BOOT0 high, and a G4 then boots
+        # SRAM (RM0440 boot table), never re-enumerating
+        want = b"\xee\xff"
+        ob[2], ob[3] = want
+        ob[6], ob[7] = 0x11, 0x00
     img = Image(alt_names={0: "Internal Flash", 1: "Option Bytes"})
     a, b = firmware(6000, 7), firmware(3000, 8)[8:]
     img.add(0x08000000, a, alt=0)

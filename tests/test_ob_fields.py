@@ -136,8 +136,8 @@ def _writable(dev: devices.Device) -> list[tuple[ob_fields.Field, int]]:
 
 
 def _readback_ok(dev: devices.Device, f: ob_fields.Field, v: int) -> bool:
-    """Fields after which the part no longer runs its ROM (it boots SRAM) are walked in the
-    boot-table test instead."""
+    """Fields after which the part no longer runs its ROM (it boots SRAM, or F7 BOOT_ADD1
+    points away from system memory) are walked in the boot-table tests instead."""
     if f.name == "nBOOT1" and v == 0 and ob_fields.table_of(dev).boot:
         return False
     area = ob_fields.apply(dev, ob_fields.factory_area(dev), {f: v})
@@ -185,7 +185,7 @@ DFU_DEVS = _dfu_devices()
 
 
 def test_dfu_families_are_covered() -> None:
-    assert {"F4", "L4", "G4", "H7", "U5", "U53", "U59"} <= {d.ob_fields for d in DFU_DEVS}
+    assert {"F4", "L4", "G4", "H7", "F7", "F76x", "U5", "U53", "U59"} <= {d.ob_fields for d in DFU_DEVS}
 
 
 @pytest.fixture
@@ -249,11 +249,13 @@ def test_names_and_numbers_are_the_same_request(capsys: pytest.CaptureFixture[st
 def test_h7_writes_the_prg_registers_and_reads_the_cur_ones(usb_sim, capsys) -> None:
     dev = devices.find("H743")
     bus = usb_sim(dev, 0)
-    code, _, err = cli(["dfu", "--ob", "BOOT_ADD0=0x0801", "--ob", "SWAP_BANK_OPT=swapped", "-q"], capsys)
+    code, _, err = cli(["dfu", "--ob", "BOOT_ADD0=0x0801", "--ob", "FZ_IWDG_STOP=frozen", "-q"], capsys)
     assert code == 0, err
     ob = bus.devices[0].chip.option_bytes()
     assert int.from_bytes(ob[0x24:0x28], "little") == int.from_bytes(ob[0x28:0x2C], "little") == 0x1FF00801
-    assert ob[3] & 0x80 and ob[7] & 0x80  # OPTSR_CUR and OPTSR_PRG bit 31
+    assert not ob[2] & 0x02 and not ob[6] & 0x02  # OPTSR_CUR and OPTSR_PRG bit 17
+    code, _, err = cli(["dfu", "--ob", "SWAP_BANK_OPT=swapped"], capsys)
+    assert code == 2 and "bank swap" in err and "not modelled" in err
 
 
 # ---- readback mismatch is its own error -------------------------------------------------------
@@ -366,6 +368,144 @@ def test_ob_nboot_sel_hands_boot_to_the_pin(capsys: pytest.CaptureFixture[str], 
     assert chip.boots == "system"
 
 
+# ---- dual-bank boot (BFB2) ---------------------------------------------------------------------
+# AN2606 "dual bank boot" (F1 XL-density, F42x/F43x, L07x/L08x, L47x/L49x) with the reference
+# manuals' BFB2 descriptions, written out here: with the dual-bank boot on and BOOT0 low the
+# system memory runs first and jumps to bank 2 when its first word is a stack pointer in SRAM,
+# else to bank 1 when that holds one, else stays in the bootloader; BOOT0 high: the ROM.
+#   (part, value of BFB2 that turns the dual-bank boot on)
+DUAL_BANK = [("F103xG", 0), ("F429", 1), ("L476", 1), ("L072", 1)]
+
+
+@pytest.mark.parametrize("name, on", DUAL_BANK)
+def test_dual_bank_boot_walk(name: str, on: int) -> None:
+    dev = devices.find(name)
+    t = ob_fields.table_of(dev)
+    bfb2 = t.find("BFB2")
+    bank2 = dev.bank_units(2)[0].address
+    for value in (on, on ^ 1):
+        for valid1 in (False, True):
+            for valid2 in (False, True):
+                for pin in ("app", "bootloader"):
+                    chip = VirtualChip(dev)
+                    if valid1:
+                        chip.preload(dev.flash_start, APP)
+                    if valid2:
+                        chip.preload(bank2, APP)
+                    chip.write_option_bytes(ob_fields.apply(dev, chip.option_bytes(), {bfb2: value}))
+                    chip.reset(pin)
+                    if pin == "bootloader":
+                        want = "system"
+                    elif value != on:
+                        want = "flash"  # the reset runs bank 1 whatever it holds
+                    else:
+                        want = "flash-bank2" if valid2 else "flash" if valid1 else "system"
+                    case = f"{name} BFB2={value} bank1={valid1} bank2={valid2} {pin}"
+                    assert chip.boots == want, f"{case}: {chip.boots}, AN2606 says {want}"
+                    assert chip.mode == ("bootloader" if want == "system" else "app"), case
+
+
+# ---- L4 / G4 / WB: BOOT0 from the pin or from nBOOT0 ------------------------------------------------
+# RM0394 / RM0440 / RM0434 boot configuration, written out here: boot0 is the BOOT0 pin, or
+# with nSWBOOT0 = 0 the inverse of nBOOT0; boot0 = 0 boots the main flash (a blank flash boots
+# the system memory on parts with AN2606's empty check: L41x-L46x, WB, not G4); boot0 = 1 the
+# system memory with nBOOT1 = 1, SRAM with nBOOT1 = 0; BFB2 = 1 with boot0 = 0 is the dual-bank
+# boot (the ROM runs first: bank 1 holding a stack pointer is jumped to, a blank part stays).
+def _l4_expected(dev: devices.Device, nsw: int, n0: int, n1: int, bfb2: int, pin: int, empty: bool) -> str:
+    boot0 = pin if nsw == 1 else 1 - n0
+    if boot0 == 1:
+        return "system" if n1 else "sram"
+    if bfb2:
+        return "system" if empty else "flash"
+    return "system" if empty and dev.empty_check else "flash"
+
+
+@pytest.mark.parametrize("name", ["L432", "G474", "WB55", "L496"])
+def test_l4_family_boot_walk(name: str) -> None:
+    dev = devices.find(name)
+    t = ob_fields.table_of(dev)
+    has_bfb2 = t.find("BFB2") is not None
+    for nsw in (0, 1):
+        for n0 in (0, 1):
+            for n1 in (0, 1):
+                for bfb2 in ((0, 1) if has_bfb2 else (0,)):
+                    for pin in (0, 1):
+                        for empty in (True, False):
+                            chip = VirtualChip(dev)
+                            if not empty:
+                                chip.preload(dev.flash_start, APP)
+                            values = {t.find("nSWBOOT0"): nsw, t.find("nBOOT0"): n0, t.find("nBOOT1"): n1}
+                            if has_bfb2:
+                                values[t.find("BFB2")] = bfb2
+                            chip.write_option_bytes(ob_fields.apply(dev, chip.option_bytes(), values))
+                            chip.reset("bootloader" if pin else "app")
+                            want = _l4_expected(dev, nsw, n0, n1, bfb2, pin, empty)
+                            case = f"{name} nSWBOOT0={nsw} nBOOT0={n0} nBOOT1={n1} BFB2={bfb2} pin={pin} empty={empty}"
+                            assert chip.boots == want, f"{case}: {chip.boots}, RM says {want}"
+
+
+# ---- F7: the boot address is an option field -----------------------------------------------------
+# RM0385 / RM0410 FLASH_OPTCR1 description (examples of BOOT_ADDx) and section 2.5 Table 3
+# (BOOT0 low boots at BOOT_ADD0 << 14, high at BOOT_ADD1 << 14), written out here from the
+# manuals, independently of the data file's boot table and address map.
+F7_BOOT_ADDRESSES = [
+    (0x0000, "sram"),    # ITCM RAM 0x00000000
+    (0x0040, "system"),  # system memory 0x00100000: the ROM bootloader
+    (0x0080, "flash"),   # flash on ITCM 0x00200000
+    (0x2000, "flash"),   # flash on AXIM 0x08000000
+    (0x8000, "sram"),    # DTCM RAM 0x20000000
+    (0x8004, "sram"),    # SRAM1 0x20010000
+    (0x0041, "none"),    # 0x00104000: inside the ROM, not its vector table
+    (0x4000, "none"),    # 0x10000000: nothing mapped on F7
+]
+
+
+@pytest.mark.parametrize("name", ["F746", "F767"])
+def test_f7_boot_address_walk(name: str) -> None:
+    dev = devices.find(name)
+    t = ob_fields.table_of(dev)
+    chip = VirtualChip(dev)
+    assert chip.boots == "system"  # factory BOOT_ADD1 = 0x0040 with BOOT0 high
+    for field, pin in (("BOOT_ADD0", "app"), ("BOOT_ADD1", "bootloader")):
+        for value, want in F7_BOOT_ADDRESSES:
+            chip = VirtualChip(dev)
+            chip.write_option_bytes(ob_fields.apply(dev, chip.option_bytes(), {t.find(field): value}))
+            chip.reset(pin)
+            assert chip.boots == want, f"{name} {field}=0x{value:04X}: {chip.boots}, RM says {want}"
+            other = "bootloader" if pin == "app" else "app"
+            chip.reset(other)  # the other pin level reads the other, factory, address
+            assert chip.boots == ("system" if other == "bootloader" else "flash")
+
+
+def test_f7_boot_add1_away_from_the_rom_is_explained(capsys: pytest.CaptureFixture[str]) -> None:
+    dev = devices.find("F746")
+    url = uart_url(dev, "boot-f746")
+    chip = registry.get("boot-f746")
+    code, _, err = cli(["uart", url, "--ob", "BOOT_ADD1=0x2000", "--timeout", "0.05", "--retries", "1"], capsys)
+    assert code == 3  # BOOT0 high now boots the flash: the ROM never answers again
+    assert "boots flash after the reload" in err and "BOOT_ADD1=0x0040" in err
+    assert chip.boots == "flash" and chip.mode == "app"
+    assert ob_fields.table_of(dev).find("BOOT_ADD1").get(chip.option_bytes()) == 0x2000
+
+
+def test_f7_write_protection_and_rdp_go_through_the_layout(capsys: pytest.CaptureFixture[str]) -> None:
+    """nWRP bit n protects sector n (RM0385 3.4.1, 0 = protected): --write-protect, the field
+    and the virtual chip agree; RDP level 1 is byte 1 of the area."""
+    for name, sectors in (("F746", 8), ("F767", 12)):
+        dev = devices.find(name)
+        t = ob_fields.table_of(dev)
+        assert obl.wrp_code_count(dev) == sectors == t.find("nWRP").width
+        url = uart_url(dev, f"wrp-{name}")
+        chip = registry.get(f"wrp-{name}")
+        code, _, err = cli(["uart", url, "--ob", f"nWRP=0x{(1 << sectors) - 1 - 0b101:X}", "-q"], capsys)
+        assert code == 0, err
+        assert chip.wrp == {0, 2}
+        area = chip.option_bytes()
+        assert obl.wrp_units(dev, area) == {0, 2} and t.find("IWDG_STOP").get(area) == 1  # neighbours kept
+        chip.readout_protect()
+        assert chip.option_bytes()[1] == 0x55 and chip.rdp_level == 1
+
+
 # ---- refused before the port is opened --------------------------------------------------------
 @pytest.mark.parametrize(
     "args, message",
@@ -392,9 +532,19 @@ def test_bad_requests_exit_2_before_the_port_is_opened(args, message, capsys) ->
 
 def test_unknown_fields_and_families_refused_with_their_reason(capsys) -> None:
     code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--device", "U031", "--ob", "nBOOT0=0"], capsys)
-    assert code == 2 and "not written: U0: the option-byte area address" in err
-    code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--device", "F746", "--ob", "RDP=level0"], capsys)
-    assert code == 2 and "F7: the organization of the option-byte area" in err
+    assert code == 2 and "not written: U0: the factory option values" in err
+    code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--device", "L4P5", "--ob", "RDP=level0"], capsys)
+    assert code == 2 and "L4P5/L4Q5: where the ROM bootloader presents the option bytes" in err
+    code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--device", "F767", "--ob", "nDBANK=dual"], capsys)
+    assert code == 2 and "nDBANK: not written: nDBANK = 0" in err
+    code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--device", "F746", "--ob", "BOOT_ADD1=0x10000"], capsys)
+    assert code == 2 and "out of range for a 16-bit field" in err
+    code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--device", "F746", "--ob", "RDP=level2"], capsys)
+    assert code == 2 and "--i-understand-rdp2-is-permanent" in err
+    code, _, err = cli(["dfu", "--device", "F767", "--ob", "nWRP=0x1000"], capsys)
+    assert code == 2 and "out of range for a 12-bit field" in err  # no USB device: never opened
+    code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--device", "U073", "--ob", "BDRST=0"], capsys)
+    assert code == 2 and "not written: U0: the factory option values" in err
     code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--device", "L552", "--ob-reset-defaults"], capsys)
     assert code == 2 and "L5: the option-byte area the ROM bootloader presents is not established" in err
     # no part named: names unknown to every family, and permanent values anywhere, still refused
@@ -417,7 +567,7 @@ def test_rdp2_with_the_flag_goes_through(capsys) -> None:
 
 def test_virtual_chip_refuses_what_the_client_cannot_encode(usb_sim, capsys) -> None:
     """No simulator fallback: an unknown layout is refused over virtual DFU as over UART."""
-    dev = devices.find("F746")
+    dev = devices.find("L4P5")
     bus = usb_sim(dev, 0)
     code, _, err = cli(["dfu", "--protect"], capsys)
     assert code == 2 and "not in the table" in err

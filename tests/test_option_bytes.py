@@ -21,8 +21,9 @@ from stmflash.sim import registry
 from stmflash.sim.chip import VirtualChip, load_image_file
 from tests.clirun import exit_code as run_cli
 
-F1_MD, F1_HD, F0, F3, F4, F429, G0, L4, L0 = (
-    devices.find(n) for n in ("F103", "F1-HD", "F051", "F303xC", "F407", "F429", "G071", "L476", "L053")
+F1_MD, F1_HD, F0, F3, F4, F429, G0, L4, L0, F7, F76, U0 = (
+    devices.find(n)
+    for n in ("F103", "F1-HD", "F051", "F303xC", "F407", "F429", "G071", "L476", "L053", "F746", "F767", "U073")
 )
 KNOWN = [F1_MD, F1_HD, F0, F3, F4, G0, L4, L0]
 
@@ -47,7 +48,7 @@ def test_every_layout_fits_its_option_byte_area() -> None:
         assert len(ob) == size and obl.rdp_level(dev, ob) == 0 and obl.wrp_units(dev, ob) == set()
 
 
-@pytest.mark.parametrize("name", ["F746", "H7A3", "U385", "H563", "L552", "U031", "WBA55"])
+@pytest.mark.parametrize("name", ["L4P5", "H7A3", "U385", "H563", "L552", "WBA55"])
 def test_unknown_layouts_refuse_instead_of_guessing(name: str) -> None:
     dev = devices.find(name)
     assert not obl.supported(dev)
@@ -68,6 +69,10 @@ def test_unknown_layouts_refuse_instead_of_guessing(name: str) -> None:
         (F4, "ecaaffffffffffffff0fffffffffffff"),  # USER, RDP; nWRP bits 0-11 set
         (G0, "aafeffff55010000"),  # OPTR 0xFFFFFEAA (RM0444 production value), then its complement
         (L0, "aa0055ff"),  # RDP, then nRDP in the upper half-word (RM0367 xx55xxAA)
+        # RM0385 FLASH_OPTCR reset 0xC0FFAAFD: USER 0xFC, RDP 0xAA at 0x1FFF0000; nWRP 0xFF,
+        # IWDG_STDBY/IWDG_STOP set at 0x1FFF0008; OPTCR1 0x00400080: BOOT_ADD0 0x0080, BOOT_ADD1 0x0040
+        (F7, "fcaaffffffffffffffc0ffffffffffff8000ffffffffffff4000ffffffffffff"),
+        (F76, "fcaaffffffffffffffffffffffffffff"),  # RM0410 OPTCR reset 0xFFFFAAFD: nWRP 0xFFF, nDBOOT, nDBANK
     ],
 )
 def test_factory_default(dev: devices.Device, head: str) -> None:
@@ -86,6 +91,8 @@ def test_factory_default(dev: devices.Device, head: str) -> None:
         (L4, 0, {0: (0xAA, 0x55), 1: (0xBB, 0x44), 2: (0xCC, 0x33)}),
         (L0, 0, {0: (0xAA, 0x55), 1: (0xBB, 0x44), 2: (0xCC, 0x33)}),
         (F1_MD, 0, {0: (0xA5, 0x5A), 1: (0x00, 0xFF)}),
+        (F7, 1, {0: (0xAA, None), 1: (0x55, None), 2: (0xCC, None)}),  # RM0385: RDP = FLASH_OPTCR[15:8]
+        (U0, 0, {0: (0xAA, None), 1: (0xBB, None), 2: (0xCC, None)}),  # FLASH_OPTR register view: no complement
     ],
 )
 def test_rdp_round_trip_and_complement(dev: devices.Device, offset: int, values: dict) -> None:
@@ -223,6 +230,22 @@ def test_uart_write_protect_shows_the_family_encoding(capsys: pytest.CaptureFixt
     assert chip.option_bytes()[8:10] == b"\xff\x0f"
 
 
+def test_uart_write_protect_on_the_f7_and_u0_layouts(capsys: pytest.CaptureFixture[str]) -> None:
+    """F7: nWRP bit per sector at 0x1FFF0008 (RM0385 3.4.1); U0: WRP1AR start/end pages at
+    0x4002202C, the FLASH option register view ST's OpenBootloader presents."""
+    chip = registry.register("wp7", VirtualChip(F7))
+    assert run_cli("uart", "sim://F746?chip=wp7", "--write-protect", "1-2", "-q") == 0
+    assert chip.option_bytes()[8:10] == b"\xf9\xc0" and chip.wrp == {1, 2}
+    assert chip.option_bytes()[:2] == b"\xfc\xaa"  # USER and RDP untouched
+    chip = registry.register("wp0", VirtualChip(U0))
+    assert run_cli("uart", "sim://U073?chip=wp0", "--write-protect", "2-5", "-q") == 0
+    ob = chip.read(0x4002202C, 8)
+    assert ob[:4] == bytes([2, 0, 5, 0]) and chip.wrp == {2, 3, 4, 5}
+    assert ob[4:] == bytes([0x7F, 0, 0, 0])  # area B stays empty (start > end)
+    assert run_cli("uart", "sim://U073?chip=wp0", "--protect", "-q") == 0
+    assert chip.read(0x40022020, 1) == b"\xbb" and chip.rdp_level == 1
+
+
 def test_uart_protect_sets_level_1_in_the_family_encoding() -> None:
     chip = registry.register("rp0", VirtualChip(G0))
     assert run_cli("uart", "sim://G071?chip=rp0", "--protect", "-q") == 0
@@ -256,12 +279,12 @@ def test_rdp2_with_confirmation_silences_the_chip(name: str, rdp_at: int, tmp_pa
 
 def test_rdp2_refused_before_flashing_when_the_layout_is_unknown(tmp_path: Path,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
-    chip = registry.register("r2h", VirtualChip(devices.find("F746")))
+    chip = registry.register("r2h", VirtualChip(devices.find("L4P5")))
     fw = tmp_path / "fw.bin"
     fw.write_bytes(b"\x42" * 1024)
-    assert run_cli("uart", "sim://F746?chip=r2h", str(fw), "--no-image-check", "--protect-level", "2",
+    assert run_cli("uart", "sim://L4P5?chip=r2h", str(fw), "--no-image-check", "--protect-level", "2",
                    "--i-understand-rdp2-is-permanent", "-q") == 2
-    assert "option-byte layout of F746 is not in the table" in capsys.readouterr().err
+    assert "option-byte layout of L4P5 is not in the table" in capsys.readouterr().err
     assert chip.flash[:16] == b"\xff" * 16 and chip.rdp_level == 0
 
 

@@ -50,8 +50,8 @@ def sim_server(device: str, image: Path, *extra: str):
 
 def _pin_boot(device: devices.Device, image: Path) -> None:
     table = ob_fields.table_of(device)
-    if table is None or not table.boot:
-        return
+    if table is None or not table.boot or table.find("nBOOT_SEL") is None:
+        return  # only the G0/C0 boot table ignores the pin with factory options
     chip = VirtualChip(device, image_path=image)
     values = ob_fields.resolve(device, {"nBOOT_SEL": "pin"})
     chip.store_raw_option_bytes(ob_fields.apply(device, chip.option_bytes(), values))

@@ -37,8 +37,8 @@ NSBOOTADDx and WRPxy, not the secure registers), level 1 -> 0 mass-erases, then 
 stored (a value byte with a wrong complement loads as 0xFF: on F1 that is readout
 protection). Every change goes through :meth:`VirtualChip._store_option_bytes`, the one
 place a protection-state cache would be invalidated. Families whose boot table is in the
-field table (G0, C0, U5) boot what that table says after each reset (``chip.boots``: "flash",
-"system" or "sram"; the empty check uses the EMPTY flag latched at power-on and at each
+field table (G0, C0, F7, U5, ...) boot what that table says after each reset (``chip.boots``: "flash",
+"system", "sram" or "none"; the empty check uses the EMPTY flag latched at power-on and at each
 option-byte load). Parts whose layout is not in the table refuse option-byte writes and
 Write Protect exactly as the clients do; their readout level (AN3155 Readout
 Protect/Unprotect, which need no layout, and test fixtures) is internal to this model.
@@ -649,16 +649,38 @@ class VirtualChip:
         boots = None
         if self.layout_known:
             # the reference manual's boot table (G0/C0: nBOOT_SEL, nBOOT0, nBOOT1, BOOT0
-            # pin, empty check); the pin is high when the strapping says "bootloader"
+            # pin, empty check; F7: BOOT_ADD0/BOOT_ADD1 by the BOOT0 pin); the pin is high
+            # when the strapping says "bootloader"
             boots = ob_fields.boot_source(
-                self.device, self.loaded_option_bytes(), boot0_pin=want != "app", flash_empty=self.flash_empty_flag
+                self.device,
+                self.loaded_option_bytes(),
+                boot0_pin=want != "app",
+                flash_empty=self.flash_empty_flag,
+                banks_valid=self._banks_valid(),
             )
         if boots is None:
             self.mode = want
             self.boots = "system" if want == "bootloader" else "flash"
         else:
             self.boots = boots
-            self.mode = {"system": "bootloader", "flash": "app", "sram": "sram"}[boots]
+            # "none": the boot address holds nothing the part can run (F7 BOOT_ADDx);
+            # "flash-bank2": the dual-bank boot jumped to bank 2 (BFB2)
+            self.mode = {"system": "bootloader", "flash": "app", "flash-bank2": "app", "sram": "sram",
+                         "none": "none"}[boots]
+
+    def _banks_valid(self) -> tuple[bool, ...]:
+        """Per flash bank: does its first word hold a stack pointer in RAM? What the dual-bank
+        boot of the ROM checks before jumping there (AN2606 "dual bank boot")."""
+        out = []
+        for bank in range(1, max(self.device.banks, 1) + 1):
+            units = self.device.bank_units(bank)
+            if not units:
+                out.append(False)
+                continue
+            off = units[0].address - self.device.flash_start
+            sp = int.from_bytes(self.flash[off : off + 4], "little")
+            out.append(sp % 4 == 0 and any(r.start < sp <= r.end for r in self.device.ram))
+        return tuple(out)
 
     def go(self, address: int) -> None:
         """The ROM jumps to the application: the bootloader stops answering.
