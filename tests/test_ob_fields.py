@@ -233,7 +233,8 @@ def test_several_fields_in_one_write_and_reset_defaults(capsys: pytest.CaptureFi
     chip.set_rdp(1)
     chip.reset()
     code, out, err = cli(["uart", url, "--unprotect", "--ob-reset-defaults", "-q"], capsys)
-    assert code == 0, err and chip.rdp_level == 0
+    assert code == 0, err
+    assert chip.rdp_level == 0
 
 
 def test_names_and_numbers_are_the_same_request(capsys: pytest.CaptureFixture[str]) -> None:
