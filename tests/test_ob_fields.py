@@ -417,7 +417,7 @@ def test_dual_bank_boot_walk(name: str, on: int) -> None:
 # ---- L4 / G4 / WB / WL: BOOT0 from the pin or from nBOOT0 -------------------------------------------
 # RM0394 / RM0440 / RM0434 / RM0453 boot configuration, written out here: boot0 is the BOOT0 pin, or
 # with nSWBOOT0 = 0 the inverse of nBOOT0; boot0 = 0 boots the main flash (a blank flash boots
-# the system memory on parts with AN2606's empty check: L41x-L46x, WB, WL (RM0453 3.3.2), not
+# the system memory on parts with AN2606's empty check: L41x-L46x, WB, WL (RM0461 3.3.2 empty check), not
 # G4); boot0 = 1 the system memory with nBOOT1 = 1, SRAM with nBOOT1 = 0; BFB2 = 1 with boot0 = 0 is the dual-bank
 # boot (the ROM runs first: bank 1 holding a stack pointer is jumped to, a blank part stays).
 def _l4_expected(dev: devices.Device, nsw: int, n0: int, n1: int, bfb2: int, pin: int, empty: bool) -> str:
