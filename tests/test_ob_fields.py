@@ -171,13 +171,21 @@ def test_every_writable_field_round_trips_over_uart(dev: devices.Device, capsys:
 
 
 def _dfu_devices() -> list[devices.Device]:
-    out = []
-    for d in REPS:
+    """One device per field table whose ROM has DfuSe with an option-bytes alt at the area:
+    the table's representative when it has DFU, else the first device of the table that has
+    (L1: the L1xxxB representative is UART only, L1xxxC/D/E have DFU)."""
+    def fits(d: devices.Device) -> bool:
         if "dfu" not in d.interfaces or not field_ok(d) or not obl.supported(d):
-            continue
+            return False
         alts = [a for a in d.dfu_alts() if "option" in a.lower()]
-        if alts and f"0x{d.option_bytes.start:08X}".lower() in alts[0].lower():
+        return bool(alts) and f"0x{d.option_bytes.start:08X}".lower() in alts[0].lower()
+
+    out = [d for d in REPS if fits(d)]
+    covered = {d.ob_fields for d in out}
+    for d in devices.all_devices():
+        if d.ob_fields not in covered and fits(d):
             out.append(d)
+            covered.add(d.ob_fields)
     return out
 
 
@@ -185,7 +193,7 @@ DFU_DEVS = _dfu_devices()
 
 
 def test_dfu_families_are_covered() -> None:
-    assert {"F4", "L4", "G4", "H7", "F7", "F76x", "U5", "U53", "U59"} <= {d.ob_fields for d in DFU_DEVS}
+    assert {"F4", "L4", "G4", "H7", "F7", "F76x", "U5", "U53", "U59", "L1"} <= {d.ob_fields for d in DFU_DEVS}
 
 
 @pytest.fixture
@@ -406,11 +414,11 @@ def test_dual_bank_boot_walk(name: str, on: int) -> None:
                     assert chip.mode == ("bootloader" if want == "system" else "app"), case
 
 
-# ---- L4 / G4 / WB: BOOT0 from the pin or from nBOOT0 ------------------------------------------------
-# RM0394 / RM0440 / RM0434 boot configuration, written out here: boot0 is the BOOT0 pin, or
+# ---- L4 / G4 / WB / WL: BOOT0 from the pin or from nBOOT0 -------------------------------------------
+# RM0394 / RM0440 / RM0434 / RM0453 boot configuration, written out here: boot0 is the BOOT0 pin, or
 # with nSWBOOT0 = 0 the inverse of nBOOT0; boot0 = 0 boots the main flash (a blank flash boots
-# the system memory on parts with AN2606's empty check: L41x-L46x, WB, not G4); boot0 = 1 the
-# system memory with nBOOT1 = 1, SRAM with nBOOT1 = 0; BFB2 = 1 with boot0 = 0 is the dual-bank
+# the system memory on parts with AN2606's empty check: L41x-L46x, WB, WL (RM0461 3.3.2 empty check), not
+# G4); boot0 = 1 the system memory with nBOOT1 = 1, SRAM with nBOOT1 = 0; BFB2 = 1 with boot0 = 0 is the dual-bank
 # boot (the ROM runs first: bank 1 holding a stack pointer is jumped to, a blank part stays).
 def _l4_expected(dev: devices.Device, nsw: int, n0: int, n1: int, bfb2: int, pin: int, empty: bool) -> str:
     boot0 = pin if nsw == 1 else 1 - n0
@@ -421,7 +429,7 @@ def _l4_expected(dev: devices.Device, nsw: int, n0: int, n1: int, bfb2: int, pin
     return "system" if empty and dev.empty_check else "flash"
 
 
-@pytest.mark.parametrize("name", ["L432", "G474", "WB55", "L496"])
+@pytest.mark.parametrize("name", ["L432", "G474", "WB55", "L496", "WLE5"])
 def test_l4_family_boot_walk(name: str) -> None:
     dev = devices.find(name)
     t = ob_fields.table_of(dev)
@@ -555,6 +563,63 @@ def test_unknown_fields_and_families_refused_with_their_reason(capsys) -> None:
     assert code == 2 and "--i-understand-rdp2-is-permanent" in err
     code, _, err = cli(["dfu", "--device", "G071", "--ob", "BORR_LEV=9"], capsys)
     assert code == 2 and "out of range" in err  # no USB device at all: it was never opened
+
+
+# ---- WL / L1: factory values from ST's SVD, cross-checked (option_bytes.toml [WL], [L1]) ----------
+# The words are written out from the sources, not from the table: WL OPTR 0x3FFFF0AA (ST's
+# STM32WL5x SVD reset value; Black Magic Probe's WL default 0x3FEFF0AA differs only in the
+# reserved bit 20), WRP1AR/WRP1BR 0xFF80FFFF; L1 USER 0xF8 at 0x1FF80004 (ST's STM32L1 SVD
+# FLASH_OBR reset 0x00F80000, NuttX's L162VE defaults 0xFF0700F8), RDP 0xFF5500AA.
+@pytest.mark.parametrize("name, words", [
+    ("WLE5", {0x00: 0x3FFFF0AA, 0x04: 0xC0000F55, 0x08: 0xFFFFFFFF, 0x10: 0xFFFFFF00, 0x18: 0xFF80FFFF,
+              0x1C: 0x007F0000, 0x20: 0xFF80FFFF, 0x28: 0xFFFFFFFF, 0x30: 0xFFFFFF00}),
+    ("L151xB", {0x00: 0xFF5500AA, 0x04: 0xFF0700F8, 0x08: 0xFFFF0000, 0x0C: 0xFFFF0000}),
+    ("L151xE", {0x00: 0xFF5500AA, 0x04: 0xFF0700F8, 0x08: 0xFFFF0000, 0x0C: 0xFFFF0000}),
+])
+def test_wl_l1_virtual_chip_presents_the_documented_factory_words(name: str, words: dict[int, int]) -> None:
+    dev = devices.find(name)
+    area = VirtualChip(dev).option_bytes()
+    for off, want in words.items():
+        assert int.from_bytes(area[off:off + 4], "little") == want, f"{name} +0x{off:02X}"
+    t = ob_fields.table_of(dev)
+    assert not t.unknown
+    rows = {r["field"]: r["value"] for r in ob_fields.decode(dev, area)}
+    if dev.family == "WL":  # RM0453 / CMSIS stm32wl55xx.h positions
+        assert rows["RDP"] == 0xAA and rows["ESE"] == 0 and rows["BOR_LEV"] == 0 and rows["nSWBOOT0"] == 1
+        assert rows["WRP1A_STRT"] == 0x7F and rows["WRP1A_END"] == 0 and rows["PCROP_RDP"] == 1
+        assert obl.wrp_units(dev, area) == set()
+    else:  # RM0038 / CMSIS stm32l1xx.h FLASH_OBR: BOR level 1, software IWDG, boot bank 1
+        assert rows["BOR_LEV"] == 8 and rows["WDG_SW"] == 1 and rows["BFB2"] == 1 and rows["WRP1"] == 0
+
+
+@pytest.mark.parametrize("name, args, message", [
+    ("WLE5", ["--ob", "ESE=1"], "ESE: not written: system security"),
+    ("WLE5", ["--ob", "BOOT_LOCK=locked"], "BOOT_LOCK: not written"),
+    ("WLE5", ["--ob", "BOR_LEV=5"], "not a documented value"),
+    ("WLE5", ["--ob", "WRP1A_STRT=0x80"], "out of range for a 7-bit field"),
+    ("WLE5", ["--ob", "DUALBANK=0"], "no option field of that name"),
+    ("L151xE", ["--ob", "BFB2=bank2"], "BFB2: not written: dual-bank boot"),
+    ("L151xE", ["--ob", "BOR_LEV=16"], "out of range for a 4-bit field"),
+    ("L151xE", ["--ob", "RDP=level2"], "--i-understand-rdp2-is-permanent"),
+])
+def test_wl_l1_wrong_requests_exit_2_before_the_port_is_opened(name, args, message, capsys) -> None:
+    code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--device", name, *args], capsys)
+    assert code == 2 and message in err, err
+
+
+def test_wl_l1_reset_defaults_restore_the_documented_user_fields(capsys) -> None:
+    for name, ask, field_name, want in (("WLE5", "BOR_LEV=2.5V", "BOR_LEV", 0), ("L151xB", "BOR_LEV=0xC", "BOR_LEV", 8)):
+        dev = devices.find(name)
+        url = uart_url(dev, f"rd-{name}")
+        code, _, err = cli(["uart", url, "--ob", ask, "-q"], capsys)
+        assert code == 0, err
+        f = ob_fields.table_of(dev).find(field_name)
+        chip = registry.get(f"rd-{name}")
+        assert f.get(chip.option_bytes()) != want
+        code, _, err = cli(["uart", url, "--ob-reset-defaults", "-q"], capsys)
+        assert code == 0, err
+        assert f.get(chip.loaded_option_bytes()) == want
+        assert chip.option_bytes() == VirtualChip(dev).option_bytes()  # the whole factory area back
 
 
 def test_rdp2_with_the_flag_goes_through(capsys) -> None:
