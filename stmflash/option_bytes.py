@@ -21,7 +21,9 @@ from stmflash.devices import Device
 from stmflash.errors import UsageError
 
 __all__ = [
+    "clear_wrp2",
     "default_ob",
+    "default_ob2",
     "as_stored",
     "encode_layout",
     "loaded_view",
@@ -39,6 +41,7 @@ __all__ = [
     "wrp_code_count",
     "wrp_codes",
     "wrp_units",
+    "wrp2_units",
 ]
 
 Layout = Mapping[str, Any]
@@ -392,3 +395,56 @@ def default_ob(device: Device) -> bytes:
 def set_codes(device: Device, ob: bytes, codes: list[int]) -> bytes:
     """The area with exactly these Write Protect codes applied (AN3155 0x63 as the ROM does)."""
     return bytes(_set_codes(device, layout_of(device), _check(device, ob), codes))
+
+
+# ---- the second option-byte block (F42x/F43x/F469 bank 2) ---------------------------------
+def _wrp2(device: Device) -> Layout:
+    return device.ob_wrp2 if device.option_bytes2 is not None else {}
+
+
+def _wrp2_bits(device: Device, wrp: Layout, block: bytes) -> int:
+    value = 0
+    for i, off in enumerate(wrp["bytes"]):
+        value |= block[int(off)] << (8 * i)
+    return value & ((1 << int(wrp["max_bits"])) - 1)
+
+
+def wrp2_units(device: Device, block: bytes) -> frozenset[int]:
+    """Erase units the second block write-protects (``ob_wrp2``: bit n protects unit
+    ``first_unit + n``; F42x nWRP of sectors 12-23 at 0x1FFEC008, RM0090 3.7.1)."""
+    wrp = _wrp2(device)
+    if not wrp or len(block) < device.option_bytes2.size:  # type: ignore[union-attr]
+        return frozenset()
+    value = _wrp2_bits(device, wrp, block)
+    want = int(wrp.get("protected", 0))
+    first, n = int(wrp["first_unit"]), len(device.erase_units)
+    return frozenset(
+        first + b for b in range(int(wrp["max_bits"])) if (value >> b & 1) == want and first + b < n
+    )
+
+
+def clear_wrp2(device: Device, block: bytes) -> bytes:
+    """The second block with no unit write-protected (AN3155 Write Unprotect covers it)."""
+    wrp = _wrp2(device)
+    if not wrp:
+        return bytes(block)
+    out = bytearray(block)
+    value = 0 if int(wrp.get("protected", 0)) else (1 << int(wrp["max_bits"])) - 1
+    mask = (1 << int(wrp["max_bits"])) - 1
+    for i, off in enumerate(wrp["bytes"]):
+        keep = ~(mask >> (8 * i)) & 0xFF
+        out[int(off)] = out[int(off)] & keep | (value >> (8 * i)) & 0xFF
+    return bytes(out)
+
+
+def default_ob2(device: Device) -> bytes:
+    """The second block as the part leaves the factory (the field table's factory words,
+    else erased with nothing protected); b"" on parts without one or without a layout."""
+    if device.option_bytes2 is None or not supported(device):
+        return b""
+    from stmflash import ob_fields
+
+    block = ob_fields.factory_block2(device)
+    if block is None:
+        block = b"\xff" * device.option_bytes2.size
+    return clear_wrp2(device, block)

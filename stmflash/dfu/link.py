@@ -483,8 +483,24 @@ class DfuLink:
             ) from None
 
     def ob_area_read(self) -> bytes:
-        """The option-byte area the table describes (for :mod:`stmflash.ob_ops`)."""
-        return self._ob_area()[1][: self._ob_area_size()]
+        """The option-byte area the table describes (for :mod:`stmflash.ob_ops`), followed by
+        the second block (F42x bank 2) where the alt names it ("/0x1FFFC000/01*016 e/0x1FFEC000/
+        01*016 e"); an alt without it presents the first block only, and fields of the second
+        are then refused."""
+        _, size = self._ob_geometry()
+        regions = self.read_option_bytes()
+        area = regions[0][1][:size]
+        block = self._ob_block2(regions)
+        return area + block if block is not None else area
+
+    def _ob_block2(self, regions: list[tuple[int, bytes]]) -> bytes | None:
+        second = self.device.option_bytes2
+        if second is None:
+            return None
+        data = next((d for a, d in regions if a == second.start), None)
+        if data is None or len(data) < second.size:
+            return None
+        return data[: second.size]
 
     def _ob_area_size(self) -> int:
         ob = self.device.option_bytes
@@ -494,6 +510,14 @@ class DfuLink:
         """Write the area through its alt (the ROM resets and re-enumerates, waited for);
         ``silent``: it will not come back in DFU mode (RDP level 2), so it is not waited for."""
         start, area, size = self._ob_area()
+        second = self.device.option_bytes2
+        if second is not None and len(new) > size:
+            if new[size:] != current[size:]:
+                self._download_ob(second.start, new[size:])  # the ROM reloads and re-enumerates
+                start, area, size = self._ob_area()
+            if new[:size] == current[:size]:
+                return
+            new = new[:size]
         data = new + area[size:]
         if not silent:
             self.write_option_bytes(data, start)

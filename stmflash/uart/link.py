@@ -219,13 +219,25 @@ class UartLink:
                 self.bl._after_reset("the option-byte write")
 
     def ob_area_read(self) -> bytes:
-        """The whole option-byte area (for :mod:`stmflash.ob_ops`)."""
-        return self.read_option_bytes()
+        """The whole option-byte area (for :mod:`stmflash.ob_ops`), followed by the second
+        block where the part has one (F42x bank 2: Read Memory at 0x1FFEC000)."""
+        area = self.read_option_bytes()
+        second = self.device.option_bytes2
+        if second is not None:
+            area += self.bl.read(second.start, second.size)
+        return area
 
     def ob_area_write(self, new: bytes, current: bytes, *, silent: bool = False) -> None:
         """Write the whole area (changed blocks, the RDP block last) and resync after the
-        chip's reload; ``silent``: it will not answer after the last block (RDP level 2)."""
-        self._write_ob_chunks(self._ob_region().start, new, current=current, final_silent=silent)
+        chip's reload; ``silent``: it will not answer after the last block (RDP level 2).
+        A second block (F42x bank 2) is written first, at its own address, when it changed:
+        each Write Memory there reloads the option bytes too."""
+        size = self._ob_region().size
+        second = self.device.option_bytes2
+        if second is not None and new[size:] != current[size:]:
+            self._write_ob_chunks(second.start, new[size:], current=current[size:])
+        if new[:size] != current[:size] or second is None:
+            self._write_ob_chunks(self._ob_region().start, new[:size], current=current[:size], final_silent=silent)
 
     def readout_protect(self, level: int = 1, *, confirm_permanent: bool = False) -> None:
         """Level 1: AN3155 Readout Protect. Level 2: the option bytes rewritten with the
