@@ -404,9 +404,12 @@ def apply(device: Device, area: bytes, values: Mapping[Field, int]) -> bytes:
     new = bytearray(area)
     for f, v in values.items():
         if f.offset + 4 > len(new):
+            second = device.option_bytes2
+            where = f" at 0x{second.start:08X}" if second is not None else ""
             raise UsageError(
-                f"{f.name}: not in the option bytes this link presents ({len(new)} bytes; "
-                f"the field lies at byte {f.offset} of {device.short_name}'s second block)"
+                f"{f.name}: {device.short_name}'s second option-byte block{where} is not among the "
+                f"option bytes this link presents ({len(new)} bytes; its DFU option-bytes alt names "
+                "the first block only): write it over uart"
             )
         f.put(new, v)
     size = device.option_bytes.size if device.option_bytes is not None else len(new)

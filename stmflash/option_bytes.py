@@ -21,6 +21,7 @@ from stmflash.devices import Device
 from stmflash.errors import UsageError
 
 __all__ = [
+    "check_wrp_units",
     "clear_wrp2",
     "default_ob",
     "default_ob2",
@@ -36,6 +37,8 @@ __all__ = [
     "rdp_level",
     "set_rdp",
     "set_wrp",
+    "set_wrp2",
+    "split_wrp",
     "supported",
     "units_for_codes",
     "wrp_code_count",
@@ -448,3 +451,46 @@ def default_ob2(device: Device) -> bytes:
     if block is None:
         block = b"\xff" * device.option_bytes2.size
     return clear_wrp2(device, block)
+
+
+def _bank2_units(device: Device) -> set[int]:
+    wrp = _wrp2(device)
+    if not wrp:
+        return set()
+    first, n = int(wrp["first_unit"]), len(device.erase_units)
+    return {first + b for b in range(int(wrp["max_bits"])) if first + b < n}
+
+
+def split_wrp(device: Device, units: Iterable[int]) -> tuple[list[int], list[int]]:
+    """(units protected through the option-byte area, units protected through the second
+    block): F42x sectors 12-23 have their nWRP bits at 0x1FFEC008 only (RM0090 3.7.1)."""
+    wanted = _check_units(device, units)
+    second = _bank2_units(device)
+    return [u for u in wanted if u not in second], [u for u in wanted if u in second]
+
+
+def check_wrp_units(device: Device, units: Iterable[int]) -> None:
+    """Refuse (UsageError) a write-protection request the table cannot encode, both blocks
+    counted: what :func:`wrp_codes` refuses for the first, nothing for units of the second."""
+    first, _ = split_wrp(device, units)
+    if first:
+        wrp_codes(device, first)
+
+
+def set_wrp2(device: Device, block: bytes, units: Iterable[int]) -> bytes:
+    """The second block protecting exactly ``units`` of it (replaces its previous set)."""
+    wrp = _wrp2(device)
+    if not wrp:
+        raise UsageError(f"{device.short_name} has no second option-byte block")
+    first = int(wrp["first_unit"])
+    out = bytearray(clear_wrp2(device, block))
+    value = _wrp2_bits(device, wrp, bytes(out))
+    protected = int(wrp.get("protected", 0))
+    for u in split_wrp(device, units)[1]:
+        bit = u - first
+        value = value | 1 << bit if protected else value & ~(1 << bit)
+    mask = (1 << int(wrp["max_bits"])) - 1
+    for i, off in enumerate(wrp["bytes"]):
+        keep = ~(mask >> (8 * i)) & 0xFF
+        out[int(off)] = out[int(off)] & keep | (value >> (8 * i)) & 0xFF
+    return bytes(out)

@@ -366,7 +366,7 @@ def _session(
         from stmflash import option_bytes as obl
 
         if wp_units:
-            obl.wrp_codes(device, wp_units)
+            obl.check_wrp_units(device, wp_units)
         if kw["protect"] and kw["rdp_level"] == 2:
             obl.set_rdp(device, obl.default_ob(device), 2)
 

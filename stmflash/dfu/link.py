@@ -407,7 +407,9 @@ class DfuLink:
             from stmflash import option_bytes as obl
 
             if obl.supported(dev):
-                obl.wrp_codes(dev, wp_units)
+                obl.check_wrp_units(dev, wp_units)
+                if obl.split_wrp(dev, wp_units)[1]:
+                    self._block2_region()
             else:
                 obl.sim_codes(dev, list(wp_units))
         if rdp_level == 2:
@@ -553,14 +555,51 @@ class DfuLink:
         if rdp_level(dev, back) != level:
             raise ProtectionError(f"{self.info.path}: RDP level is {rdp_level(dev, back)} after setting {level}")
 
+    def _block2_region(self) -> int:
+        """The address of the second option-byte block (F42x bank 2) in the option-bytes alt,
+        or UsageError when the alt does not name it (no I/O)."""
+        second = self.device.option_bytes2
+        regions = self.option_bytes_alt().layout.regions()
+        if second is None or not any(a == second.start and b - a >= second.size for a, b in regions):
+            raise UsageError(
+                f"{self.device.short_name}: the DFU option-bytes alt does not name the bank-2 option bytes"
+                + (f" at 0x{second.start:08X}" if second is not None else "")
+                + "; protect those sectors over uart"
+            )
+        return second.start
+
+    def _write_block2(self, change: Callable[[bytes], bytes]) -> bytes:
+        """Rewrite the second option-byte block through its region of the alt (the ROM
+        reloads and re-enumerates); returns it as read back."""
+        start = self._block2_region()
+        size = self.device.option_bytes2.size  # type: ignore[union-attr]
+        current = self._ob_block2(self.read_option_bytes())
+        assert current is not None  # _block2_region checked the alt
+        new = change(current)
+        if new != current:
+            self._download_ob(start, new)
+        back = self._ob_block2(self.read_option_bytes())
+        return back if back is not None else b"\xff" * size
+
     def write_protect(self, units: Sequence[int]) -> None:
         """Write-protect the erase units (the option bits covering them; replaces the
-        previous set). The ROM then leaves protected units unchanged on write/erase."""
+        previous set). The ROM then leaves protected units unchanged on write/erase.
+        Units of the second option-byte block (F42x sectors 12-23) are written through its
+        region of the alt; each bank's set is replaced only when units of it are named."""
+        from stmflash import option_bytes as obl
+
         _, _, wrp_units, set_wrp = self._ob_rules()
         dev = self.device
-        wanted = sorted(set(units))
-        back = self._rewrite_ob(lambda ob: set_wrp(dev, ob, wanted), "write protection")
-        missing = set(wanted) - wrp_units(dev, back)
+        first, second = obl.split_wrp(dev, sorted(set(units)))
+        if second:
+            back2 = self._write_block2(lambda b: obl.set_wrp2(dev, b, second))
+            missing = set(second) - obl.wrp2_units(dev, back2)
+            if missing:
+                raise ProtectionError(f"{self.info.path}: units {sorted(missing)} are not write-protected after writing")
+        if second and not first:
+            return
+        back = self._rewrite_ob(lambda ob: set_wrp(dev, ob, first), "write protection")
+        missing = set(first) - wrp_units(dev, back)
         if missing:
             raise ProtectionError(f"{self.info.path}: units {sorted(missing)} are not write-protected after writing")
 
@@ -571,12 +610,28 @@ class DfuLink:
         back = self._rewrite_ob(lambda ob: set_wrp(dev, ob, []), "write unprotection")
         if wrp_units(dev, back):
             raise ProtectionError(f"{self.info.path}: units {sorted(wrp_units(dev, back))} are still write-protected")
+        from stmflash import option_bytes as obl
+
+        if dev.option_bytes2 is not None and self._ob_block2(self.read_option_bytes()) is not None:
+            back2 = self._write_block2(lambda b: obl.clear_wrp2(dev, b))
+            if obl.wrp2_units(dev, back2):
+                raise ProtectionError(
+                    f"{self.info.path}: units {sorted(obl.wrp2_units(dev, back2))} are still write-protected"
+                )
 
     def protection(self) -> tuple[int, set[int]]:
         """(RDP level, write-protected unit indices) as the option bytes say."""
+        from stmflash import option_bytes as obl
+
         rdp_level, _, wrp_units, _ = self._ob_rules()
-        _, area, size = self._ob_area()
-        return rdp_level(self.device, area[:size]), wrp_units(self.device, area[:size])
+        _, size = self._ob_geometry()
+        regions = self.read_option_bytes()
+        area = regions[0][1]
+        units = set(wrp_units(self.device, area[:size]))
+        block2 = self._ob_block2(regions)
+        if block2 is not None:
+            units |= obl.wrp2_units(self.device, block2)
+        return rdp_level(self.device, area[:size]), units
 
     def read_unprotect(self) -> None:
         """Remove readout protection: the ROM mass-erases the flash and resets.
