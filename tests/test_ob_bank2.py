@@ -159,3 +159,29 @@ def test_the_second_block_survives_the_image_file(tmp_path: Path) -> None:
     chip.write_option_bytes2(obl.set_wrp2(F429, chip.option_bytes2(), [14]))
     chip.save()
     assert VirtualChip(F429, image_path=img).wrp == {14}
+
+
+def test_read_option_bytes_shows_the_second_block(capsys) -> None:
+    url, chip = uart_chip("b2-read")
+    chip.write_option_bytes2(obl.set_wrp2(F429, chip.option_bytes2(), [20]))
+    code, out, err = cli(["uart", url, "--read-option-bytes", "--json"], capsys)
+    assert code == 0, err
+    res = result(out)
+    assert bytes.fromhex(res["option_bytes2"]) == chip.option_bytes2()
+    assert res["wrp_units"] == [20]
+    code, out, err = cli(["uart", url, "--read-option-bytes"], capsys)
+    assert code == 0 and "@0x1FFEC000" in out and "write-protected units: 20" in out
+
+
+def test_h7_bank2_registers_stay_outside_the_rom_view(capsys) -> None:
+    """RM0433 4.9 / CMSIS stm32h743xx.h: PRAR_CUR2 at FLASH + 0x128, past the 128 bytes from
+    0x5200201C (FLASH + 0x1C .. 0x9B) the ROM presents over DFU; the UART range the H74x
+    ROM allows is not established, so bank-2 write protection stays refused."""
+    h7 = devices.find("H743")
+    assert h7.option_bytes.end <= 0x52002128 and h7.option_bytes2 is None
+    t = ob_fields.table_of(h7)
+    assert all(f.offset + 4 <= h7.option_bytes.size for f in t.fields)
+    assert "0x52002128" in t.source
+    code, _, err = cli(["uart", "sim://H743?chip=h7-never", "--write-protect", "8"], capsys)
+    assert code == 2 and "unit 8" in err  # refused before anything is written
+    assert not registry.get("h7-never").wrp
