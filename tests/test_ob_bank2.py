@@ -144,7 +144,7 @@ def test_f469_dfu_alt_without_the_second_block_refuses_it(usb_sim, capsys) -> No
     code, _, err = cli(["dfu", "--device", "F469", "--write-protect", "13"], capsys)
     assert code == 2 and "bank-2 option bytes" in err
     code, _, err = cli(["dfu", "--device", "F469", "--ob", "nWRP2=0"], capsys)
-    assert code == 2 and "second option-byte block" in err
+    assert code == 2 and "second option-byte block" in err and "DFU option-bytes alt" in err
     assert not bus.devices[0].chip.wrp
     # over UART the F469 ROM's Read/Write Memory reaches it
     url, chip = uart_chip("b2-f469", dev)
@@ -185,3 +185,10 @@ def test_h7_bank2_registers_stay_outside_the_rom_view(capsys) -> None:
     code, _, err = cli(["uart", "sim://H743?chip=h7-never", "--write-protect", "8"], capsys)
     assert code == 2 and "unit 8" in err  # refused before anything is written
     assert not registry.get("h7-never").wrp
+
+
+def test_f469_dfu_bank2_field_refused_before_any_device_is_looked_for(monkeypatch, capsys) -> None:
+    usb_backend.forget()
+    monkeypatch.delenv("STMFLASH_USB_SIM", raising=False)  # no DFU device anywhere: exit 3 if opened
+    code, _, err = cli(["dfu", "--device", "F469", "--ob", "nWRP2=0"], capsys)
+    assert code == 2 and "not in its DFU option-bytes alt" in err
