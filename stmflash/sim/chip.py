@@ -42,9 +42,14 @@ field table (G0, C0, F7, U5, ...) boot what that table says after each reset (``
 option-byte load). Parts whose layout is not in the table refuse option-byte writes and
 Write Protect exactly as the clients do; their readout level (AN3155 Readout
 Protect/Unprotect, which need no layout, and test fixtures) is internal to this model.
+Parts with a second option-byte block (``option_bytes2``: F42x/F43x/F469 bank 2 at 0x1FFEC000,
+RM0090 3.7.1) store it apart (:meth:`VirtualChip.option_bytes2`, changed only through
+``_store_option_bytes2``): Read/Write Memory there, and the DfuSe alt region naming it, reach
+it; its nWRP bits (``ob_wrp2``) protect sectors 12-23, and AN3155 Write Unprotect clears them.
 
 Image file (``image_path``): one JSON header line, then the raw regions back to back in
-the order the header lists them (``flash``, ``option_bytes``, ``otp`` when present)::
+the order the header lists them (``flash``, ``option_bytes``, ``otp`` and ``option_bytes2``
+when present; an image without ``option_bytes2`` loads that block at its factory state)::
 
     {"format": "stmflash-sim", "version": 2, "pid": 1043, "bl_id": 49, "uid": "<24 hex>",
      "regions": [{"name": "flash", "address": 134217728, "size": 1048576}, ...]}\\n
