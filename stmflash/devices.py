@@ -110,6 +110,13 @@ class Device:
     system_memory: Region | None = None
     bl_id_address: int | None = None
     option_bytes: Region | None = None
+    # a second option-byte block the ROM presents at its own address (F42x/F43x/F469 bank 2,
+    # RM0090 3.7.1 Table 16: 0x1FFEC000, nWRP of sectors 12-23); the field view
+    # (stmflash.ob_fields) is option_bytes followed by this block
+    option_bytes2: Region | None = None
+    # write protection in option_bytes2: { bytes = [offsets, low byte first], first_unit,
+    # max_bits, protected = 0|1 } (bit n protects erase unit first_unit + n)
+    ob_wrp2: dict[str, Any] = field(default_factory=dict)
     otp: Region | None = None
     eeprom: Region | None = None
     flash_size_reg: int | None = None
@@ -307,6 +314,7 @@ class Device:
             "system_memory": reg(self.system_memory),
             "bl_id_address": self.bl_id_address,
             "option_bytes": reg(self.option_bytes),
+            **({"option_bytes2": reg(self.option_bytes2)} if self.option_bytes2 is not None else {}),
             "otp": reg(self.otp),
             "eeprom": reg(self.eeprom),
             "flash_size_reg": self.flash_size_reg,
@@ -383,7 +391,7 @@ def _pair(value: Any) -> tuple[float, float] | None:
 WRITE_MISALIGNED = ("nack", "drop")
 
 _NULLABLE = frozenset(
-    {"ram_usable", "system_memory", "bl_id_address", "option_bytes", "otp", "eeprom",
+    {"ram_usable", "system_memory", "bl_id_address", "option_bytes", "option_bytes2", "otp", "eeprom",
      "flash_size_reg", "uid_reg", "bank_size", "usart_commands", "page_erase_ms", "mass_erase_ms"}
 )
 
@@ -398,7 +406,7 @@ def _build(entry: dict[str, Any]) -> Device:
             kw[key] = tuple(Region(int(a), int(b)) for a, b in value)
         elif key in ("ram_usable", "system_memory"):
             kw[key] = _region(value)
-        elif key in ("option_bytes", "otp", "eeprom"):
+        elif key in ("option_bytes", "option_bytes2", "otp", "eeprom"):
             kw[key] = _sized_region(value)
         elif key in ("page_erase_ms", "mass_erase_ms", "program_ms_per_256"):
             kw[key] = _pair(value)

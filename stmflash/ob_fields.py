@@ -37,11 +37,14 @@ __all__ = [
     "check_written",
     "decode",
     "factory_area",
+    "factory_block2",
+    "factory_view",
     "parse_assignments",
     "precheck",
     "reset_default_values",
     "resolve",
     "table_of",
+    "view_size",
 ]
 
 
@@ -227,6 +230,39 @@ def factory_area(device: Device) -> bytes | None:
     return obl.encode_layout(device, bytes(area))
 
 
+def view_size(device: Device) -> int:
+    """Bytes of the field view: the option-byte area, followed by the second block where the
+    part has one (``option_bytes2``, F42x bank 2 at 0x1FFEC000); field offsets past the
+    first block lie in the second."""
+    first = device.option_bytes.size if device.option_bytes is not None else 0
+    second = device.option_bytes2.size if device.option_bytes2 is not None else 0
+    return first + second
+
+
+def factory_block2(device: Device) -> bytes | None:
+    """The second option-byte block as ST ships the part (the table's factory words past the
+    first block; bytes not listed 0xFF), or None without a second block or factory words."""
+    t = table_of(device)
+    ob, ob2 = device.option_bytes, device.option_bytes2
+    if t is None or ob is None or ob2 is None or not t.factory:
+        return None
+    block = bytearray(b"\xff" * ob2.size)
+    for off, word in t.factory:
+        rel = off - ob.size
+        if 0 <= rel and rel + 4 <= len(block):
+            block[rel : rel + 4] = word.to_bytes(4, "little")
+    return bytes(block)
+
+
+def factory_view(device: Device) -> bytes | None:
+    """:func:`factory_area` followed by :func:`factory_block2` where the part has a second
+    block: the whole field view as ST ships the part."""
+    area = factory_area(device)
+    if area is None:
+        return None
+    return area + (factory_block2(device) or b"")
+
+
 # ---- decoding ---------------------------------------------------------------------------------
 def decode(device: Device, area: bytes) -> list[dict[str, Any]]:
     """One row per field: name, value, its documented name and meaning, the default (None
@@ -367,8 +403,19 @@ def apply(device: Device, area: bytes, values: Mapping[Field, int]) -> bytes:
 
     new = bytearray(area)
     for f, v in values.items():
+        if f.offset + 4 > len(new):
+            second = device.option_bytes2
+            where = f" at 0x{second.start:08X}" if second is not None else ""
+            raise UsageError(
+                f"{f.name}: {device.short_name}'s second option-byte block{where} is not among the "
+                f"option bytes this link presents ({len(new)} bytes; its DFU option-bytes alt names "
+                "the first block only): write it over uart"
+            )
         f.put(new, v)
-    return obl.encode_layout(device, bytes(new))
+    size = device.option_bytes.size if device.option_bytes is not None else len(new)
+    if len(new) <= size:
+        return obl.encode_layout(device, bytes(new))
+    return obl.encode_layout(device, bytes(new[:size])) + bytes(new[size:])
 
 
 def reset_default_values(device: Device, *, include_rdp: bool = False) -> dict[Field, int]:

@@ -11,7 +11,9 @@ re-enumeration), read it back and check every field written: a field that did no
 an :class:`~stmflash.ob_fields.OptionByteMismatch` naming it (exit 5).
 
 A link offers ``ob_area_read() -> bytes`` and ``ob_area_write(new, current, *, silent)``;
-nothing here knows UART from DFU.
+nothing here knows UART from DFU. On parts with a second option-byte block (F42x/F43x/F469
+bank 2 at 0x1FFEC000, ``option_bytes2``) the area is both blocks back to back
+(:func:`stmflash.ob_fields.view_size`); the link reads and writes each at its own address.
 """
 
 from __future__ import annotations
@@ -85,7 +87,8 @@ def apply_request(link: Any, req: ObRequest, *, rdp2_confirmed: bool, reporter: 
     written = {f.name: v for f, v in values.items()}
     if new == current:
         return {"option_fields_written": written, "option_bytes_changed": False, "option_fields_verified": True}
-    level = obl.rdp_level(device, new) if obl.supported(device) else 0
+    first = device.option_bytes.size if device.option_bytes is not None else len(new)
+    level = obl.rdp_level(device, new[:first]) if obl.supported(device) else 0
     if reporter is not None:
         reporter.phase("options")
     try:

@@ -21,7 +21,10 @@ from stmflash.devices import Device
 from stmflash.errors import UsageError
 
 __all__ = [
+    "check_wrp_units",
+    "clear_wrp2",
     "default_ob",
+    "default_ob2",
     "as_stored",
     "encode_layout",
     "loaded_view",
@@ -34,11 +37,14 @@ __all__ = [
     "rdp_level",
     "set_rdp",
     "set_wrp",
+    "set_wrp2",
+    "split_wrp",
     "supported",
     "units_for_codes",
     "wrp_code_count",
     "wrp_codes",
     "wrp_units",
+    "wrp2_units",
 ]
 
 Layout = Mapping[str, Any]
@@ -392,3 +398,99 @@ def default_ob(device: Device) -> bytes:
 def set_codes(device: Device, ob: bytes, codes: list[int]) -> bytes:
     """The area with exactly these Write Protect codes applied (AN3155 0x63 as the ROM does)."""
     return bytes(_set_codes(device, layout_of(device), _check(device, ob), codes))
+
+
+# ---- the second option-byte block (F42x/F43x/F469 bank 2) ---------------------------------
+def _wrp2(device: Device) -> Layout:
+    return device.ob_wrp2 if device.option_bytes2 is not None else {}
+
+
+def _wrp2_bits(device: Device, wrp: Layout, block: bytes) -> int:
+    value = 0
+    for i, off in enumerate(wrp["bytes"]):
+        value |= block[int(off)] << (8 * i)
+    return value & ((1 << int(wrp["max_bits"])) - 1)
+
+
+def wrp2_units(device: Device, block: bytes) -> frozenset[int]:
+    """Erase units the second block write-protects (``ob_wrp2``: bit n protects unit
+    ``first_unit + n``; F42x nWRP of sectors 12-23 at 0x1FFEC008, RM0090 3.7.1)."""
+    wrp = _wrp2(device)
+    if not wrp or len(block) < device.option_bytes2.size:  # type: ignore[union-attr]
+        return frozenset()
+    value = _wrp2_bits(device, wrp, block)
+    want = int(wrp.get("protected", 0))
+    first, n = int(wrp["first_unit"]), len(device.erase_units)
+    return frozenset(
+        first + b for b in range(int(wrp["max_bits"])) if (value >> b & 1) == want and first + b < n
+    )
+
+
+def clear_wrp2(device: Device, block: bytes) -> bytes:
+    """The second block with no unit write-protected (AN3155 Write Unprotect covers it)."""
+    wrp = _wrp2(device)
+    if not wrp:
+        return bytes(block)
+    out = bytearray(block)
+    value = 0 if int(wrp.get("protected", 0)) else (1 << int(wrp["max_bits"])) - 1
+    mask = (1 << int(wrp["max_bits"])) - 1
+    for i, off in enumerate(wrp["bytes"]):
+        keep = ~(mask >> (8 * i)) & 0xFF
+        out[int(off)] = out[int(off)] & keep | (value >> (8 * i)) & 0xFF
+    return bytes(out)
+
+
+def default_ob2(device: Device) -> bytes:
+    """The second block as the part leaves the factory (the field table's factory words,
+    else erased with nothing protected); b"" on parts without one or without a layout."""
+    if device.option_bytes2 is None or not supported(device):
+        return b""
+    from stmflash import ob_fields
+
+    block = ob_fields.factory_block2(device)
+    if block is None:
+        block = b"\xff" * device.option_bytes2.size
+    return clear_wrp2(device, block)
+
+
+def _bank2_units(device: Device) -> set[int]:
+    wrp = _wrp2(device)
+    if not wrp:
+        return set()
+    first, n = int(wrp["first_unit"]), len(device.erase_units)
+    return {first + b for b in range(int(wrp["max_bits"])) if first + b < n}
+
+
+def split_wrp(device: Device, units: Iterable[int]) -> tuple[list[int], list[int]]:
+    """(units protected through the option-byte area, units protected through the second
+    block): F42x sectors 12-23 have their nWRP bits at 0x1FFEC008 only (RM0090 3.7.1)."""
+    wanted = _check_units(device, units)
+    second = _bank2_units(device)
+    return [u for u in wanted if u not in second], [u for u in wanted if u in second]
+
+
+def check_wrp_units(device: Device, units: Iterable[int]) -> None:
+    """Refuse (UsageError) a write-protection request the table cannot encode, both blocks
+    counted: what :func:`wrp_codes` refuses for the first, nothing for units of the second."""
+    first, _ = split_wrp(device, units)
+    if first:
+        wrp_codes(device, first)
+
+
+def set_wrp2(device: Device, block: bytes, units: Iterable[int]) -> bytes:
+    """The second block protecting exactly ``units`` of it (replaces its previous set)."""
+    wrp = _wrp2(device)
+    if not wrp:
+        raise UsageError(f"{device.short_name} has no second option-byte block")
+    first = int(wrp["first_unit"])
+    out = bytearray(clear_wrp2(device, block))
+    value = _wrp2_bits(device, wrp, bytes(out))
+    protected = int(wrp.get("protected", 0))
+    for u in split_wrp(device, units)[1]:
+        bit = u - first
+        value = value | 1 << bit if protected else value & ~(1 << bit)
+    mask = (1 << int(wrp["max_bits"])) - 1
+    for i, off in enumerate(wrp["bytes"]):
+        keep = ~(mask >> (8 * i)) & 0xFF
+        out[int(off)] = out[int(off)] & keep | (value >> (8 * i)) & 0xFF
+    return bytes(out)

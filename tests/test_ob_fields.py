@@ -140,7 +140,7 @@ def _readback_ok(dev: devices.Device, f: ob_fields.Field, v: int) -> bool:
     points away from system memory) are walked in the boot-table tests instead."""
     if f.name == "nBOOT1" and v == 0 and ob_fields.table_of(dev).boot:
         return False
-    area = ob_fields.apply(dev, ob_fields.factory_area(dev), {f: v})
+    area = ob_fields.apply(dev, ob_fields.factory_view(dev), {f: v})
     # U5: nSWBOOT0 = 0 alone (nBOOT0 = 1), or a boot address moved off the ROM: the reload
     # runs NSBOOTADD0 / that address whatever the pin, as silicon does; walked apart
     return ob_fields.boot_source(dev, area, boot0_pin=True, flash_empty=True) in (None, "system")
@@ -164,10 +164,10 @@ def test_every_writable_field_round_trips_over_uart(dev: devices.Device, capsys:
         chip = registry.get(name)
         for f, v in group:
             assert next(r for r in res["option_fields"] if r["field"] == f.name)["value"] == v
-            assert f.get(chip.loaded_option_bytes()) == v  # what the chip loaded at its reset
+            assert f.get(chip.loaded_ob_view()) == v  # what the chip loaded at its reset
         written = {f for f, _ in group}
         others = [g for g in ob_fields.table_of(dev).fields if g not in written]
-        assert all(g.get(chip.option_bytes()) == g.default for g in others), "other fields preserved"
+        assert all(g.get(chip.ob_view()) == g.default for g in others), "other fields preserved"
 
 
 def _dfu_devices() -> list[devices.Device]:
@@ -218,7 +218,7 @@ def test_every_writable_field_round_trips_over_dfu(dev: devices.Device, usb_sim,
         res = result(out)
         assert res["option_fields_verified"]
         assert next(r for r in res["option_fields"] if r["field"] == f.name)["value"] == v
-        assert f.get(bus.devices[0].chip.loaded_option_bytes()) == v
+        assert f.get(bus.devices[0].chip.loaded_ob_view()) == v
 
 
 def test_several_fields_in_one_write_and_reset_defaults(capsys: pytest.CaptureFixture[str]) -> None:

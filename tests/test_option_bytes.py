@@ -148,7 +148,12 @@ def test_f4_sectors_active_low() -> None:
     assert obl.wrp_units(F4, ob) == {0, 1, 11}
     assert obl.wrp_units(F4, obl.set_wrp(F4, ob, [])) == set()
     with pytest.raises(UsageError, match="unit 12 has no write-protection bit"):
-        obl.wrp_codes(F429, [12])  # bank-2 nWRP at 0x1FFEC008 is not modelled
+        obl.wrp_codes(F429, [12])  # no AN3155 Write Protect code in the first block for bank 2
+    # ... its nWRP bits are in the second block (0x1FFEC008, RM0090 3.7.1)
+    assert obl.split_wrp(F429, [0, 12, 23]) == ([0], [12, 23])
+    obl.check_wrp_units(F429, [0, 12, 23])
+    with pytest.raises(UsageError, match="unit 24 does not exist"):
+        obl.check_wrp_units(F429, [24])
 
 
 def test_l0_sectors_active_high() -> None:

@@ -120,7 +120,8 @@ def _detail(dev: Any) -> str:
         f"  RAM usable:       {_region(dev.ram_usable)}",
         f"  system memory:    {_region(dev.system_memory)}",
         f"  BL ID byte at:    {_hex(dev.bl_id_address)}",
-        f"  option bytes:     {_region(dev.option_bytes)}",
+        f"  option bytes:     {_region(dev.option_bytes)}"
+        + (f"; bank 2 {_region(dev.option_bytes2)}" if dev.option_bytes2 is not None else ""),
         f"  option fields:    {_ob_fields(dev)}",
         f"  OTP:              {_region(dev.otp)}",
         f"  data EEPROM:      {_region(dev.eeprom)}",
@@ -185,6 +186,8 @@ def _public(dev: Any) -> dict[str, Any]:
     d["ram"] = [region(r) for r in d["ram"]]
     for key in ("ram_usable", "system_memory", "option_bytes", "otp", "eeprom"):
         d[key] = region(d[key])
+    if "option_bytes2" in d:
+        d["option_bytes2"] = region(d["option_bytes2"])
     for key in ("bl_id_address", "flash_size_reg", "uid_reg"):
         d[key] = addr(d[key])
     d["erase_command"] = hexid(d["erase_command"], 2)

@@ -137,6 +137,8 @@ def _run(reporter: Any, **kw: Any) -> None:
     kw["ob_req"] = ob_req = ob_request(kw)
     if ob_req is not None:
         ob_req.precheck(forced, rdp2_confirmed=kw["rdp2_ok"])  # exit 2 before the device is opened
+        if forced is not None and ob_req.assignments:
+            _precheck_dfu_blocks(forced, ob_req)
     image = None
     if file:
         if not os.path.exists(file):
@@ -206,6 +208,30 @@ def _whole_area(link: Any, ob_data: bytes) -> int:
             f"of {end - start} bytes at 0x{start:08X}"
         )
     return start
+
+
+def _precheck_dfu_blocks(device: Any, req: Any) -> None:
+    """A field of the second option-byte block (F42x bank 2) on a part whose DFU option-bytes
+    alt (device table) does not name that block: exit 2 before the device is opened."""
+    from stmflash import ob_fields
+    from stmflash.dfu.layout import try_parse_alt
+    from stmflash.errors import UsageError
+
+    second = device.option_bytes2
+    if second is None:
+        return
+    for text in device.dfu_alts():
+        if "option" in text.lower():
+            regions = try_parse_alt(text).regions()
+            if any(a == second.start and b - a >= second.size for a, b in regions):
+                return
+    first = device.option_bytes.size
+    for f in ob_fields.resolve(device, req.assignments, req.where):
+        if f.offset >= first:
+            raise UsageError(
+                f"{req.where} {f.name}: {device.short_name}'s second option-byte block at 0x{second.start:08X} "
+                "is not in its DFU option-bytes alt: write it over uart"
+            )
 
 
 def _precheck(link: Any, kw: dict[str, Any], image: Any, ob_data: bytes | None) -> None:

@@ -84,10 +84,15 @@ def run_ob_actions(link: Any, req: ObRequest | None, kw: dict[str, Any], reporte
         area, rows = show(link)
         fields["option_bytes_area"] = area.hex()
         fields["option_fields"] = rows
-        if obl.supported(link.device):
-            fields["rdp_level"] = obl.rdp_level(link.device, area)
-            if link.device.ob_layout.get("wrp"):
-                fields["wrp_units"] = sorted(obl.wrp_units(link.device, area))
+        dev = link.device
+        if obl.supported(dev):
+            first = dev.option_bytes.size if dev.option_bytes is not None else len(area)
+            fields["rdp_level"] = obl.rdp_level(dev, area[:first])
+            if dev.ob_layout.get("wrp"):
+                units = set(obl.wrp_units(dev, area[:first]))
+                if len(area) > first:  # the second block (F42x bank 2 nWRP, sectors 12-23)
+                    units |= obl.wrp2_units(dev, area[first:])
+                fields["wrp_units"] = sorted(units)
     return True, rows
 
 

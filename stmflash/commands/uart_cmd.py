@@ -366,7 +366,7 @@ def _session(
         from stmflash import option_bytes as obl
 
         if wp_units:
-            obl.wrp_codes(device, wp_units)
+            obl.check_wrp_units(device, wp_units)
         if kw["protect"] and kw["rdp_level"] == 2:
             obl.set_rdp(device, obl.default_ob(device), 2)
 
@@ -425,6 +425,7 @@ def _session(
         did = True
 
     ob_read: bytes | None = None
+    ob_read2: bytes | None = None  # the second block (F42x bank 2 at 0x1FFEC000)
     if ob_data is not None:
         reporter.phase("options")
         link.write_option_bytes(ob_data, confirm_permanent=kw["rdp2_ok"])
@@ -432,6 +433,8 @@ def _session(
         did = True
     if kw["read_option_bytes"]:
         ob_read = link.read_option_bytes()
+        if device.option_bytes2 is not None:
+            ob_read2 = link.bl.read(device.option_bytes2.start, device.option_bytes2.size)
         did = True
     ob_fields_out: dict[str, Any] = {}
     ob_did, ob_rows = run_ob_actions(link, ob_req, kw, reporter, ob_fields_out)
@@ -477,7 +480,9 @@ def _session(
         fields.update(stub_info)
     if ob_read is not None:
         fields["option_bytes"] = ob_read.hex()
-        fields.update(_decode_ob(device, ob_read))
+        if ob_read2 is not None:
+            fields["option_bytes2"] = ob_read2.hex()
+        fields.update(_decode_ob(device, ob_read, ob_read2))
     fields.update(ob_fields_out)
     fields.update(extra)
     fields["retries"] = link.bl.retried
@@ -487,7 +492,9 @@ def _session(
     echo_rows(ob_rows)
     if ob_read is not None:
         click.echo(f"option bytes @0x{device.option_bytes.start:08X}: {ob_read.hex(' ')}")
-        decoded = _decode_ob(device, ob_read)
+        if ob_read2 is not None:
+            click.echo(f"option bytes @0x{device.option_bytes2.start:08X}: {ob_read2.hex(' ')}")
+        decoded = _decode_ob(device, ob_read, ob_read2)
         if decoded:
             wrp = decoded["wrp_units"]
             click.echo(f"RDP level {decoded['rdp_level']}; write-protected units: "
@@ -575,13 +582,15 @@ def _stub_for(link: Any, kw: dict[str, Any], image: Any, reporter: Any) -> Any:
     return stub
 
 
-def _decode_ob(device: Any, ob: bytes) -> dict[str, Any]:
-    """RDP level and protected units, when the table knows the family's layout."""
+def _decode_ob(device: Any, ob: bytes, ob2: bytes | None = None) -> dict[str, Any]:
+    """RDP level and protected units, when the table knows the family's layout (units of
+    the second block, F42x sectors 12-23, counted too)."""
     from stmflash import option_bytes as obl
 
     if not obl.supported(device) or len(ob) != device.option_bytes.size:
         return {}
-    return {"rdp_level": obl.rdp_level(device, ob), "wrp_units": sorted(obl.wrp_units(device, ob))}
+    units = set(obl.wrp_units(device, ob)) | (obl.wrp2_units(device, ob2) if ob2 else set())
+    return {"rdp_level": obl.rdp_level(device, ob), "wrp_units": sorted(units)}
 
 
 def _rdp_error(link: Any) -> Exception:

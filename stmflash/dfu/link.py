@@ -407,7 +407,9 @@ class DfuLink:
             from stmflash import option_bytes as obl
 
             if obl.supported(dev):
-                obl.wrp_codes(dev, wp_units)
+                obl.check_wrp_units(dev, wp_units)
+                if obl.split_wrp(dev, wp_units)[1]:
+                    self._block2_region()
             else:
                 obl.sim_codes(dev, list(wp_units))
         if rdp_level == 2:
@@ -483,8 +485,24 @@ class DfuLink:
             ) from None
 
     def ob_area_read(self) -> bytes:
-        """The option-byte area the table describes (for :mod:`stmflash.ob_ops`)."""
-        return self._ob_area()[1][: self._ob_area_size()]
+        """The option-byte area the table describes (for :mod:`stmflash.ob_ops`), followed by
+        the second block (F42x bank 2) where the alt names it ("/0x1FFFC000/01*016 e/0x1FFEC000/
+        01*016 e"); an alt without it presents the first block only, and fields of the second
+        are then refused."""
+        _, size = self._ob_geometry()
+        regions = self.read_option_bytes()
+        area = regions[0][1][:size]
+        block = self._ob_block2(regions)
+        return area + block if block is not None else area
+
+    def _ob_block2(self, regions: list[tuple[int, bytes]]) -> bytes | None:
+        second = self.device.option_bytes2
+        if second is None:
+            return None
+        data = next((d for a, d in regions if a == second.start), None)
+        if data is None or len(data) < second.size:
+            return None
+        return data[: second.size]
 
     def _ob_area_size(self) -> int:
         ob = self.device.option_bytes
@@ -494,6 +512,14 @@ class DfuLink:
         """Write the area through its alt (the ROM resets and re-enumerates, waited for);
         ``silent``: it will not come back in DFU mode (RDP level 2), so it is not waited for."""
         start, area, size = self._ob_area()
+        second = self.device.option_bytes2
+        if second is not None and len(new) > size:
+            if new[size:] != current[size:]:
+                self._download_ob(second.start, new[size:])  # the ROM reloads and re-enumerates
+                start, area, size = self._ob_area()
+            if new[:size] == current[:size]:
+                return
+            new = new[:size]
         data = new + area[size:]
         if not silent:
             self.write_option_bytes(data, start)
@@ -529,14 +555,51 @@ class DfuLink:
         if rdp_level(dev, back) != level:
             raise ProtectionError(f"{self.info.path}: RDP level is {rdp_level(dev, back)} after setting {level}")
 
+    def _block2_region(self) -> int:
+        """The address of the second option-byte block (F42x bank 2) in the option-bytes alt,
+        or UsageError when the alt does not name it (no I/O)."""
+        second = self.device.option_bytes2
+        regions = self.option_bytes_alt().layout.regions()
+        if second is None or not any(a == second.start and b - a >= second.size for a, b in regions):
+            raise UsageError(
+                f"{self.device.short_name}: the DFU option-bytes alt does not name the bank-2 option bytes"
+                + (f" at 0x{second.start:08X}" if second is not None else "")
+                + "; protect those sectors over uart"
+            )
+        return second.start
+
+    def _write_block2(self, change: Callable[[bytes], bytes]) -> bytes:
+        """Rewrite the second option-byte block through its region of the alt (the ROM
+        reloads and re-enumerates); returns it as read back."""
+        start = self._block2_region()
+        size = self.device.option_bytes2.size  # type: ignore[union-attr]
+        current = self._ob_block2(self.read_option_bytes())
+        assert current is not None  # _block2_region checked the alt
+        new = change(current)
+        if new != current:
+            self._download_ob(start, new)
+        back = self._ob_block2(self.read_option_bytes())
+        return back if back is not None else b"\xff" * size
+
     def write_protect(self, units: Sequence[int]) -> None:
         """Write-protect the erase units (the option bits covering them; replaces the
-        previous set). The ROM then leaves protected units unchanged on write/erase."""
+        previous set). The ROM then leaves protected units unchanged on write/erase.
+        Units of the second option-byte block (F42x sectors 12-23) are written through its
+        region of the alt; each bank's set is replaced only when units of it are named."""
+        from stmflash import option_bytes as obl
+
         _, _, wrp_units, set_wrp = self._ob_rules()
         dev = self.device
-        wanted = sorted(set(units))
-        back = self._rewrite_ob(lambda ob: set_wrp(dev, ob, wanted), "write protection")
-        missing = set(wanted) - wrp_units(dev, back)
+        first, second = obl.split_wrp(dev, sorted(set(units)))
+        if second:
+            back2 = self._write_block2(lambda b: obl.set_wrp2(dev, b, second))
+            missing = set(second) - obl.wrp2_units(dev, back2)
+            if missing:
+                raise ProtectionError(f"{self.info.path}: units {sorted(missing)} are not write-protected after writing")
+        if second and not first:
+            return
+        back = self._rewrite_ob(lambda ob: set_wrp(dev, ob, first), "write protection")
+        missing = set(first) - wrp_units(dev, back)
         if missing:
             raise ProtectionError(f"{self.info.path}: units {sorted(missing)} are not write-protected after writing")
 
@@ -547,12 +610,28 @@ class DfuLink:
         back = self._rewrite_ob(lambda ob: set_wrp(dev, ob, []), "write unprotection")
         if wrp_units(dev, back):
             raise ProtectionError(f"{self.info.path}: units {sorted(wrp_units(dev, back))} are still write-protected")
+        from stmflash import option_bytes as obl
+
+        if dev.option_bytes2 is not None and self._ob_block2(self.read_option_bytes()) is not None:
+            back2 = self._write_block2(lambda b: obl.clear_wrp2(dev, b))
+            if obl.wrp2_units(dev, back2):
+                raise ProtectionError(
+                    f"{self.info.path}: units {sorted(obl.wrp2_units(dev, back2))} are still write-protected"
+                )
 
     def protection(self) -> tuple[int, set[int]]:
         """(RDP level, write-protected unit indices) as the option bytes say."""
+        from stmflash import option_bytes as obl
+
         rdp_level, _, wrp_units, _ = self._ob_rules()
-        _, area, size = self._ob_area()
-        return rdp_level(self.device, area[:size]), wrp_units(self.device, area[:size])
+        _, size = self._ob_geometry()
+        regions = self.read_option_bytes()
+        area = regions[0][1]
+        units = set(wrp_units(self.device, area[:size]))
+        block2 = self._ob_block2(regions)
+        if block2 is not None:
+            units |= obl.wrp2_units(self.device, block2)
+        return rdp_level(self.device, area[:size]), units
 
     def read_unprotect(self) -> None:
         """Remove readout protection: the ROM mass-erases the flash and resets.

@@ -448,7 +448,7 @@ class BatchRunner:
             if self.job.serial is not None and not p.wrp_units:
                 unit = device.unit_at(self.job.serial.address)
                 units |= {unit.index} if unit is not None else set()
-            obl.wrp_codes(device, sorted(units))
+            obl.check_wrp_units(device, sorted(units))
 
     def _check_device(self, device: Any) -> None:
         want = self.job.device

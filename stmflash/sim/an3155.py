@@ -301,7 +301,7 @@ class An3155Rom:
 
     def _write_target_ok(self, addr: int) -> bool:
         kind = self.chip.region_kind(addr)
-        if kind not in ("flash", "ram", "ob", "otp"):
+        if kind not in ("flash", "ram", "ob", "ob2", "otp"):
             return False
         usable = self.chip.device.ram_usable
         return not (kind == "ram" and usable is not None and addr not in usable)
@@ -324,7 +324,7 @@ class An3155Rom:
             self._nack()
             return
         kind = self.chip.region_kind(addr)
-        if kind in ("flash", "otp", "ob") and len(data) % 4:
+        if kind in ("flash", "otp", "ob", "ob2") and len(data) % 4:
             self._nack()  # AN3155: N+1 must be a multiple of 4 for flash
             return
         try:

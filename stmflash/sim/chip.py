@@ -42,9 +42,14 @@ field table (G0, C0, F7, U5, ...) boot what that table says after each reset (``
 option-byte load). Parts whose layout is not in the table refuse option-byte writes and
 Write Protect exactly as the clients do; their readout level (AN3155 Readout
 Protect/Unprotect, which need no layout, and test fixtures) is internal to this model.
+Parts with a second option-byte block (``option_bytes2``: F42x/F43x/F469 bank 2 at 0x1FFEC000,
+RM0090 3.7.1) store it apart (:meth:`VirtualChip.option_bytes2`, changed only through
+``_store_option_bytes2``): Read/Write Memory there, and the DfuSe alt region naming it, reach
+it; its nWRP bits (``ob_wrp2``) protect sectors 12-23, and AN3155 Write Unprotect clears them.
 
 Image file (``image_path``): one JSON header line, then the raw regions back to back in
-the order the header lists them (``flash``, ``option_bytes``, ``otp`` when present)::
+the order the header lists them (``flash``, ``option_bytes``, ``otp`` and ``option_bytes2``
+when present; an image without ``option_bytes2`` loads that block at its factory state)::
 
     {"format": "stmflash-sim", "version": 2, "pid": 1043, "bl_id": 49, "uid": "<24 hex>",
      "regions": [{"name": "flash", "address": 134217728, "size": 1048576}, ...]}\\n
@@ -153,6 +158,9 @@ class VirtualChip:
         # the option-byte area as stored (what Read Memory shows); unknown layouts: erased
         size = device.option_bytes.size if device.option_bytes is not None else 16
         self._ob = bytearray(obl.default_ob(device) if obl.supported(device) else b"\xff" * size)
+        # the second option-byte block (F42x/F469 bank 2 at 0x1FFEC000), stored as Read Memory
+        # shows it; empty on parts without one
+        self._ob2 = bytearray(obl.default_ob2(device))
         self._fixture_rdp = 0  # readout level of parts without a known layout (fixtures only)
         # Protection decoded from the option bytes, cached: the front-ends ask for it on
         # every received byte and every programmed unit, and it only changes when the option
@@ -242,6 +250,8 @@ class VirtualChip:
                 return "ram", addr - region.start, limit(region.end), buf
         if dev.option_bytes and addr in dev.option_bytes:
             return "ob", addr - dev.option_bytes.start, limit(dev.option_bytes.end), self._ob
+        if dev.option_bytes2 and self._ob2 and addr in dev.option_bytes2:
+            return "ob2", addr - dev.option_bytes2.start, limit(dev.option_bytes2.end), self._ob2
         if dev.otp and addr in dev.otp:
             return "otp", addr - dev.otp.start, limit(dev.otp.end), self.otp
         if dev.system_memory and addr in dev.system_memory:
@@ -316,6 +326,10 @@ class VirtualChip:
             ob = bytearray(self._ob)
             ob[off : off + len(data)] = data
             self.write_option_bytes(bytes(ob))
+        elif kind == "ob2":
+            ob2 = bytearray(self._ob2)
+            ob2[off : off + len(data)] = data
+            self.write_option_bytes2(bytes(ob2))
         elif kind in ("flash", "otp"):
             self._program_cells(kind, addr, off, bytes(data))
         else:
@@ -406,6 +420,10 @@ class VirtualChip:
                 ob = bytearray(self._ob)
                 ob[off : off + take] = view[:take]
                 self._store_option_bytes(bytes(ob), reload=False)
+            elif kind == "ob2":
+                ob2 = bytearray(self._ob2)
+                ob2[off : off + take] = view[:take]
+                self._store_option_bytes2(bytes(ob2), reload=False)
             else:
                 buf[off : off + take] = view[:take]
             view, a = view[take:], a + take
@@ -482,6 +500,42 @@ class VirtualChip:
             self._invalidate_protection()
             self._latch_empty()
             self.reset()
+
+    def ob_view(self) -> bytes:
+        """The option-field view (:func:`stmflash.ob_fields.view_size`): the area, then the
+        second block where the part has one."""
+        return bytes(self._ob) + bytes(self._ob2)
+
+    def loaded_ob_view(self) -> bytes:
+        """:meth:`ob_view` as the option-byte loader took it (complement check applied)."""
+        return self.loaded_option_bytes() + bytes(self._ob2)
+
+    def option_bytes2(self) -> bytes:
+        """The second option-byte block as Read Memory shows it (F42x bank 2; b"" elsewhere)."""
+        return bytes(self._ob2)
+
+    def _store_option_bytes2(self, stored: bytes, *, reload: bool) -> None:
+        """The one place the second block changes (bank-2 write protection follows it)."""
+        self._ob2[:] = stored
+        self._invalidate_protection()
+        if reload:
+            self._latch_empty()
+            self.reset()
+
+    def write_option_bytes2(self, data: bytes) -> None:
+        """Program the second option-byte block (F42x bank 2, Write Memory at 0x1FFEC000) and
+        reload the option bytes (reset), as the ROM does for the first block; frozen at RDP
+        level 2 like every option byte."""
+        self._refuse_unknown("option-byte write")
+        if not self._ob2:
+            raise AccessError(f"{self.device.short_name} has no second option-byte block")
+        if len(data) > len(self._ob2):
+            raise AccessError(f"{len(data)} option bytes do not fit in {len(self._ob2)}")
+        if self.rdp_level == 2:
+            raise AccessError("option bytes are frozen at RDP level 2")
+        new = bytearray(self._ob2)
+        new[: len(data)] = data
+        self._store_option_bytes2(bytes(new), reload=True)
 
     def store_raw_option_bytes(self, stored: bytes) -> None:
         """Put bytes in the option-byte area exactly as given, complements included (a test
@@ -573,6 +627,8 @@ class VirtualChip:
                 self._wrp_cache = frozenset()
             else:
                 self._wrp_cache = frozenset(obl.wrp_units(self.device, self.loaded_option_bytes()))
+            if self.layout_known and self._ob2:
+                self._wrp_cache = self._wrp_cache | obl.wrp2_units(self.device, bytes(self._ob2))
         return self._wrp_cache
 
     @property
@@ -611,10 +667,13 @@ class VirtualChip:
         self.write_protect_groups(codes, reset=reset)
 
     def write_unprotect(self, *, reset: bool = True) -> None:
+        """AN3155 Write Unprotect: write protection off for every sector (bank 2's block too)."""
         if not self.layout_known:  # AN3155 Write Unprotect: nothing this model protects
             if reset:
                 self.reset()
             return
+        if self._ob2:
+            self._store_option_bytes2(obl.clear_wrp2(self.device, bytes(self._ob2)), reload=False)
         self.write_protect_groups([], reset=reset)
 
     # ---- what a reset boots ------------------------------------------------------------
@@ -718,6 +777,8 @@ class VirtualChip:
         regions.append({"name": "option_bytes", "address": ob_addr, "size": len(self._ob)})
         if self.otp:
             regions.append({"name": "otp", "address": dev.otp.start if dev.otp else None, "size": len(self.otp)})
+        if self._ob2 and dev.option_bytes2 is not None:
+            regions.append({"name": "option_bytes2", "address": dev.option_bytes2.start, "size": len(self._ob2)})
         return {
             "format": IMAGE_FORMAT,
             "version": IMAGE_VERSION,
@@ -743,6 +804,8 @@ class VirtualChip:
                     fh.write(self.flash)
                     fh.write(self._ob)
                     fh.write(self.otp)
+                    if self._ob2 and self.device.option_bytes2 is not None:
+                        fh.write(self._ob2)
                 os.replace(tmp, target)
             except OSError as exc:
                 try:
@@ -775,6 +838,9 @@ class VirtualChip:
             self._store_option_bytes(bytes(ob), reload=False)
         otp = regions.get("otp", b"")
         self.otp[: min(len(otp), len(self.otp))] = otp[: len(self.otp)]
+        ob2 = regions.get("option_bytes2", b"")
+        if self._ob2 and len(ob2) == len(self._ob2):  # older images have none: factory state
+            self._store_option_bytes2(bytes(ob2), reload=False)
 
     def _migrate_v1_option_bytes(self, ob: bytes) -> None:
         """Carry RDP level and protected units over from the version-1 convention."""

@@ -282,10 +282,18 @@ class DfuseRom:
             return None
         return next(((a, b) for a, b in self.ob_layout.regions() if a <= address < b), None)
 
+    def _is_block2(self, start: int) -> bool:
+        """The alt's region is the chip's second option-byte block (F42x bank 2)."""
+        second = self.chip.device.option_bytes2
+        return second is not None and start == second.start and bool(self.chip.option_bytes2())
+
     def _ob_area(self, start: int) -> bytearray:
         area = bytearray(self.ob_shadow[start])
         if self.ob_layout is not None and start == self.ob_layout.regions()[0][0]:
             real = self.chip.option_bytes()[: len(area)]
+            area[: len(real)] = real
+        elif self._is_block2(start):
+            real = self.chip.option_bytes2()[: len(area)]
             area[: len(real)] = real
         return area
 
@@ -304,6 +312,9 @@ class DfuseRom:
         if self.ob_layout is not None and start == self.ob_layout.regions()[0][0]:
             n = len(self.chip.option_bytes())
             self.chip.write_option_bytes(bytes(area[:n]))  # reloads the option bytes: reset
+        elif self._is_block2(start):
+            n = len(self.chip.option_bytes2())
+            self.chip.write_option_bytes2(bytes(area[:n]))  # reloads the option bytes: reset
         else:
             self.chip.reset()
 

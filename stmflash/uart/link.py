@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from stmflash.devices import Device, EraseUnit
-from stmflash.errors import LinkError, UsageError
+from stmflash.errors import LinkError, ProtectionError, UsageError
 from stmflash.uart.entry import EntryStrategy, NoEntry, parse_entry
 from stmflash.uart.protocol import (
     EXT_ERASE,
@@ -219,13 +219,25 @@ class UartLink:
                 self.bl._after_reset("the option-byte write")
 
     def ob_area_read(self) -> bytes:
-        """The whole option-byte area (for :mod:`stmflash.ob_ops`)."""
-        return self.read_option_bytes()
+        """The whole option-byte area (for :mod:`stmflash.ob_ops`), followed by the second
+        block where the part has one (F42x bank 2: Read Memory at 0x1FFEC000)."""
+        area = self.read_option_bytes()
+        second = self.device.option_bytes2
+        if second is not None:
+            area += self.bl.read(second.start, second.size)
+        return area
 
     def ob_area_write(self, new: bytes, current: bytes, *, silent: bool = False) -> None:
         """Write the whole area (changed blocks, the RDP block last) and resync after the
-        chip's reload; ``silent``: it will not answer after the last block (RDP level 2)."""
-        self._write_ob_chunks(self._ob_region().start, new, current=current, final_silent=silent)
+        chip's reload; ``silent``: it will not answer after the last block (RDP level 2).
+        A second block (F42x bank 2) is written first, at its own address, when it changed:
+        each Write Memory there reloads the option bytes too."""
+        size = self._ob_region().size
+        second = self.device.option_bytes2
+        if second is not None and new[size:] != current[size:]:
+            self._write_ob_chunks(second.start, new[size:], current=current[size:])
+        if new[:size] != current[:size] or second is None:
+            self._write_ob_chunks(self._ob_region().start, new[:size], current=current[:size], final_silent=silent)
 
     def readout_protect(self, level: int = 1, *, confirm_permanent: bool = False) -> None:
         """Level 1: AN3155 Readout Protect. Level 2: the option bytes rewritten with the
@@ -248,10 +260,28 @@ class UartLink:
         self._write_ob_chunks(self._ob_region().start, new, current=current, final_silent=True)
 
     def write_protect(self, units: Sequence[int]) -> None:
-        """Write-protect the groups holding these erase units (AN3155 Write Protect)."""
+        """Write-protect the groups holding these erase units (AN3155 Write Protect).
+
+        Units whose bits lie in the second option-byte block (F42x sectors 12-23: nWRP at
+        0x1FFEC008, RM0090 3.7.1) are protected by Write Memory of that block (which AN3155
+        documents for option bytes), since which Write Protect codes the ROM takes for them
+        is in neither AN3155 nor AN2606; each bank's set is replaced only when units of it
+        are named."""
         from stmflash import option_bytes as obl
 
-        self.bl.write_protect(obl.wrp_codes(self.device, units))
+        first, second = obl.split_wrp(self.device, units)
+        if second:
+            block2 = self.device.option_bytes2
+            current = self.bl.read(block2.start, block2.size)
+            new = obl.set_wrp2(self.device, current, second)
+            if new != current:
+                self._write_ob_chunks(block2.start, new, current=current)
+            back = self.bl.read(block2.start, block2.size)
+            missing = set(second) - obl.wrp2_units(self.device, back)
+            if missing:
+                raise ProtectionError(f"units {sorted(missing)} are not write-protected after writing")
+        if first or not second:
+            self.bl.write_protect(obl.wrp_codes(self.device, first))
 
     def write_unprotect(self) -> None:
         self.bl.write_unprotect()
