@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from stmflash.cli import main
@@ -21,3 +23,9 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
     code = exit_code(*args)
     out = capsys.readouterr()
     return code, out.out, out.err
+
+
+def result(out: str) -> dict:
+    """The last ``"event": "result"`` line of a ``--json`` run's stdout."""
+    lines = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
+    return next(e for e in reversed(lines) if e.get("event") == "result")

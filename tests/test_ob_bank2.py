@@ -4,7 +4,6 @@ and honoured by the virtual chip, and reached by --write-protect over UART and D
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -12,24 +11,13 @@ from intelhex import IntelHex
 
 from stmflash import devices, ob_fields
 from stmflash import option_bytes as obl
-from stmflash.cli import main
 from stmflash.sim import registry, usb_backend
 from stmflash.sim.chip import VirtualChip
+from tests.clirun import result
+from tests.clirun import run_cli as cli
 
 F429 = devices.find("F429")
 BANK2 = 0x08100000  # sector 12 (RM0090 flash organisation, dual bank)
-
-
-def cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    out, err = capsys.readouterr()
-    return int(exc.value.code or 0), out, err
-
-
-def result(out: str) -> dict:
-    lines = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
-    return next(e for e in reversed(lines) if e.get("event") == "result")
 
 
 def uart_chip(name: str, dev: devices.Device = F429) -> tuple[str, VirtualChip]:

@@ -5,19 +5,18 @@ The factory values checked here are the field defaults written in
 ``stmflash/data/option_bytes.toml`` from the reference manuals; the virtual chip's factory
 area is built from that file's production-value words, never from stmflash's own writer.
 """
-
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from stmflash import devices, ob_fields
 from stmflash import option_bytes as obl
-from stmflash.cli import main
 from stmflash.sim import registry, usb_backend
 from stmflash.sim.chip import VirtualChip
+from tests.clirun import result
+from tests.clirun import run_cli as cli
 
 
 def _representatives() -> list[devices.Device]:
@@ -33,18 +32,6 @@ def _representatives() -> list[devices.Device]:
 
 REPS = _representatives()
 IDS = [f"{d.ob_fields}-{d.short_name}" for d in REPS]
-
-
-def cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    out, err = capsys.readouterr()
-    return int(exc.value.code or 0), out, err
-
-
-def result(out: str) -> dict:
-    lines = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
-    return next(e for e in reversed(lines) if e.get("event") == "result")
 
 
 def uart_url(dev: devices.Device, name: str) -> str:

@@ -38,6 +38,9 @@ from typing import Any
 from stmflash.sim.chip import PowerLoss, VirtualChip
 from stmflash.sim.periph import BusFault, FlashController, FlashF1XL, Usart, controllers_for
 
+# the flash register sets a peripheral page can hold (built once: checked on every access)
+_FLASH_TYPES = (FlashController, FlashF1XL)
+
 ACCESS_CYCLES = 25
 DATA_CYCLES = 40
 FLASH_READ_CYCLES = 12
@@ -333,7 +336,7 @@ class Cpu:
                 self._cost(DATA_CYCLES)
             elif off == dev.sr_off:
                 self._status(dev.base + off, value)
-        elif isinstance(dev, FlashController | FlashF1XL):
+        elif isinstance(dev, _FLASH_TYPES):
             value = dev.read(off, self.t)
             if off in getattr(dev, "STATUS", (dev.SR,)):
                 self._status(dev.base + off, value)
@@ -354,7 +357,7 @@ class Cpu:
         if isinstance(dev, Usart):
             if dev.write(off, value, self.t):
                 self._act = True
-        elif isinstance(dev, FlashController | FlashF1XL):
+        elif isinstance(dev, _FLASH_TYPES):
             self._act = True
             dev.write(off, value, self.t)
         elif dev == "scb":
