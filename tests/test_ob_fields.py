@@ -530,7 +530,7 @@ def test_unknown_fields_and_families_refused_with_their_reason(capsys) -> None:
     code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--device", "U031", "--ob", "nBOOT0=0"], capsys)
     assert code == 2 and "not written: U0: the factory option values" in err
     code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--device", "L4P5", "--ob", "RDP=level0"], capsys)
-    assert code == 2 and "L4P5/L4Q5: where the ROM bootloader presents the option bytes" in err
+    assert code == 2 and "L4P5/L4Q5: the option bytes sit at 0x1FF00000" in err
     code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--device", "F767", "--ob", "nDBANK=dual"], capsys)
     assert code == 2 and "nDBANK: not written: nDBANK = 0" in err
     code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--device", "F746", "--ob", "BOOT_ADD1=0x10000"], capsys)
@@ -542,7 +542,7 @@ def test_unknown_fields_and_families_refused_with_their_reason(capsys) -> None:
     code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--device", "U073", "--ob", "BDRST=0"], capsys)
     assert code == 2 and "not written: U0: the factory option values" in err
     code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--device", "L552", "--ob-reset-defaults"], capsys)
-    assert code == 2 and "L5: the option-byte area the ROM bootloader presents is not established" in err
+    assert code == 2 and "L5: the factory option values (RM0438 production values" in err
     # no part named: names unknown to every family, and permanent values anywhere, still refused
     code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--ob", "FOO=1"], capsys)
     assert code == 2 and "no STM32 family has an option field of that name" in err

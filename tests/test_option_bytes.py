@@ -48,7 +48,7 @@ def test_every_layout_fits_its_option_byte_area() -> None:
         assert len(ob) == size and obl.rdp_level(dev, ob) == 0 and obl.wrp_units(dev, ob) == set()
 
 
-@pytest.mark.parametrize("name", ["L4P5", "H7A3", "U385", "H563", "L552", "WBA55"])
+@pytest.mark.parametrize("name", ["L4P5", "H7A3", "U385", "H563", "WBA55"])
 def test_unknown_layouts_refuse_instead_of_guessing(name: str) -> None:
     dev = devices.find(name)
     assert not obl.supported(dev)
