@@ -9,7 +9,7 @@ import pytest
 
 from stmflash.devices import all_devices
 from stmflash.dfu.facts import dfu_facts, find_alt, identify, uid_serial
-from stmflash.dfu.layout import parse_alt, render_units, try_parse_alt
+from stmflash.dfu.layout import normalise_name, parse_alt, render_units, try_parse_alt
 
 K = 1024
 
@@ -127,6 +127,10 @@ def test_identify_from_descriptors(device):
     facts = dfu_facts(device)
     got = identify(facts.layouts(), facts.bcd_device, facts.product)
     # several parts may present identical descriptors; then any of them is a right answer
+    def shown(d):
+        return sorted((normalise_name(lay.name), lay.start, lay.size) for lay in dfu_facts(d).layouts())
+
+    assert shown(got) == shown(device), f"{device.name} taken for {got.name}"
     assert got.flash_size == device.flash_size
     assert [(u.address, u.size) for u in got.erase_units] == [(u.address, u.size) for u in device.erase_units]
     assert dfu_facts(got).bcd_device == facts.bcd_device

@@ -95,9 +95,13 @@ def identify(
     """The table entry whose DFU descriptors match what the device presents.
 
     The ROM's iProduct names the product ID on some parts ("STM32 0x418 DFU Bootloader");
-    otherwise the flash alt's page map (and bcdDevice, option-bytes address) pick the entry.
-    Without a match, a generic profile is built from the descriptor's own page map so the
-    device can still be programmed.
+    otherwise the flash alt's page map picks the candidates and the rest of the descriptors
+    rank them: bcdDevice, and every other alternate setting (option bytes, OTP, device
+    feature) by name and address, a match counting for the entry and an alt that only one
+    side has, or has at another address, against it (an L552 and a G0B1 share bcdDevice and
+    flash map; only the L552 has no option-bytes alt and its OTP at 0x0BFA0000). Without a
+    match, a generic profile is built from the descriptor's own page map so the device can
+    still be programmed.
     """
     layouts = list(layouts)
     flash = find_alt(layouts, "Internal Flash")
@@ -108,7 +112,7 @@ def identify(
             return _sized(dev, flash)
     if flash is not None and flash.sectors:
         pages = _pages(flash)
-        ob = find_alt(layouts, "Option Bytes")
+        others = _other_alts(layouts)
         best: tuple[int, Device] | None = None
         for dev in all_devices():
             if "dfu" not in dev.interfaces and not dev.dfu:
@@ -121,9 +125,8 @@ def identify(
             score = 1
             if bcd_device is not None and facts.bcd_device == bcd_device:
                 score += 2
-            dob = find_alt(dl, "Option Bytes")
-            if ob is not None and dob is not None and ob.start == dob.start:
-                score += 1
+            theirs = _other_alts(dl)
+            score += len(others & theirs) - len(others ^ theirs)
             if len(_pages(dflash)) == len(pages):
                 score += 1
             if best is None or score > best[0]:
@@ -132,6 +135,12 @@ def identify(
             return _sized(best[1], flash)
         return _from_layout(flash)
     return generic(0)
+
+
+def _other_alts(layouts: Iterable[AltLayout]) -> set[tuple[str, int | None]]:
+    """(name, start) of every alternate setting but the internal flash."""
+    return {(normalise_name(lay.name), lay.start) for lay in layouts
+            if not normalise_name(lay.name).startswith(normalise_name("Internal Flash"))}
 
 
 def _sized(dev: Device, flash: AltLayout | None) -> Device:
