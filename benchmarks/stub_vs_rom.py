@@ -38,6 +38,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _harness import sim_stats_from_text  # noqa: E402
+
 from stmflash import devices  # noqa: E402
 from stmflash.erase_plan import plan_erase  # noqa: E402
 from stmflash.image.model import Image  # noqa: E402
@@ -87,7 +89,10 @@ def command(tool: str, pty: str, fw: Path) -> list[str] | None:
     raise ValueError(tool)
 
 
-def run_tool(tool: str, name: str, fw: Path, data: bytes, tmp: Path) -> tuple[float | None, str]:
+def run_tool(tool: str, name: str, fw: Path, data: bytes, tmp: Path,
+             sim_cpu: list[float] | None = None) -> tuple[float | None, str]:
+    """One timed run; ``sim_cpu`` receives the simulator process's CPU seconds (its
+    ``sim-stats`` line), so the table can show whether the simulator kept up."""
     image = tmp / f"{tool}-{name}.img"
     if tool == "reflash":
         stub_img = tmp / f"stub-{name}.img"
@@ -102,7 +107,13 @@ def run_tool(tool: str, name: str, fw: Path, data: bytes, tmp: Path) -> tuple[fl
             # table): nBOOT_SEL=0 first, as a line that re-enters the ROM does (not timed)
             subprocess.run([sys.executable, "-m", "stmflash", "uart", f"sim://{name}?image={image}",
                             "--ob", "nBOOT_SEL=0", "-q"], check=True, cwd=ROOT, capture_output=True)
-    return timed_flash(name, image, data, lambda pty: command(tool, pty, fw), *SERVER_ARGS, cwd=ROOT)
+    err: list[str] = []
+    result = timed_flash(name, image, data, lambda pty: command(tool, pty, fw), *SERVER_ARGS, cwd=ROOT,
+                         server_stderr=err)
+    stats = sim_stats_from_text("".join(err))
+    if sim_cpu is not None and "process_cpu_s" in stats:
+        sim_cpu.append(stats["process_cpu_s"])
+    return result
 
 
 def main() -> None:
@@ -114,6 +125,7 @@ def main() -> None:
     tools = args.tools.split(",")
     rounds = 1 if args.quick else args.pairs
     results: dict[tuple[str, str], list[float]] = {}
+    sim_cpu: dict[tuple[str, str], list[float]] = {}
     failures: dict[tuple[str, str], str] = {}
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
@@ -129,7 +141,7 @@ def main() -> None:
                     order.remove("reflash")
                     order.insert(order.index("stub") + 1 if "stub" in order else len(order), "reflash")
                 for tool in order:
-                    t, status = run_tool(tool, name, fw, data, tmp)
+                    t, status = run_tool(tool, name, fw, data, tmp, sim_cpu.setdefault((name, tool), []))
                     if t is None:
                         failures[(name, tool)] = status
                     else:
@@ -164,6 +176,14 @@ def main() -> None:
         b = stub_bound(devices.find(name), size)
         print(f"stub bound {name} {size // 1024} KiB at {b['baud']} baud: upload {b['upload']:.2f} s + erase "
               f"{b['erase']:.2f} s + stream {b['stream']:.2f} s + verify {b['verify']:.2f} s = {b['total']:.2f} s")
+    print()
+    for name, _ in SCENARIOS:
+        for tool in ("stub", "reflash"):
+            cpu, times = sim_cpu.get((name, tool)), results.get((name, tool))
+            if cpu and times:
+                # the server lives from before the tool starts until after it exits
+                print(f"simulator CPU {name} {tool}: median {statistics.median(cpu):.2f} s "
+                      f"for runs of median {statistics.median(times):.2f} s (emulated Cortex-M included)")
 
 
 if __name__ == "__main__":
