@@ -15,15 +15,21 @@ Virtual time, so that waiting, busy flags and overruns behave as on the part:
 * each peripheral access costs ``ACCESS_CYCLES`` of the clock the ROM left (the stub's
   main loop is a handful of accesses per turn), a received byte ``DATA_CYCLES`` more,
   a word read from flash ``FLASH_READ_CYCLES`` (and waits while the flash is busy);
-* when the program only polls status registers that do not change (``IDLE_READS`` reads
-  in a row without data, a flash access or a configuration write), it is waiting: time
-  jumps to the next event (a byte arriving, the shift register emptying, the flash
-  finishing). With nothing pending at all the CPU sleeps until the host sends -- once two
-  such stops in a row find the same registers and stack (a loop that computes in RAM
-  between its polls, a CRC over RAM, is not waiting).
+* when the program reads a status register and finds the value it found last time, with no
+  activity in between (no data, flash access or configuration write since that read), it
+  has gone round a polling loop for nothing: it is waiting, and time jumps to the next
+  event (a byte arriving, the shift register emptying, the flash finishing). With nothing
+  pending at all the CPU sleeps until the host sends -- once two such stops in a row find
+  the same registers and stack (a loop that computes in RAM between its polls, a CRC over
+  RAM, is not waiting).
 * realistic timing keeps the CPU at most ``LOOKAHEAD`` ahead of the wall clock; instant
   timing runs it as far as it goes (busy times are zero there, the wire is not: bytes
   still arrive one byte time apart at the rate BRR gives).
+
+The memory callbacks are the simulator's hot path (the stub polls the USART several times
+per byte: about a million accesses per 256 KiB), so they are registered with unicorn's C API
+directly where the binding allows it (one Python frame per access instead of three) and
+keep their common case -- a status read with nothing changed -- to a few attribute lookups.
 
 Unicorn is a dependency of the ``sim`` and ``test`` extras only; without it a Go into RAM
 behaves as before (the chip leaves the ROM and is silent).
@@ -40,11 +46,12 @@ from stmflash.sim.periph import BusFault, FlashController, FlashF1XL, Usart, con
 
 # the flash register sets a peripheral page can hold (built once: checked on every access)
 _FLASH_TYPES = (FlashController, FlashF1XL)
+# what a 1 KiB block of a peripheral page holds
+_NONE, _USART, _FLASH, _SCB = 0, 1, 2, 3
 
 ACCESS_CYCLES = 25
 DATA_CYCLES = 40
 FLASH_READ_CYCLES = 12
-IDLE_READS = 2
 CHUNK = 200_000
 LOOKAHEAD = 0.002
 MAX_SILENT_CHUNKS = 100  # chunks without any peripheral access: a hung CPU
@@ -93,9 +100,8 @@ class Cpu:
         self.state = RUN
         self.wake: float | None = None
         self.result = ""  # how the run ended
-        self._act = False
-        self._idle = 0
-        self._last_status: dict[int, int] = {}
+        self._epoch = 0  # counts activity (data, flash access, configuration write)
+        self._last_status: dict[int, tuple[int, int]] = {}  # address: (value, epoch) of its last read
         self._stop: str | None = None
         self._replay: tuple[tuple, int] | None = None
         self._idle_snap: tuple | None = None
@@ -104,6 +110,12 @@ class Cpu:
         self._target: float | None = None
         self._accesses = 0
         self._silent = 0
+        self._access_s = ACCESS_CYCLES / self.clock
+        self._data_s = DATA_CYCLES / self.clock
+        self._flash_read_s = FLASH_READ_CYCLES / self.clock
+        self._read_hooks = [h for h in (getattr(c, "on_flash_read", None) for c in self.flash_ctl) if h]
+        self._flash_size = dev.flash.size
+        self._status_offs = {id(c): frozenset(getattr(c, "STATUS", (c.SR,))) for c in self.flash_ctl}
 
         uc = unicorn.Uc(unicorn.UC_ARCH_ARM, unicorn.UC_MODE_THUMB | unicorn.UC_MODE_MCLASS)
         self.uc = uc
@@ -114,7 +126,8 @@ class Cpu:
             uc.mem_write(region.start, bytes(buf))
             self._ram.append((region, buf))
         flash = dev.flash
-        uc.mmio_map(flash.start, _round_up(flash.size), self._flash_read, None, self._flash_write, None)
+        self._callbacks: list[Any] = []  # ctypes callbacks must outlive the mapping
+        self._mmio(flash.start, _round_up(flash.size), self._flash_read, None, self._flash_write, None)
         if dev.system_memory is not None:
             lo, hi = _page(dev.system_memory.start), _round_up(dev.system_memory.end)
             uc.mem_map(lo, hi - lo, unicorn.UC_PROT_READ)
@@ -126,18 +139,64 @@ class Cpu:
             pages.setdefault(_page(c.base), []).append((c.base, 0x400, c))
         pages.setdefault(SCB_PAGE, []).append((SCB_PAGE, PAGE, "scb"))
         for page, devs in pages.items():
-            # one entry per 1 KiB block of the page: (device, offset of the block in it)
-            table: list[tuple[Any, int]] = [(None, 0)] * 4
+            # one entry per 1 KiB block of the page: (device, offset of the block in it, kind,
+            # the device's status registers)
+            table: list[tuple[Any, int, int, frozenset]] = [(None, 0, _NONE, frozenset())] * 4
             for base, size, dev in devs:
+                if isinstance(dev, Usart):
+                    kind, status = _USART, frozenset((dev.sr_off,))
+                elif isinstance(dev, _FLASH_TYPES):
+                    kind, status = _FLASH, self._status_offs[id(dev)]
+                else:
+                    kind, status = _SCB, frozenset()
                 for k in range(size // 0x400):
                     blk = (base - page) // 0x400 + k
-                    table[blk] = (dev, k * 0x400)
-            uc.mmio_map(page, PAGE, self._periph_read, (page, table), self._periph_write, (page, table))
+                    table[blk] = (dev, k * 0x400, kind, status)
+            self._mmio(page, PAGE, self._periph_read, (page, table), self._periph_write, (page, table))
         # the IWDG key register: refresh writes land in plain memory (nothing to model)
         uc.mem_map(_page(IWDG_KR), PAGE, unicorn.UC_PROT_READ | unicorn.UC_PROT_WRITE)
         sp, pc = struct.unpack("<II", bytes(uc.mem_read(address, 8)))
         uc.reg_write(unicorn.arm_const.UC_ARM_REG_SP, sp)
         self.pc = pc
+
+    def _mmio(self, address: int, size: int, read: Any, rdata: Any, write: Any, wdata: Any) -> None:
+        """``uc.mmio_map`` without the binding's per-access wrapper layers where possible.
+
+        The callbacks keep the binding's contract: an exception is recorded on the Uc object
+        (``emu_start`` raises it) and stops the emulation.
+        """
+        uc = self.uc
+        try:
+            from unicorn.unicorn_py3.unicorn import MMIO_READ_CFUNC, MMIO_WRITE_CFUNC, uclib
+
+            handle = uc._uch
+            uc._hook_exception  # noqa: B018 - the binding's record of a callback's exception
+        except (ImportError, AttributeError):  # another binding layout: its own mmio_map
+            uc.mmio_map(address, size, read, rdata, write, wdata)
+            return
+
+        def on_read(handle: int, offset: int, size: int, key: int) -> int:
+            try:
+                return read(uc, offset, size, rdata)
+            except BaseException as exc:
+                if uc._hook_exception is None:
+                    uc._hook_exception = exc
+                uc.emu_stop()
+                return 0
+
+        def on_write(handle: int, offset: int, size: int, value: int, key: int) -> None:
+            try:
+                write(uc, offset, size, value, wdata)
+            except BaseException as exc:
+                if uc._hook_exception is None:
+                    uc._hook_exception = exc
+                uc.emu_stop()
+
+        rfn, wfn = MMIO_READ_CFUNC(on_read), MMIO_WRITE_CFUNC(on_write)
+        self._callbacks += [rfn, wfn]
+        status = uclib.uc_mmio_map(handle, address, size, rfn, 0, wfn, 0)
+        if status != self.uc_mod.UC_ERR_OK:
+            raise self.uc_mod.UcError(status)
 
     # ---- host side ----------------------------------------------------------------------
     def set_host_baud(self, baud: int | None) -> None:
@@ -182,7 +241,6 @@ class Cpu:
                 return
             self._stop = None
             self._target = target
-            self._idle = 0
             before = self._accesses
             try:
                 self.uc.emu_start(self.pc | 1, 0xFFFFFFFF, count=CHUNK)
@@ -240,28 +298,25 @@ class Cpu:
     # emu_stop() from a memory callback makes unicorn execute the accessing instruction
     # again when the run resumes: the callback that stops remembers its access, and the
     # repeat is answered from that record without a second side effect (see _replayed).
-    def _cost(self, cycles: int) -> None:
-        self.t += cycles / self.clock
+    def _cost(self, seconds: float) -> None:
+        self.t += seconds
         self._accesses += 1
         if self._target is not None and self.t > self._target and self._stop is None:
             self._stop = "ahead"
 
     def _status(self, addr: int, value: int) -> None:
-        if self._act or self._last_status.get(addr) != value:
-            self._idle = 0
-            self._act = False
-        else:
-            self._idle += 1
-            if self._idle >= IDLE_READS and self._stop is None:
-                # waiting: jump to the next event right here, or stop when there is none
-                # (or, realistic, when it lies beyond the wall clock)
-                ev = self._next_event()
-                if ev is not None and (self._target is None or ev <= self._target):
-                    self.t = max(self.t, ev)
-                    self._idle = 0
-                else:
-                    self._stop = "idle"
-        self._last_status[addr] = value
+        now = (value, self._epoch)
+        if self._last_status.get(addr) == now and self._stop is None:
+            # the same value as last time, nothing done since: waiting. Jump to the next
+            # event right here, or stop when there is none (or, realistic, when it lies
+            # beyond the wall clock)
+            ev = self._next_event()
+            if ev is not None and (self._target is None or ev <= self._target):
+                self.t = max(self.t, ev)
+                self._epoch += 1  # time moved: the next read is a fresh look
+            else:
+                self._stop = "idle"
+        self._last_status[addr] = (value, self._epoch)
 
     def _maybe_halt(self, key: tuple, value: int = 0) -> None:
         if self._stop is not None and self._replay is None and self.state == RUN:
@@ -277,33 +332,31 @@ class Cpu:
 
     # ---- memory callbacks ----------------------------------------------------------------
     def _flash_read(self, uc: Any, offset: int, size: int, user: Any) -> int:
-        key = ("fr", offset, size)
         if self._replay is not None:
-            again, value = self._replayed(key)
+            again, value = self._replayed(("fr", offset, size))
             if again:
                 return value
-        self._act = True
+        self._epoch += 1
         for c in self.flash_ctl:
             if c.busy_until > self.t:
                 self.t = c.busy_until  # a flash read waits while the flash is busy
-            hook = getattr(c, "on_flash_read", None)
-            if hook is not None:
-                hook()  # L0/L1: a read in the middle of a half-page write aborts it
-        self._cost(FLASH_READ_CYCLES)
-        addr = self.chip.device.flash_start + offset
-        try:
-            value = int.from_bytes(self.chip.read(addr, size), "little")
-        except Exception:
-            value = 0xFFFFFFFF & ((1 << (8 * size)) - 1)
-        self._maybe_halt(key, value)
+        for hook in self._read_hooks:
+            hook()  # L0/L1: a read in the middle of a half-page write aborts it
+        self._cost(self._flash_read_s)
+        if offset + size <= self._flash_size:
+            value = int.from_bytes(self.chip.flash[offset : offset + size], "little")
+        else:
+            value = (1 << (8 * size)) - 1
+        if self._stop is not None:
+            self._maybe_halt(("fr", offset, size), value)
         return value
 
     def _flash_write(self, uc: Any, offset: int, size: int, value: int, user: Any) -> None:
         key = ("fw", offset, size)
         if self._replay is not None and self._replayed(key)[0]:
             return
-        self._act = True
-        self._cost(ACCESS_CYCLES)
+        self._epoch += 1
+        self._cost(self._access_s)
         addr = self.chip.device.flash_start + offset
         ctl = self.flash_ctl[0]
         if ctl.busy_until > self.t:
@@ -320,30 +373,34 @@ class Cpu:
 
     def _periph_read(self, uc: Any, offset: int, size: int, user: tuple) -> int:
         page, table = user
-        key = ("pr", page + offset, size)
         if self._replay is not None:
-            again, value = self._replayed(key)
+            again, value = self._replayed(("pr", page + offset, size))
             if again:
                 return value
-        dev, boff = table[offset >> 10]
+        dev, boff, kind, status = table[offset >> 10]
         off = boff + (offset & 0x3FF)
-        self._cost(ACCESS_CYCLES)
-        value = 0
-        if isinstance(dev, Usart):
-            value, data = dev.read(off, self.t)
+        t = self.t = self.t + self._access_s
+        self._accesses += 1
+        if self._target is not None and t > self._target and self._stop is None:
+            self._stop = "ahead"
+        if kind == _USART:
+            value, data = dev.read(off, t)
             if data:
-                self._act = True
-                self._cost(DATA_CYCLES)
-            elif off == dev.sr_off:
+                self._epoch += 1
+                self._cost(self._data_s)
+            elif off in status:
                 self._status(dev.base + off, value)
-        elif isinstance(dev, _FLASH_TYPES):
-            value = dev.read(off, self.t)
-            if off in getattr(dev, "STATUS", (dev.SR,)):
+        elif kind == _FLASH:
+            value = dev.read(off, t)
+            if off in status:
                 self._status(dev.base + off, value)
-        elif dev is None:
+        elif kind == _NONE:
             self._fault(f"read of unmapped peripheral 0x{page + offset:08X}")
             return 0
-        self._maybe_halt(key, value)
+        else:
+            value = 0
+        if self._stop is not None:
+            self._maybe_halt(("pr", page + offset, size), value)
         return value
 
     def _periph_write(self, uc: Any, offset: int, size: int, value: int, user: tuple) -> None:
@@ -351,21 +408,21 @@ class Cpu:
         key = ("pw", page + offset, size)
         if self._replay is not None and self._replayed(key)[0]:
             return
-        dev, boff = table[offset >> 10]
+        dev, boff, kind, _ = table[offset >> 10]
         off = boff + (offset & 0x3FF)
-        self._cost(ACCESS_CYCLES)
-        if isinstance(dev, Usart):
+        self._cost(self._access_s)
+        if kind == _USART:
             if dev.write(off, value, self.t):
-                self._act = True
-        elif isinstance(dev, _FLASH_TYPES):
-            self._act = True
+                self._epoch += 1
+        elif kind == _FLASH:
+            self._epoch += 1
             dev.write(off, value, self.t)
-        elif dev == "scb":
+        elif kind == _SCB:
             if page + offset == AIRCR and (value >> 16) == 0x05FA and value & 0x4:
                 self._end("reset")
                 self.chip.reset()
                 uc.emu_stop()
-        elif dev is None:
+        else:
             self._fault(f"write to unmapped peripheral 0x{page + offset:08X}")
             return
         self._maybe_halt(key)

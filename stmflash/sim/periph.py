@@ -79,11 +79,13 @@ class Usart:
     _shift_end: float = 0.0
     _tdr: int | None = None
     out: list = field(default_factory=list)
+    # nothing changes before this time: a read before it needs no sync (the CPU polls the
+    # status register several times per byte, so the common read must be cheap)
+    _quiet_until: float = float("-inf")
 
-    # offsets
-    @property
-    def sr_off(self) -> int:
-        return 0x1C if self.v2 else 0x00
+    def __post_init__(self) -> None:
+        self.sr_off = 0x1C if self.v2 else 0x00  # plain attributes: read on every access
+        self.rd_off = 0x24 if self.v2 else 0x04
 
     @property
     def baud(self) -> float:
@@ -104,6 +106,8 @@ class Usart:
             t += bt
             self._rx.append((t, b if good else (b ^ 0x5A) & 0xFF, 0 if good else FE))
         self._rx_end = t
+        if self._rx:
+            self._quiet_until = min(self._quiet_until, self._rx[0][0])
 
     def next_event(self, t: float) -> float | None:
         """When the flags change next (``t`` itself when a byte has arrived unseen)."""
@@ -116,6 +120,8 @@ class Usart:
 
     def sync(self, t: float) -> None:
         """Bring the flags up to time ``t``."""
+        if t < self._quiet_until:
+            return
         while self._rx and self._rx[0][0] <= t:
             _, b, err = self._rx.popleft()
             if not self.enabled:
@@ -135,6 +141,12 @@ class Usart:
             self.flags |= TC
         else:
             self.flags &= ~TC
+        # the next change: a byte arriving, the shift register emptying (TC, or the byte
+        # waiting in TDR starting)
+        quiet = self._rx[0][0] if self._rx else float("inf")
+        if self._shift_end > t:
+            quiet = min(quiet, self._shift_end)
+        self._quiet_until = quiet
 
     def _start_tx(self, b: int, start: float) -> None:
         end = start + self.byte_time()
@@ -144,11 +156,11 @@ class Usart:
     # ---- CPU side ---------------------------------------------------------------------
     def read(self, off: int, t: float) -> tuple[int, bool]:
         """(value, is data): a data read consumes the received byte."""
-        self.sync(t)
-        if off == (0x1C if self.v2 else 0x00):
+        if t >= self._quiet_until:
+            self.sync(t)
+        if off == self.sr_off:
             return self.flags, False
-        rd = 0x24 if self.v2 else 0x04
-        if off == rd:
+        if off == self.rd_off:
             value = self.rdr
             got = bool(self.flags & RXNE)
             self.flags &= ~RXNE
@@ -178,6 +190,7 @@ class Usart:
             # TXE clear: the byte overwrites the one waiting (lost), as on the part
             else:
                 self._tdr = value & 0xFF
+            self._quiet_until = float("-inf")  # the shift register changed
             self.sync(t)
             return True
         if off == (0x0C if self.v2 else 0x08):
@@ -187,6 +200,7 @@ class Usart:
             return True
         if off == (0x00 if self.v2 else 0x0C):
             self.enabled = bool(value & (1 if self.v2 else 1 << 13))
+            self._quiet_until = float("-inf")  # what arrives from now on is kept or dropped
             return True
         if self.v2 and off == 0x20:  # ICR
             self.flags &= ~(value & (PE | FE | NE | ORE))

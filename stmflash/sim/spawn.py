@@ -48,11 +48,14 @@ def pty_server(
     *args: str,
     stop_timeout: float = 30.0,
     check: bool = True,
+    stderr: list[str] | None = None,
 ) -> Iterator[str]:
     """Start ``stmflash sim uart --device DEVICE [--image IMAGE] ARGS...`` and yield its pty path.
 
     On exit the server gets SIGINT (it saves its image) and is waited for; with ``check`` a
-    non-zero exit raises :class:`RuntimeError` carrying its stderr.
+    non-zero exit raises :class:`RuntimeError` carrying its stderr. ``stderr``, when given,
+    receives what the server wrote there (with realistic timing, its ``sim-stats`` line:
+    what the simulator itself cost, for benchmarks).
     """
     cmd = [sys.executable, "-m", "stmflash", "sim", "uart", "--device", device]
     if image is not None:
@@ -75,8 +78,10 @@ def pty_server(
             proc.kill()
             proc.wait()
             raise RuntimeError("stmflash sim uart did not stop on SIGINT") from None
+        err = proc.stderr.read() if proc.stderr else ""
+        if stderr is not None:
+            stderr.append(err)
         if check and rc not in (0, -signal.SIGKILL):
-            err = proc.stderr.read() if proc.stderr else ""
             raise RuntimeError(f"stmflash sim uart exited {rc}: {err.strip()}")
 
 
@@ -88,16 +93,18 @@ def timed_flash(
     *server_args: str,
     cwd: str | os.PathLike[str] | None = None,
     timeout: float = 900.0,
+    server_stderr: list[str] | None = None,
 ) -> tuple[float | None, str]:
     """Time one flasher run against a pty server: ``(seconds, "ok")`` when the image file
     the server saved holds ``data`` at the flash start, else ``(None, why)``.
 
     ``command(pty)`` gives the argv (None: the tool is not installed). Benchmarks use this
     so that a tool leaving the wrong flash is reported as failed, never timed.
+    ``server_stderr`` receives the server's stderr (see :func:`pty_server`).
     """
     from stmflash.sim.chip import flash_bytes
 
-    with pty_server(device, image, *server_args, check=False) as pty:
+    with pty_server(device, image, *server_args, check=False, stderr=server_stderr) as pty:
         time.sleep(0.2)
         cmd = command(pty)
         if cmd is None:
