@@ -18,15 +18,14 @@ bank 2 at 0x1FFEC000, ``option_bytes2``) the area is both blocks back to back
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from stmflash import ob_fields
 from stmflash import option_bytes as obl
 from stmflash.devices import Device
-from stmflash.errors import LinkError, StmflashError, UsageError
-from stmflash.safety import RDP2_FLAG, check_option_bytes_write
+from stmflash.errors import LinkError, StmflashError
+from stmflash.safety import check_option_bytes_write, check_permanent_values
 
 __all__ = ["ObRequest", "apply_request", "show", "values_for"]
 
@@ -52,17 +51,6 @@ class ObRequest:
             values_for(device, self, rdp2_confirmed=rdp2_confirmed)
 
 
-def _permanent(values: Mapping[ob_fields.Field, int], *, rdp2_confirmed: bool, where: str) -> None:
-    if rdp2_confirmed:
-        return
-    for f, v in values.items():
-        if v in f.permanent:
-            raise UsageError(
-                f"{where} {f.name}=0x{v:X}: {f.danger or 'cannot be undone'} - irreversible; "
-                f"pass {RDP2_FLAG} to really do it"
-            )
-
-
 def values_for(device: Device, req: ObRequest, *, rdp2_confirmed: bool = True) -> dict[ob_fields.Field, int]:
     """{Field: value} to write: the factory values (RDP only when named) overlaid with the
     named fields. UsageError for anything the table refuses."""
@@ -70,7 +58,7 @@ def values_for(device: Device, req: ObRequest, *, rdp2_confirmed: bool = True) -
     if req.reset_defaults:
         values.update(ob_fields.reset_default_values(device))
     values.update(ob_fields.resolve(device, req.assignments, req.where))
-    _permanent(values, rdp2_confirmed=rdp2_confirmed, where=req.where)
+    check_permanent_values(values, rdp2_confirmed=rdp2_confirmed, where=req.where)  # the raw path's rule too
     return values
 
 
@@ -83,7 +71,7 @@ def apply_request(link: Any, req: ObRequest, *, rdp2_confirmed: bool, reporter: 
     values = values_for(device, req, rdp2_confirmed=rdp2_confirmed)
     current = link.ob_area_read()
     new = ob_fields.apply(device, current, values)
-    check_option_bytes_write(device, new, rdp2_confirmed=rdp2_confirmed, where=req.where)
+    check_option_bytes_write(device, new, rdp2_confirmed=rdp2_confirmed, where=req.where, current=current)
     written = {f.name: v for f, v in values.items()}
     if new == current:
         return {"option_fields_written": written, "option_bytes_changed": False, "option_fields_verified": True}

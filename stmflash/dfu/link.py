@@ -456,7 +456,7 @@ class DfuLink:
         start, area, size = self._ob_area()
         new = change(area[:size])
         # computed from the layout (level 1, WRP): never level 2, and the one gate says so too
-        check_option_bytes_write(self.device, new, rdp2_confirmed=False, where=what)
+        check_option_bytes_write(self.device, new, rdp2_confirmed=False, where=what, current=area[:size])
         if new == area[:size]:
             return self._ob_area()[1][:size]
         last: list[bytes] = []
