@@ -609,6 +609,65 @@ def test_wl_l1_reset_defaults_restore_the_documented_user_fields(capsys) -> None
         assert chip.option_bytes() == VirtualChip(dev).option_bytes()  # the whole factory area back
 
 
+# ---- WB55: RM0434's production values (option_bytes.toml [WB]) ---------------------------------
+# Written out from RM0434 Rev 16 section 3.4.1, not from the table: user and read protection
+# 0b001x 1101 1xxx 1111 x111 0001 1010 1010 with the reserved 'x' bits 0 as Black Magic Probe's
+# stm32wb_default_options_values has them (0x2D8F71AA), PCROP1ASR 0x1FF, PCROP1AER 0x80000000,
+# WRP1AR/WRP1BR 0xXX00XXFF (0x000000FF), PCROP1BSR 0x1FF, PCROP1BER 0, IPCCBR 0; each double
+# word's upper half is the complement of its lower half (RM0434 Table 9 note 1).
+WB55_WORDS = {0x00: 0x2D8F71AA, 0x08: 0x000001FF, 0x10: 0x80000000, 0x18: 0x000000FF, 0x20: 0x000000FF,
+              0x28: 0x000001FF, 0x30: 0x00000000, 0x68: 0x00000000}
+
+
+def test_wb55_virtual_chip_presents_rm0434_production_values() -> None:
+    dev = devices.find("WB55")
+    area = VirtualChip(dev).option_bytes()
+    for off, want in WB55_WORDS.items():
+        assert int.from_bytes(area[off:off + 4], "little") == want, f"+0x{off:02X}"
+        assert int.from_bytes(area[off + 4:off + 8], "little") == want ^ 0xFFFFFFFF, f"+0x{off + 4:02X}"
+    assert not ob_fields.table_of(dev).unknown
+    rows = {r["field"]: r["value"] for r in ob_fields.decode(dev, area)}
+    # RM0434 3.4.1 bit by bit: AGC_TRIM 0b001, ESE 1 (flash secure for the FUS), BOR level 0,
+    # SRAM2_RST 0 (SRAM2 erased on reset), boot from the BOOT0 pin, RDP level 0, no WRP / PCROP
+    assert rows["AGC_TRIM"] == 1 and rows["ESE"] == 1 and rows["BOR_LEV"] == 0 and rows["RDP"] == 0xAA
+    assert rows["SRAM2_RST"] == 0 and rows["SRAM2_PE"] == 1 and rows["nSWBOOT0"] == 1 and rows["nBOOT0"] == 1
+    assert rows["nBOOT1"] == 1 and rows["WRP1A_STRT"] == 0xFF and rows["WRP1A_END"] == 0 and rows["PCROP_RDP"] == 1
+    assert rows["PCROP1A_STRT"] == 0x1FF and rows["PCROP1B_END"] == 0 and rows["IPCCDBA"] == 0
+    assert obl.wrp_units(dev, area) == set()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--ob", "ESE=0"], "ESE: not written"),
+    (["--ob", "AGC_TRIM=2"], "AGC_TRIM: not written"),
+    (["--ob", "PCROP1A_STRT=0"], "decoded only"),
+    (["--ob", "BOR_LEV=5"], "not a documented value"),
+    (["--ob", "IPCCDBA=0x4000"], "out of range for a 14-bit field"),
+    (["--ob", "RDP=level2"], "--i-understand-rdp2-is-permanent"),
+])
+def test_wb55_wrong_requests_exit_2_before_the_port_is_opened(args, message, capsys) -> None:
+    code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--device", "WB55", *args], capsys)
+    assert code == 2 and message in err, err
+
+
+def test_wb15_stays_decoded_only_without_rm0473_values(capsys) -> None:
+    code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--device", "WB15", "--ob", "BOR_LEV=1"], capsys)
+    assert code == 2 and "WB10/WB15: the factory option values (RM0473" in err, err
+
+
+def test_wb55_reset_defaults_restore_the_production_area(capsys) -> None:
+    dev = devices.find("WB55")
+    url = uart_url(dev, "rd-WB55")
+    code, _, err = cli(["uart", url, "--ob", "BOR_LEV=2.8V", "--ob", "SRAM2_RST=kept", "--ob", "IPCCDBA=0x40", "-q"], capsys)
+    assert code == 0, err
+    chip = registry.get("rd-WB55")
+    t = ob_fields.table_of(dev)
+    assert t.find("BOR_LEV").get(chip.option_bytes()) == 4 and t.find("IPCCDBA").get(chip.option_bytes()) == 0x40
+    code, _, err = cli(["uart", url, "--ob-reset-defaults", "-q"], capsys)
+    assert code == 0, err
+    assert chip.option_bytes() == VirtualChip(dev).option_bytes()  # the whole production area back
+    assert int.from_bytes(chip.loaded_option_bytes()[:4], "little") == 0x2D8F71AA
+
+
 def test_rdp2_with_the_flag_goes_through(capsys) -> None:
     dev = devices.find("G071")
     url = uart_url(dev, "rdp2-g071")
