@@ -289,8 +289,8 @@ def test_f1_wrong_rdp_complement_means_readout_protection(capsys: pytest.Capture
 
 
 # ---- G0 / C0: what a reset boots ----------------------------------------------------------------
-# RM0444 section 2.5 Table 8 and RM0490 section 3.1 Table 9 (identical): written out here from
-# the manuals, independently of the data file's boot table.
+# RM0444 section 2.5 Table 8, RM0490 section 3.1 Table 9 and RM0503 section 2.5 Table 6
+# (identical): written out here from the manuals, independently of the data file's boot table.
 #   BOOT_LOCK nBOOT1 BOOT0pin nBOOT_SEL nBOOT0 -> boots (flash rows: system while EMPTY)
 BOOT_TABLE = [
     (0, None, 0, 0, None, "flash"),
@@ -313,7 +313,7 @@ def _expected(lock: int, n1: int, pin: int, sel: int, n0: int, empty: bool) -> s
     raise AssertionError("boot table incomplete")
 
 
-@pytest.mark.parametrize("name", ["G071", "C031"])
+@pytest.mark.parametrize("name", ["G071", "C031", "U083"])
 def test_boot_table_walk(name: str) -> None:
     dev = devices.find(name)
     t = ob_fields.table_of(dev)
@@ -527,8 +527,8 @@ def test_bad_requests_exit_2_before_the_port_is_opened(args, message, capsys) ->
 
 
 def test_unknown_fields_and_families_refused_with_their_reason(capsys) -> None:
-    code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--device", "U031", "--ob", "nBOOT0=0"], capsys)
-    assert code == 2 and "not written: U0: the factory option values" in err
+    code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--device", "U031", "--ob", "BORF_LEV=0"], capsys)
+    assert code == 2 and "BORF_LEV: not written: RM0503 Rev 4 3.7.7: bits 12:11 are reserved" in err
     code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--device", "L4P5", "--ob", "RDP=level0"], capsys)
     assert code == 2 and "L4P5/L4Q5: the option bytes sit at 0x1FF00000" in err
     code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--device", "F767", "--ob", "nDBANK=dual"], capsys)
@@ -539,8 +539,8 @@ def test_unknown_fields_and_families_refused_with_their_reason(capsys) -> None:
     assert code == 2 and "--i-understand-rdp2-is-permanent" in err
     code, _, err = cli(["dfu", "--device", "F767", "--ob", "nWRP=0x1000"], capsys)
     assert code == 2 and "out of range for a 12-bit field" in err  # no USB device: never opened
-    code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--device", "U073", "--ob", "BDRST=0"], capsys)
-    assert code == 2 and "not written: U0: the factory option values" in err
+    code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--device", "U073", "--ob", "HDP1EN=0"], capsys)
+    assert code == 2 and "HDP1EN: not written: hide protection (HDP) is not modelled" in err
     code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--device", "L552", "--ob-reset-defaults"], capsys)
     assert code == 2 and "L5: the factory option values (RM0438 production values" in err
     # no part named: names unknown to every family, and permanent values anywhere, still refused
@@ -666,6 +666,43 @@ def test_wb55_reset_defaults_restore_the_production_area(capsys) -> None:
     assert code == 0, err
     assert chip.option_bytes() == VirtualChip(dev).option_bytes()  # the whole production area back
     assert int.from_bytes(chip.loaded_option_bytes()[:4], "little") == 0x2D8F71AA
+
+
+# ---- U0: RM0503's factory values (option_bytes.toml [U0]) ------------------------------------------
+# Written out from RM0503 Rev 4 section 3.4.1 Table 13 'Factory value' rows, not from the table:
+# FLASH_OPTR 0xFFFFFFAA (the reserved 'X' bits 31:30, 20, 12:11 taken as 1, as G0's production
+# value shows them), WRP1AR/WRP1BR 0x0000007F, FLASH_SECR 0xB4000000 (HDP1EN 0xB4: no HDP area;
+# reserved bits 0 as its register reset value 0bXXXX XXXX 0000 000X 0000 0000 0XXX XXXX says).
+@pytest.mark.parametrize("name", ["U031", "U083"])
+def test_u0_virtual_chip_presents_rm0503_factory_values(name: str) -> None:
+    dev = devices.find(name)
+    area = VirtualChip(dev).option_bytes()
+    for off, want in {0x00: 0xFFFFFFAA, 0x0C: 0x0000007F, 0x10: 0x0000007F, 0x60: 0xB4000000}.items():
+        assert int.from_bytes(area[off:off + 4], "little") == want, f"{name} +0x{off:02X}"
+    assert not ob_fields.table_of(dev).unknown
+    rows = {r["field"]: r["value"] for r in ob_fields.decode(dev, area)}
+    # RM0503 3.7.7: BOR enabled at level 3 (about 2.8 V), BOOT0 from the nBOOT0 option bit
+    # (nBOOT_SEL = 1, nBOOT0 = 1: main flash, the empty check sending a blank part to the ROM)
+    assert rows["BOR_EN"] == 1 and rows["BORR_LEV"] == 3 and rows["RDP"] == 0xAA and rows["NRST_MODE"] == 3
+    assert rows["nBOOT_SEL"] == 1 and rows["nBOOT0"] == 1 and rows["nBOOT1"] == 1 and rows["BOOT_LOCK"] == 0
+    assert rows["HDP1EN"] == 0xB4 and rows["BDRST"] == 1 and rows["BKPSRAM_HW_ERASE"] == 1
+    assert obl.wrp_units(dev, area) == set()
+
+
+def test_u0_fields_by_rm0503_names_and_reset_defaults(capsys) -> None:
+    dev = devices.find("U083")
+    url = uart_url(dev, "rd-U083")
+    # BOR_LEV (RM0503's name) is BORR_LEV; BKPSRAM_HW_ERASE_DISABLE (RM0503) is CMSIS's BKPSRAM_HW_ERASE
+    code, out, err = cli(["uart", url, "--ob", "BOR_LEV=2.0V", "--ob", "BKPSRAM_HW_ERASE_DISABLE=erased", "--ob-show", "--json"], capsys)
+    assert code == 0, err
+    assert result(out)["option_fields_written"] == {"BORR_LEV": 0, "BKPSRAM_HW_ERASE": 0}
+    chip = registry.get("rd-U083")
+    assert int.from_bytes(chip.option_bytes()[:4], "little") == 0xFF7FF9AA
+    code, _, err = cli(["uart", url, "--ob-reset-defaults", "-q"], capsys)
+    assert code == 0, err
+    assert chip.option_bytes() == VirtualChip(dev).option_bytes()
+    code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--device", "U083", "--ob", "BOOT_LOCK=1"], capsys)
+    assert code == 2 and "--i-understand-rdp2-is-permanent" in err
 
 
 def test_rdp2_with_the_flag_goes_through(capsys) -> None:
