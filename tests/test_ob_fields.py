@@ -289,8 +289,8 @@ def test_f1_wrong_rdp_complement_means_readout_protection(capsys: pytest.Capture
 
 
 # ---- G0 / C0: what a reset boots ----------------------------------------------------------------
-# RM0444 section 2.5 Table 8 and RM0490 section 3.1 Table 9 (identical): written out here from
-# the manuals, independently of the data file's boot table.
+# RM0444 section 2.5 Table 8, RM0490 section 3.1 Table 9 and RM0503 section 2.5 Table 6
+# (identical): written out here from the manuals, independently of the data file's boot table.
 #   BOOT_LOCK nBOOT1 BOOT0pin nBOOT_SEL nBOOT0 -> boots (flash rows: system while EMPTY)
 BOOT_TABLE = [
     (0, None, 0, 0, None, "flash"),
@@ -313,7 +313,7 @@ def _expected(lock: int, n1: int, pin: int, sel: int, n0: int, empty: bool) -> s
     raise AssertionError("boot table incomplete")
 
 
-@pytest.mark.parametrize("name", ["G071", "C031"])
+@pytest.mark.parametrize("name", ["G071", "C031", "U083"])
 def test_boot_table_walk(name: str) -> None:
     dev = devices.find(name)
     t = ob_fields.table_of(dev)
@@ -527,8 +527,8 @@ def test_bad_requests_exit_2_before_the_port_is_opened(args, message, capsys) ->
 
 
 def test_unknown_fields_and_families_refused_with_their_reason(capsys) -> None:
-    code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--device", "U031", "--ob", "nBOOT0=0"], capsys)
-    assert code == 2 and "not written: U0: the factory option values" in err
+    code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--device", "U031", "--ob", "BORF_LEV=0"], capsys)
+    assert code == 2 and "BORF_LEV: not written: RM0503 Rev 4 3.7.7: bits 12:11 are reserved" in err
     code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--device", "L4P5", "--ob", "RDP=level0"], capsys)
     assert code == 2 and "L4P5/L4Q5: the option bytes sit at 0x1FF00000" in err
     code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--device", "F767", "--ob", "nDBANK=dual"], capsys)
@@ -539,8 +539,8 @@ def test_unknown_fields_and_families_refused_with_their_reason(capsys) -> None:
     assert code == 2 and "--i-understand-rdp2-is-permanent" in err
     code, _, err = cli(["dfu", "--device", "F767", "--ob", "nWRP=0x1000"], capsys)
     assert code == 2 and "out of range for a 12-bit field" in err  # no USB device: never opened
-    code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--device", "U073", "--ob", "BDRST=0"], capsys)
-    assert code == 2 and "not written: U0: the factory option values" in err
+    code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--device", "U073", "--ob", "HDP1EN=0"], capsys)
+    assert code == 2 and "HDP1EN: not written: hide protection (HDP) is not modelled" in err
     code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--device", "L552", "--ob-reset-defaults"], capsys)
     assert code == 2 and "L5: the factory option values (RM0438 production values" in err
     # no part named: names unknown to every family, and permanent values anywhere, still refused
@@ -607,6 +607,102 @@ def test_wl_l1_reset_defaults_restore_the_documented_user_fields(capsys) -> None
         assert code == 0, err
         assert f.get(chip.loaded_option_bytes()) == want
         assert chip.option_bytes() == VirtualChip(dev).option_bytes()  # the whole factory area back
+
+
+# ---- WB55: RM0434's production values (option_bytes.toml [WB]) ---------------------------------
+# Written out from RM0434 Rev 16 section 3.4.1, not from the table: user and read protection
+# 0b001x 1101 1xxx 1111 x111 0001 1010 1010 with the reserved 'x' bits 0 as Black Magic Probe's
+# stm32wb_default_options_values has them (0x2D8F71AA), PCROP1ASR 0x1FF, PCROP1AER 0x80000000,
+# WRP1AR/WRP1BR 0xXX00XXFF (0x000000FF), PCROP1BSR 0x1FF, PCROP1BER 0, IPCCBR 0; each double
+# word's upper half is the complement of its lower half (RM0434 Table 9 note 1).
+WB55_WORDS = {0x00: 0x2D8F71AA, 0x08: 0x000001FF, 0x10: 0x80000000, 0x18: 0x000000FF, 0x20: 0x000000FF,
+              0x28: 0x000001FF, 0x30: 0x00000000, 0x68: 0x00000000}
+
+
+def test_wb55_virtual_chip_presents_rm0434_production_values() -> None:
+    dev = devices.find("WB55")
+    area = VirtualChip(dev).option_bytes()
+    for off, want in WB55_WORDS.items():
+        assert int.from_bytes(area[off:off + 4], "little") == want, f"+0x{off:02X}"
+        assert int.from_bytes(area[off + 4:off + 8], "little") == want ^ 0xFFFFFFFF, f"+0x{off + 4:02X}"
+    assert not ob_fields.table_of(dev).unknown
+    rows = {r["field"]: r["value"] for r in ob_fields.decode(dev, area)}
+    # RM0434 3.4.1 bit by bit: AGC_TRIM 0b001, ESE 1 (flash secure for the FUS), BOR level 0,
+    # SRAM2_RST 0 (SRAM2 erased on reset), boot from the BOOT0 pin, RDP level 0, no WRP / PCROP
+    assert rows["AGC_TRIM"] == 1 and rows["ESE"] == 1 and rows["BOR_LEV"] == 0 and rows["RDP"] == 0xAA
+    assert rows["SRAM2_RST"] == 0 and rows["SRAM2_PE"] == 1 and rows["nSWBOOT0"] == 1 and rows["nBOOT0"] == 1
+    assert rows["nBOOT1"] == 1 and rows["WRP1A_STRT"] == 0xFF and rows["WRP1A_END"] == 0 and rows["PCROP_RDP"] == 1
+    assert rows["PCROP1A_STRT"] == 0x1FF and rows["PCROP1B_END"] == 0 and rows["IPCCDBA"] == 0
+    assert obl.wrp_units(dev, area) == set()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--ob", "ESE=0"], "ESE: not written"),
+    (["--ob", "AGC_TRIM=2"], "AGC_TRIM: not written"),
+    (["--ob", "PCROP1A_STRT=0"], "decoded only"),
+    (["--ob", "BOR_LEV=5"], "not a documented value"),
+    (["--ob", "IPCCDBA=0x4000"], "out of range for a 14-bit field"),
+    (["--ob", "RDP=level2"], "--i-understand-rdp2-is-permanent"),
+])
+def test_wb55_wrong_requests_exit_2_before_the_port_is_opened(args, message, capsys) -> None:
+    code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--device", "WB55", *args], capsys)
+    assert code == 2 and message in err, err
+
+
+def test_wb15_stays_decoded_only_without_rm0473_values(capsys) -> None:
+    code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--device", "WB15", "--ob", "BOR_LEV=1"], capsys)
+    assert code == 2 and "WB10/WB15: the factory option values (RM0473" in err, err
+
+
+def test_wb55_reset_defaults_restore_the_production_area(capsys) -> None:
+    dev = devices.find("WB55")
+    url = uart_url(dev, "rd-WB55")
+    code, _, err = cli(["uart", url, "--ob", "BOR_LEV=2.8V", "--ob", "SRAM2_RST=kept", "--ob", "IPCCDBA=0x40", "-q"], capsys)
+    assert code == 0, err
+    chip = registry.get("rd-WB55")
+    t = ob_fields.table_of(dev)
+    assert t.find("BOR_LEV").get(chip.option_bytes()) == 4 and t.find("IPCCDBA").get(chip.option_bytes()) == 0x40
+    code, _, err = cli(["uart", url, "--ob-reset-defaults", "-q"], capsys)
+    assert code == 0, err
+    assert chip.option_bytes() == VirtualChip(dev).option_bytes()  # the whole production area back
+    assert int.from_bytes(chip.loaded_option_bytes()[:4], "little") == 0x2D8F71AA
+
+
+# ---- U0: RM0503's factory values (option_bytes.toml [U0]) ------------------------------------------
+# Written out from RM0503 Rev 4 section 3.4.1 Table 13 'Factory value' rows, not from the table:
+# FLASH_OPTR 0xFFFFFFAA (the reserved 'X' bits 31:30, 20, 12:11 taken as 1, as G0's production
+# value shows them), WRP1AR/WRP1BR 0x0000007F, FLASH_SECR 0xB4000000 (HDP1EN 0xB4: no HDP area;
+# reserved bits 0 as its register reset value 0bXXXX XXXX 0000 000X 0000 0000 0XXX XXXX says).
+@pytest.mark.parametrize("name", ["U031", "U083"])
+def test_u0_virtual_chip_presents_rm0503_factory_values(name: str) -> None:
+    dev = devices.find(name)
+    area = VirtualChip(dev).option_bytes()
+    for off, want in {0x00: 0xFFFFFFAA, 0x0C: 0x0000007F, 0x10: 0x0000007F, 0x60: 0xB4000000}.items():
+        assert int.from_bytes(area[off:off + 4], "little") == want, f"{name} +0x{off:02X}"
+    assert not ob_fields.table_of(dev).unknown
+    rows = {r["field"]: r["value"] for r in ob_fields.decode(dev, area)}
+    # RM0503 3.7.7: BOR enabled at level 3 (about 2.8 V), BOOT0 from the nBOOT0 option bit
+    # (nBOOT_SEL = 1, nBOOT0 = 1: main flash, the empty check sending a blank part to the ROM)
+    assert rows["BOR_EN"] == 1 and rows["BORR_LEV"] == 3 and rows["RDP"] == 0xAA and rows["NRST_MODE"] == 3
+    assert rows["nBOOT_SEL"] == 1 and rows["nBOOT0"] == 1 and rows["nBOOT1"] == 1 and rows["BOOT_LOCK"] == 0
+    assert rows["HDP1EN"] == 0xB4 and rows["BDRST"] == 1 and rows["BKPSRAM_HW_ERASE"] == 1
+    assert obl.wrp_units(dev, area) == set()
+
+
+def test_u0_fields_by_rm0503_names_and_reset_defaults(capsys) -> None:
+    dev = devices.find("U083")
+    url = uart_url(dev, "rd-U083")
+    # BOR_LEV (RM0503's name) is BORR_LEV; BKPSRAM_HW_ERASE_DISABLE (RM0503) is CMSIS's BKPSRAM_HW_ERASE
+    code, out, err = cli(["uart", url, "--ob", "BOR_LEV=2.0V", "--ob", "BKPSRAM_HW_ERASE_DISABLE=erased", "--ob-show", "--json"], capsys)
+    assert code == 0, err
+    assert result(out)["option_fields_written"] == {"BORR_LEV": 0, "BKPSRAM_HW_ERASE": 0}
+    chip = registry.get("rd-U083")
+    assert int.from_bytes(chip.option_bytes()[:4], "little") == 0xFF7FF9AA
+    code, _, err = cli(["uart", url, "--ob-reset-defaults", "-q"], capsys)
+    assert code == 0, err
+    assert chip.option_bytes() == VirtualChip(dev).option_bytes()
+    code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--device", "U083", "--ob", "BOOT_LOCK=1"], capsys)
+    assert code == 2 and "--i-understand-rdp2-is-permanent" in err
 
 
 def test_rdp2_with_the_flag_goes_through(capsys) -> None:
