@@ -128,7 +128,7 @@ def test_bad_write_protect_units_are_usage_errors(tmp_path, capsys, chips):
     assert on_file(chips[0]).wrp == set()
 
 
-@pytest.mark.parametrize("name, why", [("L4P5", "not in the table"), ("G0B1", "not supported")])
+@pytest.mark.parametrize("name, why", [("H7A3", "not in the table"), ("G0B1", "not supported")])
 def test_real_devices_without_a_known_dfu_layout_are_refused(tmp_path, monkeypatch, name, why):
     """stmflash never guesses an option-byte layout (a wrong one can lock the part): no table
     layout, or an alt that is not the area the layout describes; the virtual chip is

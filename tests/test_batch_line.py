@@ -260,11 +260,11 @@ def test_rdp2_confirmed_is_set_through_the_option_bytes(tmp_path, capsys):
 
 
 def test_rdp2_refused_where_the_layout_is_unknown(tmp_path, capsys):
-    code, out, err = run_cli(["batch", HEX, "sim://L4P5?chip=rdp2-h7a", "--device", "L4P5", "--protect", "rdp2",
+    code, out, err = run_cli(["batch", HEX, "sim://H7A3?chip=rdp2-h7a", "--device", "H7A3", "--protect", "rdp2",
                               "--i-understand-rdp2-is-permanent", "--report-dir", str(tmp_path / "r")], capsys)
-    assert code == EXIT_USAGE and "option-byte layout of L4P5 is not in the table" in err
+    assert code == EXIT_USAGE and "option-byte layout of H7A3 is not in the table" in err
     assert registry.get("rdp2-h7a") is None  # refused before any board was opened
-    code, out, err = run_cli(["batch", HEX, "sim://L4P5?chip=rdp2-h7b", "--protect", "rdp2",
+    code, out, err = run_cli(["batch", HEX, "sim://H7A3?chip=rdp2-h7b", "--protect", "rdp2",
                               "--i-understand-rdp2-is-permanent", "--report-dir", str(tmp_path / "r2")], capsys)
     assert code == EXIT_BATCH
     chip = registry.get("rdp2-h7b")

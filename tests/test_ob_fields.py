@@ -529,8 +529,8 @@ def test_bad_requests_exit_2_before_the_port_is_opened(args, message, capsys) ->
 def test_unknown_fields_and_families_refused_with_their_reason(capsys) -> None:
     code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--device", "U031", "--ob", "BORF_LEV=0"], capsys)
     assert code == 2 and "BORF_LEV: not written: RM0503 Rev 4 3.7.7: bits 12:11 are reserved" in err
-    code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--device", "L4P5", "--ob", "RDP=level0"], capsys)
-    assert code == 2 and "L4P5/L4Q5: the option bytes sit at 0x1FF00000" in err
+    code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--device", "L4P5", "--ob", "nBOOT0=0"], capsys)
+    assert code == 2 and "L4P5/L4Q5: the factory values" in err
     code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--device", "F767", "--ob", "nDBANK=dual"], capsys)
     assert code == 2 and "nDBANK: not written: nDBANK = 0" in err
     code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--device", "F746", "--ob", "BOOT_ADD1=0x10000"], capsys)
@@ -716,7 +716,7 @@ def test_rdp2_with_the_flag_goes_through(capsys) -> None:
 
 def test_virtual_chip_refuses_what_the_client_cannot_encode(usb_sim, capsys) -> None:
     """No simulator fallback: an unknown layout is refused over virtual DFU as over UART."""
-    dev = devices.find("L4P5")
+    dev = devices.find("H7A3")
     bus = usb_sim(dev, 0)
     code, _, err = cli(["dfu", "--protect"], capsys)
     assert code == 2 and "not in the table" in err

@@ -64,3 +64,62 @@ def test_dfu_sets_a_field_through_the_alt(usb, capsys) -> None:
     assert code == 0, err
     assert result(out)["option_fields_verified"]
     assert ob_fields.table_of(L4R5).find("BOR_LEV").get(usb.chip.option_bytes()) == 4
+
+
+# ---- L4P5/L4Q5 (DEV_ID 0x471): the same area, RDP and write protection through the layout ----
+L4P5 = devices.find("L4P5")
+
+
+def word(area: bytes, off: int) -> int:
+    return int.from_bytes(area[off : off + 4], "little")
+
+
+def test_l4p5_area_is_the_l4plus_one_with_7_bit_page_fields() -> None:
+    assert (L4P5.option_bytes.start, L4P5.option_bytes.size) == (0x1FF00000, 40)
+    t = ob_fields.table_of(L4P5)
+    assert {f.name: (f.offset, f.width) for f in t.fields if f.name.startswith(("WRP1", "PCROP1"))} == {
+        "PCROP1_STRT": (8, 16), "PCROP1_END": (0x10, 16), "WRP1A_STRT": (0x18, 7), "WRP1A_END": (0x18, 7),
+        "WRP1B_STRT": (0x20, 7), "WRP1B_END": (0x20, 7)}
+    assert not t.factory and t.unknown  # no production value claimed
+
+
+def test_l4p5_readout_protection_and_write_protection_over_uart(capsys) -> None:
+    chip = registry.register("l4p5-prot", VirtualChip(L4P5))
+    start = chip.option_bytes()
+    assert chip.read(0x1FF00000, 8) == bytes.fromhex("aaf8efff55071000")  # level 0, complemented
+    code, _, err = run_cli(["uart", "sim://L4P5?chip=l4p5-prot", "--write-protect", "5-9", "-q"], capsys)
+    assert code == 0, err
+    area = chip.option_bytes()
+    assert word(area, 0x18) & 0x007F007F == 0x00090005 and word(area, 0x1C) == ~word(area, 0x18) & 0xFFFFFFFF
+    assert chip.wrp == frozenset(range(5, 10))
+    assert area[:0x18] == start[:0x18] and area[0x20:] == start[0x20:]  # nothing else touched
+    code, out, err = run_cli(["uart", "sim://L4P5?chip=l4p5-prot", "--ob-show", "--json"], capsys)
+    assert code == 0, err
+    rows = {r["field"]: r for r in result(out)["option_fields"]}
+    assert (rows["WRP1A_STRT"]["value"], rows["WRP1A_END"]["value"]) == (5, 9)
+    code, _, err = run_cli(["uart", "sim://L4P5?chip=l4p5-prot", "--write-unprotect", "--protect", "-q"], capsys)
+    assert code == 0, err
+    assert chip.rdp_level == 1 and chip.wrp == frozenset() and chip.option_bytes()[0] == 0xBB
+    code, _, err = run_cli(["uart", "sim://L4P5?chip=l4p5-prot", "--unprotect", "-q"], capsys)
+    assert code == 0, err
+    assert chip.rdp_level == 0 and chip.option_bytes()[0] == 0xAA
+
+
+def test_l4p5_user_fields_are_refused_before_the_port_is_opened(capsys) -> None:
+    for args in (["--ob", "BOR_LEV=3"], ["--ob-reset-defaults"]):
+        code, _, err = run_cli(["uart", "sim://L4P5?chip=l4p5-refused", "--device", "L4P5", *args], capsys)
+        assert code == 2 and "factory values" in err, err
+        assert registry.get("l4p5-refused") is None
+
+
+def test_l4p5_write_protection_over_dfu(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("STMFLASH_USB_SIM", f"L4P5={tmp_path / 'l4p5.img'}")
+    usb_backend.forget()
+    try:
+        dev = usb_backend.bus_from_env().snapshot()[0]
+        code, _, err = run_cli(["dfu", "--device", "L4P5", "--write-protect", "3-4", "-q"], capsys)
+        assert code == 0, err
+        assert dev.chip.wrp == frozenset({3, 4})
+        assert word(dev.chip.option_bytes(), 0x18) & 0x007F007F == 0x00040003
+    finally:
+        usb_backend.forget()

@@ -48,7 +48,7 @@ def test_every_layout_fits_its_option_byte_area() -> None:
         assert len(ob) == size and obl.rdp_level(dev, ob) == 0 and obl.wrp_units(dev, ob) == set()
 
 
-@pytest.mark.parametrize("name", ["L4P5", "H7A3", "U385", "H563", "WBA55"])
+@pytest.mark.parametrize("name", ["H7A3", "H7R3", "U385", "H563", "WBA55"])
 def test_unknown_layouts_refuse_instead_of_guessing(name: str) -> None:
     dev = devices.find(name)
     assert not obl.supported(dev)
@@ -284,12 +284,12 @@ def test_rdp2_with_confirmation_silences_the_chip(name: str, rdp_at: int, tmp_pa
 
 def test_rdp2_refused_before_flashing_when_the_layout_is_unknown(tmp_path: Path,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
-    chip = registry.register("r2h", VirtualChip(devices.find("L4P5")))
+    chip = registry.register("r2h", VirtualChip(devices.find("H7A3")))
     fw = tmp_path / "fw.bin"
     fw.write_bytes(b"\x42" * 1024)
-    assert run_cli("uart", "sim://L4P5?chip=r2h", str(fw), "--no-image-check", "--protect-level", "2",
+    assert run_cli("uart", "sim://H7A3?chip=r2h", str(fw), "--no-image-check", "--protect-level", "2",
                    "--i-understand-rdp2-is-permanent", "-q") == 2
-    assert "option-byte layout of L4P5 is not in the table" in capsys.readouterr().err
+    assert "option-byte layout of H7A3 is not in the table" in capsys.readouterr().err
     assert chip.flash[:16] == b"\xff" * 16 and chip.rdp_level == 0
 
 

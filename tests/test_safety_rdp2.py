@@ -65,7 +65,7 @@ def test_gate_decodes_the_family_layout() -> None:
         check_option_bytes_write(g0, obl.set_rdp(g0, obl.default_ob(g0), 2), rdp2_confirmed=False, where="x")
 
 
-@pytest.mark.parametrize("name", ["L4P5", "H7A3"])
+@pytest.mark.parametrize("name", ["H563", "H7A3"])
 def test_gate_refuses_any_write_where_the_layout_is_unknown(name: str) -> None:
     dev = devices.find(name)
     assert not obl.supported(dev)
@@ -96,7 +96,7 @@ def test_uart_write_option_bytes_rdp2(capsys, extra: list[str]) -> None:
     assert registry.get(name) is None  # the port was never opened
 
 
-@pytest.mark.parametrize("name", ["L4P5", "H7R3"])
+@pytest.mark.parametrize("name", ["H7A3", "H7R3"])
 def test_uart_write_option_bytes_unknown_layout(capsys, name: str) -> None:
     chip_name = f"r2-unknown-{name}"
     code, _, err = run_cli(["uart", f"sim://{name}?chip={chip_name}", "--device", name,
