@@ -801,6 +801,37 @@ def test_u5_area_is_the_flash_option_registers() -> None:
     assert obl.rdp_level(dev, ob) == 0 and obl.wrp_units(dev, ob) == set()
 
 
+# Written out from RM0456 Rev 6 'ST production value' lines, not from the table: 7.9.13 FLASH_OPTR
+# 0x1FEF F8AA, 7.9.14 FLASH_NSBOOTADD0R 0x0800 007F, 7.9.15 FLASH_NSBOOTADD1R 0x0BF9 007F, and
+# 7.9.18 / 7.9.22 FLASH_SECWM1R2 / FLASH_SECWM2R2 per part (area offsets 0x14 / 0x24).
+@pytest.mark.parametrize(("name", "secwm_r2"), [("U575", 0x7F807F80), ("U535", 0x7FE07FE0), ("U599", 0x7F007F00), ("U5G9", 0x7F007F00)])
+def test_u5_virtual_chip_presents_rm0456_production_values(name: str, secwm_r2: int) -> None:
+    dev = devices.find(name)
+    area = VirtualChip(dev).option_bytes()
+    want = {0x00: 0x1FEFF8AA, 0x04: 0x0800007F, 0x08: 0x0BF9007F, 0x14: secwm_r2, 0x24: secwm_r2}
+    for off, word in want.items():
+        assert int.from_bytes(area[off:off + 4], "little") == word, f"{name} +0x{off:02X}"
+    rows = {r["field"]: r["value"] for r in ob_fields.decode(dev, area)}
+    # RM0456 7.9.13: RDP level 0, BOR level 0, TrustZone off, BOOT0 from the pin, dual bank
+    assert rows["RDP"] == 0xAA and rows["BOR_LEV"] == 0 and rows["TZEN"] == 0
+    assert rows["nSWBOOT0"] == 1 and rows["nBOOT0"] == 1 and rows["DUALBANK"] == 1 and rows["SWAP_BANK"] == 0
+
+
+def test_u5_reset_defaults_keeps_the_secure_watermarks(capsys: pytest.CaptureFixture[str]) -> None:
+    """--ob-reset-defaults writes the factory words; the ROM programs OPTR, NSBOOTADDx and WRPxy
+    only, so the secure watermarks (RM0456 production values in the virtual chip) stay as read."""
+    dev = devices.find("U575")
+    url = uart_url(dev, "rd-u575")
+    code, _, err = cli(["uart", url, "--ob", "IWDG_SW=hw"], capsys)
+    assert code == 0, err
+    chip = registry.get("rd-u575")
+    assert ob_fields.table_of(dev).find("IWDG_SW").get(chip.option_bytes()) == 0
+    code, _, err = cli(["uart", url, "--ob-reset-defaults"], capsys)
+    assert code == 0, err
+    assert chip.option_bytes() == ob_fields.factory_area(dev)
+    assert int.from_bytes(chip.option_bytes()[0x14:0x18], "little") == 0x7F807F80
+
+
 def test_u5_rom_ignores_the_registers_it_does_not_program() -> None:
     """OPENBL_OB_Write (U5) stores OPTR, NSBOOTADDx and WRPxy only: SECBOOTADD0R and the
     secure watermarks keep their value whatever the host sends."""
