@@ -19,7 +19,7 @@ from stmflash.errors import EXIT_USAGE, UsageError
 from stmflash.image import save
 from stmflash.image.model import Image
 from stmflash.safety import check_option_bytes_data, check_option_bytes_write, permanent_values
-from stmflash.sim import registry, usb_backend
+from stmflash.sim import registry
 from stmflash.sim.chip import VirtualChip
 from tests.clirun import run_cli
 
@@ -37,17 +37,6 @@ def with_field(dev: devices.Device, name: str, value: int, area: bytes | None = 
 
 
 U5_TZEN = with_field(U5, "TZEN", 1)
-
-
-@pytest.fixture
-def usb(tmp_path, monkeypatch):
-    def make(spec: str) -> usb_backend.VirtualUsbDevice:
-        monkeypatch.setenv("STMFLASH_USB_SIM", f"{spec}={tmp_path / 'chip.img'}")
-        usb_backend.forget()
-        return usb_backend.bus_from_env().snapshot()[0]
-
-    yield make
-    usb_backend.forget()
 
 
 def tzen(chip) -> int:

@@ -35,19 +35,6 @@ FLAG = "--i-understand-rdp2-is-permanent"
 
 
 
-@pytest.fixture
-def usb(tmp_path, monkeypatch):
-    """``usb("F407")``: one virtual chip on the USB bus; returns its bus device."""
-
-    def make(spec: str) -> usb_backend.VirtualUsbDevice:
-        monkeypatch.setenv("STMFLASH_USB_SIM", f"{spec}={tmp_path / 'chip.img'}")
-        usb_backend.forget()
-        return usb_backend.bus_from_env().snapshot()[0]
-
-    yield make
-    usb_backend.forget()
-
-
 def untouched(dev: usb_backend.VirtualUsbDevice) -> bool:
     chip = dev.chip
     return dev.requests == 0 and chip.rdp_level == 0 and bytes(chip.flash[:64]) == b"\xff" * 64
