@@ -107,6 +107,7 @@ class Table:
     fields: tuple[Field, ...]
     factory: tuple[tuple[int, int], ...] = ()
     unknown: str = ""
+    factory_partial: str = ""
     boot: tuple[dict[str, Any], ...] = ()
     boot_address: Mapping[str, Any] = field(default_factory=dict)
     boot_hint: str = ""
@@ -114,6 +115,13 @@ class Table:
 
     def find(self, name: str) -> Field | None:
         return self.by_name.get(name.lower())
+
+    def claims_default(self, f: Field) -> bool:
+        """Whether ``f.default`` is an established production value: the table holds
+        factory words, and (``factory_partial`` tables) one of them is ``f``'s word."""
+        if not self.factory:
+            return False
+        return not self.factory_partial or any(off == f.offset for off, _ in self.factory)
 
 
 # ---- loading ------------------------------------------------------------------------------
@@ -154,6 +162,7 @@ def _merged(name: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
     raw = data[name]
     out: dict[str, Any] = {
         "fields": {}, "factory": [], "boot": [], "boot_address": {}, "boot_hint": "", "source": "", "unknown": "",
+        "factory_partial": "",
     }
     if "base" in raw:
         out = _merged(str(raw["base"]), (*seen, name))
@@ -168,6 +177,8 @@ def _merged(name: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
             out[key] = raw[key]
     out["source"] = str(raw.get("source", out["source"]))
     out["unknown"] = str(raw.get("unknown", out["unknown"]))
+    # partial factory words go with the words they qualify: a variant listing its own states its own
+    out["factory_partial"] = str(raw.get("factory_partial", "" if "factory" in raw else out["factory_partial"]))
     return out
 
 
@@ -177,6 +188,9 @@ def _table(name: str) -> Table:
     fields = tuple(_field(f) for f in m["fields"].values())
     if m["unknown"]:
         fields = tuple(replace(f, unknown=f.unknown or m["unknown"]) for f in fields)
+    if m["factory_partial"]:  # a field whose word has no production value is not written
+        words = {int(a) for a, _ in m["factory"]}
+        fields = tuple(f if f.offset in words else replace(f, unknown=f.unknown or m["factory_partial"]) for f in fields)
     by_name: dict[str, Field] = {}
     for f in fields:
         for key in (f.name, *f.aliases):
@@ -187,6 +201,7 @@ def _table(name: str) -> Table:
         fields=tuple(sorted(fields, key=lambda f: (f.offset, f.bit))),
         factory=tuple((int(a), int(w)) for a, w in m["factory"]),
         unknown=m["unknown"],
+        factory_partial=m["factory_partial"],
         boot=tuple(dict(r) for r in m["boot"]),
         boot_address=dict(m["boot_address"]),
         boot_hint=str(m["boot_hint"]),
@@ -269,14 +284,14 @@ def decode(device: Device, area: bytes) -> list[dict[str, Any]]:
     where the table holds no production values), and whether it may be written
     (``writable``; else ``why`` says why not)."""
     t = _need_table(device)
-    # a table without production-value words (decoded-only families): no factory default
-    # is claimed, whatever the field list holds
-    known = bool(t.factory)
+    # a table without production-value words (decoded-only families), or a field whose word
+    # a partial table does not list: no factory default is claimed, whatever the field holds
     rows = []
     for f in t.fields:
         if f.offset + 4 > len(area):
             continue
         v = f.get(area)
+        known = t.claims_default(f)
         rows.append(
             {
                 "field": f.name,

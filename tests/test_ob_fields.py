@@ -68,6 +68,13 @@ def test_tables_are_consistent(table: ob_fields.Table) -> None:
             assert f.default in {v for v, _, _ in f.values}, f"{f.name}: default not a documented value"
     if table.fields and not table.unknown:
         assert table.factory, f"{table.name}: fields without factory words"
+    if table.factory_partial:  # every listed word qualifies a field; a field elsewhere is refused
+        words = {off for off, _ in table.factory}
+        assert words <= {f.offset for f in table.fields}, f"{table.name}: a factory word without a field"
+        for f in table.fields:
+            assert table.claims_default(f) == (f.offset in words)
+            if f.offset not in words:
+                assert f.unknown, f"{table.name}: {f.name} has no production value but is writable"
 
 
 @pytest.mark.parametrize("dev", [d for d in REPS if obl.supported(d) and field_ok(d)], ids=lambda d: d.short_name)
@@ -92,6 +99,14 @@ def test_ob_show_decodes_the_factory_area(dev: devices.Device, capsys: pytest.Ca
     assert [r["field"] for r in rows] == [f.name for f in t.fields]
     if t.unknown:  # decoded for inspection, never written, the reason on every row
         assert all(not r["writable"] and r["why"] == t.unknown for r in rows)
+        # production values the table does hold (factory_partial: boot addresses from the
+        # manual's boot table) are where the virtual chip starts; the rest claims none
+        for r in rows:
+            f = t.find(r["field"])
+            if t.claims_default(f):
+                assert r["default"] == f.default and r["value"] == f.default, f"{dev.short_name} {f.name}"
+            else:
+                assert r["default"] is None and r["is_default"] is None, f"{dev.short_name} {f.name}"
         return
     for r in rows:
         f = t.find(r["field"])
@@ -886,7 +901,7 @@ def test_u5_tzen_with_the_flag_is_written(capsys) -> None:
     assert ob_fields.table_of(dev).find("TZEN").get(chip.option_bytes()) == 1
 
 
-@pytest.mark.parametrize("name", ["H563", "WBA55", "H7R3", "H7A3", "U385"])
+@pytest.mark.parametrize("name", ["H563", "WBA55", "H7R3", "H7A3", "U385", "WBA65"])
 def test_decoded_only_areas_claim_no_factory_default(name: str, capsys) -> None:
     """H5 / WBA: the ROM's area is established (ST's OpenBootloader) but not the production
     values: --ob-show decodes the fields, claims no default, and nothing is written."""
@@ -896,10 +911,35 @@ def test_decoded_only_areas_claim_no_factory_default(name: str, capsys) -> None:
     code, out, err = cli(["uart", url, "--ob-show", "--json"], capsys)
     assert code == 0, err
     rows = result(out)["option_fields"]
-    assert rows and all(r["default"] is None and not r["writable"] and r["why"] == t.unknown for r in rows)
+    assert rows and all(not r["writable"] and r["why"] == t.unknown for r in rows)
+    # no default claimed, but for the words a factory_partial table holds (U3's boot addresses)
+    assert all((r["default"] is None) != t.claims_default(t.find(r["field"])) for r in rows)
+    assert any(r["default"] is None for r in rows)
     code, out, err = cli(["uart", url, "--ob-show"], capsys)
     assert code == 0 and "?" in out
     code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--device", name, "--ob", "IWDG_SW=0"], capsys)
+    assert code == 2 and "not written" in err
+
+
+@pytest.mark.parametrize(("name", "fields", "addresses"), [
+    ("U385", ("BOOT0_ADD", "BOOT1_ADD"), (0x08000000, 0x0BF8F000)),  # RM0487 Table 19
+    ("WBA65", ("NSBOOTADD0", "NSBOOTADD1"), (0x08000000, 0x0BF90000)),  # RM0515 Table 22
+])
+def test_partial_production_values_are_the_boot_tables_addresses(name, fields, addresses, capsys) -> None:
+    """Where only the reference manual's boot-mode table gives ST's programmed defaults, the
+    virtual chip starts with those boot addresses and --ob-show claims them (and nothing else)."""
+    dev = devices.find(name)
+    t = ob_fields.table_of(dev)
+    assert t.factory_partial
+    code, out, err = cli(["uart", uart_url(dev, f"part-{name}"), "--ob-show", "--json"], capsys)
+    assert code == 0, err
+    rows = {r["field"]: r for r in result(out)["option_fields"]}
+    for fname, address in zip(fields, addresses, strict=True):
+        f = t.find(fname)
+        assert rows[fname]["value"] << f.bit == address and rows[fname]["is_default"], fname
+    assert {n for n, r in rows.items() if r["default"] is not None} == set(fields)
+    # the other words are not production values: refused with the reason, before any port
+    code, _, err = cli(["uart", "/dev/ttyNOSUCHPORT-stmflash", "--device", name, "--ob", f"{fields[1]}=0x100000"], capsys)
     assert code == 2 and "not written" in err
 
 

@@ -155,9 +155,11 @@ class VirtualChip:
         self.flash = bytearray(device.erased_bytes * device.flash_size)
         self.ram: list[tuple[Region, bytearray]] = [(r, bytearray(r.size)) for r in device.ram]
         self.sysmem = bytearray(device.system_memory.size) if device.system_memory else bytearray()
-        # the option-byte area as stored (what Read Memory shows); unknown layouts: erased
+        # the option-byte area as stored (what Read Memory shows); unknown layouts: the field
+        # table's production-value words where it has some, else erased
         size = device.option_bytes.size if device.option_bytes is not None else 16
-        self._ob = bytearray(obl.default_ob(device) if obl.supported(device) else b"\xff" * size)
+        factory = None if obl.supported(device) else ob_fields.factory_area(device)
+        self._ob = bytearray(obl.default_ob(device) if obl.supported(device) else factory or b"\xff" * size)
         # the second option-byte block (F42x/F469 bank 2 at 0x1FFEC000), stored as Read Memory
         # shows it; empty on parts without one
         self._ob2 = bytearray(obl.default_ob2(device))
