@@ -397,7 +397,7 @@ def _session(link: Any, reporter: Any, kw: dict[str, Any], image: Any, file: str
         fields["option_bytes"] = [{"address": a, "data": d.hex()} for a, d in ob_read]
         did = True
 
-    ob_did, ob_rows = run_ob_actions(link, ob_req, kw, reporter, fields)
+    ob_did, _ = run_ob_actions(link, ob_req, kw, reporter, fields, part="write")
     did = did or ob_did
 
     # protection last, after the flash verified: RDP would refuse the read-back
@@ -406,6 +406,9 @@ def _session(link: Any, reporter: Any, kw: dict[str, Any], image: Any, file: str
         link.write_protect(kw["wp_units"])
         reporter.info("write protection set on units " + ",".join(str(u) for u in kw["wp_units"]))
         did = True
+    # --ob-show decodes what the command leaves (write protection included), before RDP
+    show_did, ob_rows = run_ob_actions(link, ob_req, kw, reporter, fields, part="show")
+    did = did or show_did
     if kw["protect"]:
         reporter.phase("protect")
         link.readout_protect()
