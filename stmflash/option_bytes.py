@@ -120,16 +120,42 @@ def encode_layout(device: Device, ob: bytes) -> bytes:
 def loaded_view(device: Device, stored: bytes) -> bytes:
     """The option bytes as the option-byte loader takes them from ``stored``: a value byte
     whose complement does not match loads as 0xFF (both bytes erased, 0xFF/0xFF, is not an
-    error) - RM0008 / RM0091 section 4 (OPTERR), the same rule for every complement family.
-    On F1 a bad RDP complement therefore means readout protection."""
+    error) - RM0008 / RM0091 section 4 (OPTERR); families whose manual gives word-wise
+    forced values (``mismatch`` in the layout, G4: RM0440 3.4.2) load those instead. On F1
+    a bad RDP complement therefore means readout protection, on G4 RDP level 1."""
     return _complement_checked(device, stored)
 
 
 def _complement_checked(device: Device, stored: bytes) -> bytes:
+    """The complement check of the option-byte loader. By default byte by byte: a value
+    byte whose complement does not match loads as 0xFF (RM0008 / RM0091 OPTERR). With the
+    layout's ``mismatch = { words = true, forced = [[offset, word], ...], together = [[a, b]] }``
+    the loader compares each 32-bit word with its complement and a failing word (and the
+    other words of its ``together`` group: one option held in two words) loads as the
+    value the reference manual forces for it (RM0440 3.4.2 "Option byte loading": OPTR all ones but
+    BOR_LEV 000 and RDP level 1, WRP no protection, PCROP all memory protected), else all
+    ones; offsets are within the block (the second block uses the same slots)."""
     if not supported(device):
         return bytes(stored)
+    layout = device.ob_layout
     out = bytearray(stored)
-    for value, comp in _complement_pairs(device.ob_layout, len(out)):
+    rule = layout.get("mismatch") or {}
+    if rule.get("words"):
+        period, offset, _ = (int(x) for x in layout["complement"])
+        forced = {int(a): int(w) for a, w in rule.get("forced", [])}
+        failed: set[int] = set()
+        for base in range(0, len(out) - period + 1, period):
+            value = int.from_bytes(out[base : base + 4], "little")
+            comp = int.from_bytes(out[base + offset : base + offset + 4], "little")
+            if value ^ comp != 0xFFFFFFFF and not (value == comp == 0xFFFFFFFF):
+                failed.add(base)
+        for group in rule.get("together", []):  # one option in two words (PCROP start/end)
+            if failed & {int(g) for g in group}:
+                failed |= {int(g) for g in group if int(g) + 4 <= len(out)}
+        for base in sorted(failed):
+            out[base : base + 4] = forced.get(base, 0xFFFFFFFF).to_bytes(4, "little")
+        return bytes(out)
+    for value, comp in _complement_pairs(layout, len(out)):
         if out[value] ^ out[comp] != 0xFF and not (out[value] == out[comp] == 0xFF):
             out[value] = 0xFF
     return bytes(out)
