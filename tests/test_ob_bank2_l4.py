@@ -110,16 +110,26 @@ def test_three_runs_in_bank2_are_refused_before_the_port_opens(capsys) -> None:
     code, _, err = cli(["uart", url, "--write-protect", f"{first},{first + 2},{first + 4}"], capsys)
     assert code == 2 and "2 contiguous areas" in err and "bank 2" in err, err
     assert chip.option_bytes2() == before and not chip.wrp
+    # a named part is checked before the port is opened (a missing port would be exit 3)
+    code, _, err = cli(["uart", "/dev/stmflash-no-such-port", "--device", "L476", "--write-protect",
+                        f"{first},{first + 2},{first + 4}"], capsys)
+    assert code == 2 and "2 contiguous areas" in err, err
 
 
 
-def test_three_runs_in_bank2_are_refused_over_dfu_before_anything_is_written(usb_sim, capsys) -> None:
+def test_three_runs_in_bank2_are_refused_over_dfu_before_anything_is_written(monkeypatch, usb_sim,
+                                                                           capsys) -> None:
     bus = usb_sim(L4R5)
     first = bank2(L4R5)[0]
     code, _, err = cli(["dfu", "--device", "L4R5", "--write-protect", f"{first},{first + 2},{first + 4}"], capsys)
     assert code == 2 and "2 contiguous areas" in err, err
     chip = bus.devices[0].chip
     assert not chip.wrp and chip.option_bytes2() == ob_fields.factory_block2(L4R5)
+    # with --device the same refusal comes before any device is looked for
+    usb_backend.forget()
+    monkeypatch.delenv("STMFLASH_USB_SIM", raising=False)  # no DFU device anywhere: exit 3 if opened
+    code, _, err = cli(["dfu", "--device", "L4R5", "--write-protect", f"{first},{first + 2},{first + 4}"], capsys)
+    assert code == 2 and "2 contiguous areas" in err, err
 
 
 def test_wrp2_fields_over_uart_keep_bank1_and_the_rest_of_bank2(capsys) -> None:
@@ -169,6 +179,8 @@ def test_l476_dfu_alt_without_bank2_refuses_it_before_any_device_is_looked_for(m
     monkeypatch.delenv("STMFLASH_USB_SIM", raising=False)
     code, _, err = cli(["dfu", "--device", "L476", "--ob", "WRP2A_STRT=0"], capsys)
     assert code == 2 and "not in its DFU option-bytes alt" in err, err
+    code, _, err = cli(["dfu", "--device", "L476", "--write-protect", "300"], capsys)
+    assert code == 2 and "bank-2 option bytes" in err, err  # no device needed to know
 
 
 def test_bank2_survives_the_image_file(tmp_path: Path) -> None:

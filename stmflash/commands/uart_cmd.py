@@ -233,6 +233,11 @@ def _run(reporter: Any, **kw: Any) -> None:
         from stmflash.safety import check_option_bytes_early
 
         check_option_bytes_early(expected, ob_data, rdp2_confirmed=kw["rdp2_ok"], where="--write-option-bytes")
+    if wp_units and expected is not None:
+        from stmflash import option_bytes as obl
+
+        if obl.supported(expected):  # what the table cannot encode: exit 2 before the port is opened
+            obl.check_wrp_units(expected, wp_units)
     if ob_req is not None:
         ob_req.precheck(expected, rdp2_confirmed=kw["rdp2_ok"])  # exit 2 before the port is opened
     if kw["read_out"]:
