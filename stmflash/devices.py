@@ -115,7 +115,8 @@ class Device:
     # (stmflash.ob_fields) is option_bytes followed by this block
     option_bytes2: Region | None = None
     # write protection in option_bytes2: { bytes = [offsets, low byte first], first_unit,
-    # max_bits, protected = 0|1 } (bit n protects erase unit first_unit + n)
+    # max_bits, protected = 0|1 } (bit n protects erase unit first_unit + n), or
+    # { kind = "areas", offsets, width } (L4/G4 WRP2x areas, pages of bank 2)
     ob_wrp2: dict[str, Any] = field(default_factory=dict)
     otp: Region | None = None
     eeprom: Region | None = None
@@ -432,8 +433,13 @@ def _table() -> tuple[Device, ...]:
     families: dict[str, dict[str, Any]] = data.get("family", {})
     devices = []
     for raw in data.get("device", []):
-        merged = dict(families.get(raw.get("family", ""), {}))
+        family = families.get(raw.get("family", ""), {})
+        merged = dict(family)
         merged.update(raw)
+        # a device's ob_layout table refines its family's (usually only `wrp`: the page-field
+        # width of its size); "unknown" on either side replaces
+        if isinstance(raw.get("ob_layout"), dict) and isinstance(family.get("ob_layout"), dict):
+            merged["ob_layout"] = {**family["ob_layout"], **raw["ob_layout"]}
         devices.append(_build(merged))
     return tuple(devices)
 

@@ -266,7 +266,9 @@ def factory_block2(device: Device) -> bytes | None:
         rel = off - ob.size
         if 0 <= rel and rel + 4 <= len(block):
             block[rel : rel + 4] = word.to_bytes(4, "little")
-    return bytes(block)
+    from stmflash import option_bytes as obl
+
+    return obl.normalize2(device, bytes(block))
 
 
 def factory_view(device: Device) -> bytes | None:
@@ -430,7 +432,7 @@ def apply(device: Device, area: bytes, values: Mapping[Field, int]) -> bytes:
     size = device.option_bytes.size if device.option_bytes is not None else len(new)
     if len(new) <= size:
         return obl.encode_layout(device, bytes(new))
-    return obl.encode_layout(device, bytes(new[:size])) + bytes(new[size:])
+    return obl.encode_layout(device, bytes(new[:size])) + obl.normalize2(device, bytes(new[size:]))
 
 
 def reset_default_values(device: Device, *, include_rdp: bool = False) -> dict[Field, int]:

@@ -28,6 +28,8 @@ __all__ = [
     "as_stored",
     "encode_layout",
     "loaded_view",
+    "loaded_view2",
+    "normalize2",
     "reload_registers",
     "rom_written",
     "set_codes",
@@ -118,12 +120,42 @@ def encode_layout(device: Device, ob: bytes) -> bytes:
 def loaded_view(device: Device, stored: bytes) -> bytes:
     """The option bytes as the option-byte loader takes them from ``stored``: a value byte
     whose complement does not match loads as 0xFF (both bytes erased, 0xFF/0xFF, is not an
-    error) - RM0008 / RM0091 section 4 (OPTERR), the same rule for every complement family.
-    On F1 a bad RDP complement therefore means readout protection."""
+    error) - RM0008 / RM0091 section 4 (OPTERR); families whose manual gives word-wise
+    forced values (``mismatch`` in the layout, G4: RM0440 3.4.2) load those instead. On F1
+    a bad RDP complement therefore means readout protection, on G4 RDP level 1."""
+    return _complement_checked(device, stored)
+
+
+def _complement_checked(device: Device, stored: bytes) -> bytes:
+    """The complement check of the option-byte loader. By default byte by byte: a value
+    byte whose complement does not match loads as 0xFF (RM0008 / RM0091 OPTERR). With the
+    layout's ``mismatch = { words = true, forced = [[offset, word], ...], together = [[a, b]] }``
+    the loader compares each 32-bit word with its complement and a failing word (and the
+    other words of its ``together`` group: one option held in two words) loads as the
+    value the reference manual forces for it (RM0440 3.4.2 "Option byte loading": OPTR all ones but
+    BOR_LEV 000 and RDP level 1, WRP no protection, PCROP all memory protected), else all
+    ones; offsets are within the block (the second block uses the same slots)."""
     if not supported(device):
         return bytes(stored)
+    layout = device.ob_layout
     out = bytearray(stored)
-    for value, comp in _complement_pairs(device.ob_layout, len(out)):
+    rule = layout.get("mismatch") or {}
+    if rule.get("words"):
+        period, offset, _ = (int(x) for x in layout["complement"])
+        forced = {int(a): int(w) for a, w in rule.get("forced", [])}
+        failed: set[int] = set()
+        for base in range(0, len(out) - period + 1, period):
+            value = int.from_bytes(out[base : base + 4], "little")
+            comp = int.from_bytes(out[base + offset : base + offset + 4], "little")
+            if value ^ comp != 0xFFFFFFFF and not (value == comp == 0xFFFFFFFF):
+                failed.add(base)
+        for group in rule.get("together", []):  # one option in two words (PCROP start/end)
+            if failed & {int(g) for g in group}:
+                failed |= {int(g) for g in group if int(g) + 4 <= len(out)}
+        for base in sorted(failed):
+            out[base : base + 4] = forced.get(base, 0xFFFFFFFF).to_bytes(4, "little")
+        return bytes(out)
+    for value, comp in _complement_pairs(layout, len(out)):
         if out[value] ^ out[comp] != 0xFF and not (out[value] == out[comp] == 0xFF):
             out[value] = 0xFF
     return bytes(out)
@@ -400,9 +432,31 @@ def set_codes(device: Device, ob: bytes, codes: list[int]) -> bytes:
     return bytes(_set_codes(device, layout_of(device), _check(device, ob), codes))
 
 
-# ---- the second option-byte block (F42x/F43x/F469 bank 2) ---------------------------------
+# ---- the second option-byte block (F42x/F43x/F469, L47x/L49x/L4+ bank 2) ----------------
 def _wrp2(device: Device) -> Layout:
     return device.ob_wrp2 if device.option_bytes2 is not None else {}
+
+
+def _is_areas(wrp: Layout) -> bool:
+    return wrp.get("kind") == "areas"
+
+
+def normalize2(device: Device, block: bytes) -> bytes:
+    """The second block with its complement words recomputed from their value words, by the
+    family's complement rule (L4: every 64-bit slot is a word and its complement, RM0351
+    3.4.1 Table 8; F42x has none, the block unchanged): what the flash interface programs."""
+    if not supported(device):
+        return bytes(block)
+    out = bytearray(block)
+    for value, comp in _complement_pairs(device.ob_layout, len(out)):
+        out[comp] = out[value] ^ 0xFF
+    return bytes(out)
+
+
+def loaded_view2(device: Device, stored: bytes) -> bytes:
+    """The second block as the option-byte loader takes it: the complement check of
+    :func:`loaded_view` (a value byte whose complement does not match loads as 0xFF)."""
+    return _complement_checked(device, stored)
 
 
 def _wrp2_bits(device: Device, wrp: Layout, block: bytes) -> int:
@@ -412,12 +466,32 @@ def _wrp2_bits(device: Device, wrp: Layout, block: bytes) -> int:
     return value & ((1 << int(wrp["max_bits"])) - 1)
 
 
+def _bank2_pages(device: Device, wrp: Layout) -> list[int]:
+    """Bank 2's erase units an area can name: page n of an area is bank 2's n-th unit
+    (RM0351 3.4.1 / RM0432 3.4.1: WRP2x_PSTRT/PEND are page offsets in bank 2)."""
+    _, mask = _area_fields(wrp)
+    return [u.index for u in device.bank_units(2)[: mask + 1]]
+
+
 def wrp2_units(device: Device, block: bytes) -> frozenset[int]:
-    """Erase units the second block write-protects (``ob_wrp2``: bit n protects unit
-    ``first_unit + n``; F42x nWRP of sectors 12-23 at 0x1FFEC008, RM0090 3.7.1)."""
+    """Erase units the second block write-protects (``ob_wrp2``). Bits: bit n protects unit
+    ``first_unit + n`` (F42x nWRP of sectors 12-23 at 0x1FFEC008, RM0090 3.7.1). Areas: each
+    word's start..end pages of bank 2, active when start <= end (L4 WRP2AR/WRP2BR, RM0351
+    3.4.1), read through the loader's complement check."""
     wrp = _wrp2(device)
     if not wrp or len(block) < device.option_bytes2.size:  # type: ignore[union-attr]
         return frozenset()
+    if _is_areas(wrp):
+        _, mask = _area_fields(wrp)
+        pages = _bank2_pages(device, wrp)
+        view = loaded_view2(device, block)
+        out: set[int] = set()
+        for off in wrp["offsets"]:
+            word = int.from_bytes(view[int(off) : int(off) + 4], "little")
+            start, end = word & mask, word >> 16 & mask
+            if start <= end:
+                out.update(pages[start : end + 1])
+        return frozenset(out)
     value = _wrp2_bits(device, wrp, block)
     want = int(wrp.get("protected", 0))
     first, n = int(wrp["first_unit"]), len(device.erase_units)
@@ -426,11 +500,27 @@ def wrp2_units(device: Device, block: bytes) -> frozenset[int]:
     )
 
 
+def _put_areas(device: Device, wrp: Layout, block: bytes, runs: list[tuple[int, int]]) -> bytes:
+    """The block with its area words naming ``runs`` (page offsets in bank 2), the unused
+    areas disabled (start = all ones, end = 0, as the factory leaves them), complements
+    recomputed; every other bit kept."""
+    _, mask = _area_fields(wrp)
+    out = bytearray(block)
+    for i, off in enumerate(wrp["offsets"]):
+        off = int(off)
+        word = int.from_bytes(out[off : off + 4], "little") & ~(mask | mask << 16)
+        start, end = runs[i] if i < len(runs) else (mask, 0)
+        out[off : off + 4] = (word | start | end << 16).to_bytes(4, "little")
+    return normalize2(device, bytes(out))
+
+
 def clear_wrp2(device: Device, block: bytes) -> bytes:
     """The second block with no unit write-protected (AN3155 Write Unprotect covers it)."""
     wrp = _wrp2(device)
     if not wrp:
         return bytes(block)
+    if _is_areas(wrp):
+        return _put_areas(device, wrp, block, [])
     out = bytearray(block)
     value = 0 if int(wrp.get("protected", 0)) else (1 << int(wrp["max_bits"])) - 1
     mask = (1 << int(wrp["max_bits"])) - 1
@@ -457,24 +547,51 @@ def _bank2_units(device: Device) -> set[int]:
     wrp = _wrp2(device)
     if not wrp:
         return set()
+    if _is_areas(wrp):
+        return set(_bank2_pages(device, wrp))
     first, n = int(wrp["first_unit"]), len(device.erase_units)
     return {first + b for b in range(int(wrp["max_bits"])) if first + b < n}
 
 
 def split_wrp(device: Device, units: Iterable[int]) -> tuple[list[int], list[int]]:
     """(units protected through the option-byte area, units protected through the second
-    block): F42x sectors 12-23 have their nWRP bits at 0x1FFEC008 only (RM0090 3.7.1)."""
+    block): F42x sectors 12-23 have their nWRP bits at 0x1FFEC008 only (RM0090 3.7.1), L4
+    bank-2 pages their WRP2A/WRP2B areas at 0x1FFFF818 only (RM0351 3.4.1)."""
     wanted = _check_units(device, units)
     second = _bank2_units(device)
     return [u for u in wanted if u not in second], [u for u in wanted if u in second]
 
 
+def _area_runs2(device: Device, wrp: Layout, units: Iterable[int]) -> list[tuple[int, int]]:
+    """Contiguous runs of bank-2 page offsets for ``units``; more runs than the block has
+    areas -> UsageError (the request cannot be encoded)."""
+    pos = {u: i for i, u in enumerate(_bank2_pages(device, wrp))}
+    runs: list[list[int]] = []
+    for p in sorted(pos[u] for u in units):
+        if runs and p == runs[-1][1] + 1:
+            runs[-1][1] = p
+        else:
+            runs.append([p, p])
+    n = len(wrp["offsets"])
+    if len(runs) > n:
+        first = device.bank_units(2)[0].index
+        raise UsageError(
+            f"{device.short_name}: bank 2's write protection is {n} contiguous areas; units "
+            f"{','.join(f'{a + first}-{b + first}' for a, b in runs)} need {len(runs)}"
+        )
+    return [(a, b) for a, b in runs]
+
+
 def check_wrp_units(device: Device, units: Iterable[int]) -> None:
     """Refuse (UsageError) a write-protection request the table cannot encode, both blocks
-    counted: what :func:`wrp_codes` refuses for the first, nothing for units of the second."""
-    first, _ = split_wrp(device, units)
+    counted: what :func:`wrp_codes` refuses for the first; for the second, more runs of
+    bank-2 pages than it has areas (bit layouts: nothing)."""
+    first, second = split_wrp(device, units)
     if first:
         wrp_codes(device, first)
+    wrp = _wrp2(device)
+    if second and _is_areas(wrp):
+        _area_runs2(device, wrp, second)
 
 
 def set_wrp2(device: Device, block: bytes, units: Iterable[int]) -> bytes:
@@ -482,6 +599,8 @@ def set_wrp2(device: Device, block: bytes, units: Iterable[int]) -> bytes:
     wrp = _wrp2(device)
     if not wrp:
         raise UsageError(f"{device.short_name} has no second option-byte block")
+    if _is_areas(wrp):
+        return _put_areas(device, wrp, block, _area_runs2(device, wrp, split_wrp(device, units)[1]))
     first = int(wrp["first_unit"])
     out = bytearray(clear_wrp2(device, block))
     value = _wrp2_bits(device, wrp, bytes(out))

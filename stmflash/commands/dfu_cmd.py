@@ -139,6 +139,8 @@ def _run(reporter: Any, **kw: Any) -> None:
         ob_req.precheck(forced, rdp2_confirmed=kw["rdp2_ok"])  # exit 2 before the device is opened
         if forced is not None and ob_req.assignments:
             _precheck_dfu_blocks(forced, ob_req)
+    if forced is not None and kw.get("wp_units"):
+        _precheck_wp_units(forced, kw["wp_units"])  # exit 2 before the device is opened
     image = None
     if file:
         if not os.path.exists(file):
@@ -210,21 +212,46 @@ def _whole_area(link: Any, ob_data: bytes) -> int:
     return start
 
 
+def _alt_names_block2(device: Any) -> bool:
+    """Does the part's DFU option-bytes alt (device table) name its second block?"""
+    from stmflash.dfu.layout import try_parse_alt
+
+    second = device.option_bytes2
+    for text in device.dfu_alts():
+        if second is not None and "option" in text.lower():
+            regions = try_parse_alt(text).regions()
+            if any(a == second.start and b - a >= second.size for a, b in regions):
+                return True
+    return False
+
+
+def _precheck_wp_units(device: Any, units: list[int]) -> None:
+    """``--write-protect`` on a part named by ``--device``: what the option-byte table
+    cannot encode (a unit without a WRP bit, more runs than areas), or units of a second
+    block the alt does not name, is refused before the device is opened (exit 2)."""
+    from stmflash import option_bytes as obl
+    from stmflash.errors import UsageError
+
+    if not obl.supported(device):
+        return  # the link decides from what the chip says
+    obl.check_wrp_units(device, units)
+    second = device.option_bytes2
+    if obl.split_wrp(device, units)[1] and not _alt_names_block2(device):
+        raise UsageError(
+            f"{device.short_name}: the DFU option-bytes alt does not name the bank-2 option bytes at "
+            f"0x{second.start:08X}; protect those sectors over uart"
+        )
+
+
 def _precheck_dfu_blocks(device: Any, req: Any) -> None:
     """A field of the second option-byte block (F42x bank 2) on a part whose DFU option-bytes
     alt (device table) does not name that block: exit 2 before the device is opened."""
     from stmflash import ob_fields
-    from stmflash.dfu.layout import try_parse_alt
     from stmflash.errors import UsageError
 
     second = device.option_bytes2
-    if second is None:
+    if second is None or _alt_names_block2(device):
         return
-    for text in device.dfu_alts():
-        if "option" in text.lower():
-            regions = try_parse_alt(text).regions()
-            if any(a == second.start and b - a >= second.size for a, b in regions):
-                return
     first = device.option_bytes.size
     for f in ob_fields.resolve(device, req.assignments, req.where):
         if f.offset >= first:
@@ -397,7 +424,7 @@ def _session(link: Any, reporter: Any, kw: dict[str, Any], image: Any, file: str
         fields["option_bytes"] = [{"address": a, "data": d.hex()} for a, d in ob_read]
         did = True
 
-    ob_did, ob_rows = run_ob_actions(link, ob_req, kw, reporter, fields)
+    ob_did, _ = run_ob_actions(link, ob_req, kw, reporter, fields, part="write")
     did = did or ob_did
 
     # protection last, after the flash verified: RDP would refuse the read-back
@@ -406,6 +433,9 @@ def _session(link: Any, reporter: Any, kw: dict[str, Any], image: Any, file: str
         link.write_protect(kw["wp_units"])
         reporter.info("write protection set on units " + ",".join(str(u) for u in kw["wp_units"]))
         did = True
+    # --ob-show decodes what the command leaves (write protection included), before RDP
+    show_did, ob_rows = run_ob_actions(link, ob_req, kw, reporter, fields, part="show")
+    did = did or show_did
     if kw["protect"]:
         reporter.phase("protect")
         link.readout_protect()

@@ -62,13 +62,17 @@ def device_hint(port: str | None, device_name: str | None) -> Any:
 
 
 def run_ob_actions(link: Any, req: ObRequest | None, kw: dict[str, Any], reporter: Any,
-                   fields: dict[str, Any]) -> tuple[bool, list[dict[str, Any]] | None]:
+                   fields: dict[str, Any], *, part: str = "all") -> tuple[bool, list[dict[str, Any]] | None]:
     """Write then show, as asked. Returns (did something, decoded rows to print or None);
-    adds what the result line reports to ``fields``."""
+    adds what the result line reports to ``fields``. ``part``: "write" or "show" only, so
+    that a command can put its --write-protect between them: --ob-show then decodes the
+    option bytes as the command leaves them (readout protection still comes after it)."""
     if req is None:
         return False, None
     rows = None
-    if req.writes:
+    did = False
+    if req.writes and part in ("all", "write"):
+        did = True
         summary = apply_request(link, req, rdp2_confirmed=bool(kw.get("rdp2_ok")), reporter=reporter)
         fields.update(summary)
         names = ", ".join(f"{k}=0x{v:X}" for k, v in summary["option_fields_written"].items())
@@ -78,7 +82,8 @@ def run_ob_actions(link: Any, req: ObRequest | None, kw: dict[str, Any], reporte
             reporter.info(f"option fields written and read back after the reload: {names}")
         else:
             reporter.info(f"option fields written ({names}); the chip refuses reads now, not read back")
-    if req.show:
+    if req.show and part in ("all", "show"):
+        did = True
         from stmflash import option_bytes as obl
 
         area, rows = show(link)
@@ -93,7 +98,7 @@ def run_ob_actions(link: Any, req: ObRequest | None, kw: dict[str, Any], reporte
                 if len(area) > first:  # the second block (F42x bank 2 nWRP, sectors 12-23)
                     units |= obl.wrp2_units(dev, area[first:])
                 fields["wrp_units"] = sorted(units)
-    return True, rows
+    return did, rows
 
 
 def echo_rows(rows: list[dict[str, Any]] | None) -> None:

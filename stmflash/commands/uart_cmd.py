@@ -233,6 +233,11 @@ def _run(reporter: Any, **kw: Any) -> None:
         from stmflash.safety import check_option_bytes_early
 
         check_option_bytes_early(expected, ob_data, rdp2_confirmed=kw["rdp2_ok"], where="--write-option-bytes")
+    if wp_units and expected is not None:
+        from stmflash import option_bytes as obl
+
+        if obl.supported(expected):  # what the table cannot encode: exit 2 before the port is opened
+            obl.check_wrp_units(expected, wp_units)
     if ob_req is not None:
         ob_req.precheck(expected, rdp2_confirmed=kw["rdp2_ok"])  # exit 2 before the port is opened
     if kw["read_out"]:
@@ -437,7 +442,7 @@ def _session(
             ob_read2 = link.bl.read(device.option_bytes2.start, device.option_bytes2.size)
         did = True
     ob_fields_out: dict[str, Any] = {}
-    ob_did, ob_rows = run_ob_actions(link, ob_req, kw, reporter, ob_fields_out)
+    ob_did, _ = run_ob_actions(link, ob_req, kw, reporter, ob_fields_out, part="write")
     did = did or ob_did
 
     if wp_units:
@@ -445,6 +450,9 @@ def _session(
         link.write_protect(wp_units)
         reporter.info("write protection set on " + ",".join(str(u) for u in wp_units))
         did = True
+    # --ob-show decodes what the command leaves (write protection included), before RDP
+    show_did, ob_rows = run_ob_actions(link, ob_req, kw, reporter, ob_fields_out, part="show")
+    did = did or show_did
     if kw["protect"]:
         reporter.phase("protect")
         level = kw["rdp_level"]

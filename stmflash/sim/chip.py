@@ -46,6 +46,10 @@ Parts with a second option-byte block (``option_bytes2``: F42x/F43x/F469 bank 2 
 RM0090 3.7.1) store it apart (:meth:`VirtualChip.option_bytes2`, changed only through
 ``_store_option_bytes2``): Read/Write Memory there, and the DfuSe alt region naming it, reach
 it; its nWRP bits (``ob_wrp2``) protect sectors 12-23, and AN3155 Write Unprotect clears them.
+L47x/L49x (0x1FFFF800, RM0351 3.4.1) and L4+ (0x1FF01000, RM0432 3.4.1) bank 2 is the same kind
+of block with L4's value + complement slots: the complements are written by the flash interface
+(``normalize2``), loaded through the complement check (``loaded_view2``), and its WRP2A/WRP2B
+areas protect pages of bank 2.
 
 Image file (``image_path``): one JSON header line, then the raw regions back to back in
 the order the header lists them (``flash``, ``option_bytes``, ``otp`` and ``option_bytes2``
@@ -510,7 +514,7 @@ class VirtualChip:
 
     def loaded_ob_view(self) -> bytes:
         """:meth:`ob_view` as the option-byte loader took it (complement check applied)."""
-        return self.loaded_option_bytes() + bytes(self._ob2)
+        return self.loaded_option_bytes() + obl.loaded_view2(self.device, bytes(self._ob2))
 
     def option_bytes2(self) -> bytes:
         """The second option-byte block as Read Memory shows it (F42x bank 2; b"" elsewhere)."""
@@ -537,7 +541,8 @@ class VirtualChip:
             raise AccessError("option bytes are frozen at RDP level 2")
         new = bytearray(self._ob2)
         new[: len(data)] = data
-        self._store_option_bytes2(bytes(new), reload=True)
+        # the flash interface writes the complement words itself (L4: RM0351 3.4.1)
+        self._store_option_bytes2(obl.normalize2(self.device, bytes(new)), reload=True)
 
     def store_raw_option_bytes(self, stored: bytes) -> None:
         """Put bytes in the option-byte area exactly as given, complements included (a test
