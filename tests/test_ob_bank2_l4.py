@@ -358,3 +358,17 @@ def test_c0_word_mismatch_forces_rm0490s_values_and_boot_lock() -> None:
     chip.reset()
     view = chip.loaded_ob_view()
     assert (t.find("PCROP1B_STRT").get(view), t.find("PCROP1B_END").get(view)) == (0, 0x1FF)
+
+
+def test_g49x_follows_rm0440_chapter_4() -> None:
+    """Category 4 (G491/G4A1): OPTR bit 22 is PB4_PUPEN, no DBANK/BFB2, SEC_SIZE1 9 bits,
+    SEC1R production value 0xFF00FE00 (RM0440 4.4.1)."""
+    dev = devices.find("G491")
+    t = ob_fields.table_of(dev)
+    names = {f.name for f in t.fields}
+    assert "PB4_PUPEN" in names and not {"DBANK", "BFB2"} & names
+    assert t.find("SEC_SIZE1").width == 9 and t.find("PCROP1_STRT").width == 16
+    chip = VirtualChip(dev)
+    assert int.from_bytes(chip.option_bytes()[0x28:0x2C], "little") == 0xFF00FE00
+    assert all(r["is_default"] for r in ob_fields.decode(dev, chip.loaded_ob_view()))
+    assert ob_fields.table_of(G474).find("PCROP1_STRT").width == 15  # category 3
