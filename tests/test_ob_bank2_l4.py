@@ -358,3 +358,53 @@ def test_c0_word_mismatch_forces_rm0490s_values_and_boot_lock() -> None:
     chip.reset()
     view = chip.loaded_ob_view()
     assert (t.find("PCROP1B_STRT").get(view), t.find("PCROP1B_END").get(view)) == (0, 0x1FF)
+
+
+def test_g49x_follows_rm0440_chapter_4() -> None:
+    """Category 4 (G491/G4A1): OPTR bit 22 is PB4_PUPEN, no DBANK/BFB2, SEC_SIZE1 9 bits,
+    SEC1R production value 0xFF00FE00 (RM0440 4.4.1)."""
+    dev = devices.find("G491")
+    t = ob_fields.table_of(dev)
+    names = {f.name for f in t.fields}
+    assert "PB4_PUPEN" in names and not {"DBANK", "BFB2"} & names
+    assert t.find("SEC_SIZE1").width == 9 and t.find("PCROP1_STRT").width == 16
+    chip = VirtualChip(dev)
+    assert int.from_bytes(chip.option_bytes()[0x28:0x2C], "little") == 0xFF00FE00
+    assert all(r["is_default"] for r in ob_fields.decode(dev, chip.loaded_ob_view()))
+    assert ob_fields.table_of(G474).find("PCROP1_STRT").width == 15  # category 3
+
+
+# RM0440 2.6.1 Table 5: (BOOT_LOCK, nBOOT1, nBOOT0, BOOT0 pin, nSWBOOT0) -> boot area; None = X
+G4_BOOT_TABLE = [
+    (1, None, None, None, None, "flash"),
+    (0, None, None, 0, 1, "flash"),
+    (0, None, 1, None, 0, "flash"),
+    (0, 0, None, 1, 1, "sram"),
+    (0, 0, 0, None, 0, "sram"),
+    (0, 1, None, 1, 1, "system"),
+    (0, 1, 0, None, 0, "system"),
+]
+
+
+@pytest.mark.parametrize("name", ["G474", "G491"])
+def test_g4_boot_table_walk(name: str) -> None:
+    """Every combination of the RM0440 Table 5 inputs boots what the table says (BFB2 = 0,
+    flash programmed: the empty check is not in RM0440's table)."""
+    dev = devices.find(name)
+    t = ob_fields.table_of(dev)
+    app = (0x20001000).to_bytes(4, "little") + (0x08000101).to_bytes(4, "little")
+    for lock in (0, 1):
+        for n1 in (0, 1):
+            for n0 in (0, 1):
+                for pin in (0, 1):
+                    for sw in (0, 1):
+                        chip = VirtualChip(dev)
+                        chip.preload(dev.flash_start, app)
+                        values = {t.find("BOOT_LOCK"): lock, t.find("nBOOT1"): n1, t.find("nBOOT0"): n0,
+                                  t.find("nSWBOOT0"): sw}
+                        chip.write_option_bytes(ob_fields.apply(dev, chip.option_bytes(), values))
+                        chip.reset("bootloader" if pin else "app")
+                        got = (lock, n1, n0, pin, sw)
+                        want = next(row[5] for row in G4_BOOT_TABLE
+                                    if all(w is None or w == h for w, h in zip(row[:5], got, strict=True)))
+                        assert chip.boots == want, f"{name} {got}: {chip.boots}, RM0440 says {want}"
