@@ -432,3 +432,14 @@ def test_a_dfu_batch_reaching_l476_bank2_is_refused_before_flashing(extra: str, 
     chip = bus.devices[0].chip
     assert chip.read(0x08000000, 8) == b"\xff" * 8  # nothing flashed
     assert not chip.wrp and chip.option_bytes2() == ob_fields.factory_block2(L476)
+
+
+def test_dfu_without_device_refuses_bank2_fields_of_the_identified_l476_before_flashing(tmp_path: Path, usb_sim,
+                                                                                     capsys) -> None:
+    """No --device: the part is known only once identified; its alt is checked then, before
+    the image goes to the flash."""
+    bus = usb_sim(L476)
+    fw = _dfu_batch_job(tmp_path, "").parent / "fw.bin"
+    code, _, err = cli(["dfu", str(fw), "--ob", "WRP2A_STRT=0"], capsys)
+    assert code == 2 and "DFU option-bytes alt" in err, err
+    assert bus.devices[0].chip.read(0x08000000, 8) == b"\xff" * 8

@@ -322,7 +322,8 @@ def _session(link: Any, reporter: Any, kw: dict[str, Any], image: Any, file: str
     if ob_req is not None and ob_req.writes:
         from stmflash.ob_ops import values_for
 
-        values_for(device, ob_req, rdp2_confirmed=True)  # the identified chip's table: exit 2, nothing written
+        values = values_for(device, ob_req, rdp2_confirmed=True)  # the identified chip's table: exit 2, nothing written
+        link.check_ob_fields(values)  # and its alt: a second block it does not name (L47x bank 2)
     if file:  # a raw binary goes to this chip's flash start; checked before any change
         if image is None:
             image = load_image(file, address=kw["address"], device=device, require_end=not kw["allow_missing_end"])
