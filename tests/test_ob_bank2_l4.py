@@ -443,3 +443,15 @@ def test_dfu_without_device_refuses_bank2_fields_of_the_identified_l476_before_f
     code, _, err = cli(["dfu", str(fw), "--ob", "WRP2A_STRT=0"], capsys)
     assert code == 2 and "DFU option-bytes alt" in err, err
     assert bus.devices[0].chip.read(0x08000000, 8) == b"\xff" * 8
+
+
+@pytest.mark.parametrize("args", [["--ob", "nBOOT_SEL=0"], ["--ob-show"]])
+def test_g0b1_dfu_option_fields_are_refused_before_flashing(args: list[str], tmp_path: Path, usb_sim,
+                                                            capsys) -> None:
+    """G0B1's option-bytes alt holds FLASH registers, not the area: refused before the image
+    is written, so exit 2 never follows a flash that happened."""
+    bus = usb_sim(devices.find("G0B1"))
+    fw = _dfu_batch_job(tmp_path, "").parent / "fw.bin"
+    code, _, err = cli(["dfu", str(fw), *args], capsys)
+    assert code == 2 and "not supported" in err, err
+    assert bus.devices[0].chip.read(0x08000000, 8) == b"\xff" * 8

@@ -418,9 +418,11 @@ class DfuLink:
             rules[1](self.device, b"\xff" * size, 2)
 
     def check_ob_fields(self, fields: Iterable[Any]) -> None:
-        """Refuse (UsageError, no I/O) option fields this link cannot reach: fields of the
-        second option-byte block when the option-bytes alt does not name it (F469, L47x/L49x
-        as modelled) - what :func:`stmflash.ob_fields.apply` would refuse after flashing."""
+        """Refuse (UsageError, no I/O) option fields this link cannot reach: any, when the
+        option-bytes alt is missing or is not the layout's area (G0B1); fields of the second
+        option-byte block when the alt does not name it (F469, L47x/L49x as modelled) - what
+        reading or writing the area would refuse after flashing."""
+        self._ob_geometry()  # an alt that is not the layout's area (G0B1), or none (L5)
         second = self.device.option_bytes2
         first = self.device.option_bytes.size if self.device.option_bytes is not None else 0
         beyond = [f for f in fields if f.offset >= first]
