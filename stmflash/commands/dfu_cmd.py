@@ -319,10 +319,13 @@ def _session(link: Any, reporter: Any, kw: dict[str, Any], image: Any, file: str
     result = None
     fields: dict[str, Any] = {"usb": info.to_dict()}
     ob_req = kw["ob_req"]
-    if ob_req is not None and ob_req.writes:
+    if ob_req is not None:
         from stmflash.ob_ops import values_for
 
-        values_for(device, ob_req, rdp2_confirmed=True)  # the identified chip's table: exit 2, nothing written
+        # the identified chip's table, then its alt (none, not the area, a second block it
+        # does not name): exit 2, nothing written
+        values = values_for(device, ob_req, rdp2_confirmed=True) if ob_req.writes else {}
+        link.check_ob_fields(values)
     if file:  # a raw binary goes to this chip's flash start; checked before any change
         if image is None:
             image = load_image(file, address=kw["address"], device=device, require_end=not kw["allow_missing_end"])

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from stmflash.devices import Device, EraseUnit
@@ -416,6 +416,25 @@ class DfuLink:
             ob = self.device.option_bytes
             size = ob.size if ob is not None else 16
             rules[1](self.device, b"\xff" * size, 2)
+
+    def check_ob_fields(self, fields: Iterable[Any]) -> None:
+        """Refuse (UsageError, no I/O) option fields this link cannot reach: any, when the
+        option-bytes alt is missing or is not the layout's area (G0B1); fields of the second
+        option-byte block when the alt does not name it (F469, L47x/L49x as modelled) - what
+        reading or writing the area would refuse after flashing."""
+        self._ob_geometry()  # an alt that is not the layout's area (G0B1), or none (L5)
+        second = self.device.option_bytes2
+        first = self.device.option_bytes.size if self.device.option_bytes is not None else 0
+        beyond = [f for f in fields if f.offset >= first]
+        if second is None or not beyond:
+            return
+        try:
+            self._block2_region()
+        except UsageError:
+            raise UsageError(
+                f"{beyond[0].name}: {self.device.short_name}'s second option-byte block at 0x{second.start:08X} "
+                "is not in its DFU option-bytes alt: write it over uart"
+            ) from None
 
     def _ob_geometry(self) -> tuple[int, int]:
         """(address, size of the layout's area) of the option-bytes alt, checked (no I/O)."""

@@ -430,7 +430,10 @@ class BatchRunner:
         if req is not None:  # the board's field table: exit 2 before flashing
             from stmflash.ob_ops import values_for
 
-            values_for(device, req, rdp2_confirmed=self.job.rdp2_confirmed)
+            values = values_for(device, req, rdp2_confirmed=self.job.rdp2_confirmed)
+            reach = getattr(link, "check_ob_fields", None)  # DFU: fields outside its alt
+            if reach is not None:
+                reach(values)
         p = self.job.protect
         if self.job.option_bytes is not None:
             check = getattr(link, "check_option_bytes", None)
@@ -449,6 +452,9 @@ class BatchRunner:
                 unit = device.unit_at(self.job.serial.address)
                 units |= {unit.index} if unit is not None else set()
             obl.check_wrp_units(device, sorted(units))
+            link_check = getattr(link, "check_protection", None)  # DFU: bank-2 units outside its alt
+            if link_check is not None:
+                link_check(sorted(units), 0)
 
     def _check_device(self, device: Any) -> None:
         want = self.job.device
