@@ -455,3 +455,13 @@ def test_g0b1_dfu_option_fields_are_refused_before_flashing(args: list[str], tmp
     code, _, err = cli(["dfu", str(fw), *args], capsys)
     assert code == 2 and "not supported" in err, err
     assert bus.devices[0].chip.read(0x08000000, 8) == b"\xff" * 8
+
+
+def test_l476_dfu_reset_defaults_names_the_bank2_fields_it_cannot_reach(monkeypatch, capsys) -> None:
+    """--ob-reset-defaults includes bank 2's WRP fields; L47x's DFU alt (as modelled) does not
+    reach them, so the request is refused whole (bank 2 might still protect pages) and says
+    which fields and what to use instead - before any device is looked for with --device."""
+    usb_backend.forget()
+    monkeypatch.delenv("STMFLASH_USB_SIM", raising=False)
+    code, _, err = cli(["dfu", "--device", "L476", "--ob-reset-defaults"], capsys)
+    assert code == 2 and "--ob-reset-defaults" in err and "WRP2A_STRT" in err and "uart" in err, err
