@@ -432,7 +432,7 @@ def set_codes(device: Device, ob: bytes, codes: list[int]) -> bytes:
     return bytes(_set_codes(device, layout_of(device), _check(device, ob), codes))
 
 
-# ---- the second option-byte block (F42x/F43x/F469, L47x/L49x/L4+ bank 2) ----------------
+# ---- the second option-byte block (bank 2: F42x/F43x/F469, L47x/L49x, L4+, G47x) -----------
 def _wrp2(device: Device) -> Layout:
     return device.ob_wrp2 if device.option_bytes2 is not None else {}
 
@@ -455,7 +455,8 @@ def normalize2(device: Device, block: bytes) -> bytes:
 
 def loaded_view2(device: Device, stored: bytes) -> bytes:
     """The second block as the option-byte loader takes it: the complement check of
-    :func:`loaded_view` (a value byte whose complement does not match loads as 0xFF)."""
+    :func:`loaded_view` (byte-wise, or the layout's word-wise ``mismatch`` rule, whose
+    offsets name the same slots in both blocks)."""
     return _complement_checked(device, stored)
 
 

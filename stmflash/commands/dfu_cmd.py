@@ -137,7 +137,7 @@ def _run(reporter: Any, **kw: Any) -> None:
     kw["ob_req"] = ob_req = ob_request(kw)
     if ob_req is not None:
         ob_req.precheck(forced, rdp2_confirmed=kw["rdp2_ok"])  # exit 2 before the device is opened
-        if forced is not None and ob_req.assignments:
+        if forced is not None and ob_req.writes:
             _precheck_dfu_blocks(forced, ob_req)
     if forced is not None and kw.get("wp_units"):
         _precheck_wp_units(forced, kw["wp_units"])  # exit 2 before the device is opened
@@ -246,19 +246,21 @@ def _precheck_wp_units(device: Any, units: list[int]) -> None:
 def _precheck_dfu_blocks(device: Any, req: Any) -> None:
     """A field of the second option-byte block (F42x bank 2) on a part whose DFU option-bytes
     alt (device table) does not name that block: exit 2 before the device is opened."""
-    from stmflash import ob_fields
     from stmflash.errors import UsageError
+    from stmflash.ob_ops import values_for
 
     second = device.option_bytes2
     if second is None or _alt_names_block2(device):
         return
     first = device.option_bytes.size
-    for f in ob_fields.resolve(device, req.assignments, req.where):
-        if f.offset >= first:
-            raise UsageError(
-                f"{req.where} {f.name}: {device.short_name}'s second option-byte block at 0x{second.start:08X} "
-                "is not in its DFU option-bytes alt: write it over uart"
-            )
+    beyond = [f.name for f in values_for(device, req, rdp2_confirmed=True) if f.offset >= first]
+    if beyond:
+        what = "--ob-reset-defaults" if req.reset_defaults and not req.assignments else req.where
+        names = ", ".join(beyond[:4]) + (", ..." if len(beyond) > 4 else "")
+        raise UsageError(
+            f"{what} {names}: {device.short_name}'s second option-byte block at 0x{second.start:08X} "
+            "is not in its DFU option-bytes alt: write it over uart"
+        )
 
 
 def _precheck(link: Any, kw: dict[str, Any], image: Any, ob_data: bytes | None) -> None:

@@ -431,9 +431,10 @@ class DfuLink:
         try:
             self._block2_region()
         except UsageError:
+            names = ", ".join(f.name for f in beyond[:4]) + (", ..." if len(beyond) > 4 else "")
             raise UsageError(
-                f"{beyond[0].name}: {self.device.short_name}'s second option-byte block at 0x{second.start:08X} "
-                "is not in its DFU option-bytes alt: write it over uart"
+                f"{names}: {self.device.short_name}'s second option-byte block at 0x{second.start:08X} "
+                "is not in its DFU option-bytes alt: write it over uart (--ob-reset-defaults includes it)"
             ) from None
 
     def _ob_geometry(self) -> tuple[int, int]:

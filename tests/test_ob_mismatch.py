@@ -1,0 +1,180 @@
+"""The option-byte loader's complement check where the reference manual gives word-wise
+forced values (RM0440 3.4.2, RM0490 Rev 5 4.4.2), the G4 and C0 production values those
+manuals print, RM0440's category-4 table and its boot table (Table 5, BOOT_LOCK)."""
+
+from __future__ import annotations
+
+import pytest
+
+from stmflash import devices, ob_fields
+from stmflash import option_bytes as obl
+from stmflash.sim.chip import VirtualChip
+
+L476 = devices.find("L476")
+G474 = devices.find("G474")
+
+
+def bank2(dev: devices.Device) -> list[int]:
+    return [u.index for u in dev.bank_units(2)]
+
+
+def test_g4_factory_words_are_rm0440s_production_values() -> None:
+    """RM0440 3.4.1 prints the ST production value under each option byte of G47x/G48x."""
+    chip = VirtualChip(G474)
+    words = {off: int.from_bytes(chip.ob_view()[off : off + 4], "little") for off in range(0, 96, 8)}
+    assert words == {0x00: 0xFFEFF8AA, 0x08: 0xFFFFFFFF, 0x10: 0x00FF0000, 0x18: 0xFF00FFFF, 0x20: 0xFF00FFFF,
+                     0x28: 0xFF00FF00, 0x30: 0xFFFFFFFF, 0x38: 0xFFFFFFFF, 0x40: 0x00FF0000, 0x48: 0xFF00FFFF,
+                     0x50: 0xFF00FFFF, 0x58: 0xFF00FF00}
+    rows = {r["field"]: r for r in ob_fields.decode(G474, chip.loaded_ob_view())}
+    assert all(r["is_default"] for r in rows.values())
+    assert (rows["WRP1A_STRT"]["value"], rows["PCROP1_STRT"]["value"], rows["BOOT_LOCK"]["value"]) == (0x7F, 0x7FFF, 0)
+
+
+def _bad_complement(block: bytes, off: int) -> bytes:
+    out = bytearray(block)
+    out[off + 4] ^= 0x01  # one bit of the complement word no longer matches
+    return bytes(out)
+
+
+def test_g4_word_mismatch_loads_the_values_rm0440_forces() -> None:
+    """RM0440 3.4.2 "Option byte loading": a word that fails its complement sets OPTVERR and
+    loads the forced value - USR OPT all ones but BOR_LEV 000, RDP level 1; WRP no
+    protection; PCROP all memory protected."""
+    chip = VirtualChip(G474)
+    t = ob_fields.table_of(G474)
+    first = bank2(G474)[0]
+    # a protected area whose complement is then damaged: it loads as no protection
+    ob = obl.set_wrp(G474, chip.option_bytes(), [2, 3])
+    chip.store_raw_option_bytes(_bad_complement(ob, 0x18))
+    chip.reset()
+    assert not chip.wrp
+    view = chip.loaded_ob_view()
+    assert (t.find("WRP1A_STRT").get(view), t.find("WRP1A_END").get(view)) == (0x7F, 0)
+    # the same rule in bank 2's block
+    chip.write_option_bytes2(obl.set_wrp2(G474, chip.option_bytes2(), [first + 1]))
+    assert chip.wrp == {first + 1}
+    chip._store_option_bytes2(_bad_complement(chip.option_bytes2(), 0x18), reload=True)
+    assert not chip.wrp
+    # the OPTR word: BOR_LEV 000, RDP level 1, every other option bit 1
+    ob = bytearray(chip.option_bytes())
+    ob[1] = (ob[1] & ~0x07) | 0x04  # BOR_LEV 4 written ...
+    ob = obl.normalize(G474, bytes(ob))
+    chip.store_raw_option_bytes(_bad_complement(ob, 0x00))  # ... then its complement damaged
+    chip.reset()
+    view = chip.loaded_ob_view()
+    assert chip.rdp_level == 1
+    assert (t.find("BOR_LEV").get(view), t.find("nBOOT1").get(view), t.find("nSWBOOT0").get(view)) == (0, 1, 1)
+    # PCROP: all memory (start 0, end all ones)
+    ob = obl.normalize(G474, bytes(chip.option_bytes()))
+    chip.store_raw_option_bytes(_bad_complement(ob, 0x08))
+    chip.reset()
+    view = chip.loaded_ob_view()
+    assert (t.find("PCROP1_STRT").get(view), t.find("PCROP1_END").get(view)) == (0, 0x7FFF)
+
+
+def test_families_without_the_word_rule_keep_the_byte_rule() -> None:
+    """L4 (its manual's text not checked here) keeps the byte-wise rule: the failing byte
+    loads as 0xFF, its neighbours as written."""
+    chip = VirtualChip(L476)
+    ob = obl.set_wrp(L476, chip.option_bytes(), [2, 3])
+    chip.store_raw_option_bytes(_bad_complement(ob, 0x18))
+    chip.reset()
+    view = chip.loaded_option_bytes()
+    assert view[0x18] == 0xFF and view[0x1A] == 3
+
+
+C031 = devices.find("C031")
+
+
+def test_c0_factory_words_are_rm0490s_table18() -> None:
+    """RM0490 Rev 5 4.4.1 Table 18 'Factory value' rows (reserved 'x' bits: OPTR bit 20 as
+    1, the others as 0)."""
+    chip = VirtualChip(C031)
+    view = chip.ob_view()
+    words = {off: int.from_bytes(view[off : off + 4], "little") for off in (0x00, 0x08, 0x10, 0x18, 0x20, 0x28,
+                                                                            0x30, 0x70)}
+    assert words == {0x00: 0x3FFFFEAA, 0x08: 0x1FF, 0x10: 0, 0x18: 0xFF, 0x20: 0xFF, 0x28: 0x1FF, 0x30: 0,
+                     0x70: 0}
+    rows = {r["field"]: r for r in ob_fields.decode(C031, chip.loaded_ob_view())}
+    assert all(r["is_default"] for r in rows.values())
+    assert (rows["SECURE_MUXING_EN"]["value"], rows["BOR_EN"]["value"], rows["nBOOT_SEL"]["value"]) == (1, 0, 1)
+    assert rows["SECURE_MUXING_EN"]["writable"] and not rows["FDCAN_BL_CK"]["writable"]
+
+
+def test_c0_word_mismatch_forces_rm0490s_values_and_boot_lock() -> None:
+    """RM0490 Rev 5 4.4.2: USR OPT all ones but BOR_EN 0, RDP level 1, WRP no protection,
+    PCROP all memory, BOOT_LOCK 'boot forced from main flash memory' - so a part whose SECR
+    programming was interrupted no longer reaches its ROM, whatever BOOT0 says."""
+    chip = VirtualChip(C031)
+    t = ob_fields.table_of(C031)
+    chip.reset("bootloader")
+    assert chip.boots == "system"
+    ob = obl.normalize(C031, bytes(chip.option_bytes()))
+    chip.store_raw_option_bytes(_bad_complement(ob, 0x70))
+    chip.reset("bootloader")
+    view = chip.loaded_ob_view()
+    assert (t.find("BOOT_LOCK").get(view), t.find("SEC_SIZE").get(view)) == (1, 0)
+    assert chip.boots == "flash"
+    # the OPTR word: BOR_EN 0 and level 1, the boot fields all ones
+    bad = bytearray(ob)
+    bad[1] |= 0x01  # BOR_EN = 1 written ...
+    chip.store_raw_option_bytes(_bad_complement(obl.normalize(C031, bytes(bad)), 0x00))  # ... complement damaged
+    chip.reset("bootloader")
+    view = chip.loaded_ob_view()
+    assert chip.rdp_level == 1 and t.find("BOR_EN").get(view) == 0
+    assert (t.find("nBOOT_SEL").get(view), t.find("IRHEN").get(view)) == (1, 1)
+    # PCROP area B: both words forced together
+    chip.store_raw_option_bytes(_bad_complement(ob, 0x30))
+    chip.reset()
+    view = chip.loaded_ob_view()
+    assert (t.find("PCROP1B_STRT").get(view), t.find("PCROP1B_END").get(view)) == (0, 0x1FF)
+
+
+def test_g49x_follows_rm0440_chapter_4() -> None:
+    """Category 4 (G491/G4A1): OPTR bit 22 is PB4_PUPEN, no DBANK/BFB2, SEC_SIZE1 9 bits,
+    SEC1R production value 0xFF00FE00 (RM0440 4.4.1)."""
+    dev = devices.find("G491")
+    t = ob_fields.table_of(dev)
+    names = {f.name for f in t.fields}
+    assert "PB4_PUPEN" in names and not {"DBANK", "BFB2"} & names
+    assert t.find("SEC_SIZE1").width == 9 and t.find("PCROP1_STRT").width == 16
+    chip = VirtualChip(dev)
+    assert int.from_bytes(chip.option_bytes()[0x28:0x2C], "little") == 0xFF00FE00
+    assert all(r["is_default"] for r in ob_fields.decode(dev, chip.loaded_ob_view()))
+    assert ob_fields.table_of(G474).find("PCROP1_STRT").width == 15  # category 3
+
+
+# RM0440 2.6.1 Table 5: (BOOT_LOCK, nBOOT1, nBOOT0, BOOT0 pin, nSWBOOT0) -> boot area; None = X
+G4_BOOT_TABLE = [
+    (1, None, None, None, None, "flash"),
+    (0, None, None, 0, 1, "flash"),
+    (0, None, 1, None, 0, "flash"),
+    (0, 0, None, 1, 1, "sram"),
+    (0, 0, 0, None, 0, "sram"),
+    (0, 1, None, 1, 1, "system"),
+    (0, 1, 0, None, 0, "system"),
+]
+
+
+@pytest.mark.parametrize("name", ["G474", "G491"])
+def test_g4_boot_table_walk(name: str) -> None:
+    """Every combination of the RM0440 Table 5 inputs boots what the table says (BFB2 = 0,
+    flash programmed: the empty check is not in RM0440's table)."""
+    dev = devices.find(name)
+    t = ob_fields.table_of(dev)
+    app = (0x20001000).to_bytes(4, "little") + (0x08000101).to_bytes(4, "little")
+    for lock in (0, 1):
+        for n1 in (0, 1):
+            for n0 in (0, 1):
+                for pin in (0, 1):
+                    for sw in (0, 1):
+                        chip = VirtualChip(dev)
+                        chip.preload(dev.flash_start, app)
+                        values = {t.find("BOOT_LOCK"): lock, t.find("nBOOT1"): n1, t.find("nBOOT0"): n0,
+                                  t.find("nSWBOOT0"): sw}
+                        chip.write_option_bytes(ob_fields.apply(dev, chip.option_bytes(), values))
+                        chip.reset("bootloader" if pin else "app")
+                        got = (lock, n1, n0, pin, sw)
+                        want = next(row[5] for row in G4_BOOT_TABLE
+                                    if all(w is None or w == h for w, h in zip(row[:5], got, strict=True)))
+                        assert chip.boots == want, f"{name} {got}: {chip.boots}, RM0440 says {want}"
