@@ -23,6 +23,7 @@ from stmflash.errors import UsageError
 __all__ = [
     "check_wrp_units",
     "clear_wrp2",
+    "complement_mismatches",
     "default_ob",
     "default_ob2",
     "as_stored",
@@ -159,6 +160,35 @@ def _complement_checked(device: Device, stored: bytes) -> bytes:
         if out[value] ^ out[comp] != 0xFF and not (out[value] == out[comp] == 0xFF):
             out[value] = 0xFF
     return bytes(out)
+
+
+def complement_mismatches(device: Device, view: bytes) -> list[int]:
+    """Byte offsets in ``view`` (the field view: the area, then the second block) whose
+    value fails its complement, so that the loader does not take what is stored there
+    (:func:`loaded_view`): one offset per failing word on word-rule families, per failing
+    byte elsewhere. Empty for layouts without complements or not in the table."""
+    if not supported(device):
+        return []
+    first = device.option_bytes.size if device.option_bytes is not None else len(view)
+    out: list[int] = []
+    for base, block in ((0, view[:first]), (first, view[first:])):
+        if not block:
+            continue
+        loaded = _complement_checked(device, bytes(block))
+        if (device.ob_layout.get("mismatch") or {}).get("words"):
+            period = int(device.ob_layout["complement"][0])
+            out += [base + off for off in range(0, len(block) - period + 1, period)
+                    if loaded[off : off + 4] != block[off : off + 4] or _word_fails(device, block, off)]
+        else:
+            out += [base + i for i, (a, b) in enumerate(zip(block, loaded, strict=True)) if a != b]
+    return sorted(set(out))
+
+
+def _word_fails(device: Device, block: bytes, off: int) -> bool:
+    period, offset, _ = (int(x) for x in device.ob_layout["complement"])
+    value = int.from_bytes(block[off : off + 4], "little")
+    comp = int.from_bytes(block[off + offset : off + offset + 4], "little")
+    return value ^ comp != 0xFFFFFFFF and not (value == comp == 0xFFFFFFFF)
 
 
 def with_complements(device: Device, data: bytes) -> bytes:

@@ -178,3 +178,47 @@ def test_g4_boot_table_walk(name: str) -> None:
                         want = next(row[5] for row in G4_BOOT_TABLE
                                     if all(w is None or w == h for w, h in zip(row[:5], got, strict=True)))
                         assert chip.boots == want, f"{name} {got}: {chip.boots}, RM0440 says {want}"
+
+
+@pytest.mark.parametrize("name", ["G474", "F103", "L476"])
+def test_ob_show_warns_where_value_and_complement_disagree(name: str, capsys) -> None:
+    """--ob-show decodes what is stored; where a complement does not match the chip runs
+    with another value, and the report names those addresses (word-wise on G4, byte-wise
+    on F1 and L4, both blocks)."""
+    from stmflash.sim import registry
+    from tests.clirun import result
+    from tests.clirun import run_cli as cli
+
+    dev = devices.find(name)
+    chip = VirtualChip(dev)
+    registry.register(f"mm-{name}", chip)
+    url = f"sim://{name}?chip=mm-{name}"
+    code, out, _ = cli(["uart", url, "--ob-show", "--json"], capsys)
+    assert code == 0 and "option_bytes_complement_mismatch" not in result(out)
+    period, comp, _ = (int(x) for x in dev.ob_layout["complement"])
+    at = 3 * period  # the fourth slot: F1 WRP0, L4/G4 WRP1AR (a one-word option)
+    ob = bytearray(chip.option_bytes())
+    ob[at], ob[at + comp] = 0x12, 0x00  # a value whose complement byte is not 0xED
+    chip.store_raw_option_bytes(bytes(ob))
+    chip.reset()
+    code, out, err = cli(["uart", url, "--ob-show", "--json"], capsys)
+    assert code == 0, err
+    bad = result(out)["option_bytes_complement_mismatch"]
+    assert bad == [f"0x{dev.option_bytes.start + at:08X}"], bad
+    code, out, err = cli(["uart", url, "--ob-show"], capsys)
+    assert code == 0 and "value and complement do not match" in err, err
+
+
+def test_ob_show_names_a_bank2_mismatch_at_its_own_address(capsys) -> None:
+    from stmflash.sim import registry
+    from tests.clirun import result
+    from tests.clirun import run_cli as cli
+
+    chip = VirtualChip(G474)
+    registry.register("mm-g474-b2", chip)
+    block = bytearray(chip.option_bytes2())
+    block[0x18 + 4] ^= 0x01  # WRP2AR's complement
+    chip._store_option_bytes2(bytes(block), reload=True)
+    code, out, err = cli(["uart", "sim://G474?chip=mm-g474-b2", "--ob-show", "--json"], capsys)
+    assert code == 0, err
+    assert result(out)["option_bytes_complement_mismatch"] == ["0x1FFFF818"]

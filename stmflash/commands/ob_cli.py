@@ -90,6 +90,15 @@ def run_ob_actions(link: Any, req: ObRequest | None, kw: dict[str, Any], reporte
         fields["option_bytes_area"] = area.hex()
         fields["option_fields"] = rows
         dev = link.device
+        bad = obl.complement_mismatches(dev, area)
+        if bad:  # what is stored is not what the chip runs with: say so next to the table
+            where = [_view_address(dev, off) for off in bad]
+            fields["option_bytes_complement_mismatch"] = [f"0x{a:08X}" for a in where]
+            reporter.warn(
+                "option bytes at " + ", ".join(f"0x{a:08X}" for a in where[:6]) + (" ..." if len(where) > 6 else "")
+                + ": value and complement do not match, so the chip loads the reference manual's "
+                "mismatch value there (RDP level 1 when it is the RDP byte), not the value shown"
+            )
         if obl.supported(dev):
             first = dev.option_bytes.size if dev.option_bytes is not None else len(area)
             fields["rdp_level"] = obl.rdp_level(dev, area[:first])
@@ -99,6 +108,14 @@ def run_ob_actions(link: Any, req: ObRequest | None, kw: dict[str, Any], reporte
                     units |= obl.wrp2_units(dev, area[first:])
                 fields["wrp_units"] = sorted(units)
     return did, rows
+
+
+def _view_address(device: Any, off: int) -> int:
+    """The chip address of byte ``off`` of the field view (area, then the second block)."""
+    first = device.option_bytes.size
+    if off < first or device.option_bytes2 is None:
+        return int(device.option_bytes.start + off)
+    return int(device.option_bytes2.start + off - first)
 
 
 def echo_rows(rows: list[dict[str, Any]] | None) -> None:
