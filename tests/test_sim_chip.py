@@ -249,3 +249,16 @@ def test_rom_bytes_are_not_invented() -> None:
     assert chip.read(0x1FF1E880, 2) == bytes(2)
     assert chip.read(dev.bl_id_address, 1) == bytes([dev.bl_ids[0]])
     assert chip.read(0x08FFF800, 12) == chip.uid
+
+
+@pytest.mark.parametrize("name", ["H7A3", "U375", "WBA52", "WBA65"])
+def test_a_decode_only_virtual_chip_shows_the_level_it_runs_at(name: str) -> None:
+    """Layouts not in the table: the virtual chip runs at RDP level 0, and its stored area
+    shows the field table's level-0 RDP value (an erased 0xFF would decode as level 1)."""
+    from stmflash import ob_fields
+
+    dev = devices.find(name)
+    chip = VirtualChip(dev)
+    rdp = next(r for r in ob_fields.decode(dev, chip.ob_view()) if r["field"] == "RDP")
+    assert chip.rdp_level == 0 and rdp["name"] == "level0", rdp
+    assert rdp["default"] is None  # still no production value claimed for the word

@@ -164,6 +164,8 @@ class VirtualChip:
         size = device.option_bytes.size if device.option_bytes is not None else 16
         factory = None if obl.supported(device) else ob_fields.factory_area(device)
         self._ob = bytearray(obl.default_ob(device) if obl.supported(device) else factory or b"\xff" * size)
+        if not obl.supported(device):
+            self._show_level0_rdp()
         # the second option-byte block (F42x/F469 bank 2 at 0x1FFEC000), stored as Read Memory
         # shows it; empty on parts without one
         self._ob2 = bytearray(obl.default_ob2(device))
@@ -515,6 +517,19 @@ class VirtualChip:
     def loaded_ob_view(self) -> bytes:
         """:meth:`ob_view` as the option-byte loader took it (complement check applied)."""
         return self.loaded_option_bytes() + obl.loaded_view2(self.device, bytes(self._ob2))
+
+    def _show_level0_rdp(self) -> None:
+        """Unknown layouts: this model runs at readout level 0 (``_fixture_rdp``); where the
+        field table places RDP in a word it has no production value for, the stored area
+        shows the table's level-0 value there, so that a decode agrees with the behaviour
+        (an erased 0xFF would read as level 1 while the chip acts unprotected)."""
+        t = ob_fields.table_of(self.device)
+        f = t.find("RDP") if t is not None else None
+        if f is None or f.offset + 4 > len(self._ob) or any(off == f.offset for off, _ in t.factory):
+            return
+        level0 = next((v for v, name, _ in f.values if name == "level0"), None)
+        if level0 is not None:
+            f.put(self._ob, level0)
 
     def option_bytes2(self) -> bytes:
         """The second option-byte block as Read Memory shows it (F42x bank 2; b"" elsewhere)."""
