@@ -94,9 +94,15 @@ def _complement_pairs(layout: Layout, size: int) -> list[tuple[int, int]]:
     ]
 
 
-def _normalize(layout: Layout, ob: bytearray) -> bytearray:
+def _put_complements(layout: Layout, ob: bytearray) -> bytearray:
+    """Every complement byte recomputed from its value byte (what the flash interface writes)."""
     for value, comp in _complement_pairs(layout, len(ob)):
         ob[comp] = ob[value] ^ 0xFF
+    return ob
+
+
+def _normalize(layout: Layout, ob: bytearray) -> bytearray:
+    _put_complements(layout, ob)
     # H7-style register views: what is wanted goes to the _PRG register of each _CUR one
     for cur, prg in layout.get("mirror", []):
         if int(prg) + 4 <= len(ob):
@@ -142,24 +148,32 @@ def _complement_checked(device: Device, stored: bytes) -> bytes:
     out = bytearray(stored)
     rule = layout.get("mismatch") or {}
     if rule.get("words"):
-        period, offset, _ = (int(x) for x in layout["complement"])
         forced = {int(a): int(w) for a, w in rule.get("forced", [])}
-        failed: set[int] = set()
-        for base in range(0, len(out) - period + 1, period):
-            value = int.from_bytes(out[base : base + 4], "little")
-            comp = int.from_bytes(out[base + offset : base + offset + 4], "little")
-            if value ^ comp != 0xFFFFFFFF and not (value == comp == 0xFFFFFFFF):
-                failed.add(base)
-        for group in rule.get("together", []):  # one option in two words (PCROP start/end)
-            if failed & {int(g) for g in group}:
-                failed |= {int(g) for g in group if int(g) + 4 <= len(out)}
-        for base in sorted(failed):
+        for base in sorted(_failing_words(layout, stored)):
             out[base : base + 4] = forced.get(base, 0xFFFFFFFF).to_bytes(4, "little")
         return bytes(out)
     for value, comp in _complement_pairs(layout, len(out)):
         if out[value] ^ out[comp] != 0xFF and not (out[value] == out[comp] == 0xFF):
             out[value] = 0xFF
     return bytes(out)
+
+
+def _failing_words(layout: Layout, block: bytes) -> set[int]:
+    """Offsets of the value words the word-wise loader does not take: each fails its
+    complement word (both erased is not a failure), and a word of a ``together`` group
+    fails with its partner (one option held in two words: PCROP start and end)."""
+    rule = layout.get("mismatch") or {}
+    period, offset, _ = (int(x) for x in layout["complement"])
+    failed: set[int] = set()
+    for base in range(0, len(block) - period + 1, period):
+        value = int.from_bytes(block[base : base + 4], "little")
+        comp = int.from_bytes(block[base + offset : base + offset + 4], "little")
+        if value ^ comp != 0xFFFFFFFF and not (value == comp == 0xFFFFFFFF):
+            failed.add(base)
+    for group in rule.get("together", []):
+        if failed & {int(g) for g in group}:
+            failed |= {int(g) for g in group if int(g) + 4 <= len(block)}
+    return failed
 
 
 def complement_mismatches(device: Device, view: bytes) -> list[int]:
@@ -174,29 +188,17 @@ def complement_mismatches(device: Device, view: bytes) -> list[int]:
     for base, block in ((0, view[:first]), (first, view[first:])):
         if not block:
             continue
-        loaded = _complement_checked(device, bytes(block))
         if (device.ob_layout.get("mismatch") or {}).get("words"):
-            period = int(device.ob_layout["complement"][0])
-            out += [base + off for off in range(0, len(block) - period + 1, period)
-                    if loaded[off : off + 4] != block[off : off + 4] or _word_fails(device, block, off)]
+            out += [base + off for off in _failing_words(device.ob_layout, bytes(block))]
         else:
+            loaded = _complement_checked(device, bytes(block))
             out += [base + i for i, (a, b) in enumerate(zip(block, loaded, strict=True)) if a != b]
-    return sorted(set(out))
-
-
-def _word_fails(device: Device, block: bytes, off: int) -> bool:
-    period, offset, _ = (int(x) for x in device.ob_layout["complement"])
-    value = int.from_bytes(block[off : off + 4], "little")
-    comp = int.from_bytes(block[off + offset : off + offset + 4], "little")
-    return value ^ comp != 0xFFFFFFFF and not (value == comp == 0xFFFFFFFF)
+    return sorted(out)
 
 
 def with_complements(device: Device, data: bytes) -> bytes:
     """``data`` with its complement bytes as the flash interface programs them."""
-    ob = _check(device, data)
-    for value, comp in _complement_pairs(layout_of(device), len(ob)):
-        ob[comp] = ob[value] ^ 0xFF
-    return bytes(ob)
+    return bytes(_put_complements(layout_of(device), _check(device, data)))
 
 
 def rom_written(device: Device, data: bytes, current: bytes) -> bytes:
@@ -302,16 +304,48 @@ def _area_fields(wrp: Layout) -> tuple[int, int]:
     return width, (1 << width) - 1
 
 
-def _area_units(device: Device, wrp: Layout, ob: bytes) -> set[int]:
+def _area_units(wrp: Layout, ob: bytes, pages: list[int]) -> set[int]:
+    """The units the area words protect: page n is ``pages[n]`` (a bank's units in order);
+    an area is active when start <= end."""
     _, mask = _area_fields(wrp)
-    bank1 = device.bank_units(1)
     out: set[int] = set()
     for off in wrp["offsets"]:
         word = int.from_bytes(ob[int(off) : int(off) + 4], "little")
         start, end = word & mask, word >> 16 & mask
         if start <= end:
-            out.update(u.index for u in bank1[start : end + 1])
+            out.update(pages[start : end + 1])
     return out
+
+
+def _area_runs(device: Device, wrp: Layout, pages: Iterable[int], *, bank: int, first: int = 0) -> list[tuple[int, int]]:
+    """Contiguous runs of page numbers; more runs than there are areas -> UsageError
+    (units named as ``first`` + page)."""
+    runs: list[list[int]] = []
+    for p in sorted(set(pages)):
+        if runs and p == runs[-1][1] + 1:
+            runs[-1][1] = p
+        else:
+            runs.append([p, p])
+    n = len(wrp["offsets"])
+    if len(runs) > n:
+        whose = "bank 2's " if bank == 2 else ""
+        raise UsageError(
+            f"{device.short_name}: {whose}write protection is {n} contiguous areas; units "
+            f"{','.join(f'{a + first}-{b + first}' for a, b in runs)} need {len(runs)}"
+        )
+    return [(a, b) for a, b in runs]
+
+
+def _write_areas(wrp: Layout, ob: bytearray, runs: list[tuple[int, int]]) -> bytearray:
+    """The area words naming ``runs`` (page numbers), the unused areas disabled (start all
+    ones, end 0, as the factory leaves them); every other bit kept (complements: the caller)."""
+    _, mask = _area_fields(wrp)
+    for i, off in enumerate(wrp["offsets"]):
+        off = int(off)
+        word = int.from_bytes(ob[off : off + 4], "little") & ~(mask | mask << 16)
+        start, end = runs[i] if i < len(runs) else (mask, 0)
+        ob[off : off + 4] = (word | start | end << 16).to_bytes(4, "little")
+    return ob
 
 
 def _wrp_units(device: Device, layout: Layout, ob: bytes) -> set[int]:
@@ -319,7 +353,7 @@ def _wrp_units(device: Device, layout: Layout, ob: bytes) -> set[int]:
     if not wrp:
         return set()
     if wrp["kind"] == "areas":
-        return _area_units(device, wrp, ob)
+        return _area_units(wrp, ob, [u.index for u in device.bank_units(1)])
     value = _bits_value(wrp, ob)
     want = int(wrp.get("protected", 0))
     out: set[int] = set()
@@ -362,27 +396,7 @@ def _set_codes(device: Device, layout: Layout, ob: bytearray, codes: list[int]) 
     if not wrp:
         raise UsageError(f"{device.short_name}: write protection is not in the option-byte table")
     if wrp["kind"] == "areas":
-        runs: list[list[int]] = []
-        for c in sorted(set(codes)):
-            if runs and c == runs[-1][1] + 1:
-                runs[-1][1] = c
-            else:
-                runs.append([c, c])
-        offsets = list(wrp["offsets"])
-        if len(runs) > len(offsets):
-            raise UsageError(
-                f"{device.short_name}: write protection is {len(offsets)} contiguous areas; "
-                f"units {','.join(f'{a}-{b}' for a, b in runs)} need {len(runs)}"
-            )
-        _, mask = _area_fields(wrp)
-        for i, off in enumerate(offsets):
-            off = int(off)
-            word = int.from_bytes(ob[off : off + 4], "little")
-            word &= ~(mask | mask << 16)
-            start, end = (runs[i][0], runs[i][1]) if i < len(runs) else (mask, 0)
-            word |= start | end << 16
-            ob[off : off + 4] = word.to_bytes(4, "little")
-        return _normalize(layout, ob)
+        return _normalize(layout, _write_areas(wrp, ob, _area_runs(device, wrp, codes, bank=1)))
     nbits = len(_bit_units(device, wrp))
     bad = [c for c in codes if not 0 <= c < nbits]
     if bad:
@@ -477,10 +491,7 @@ def normalize2(device: Device, block: bytes) -> bytes:
     3.4.1 Table 8; F42x has none, the block unchanged): what the flash interface programs."""
     if not supported(device):
         return bytes(block)
-    out = bytearray(block)
-    for value, comp in _complement_pairs(device.ob_layout, len(out)):
-        out[comp] = out[value] ^ 0xFF
-    return bytes(out)
+    return bytes(_put_complements(device.ob_layout, bytearray(block)))
 
 
 def loaded_view2(device: Device, stored: bytes) -> bytes:
@@ -513,16 +524,7 @@ def wrp2_units(device: Device, block: bytes) -> frozenset[int]:
     if not wrp or len(block) < device.option_bytes2.size:  # type: ignore[union-attr]
         return frozenset()
     if _is_areas(wrp):
-        _, mask = _area_fields(wrp)
-        pages = _bank2_pages(device, wrp)
-        view = loaded_view2(device, block)
-        out: set[int] = set()
-        for off in wrp["offsets"]:
-            word = int.from_bytes(view[int(off) : int(off) + 4], "little")
-            start, end = word & mask, word >> 16 & mask
-            if start <= end:
-                out.update(pages[start : end + 1])
-        return frozenset(out)
+        return frozenset(_area_units(wrp, loaded_view2(device, block), _bank2_pages(device, wrp)))
     value = _wrp2_bits(device, wrp, block)
     want = int(wrp.get("protected", 0))
     first, n = int(wrp["first_unit"]), len(device.erase_units)
@@ -531,27 +533,13 @@ def wrp2_units(device: Device, block: bytes) -> frozenset[int]:
     )
 
 
-def _put_areas(device: Device, wrp: Layout, block: bytes, runs: list[tuple[int, int]]) -> bytes:
-    """The block with its area words naming ``runs`` (page offsets in bank 2), the unused
-    areas disabled (start = all ones, end = 0, as the factory leaves them), complements
-    recomputed; every other bit kept."""
-    _, mask = _area_fields(wrp)
-    out = bytearray(block)
-    for i, off in enumerate(wrp["offsets"]):
-        off = int(off)
-        word = int.from_bytes(out[off : off + 4], "little") & ~(mask | mask << 16)
-        start, end = runs[i] if i < len(runs) else (mask, 0)
-        out[off : off + 4] = (word | start | end << 16).to_bytes(4, "little")
-    return normalize2(device, bytes(out))
-
-
 def clear_wrp2(device: Device, block: bytes) -> bytes:
     """The second block with no unit write-protected (AN3155 Write Unprotect covers it)."""
     wrp = _wrp2(device)
     if not wrp:
         return bytes(block)
     if _is_areas(wrp):
-        return _put_areas(device, wrp, block, [])
+        return normalize2(device, bytes(_write_areas(wrp, bytearray(block), [])))
     out = bytearray(block)
     value = 0 if int(wrp.get("protected", 0)) else (1 << int(wrp["max_bits"])) - 1
     mask = (1 << int(wrp["max_bits"])) - 1
@@ -594,23 +582,10 @@ def split_wrp(device: Device, units: Iterable[int]) -> tuple[list[int], list[int
 
 
 def _area_runs2(device: Device, wrp: Layout, units: Iterable[int]) -> list[tuple[int, int]]:
-    """Contiguous runs of bank-2 page offsets for ``units``; more runs than the block has
-    areas -> UsageError (the request cannot be encoded)."""
-    pos = {u: i for i, u in enumerate(_bank2_pages(device, wrp))}
-    runs: list[list[int]] = []
-    for p in sorted(pos[u] for u in units):
-        if runs and p == runs[-1][1] + 1:
-            runs[-1][1] = p
-        else:
-            runs.append([p, p])
-    n = len(wrp["offsets"])
-    if len(runs) > n:
-        first = device.bank_units(2)[0].index
-        raise UsageError(
-            f"{device.short_name}: bank 2's write protection is {n} contiguous areas; units "
-            f"{','.join(f'{a + first}-{b + first}' for a, b in runs)} need {len(runs)}"
-        )
-    return [(a, b) for a, b in runs]
+    """Contiguous runs of bank-2 page offsets for ``units`` (:func:`_area_runs`)."""
+    pages = _bank2_pages(device, wrp)
+    pos = {u: i for i, u in enumerate(pages)}
+    return _area_runs(device, wrp, (pos[u] for u in units), bank=2, first=pages[0] if pages else 0)
 
 
 def check_wrp_units(device: Device, units: Iterable[int]) -> None:
@@ -631,7 +606,8 @@ def set_wrp2(device: Device, block: bytes, units: Iterable[int]) -> bytes:
     if not wrp:
         raise UsageError(f"{device.short_name} has no second option-byte block")
     if _is_areas(wrp):
-        return _put_areas(device, wrp, block, _area_runs2(device, wrp, split_wrp(device, units)[1]))
+        runs = _area_runs2(device, wrp, split_wrp(device, units)[1])
+        return normalize2(device, bytes(_write_areas(wrp, bytearray(block), runs)))
     first = int(wrp["first_unit"])
     out = bytearray(clear_wrp2(device, block))
     value = _wrp2_bits(device, wrp, bytes(out))

@@ -215,14 +215,10 @@ def _whole_area(link: Any, ob_data: bytes) -> int:
 def _alt_names_block2(device: Any) -> bool:
     """Does the part's DFU option-bytes alt (device table) name its second block?"""
     from stmflash.dfu.layout import try_parse_alt
+    from stmflash.dfu.link import block2_in_regions
 
-    second = device.option_bytes2
-    for text in device.dfu_alts():
-        if second is not None and "option" in text.lower():
-            regions = try_parse_alt(text).regions()
-            if any(a == second.start and b - a >= second.size for a, b in regions):
-                return True
-    return False
+    return any(block2_in_regions(device, try_parse_alt(text).regions())
+               for text in device.dfu_alts() if "option" in text.lower())
 
 
 def _precheck_wp_units(device: Any, units: list[int]) -> None:
@@ -230,36 +226,28 @@ def _precheck_wp_units(device: Any, units: list[int]) -> None:
     cannot encode (a unit without a WRP bit, more runs than areas), or units of a second
     block the alt does not name, is refused before the device is opened (exit 2)."""
     from stmflash import option_bytes as obl
-    from stmflash.errors import UsageError
+    from stmflash.dfu.link import block2_wrp_error
 
     if not obl.supported(device):
         return  # the link decides from what the chip says
     obl.check_wrp_units(device, units)
-    second = device.option_bytes2
     if obl.split_wrp(device, units)[1] and not _alt_names_block2(device):
-        raise UsageError(
-            f"{device.short_name}: the DFU option-bytes alt does not name the bank-2 option bytes at "
-            f"0x{second.start:08X}; protect those sectors over uart"
-        )
+        raise block2_wrp_error(device)
 
 
 def _precheck_dfu_blocks(device: Any, req: Any) -> None:
     """A field of the second option-byte block (F42x bank 2) on a part whose DFU option-bytes
     alt (device table) does not name that block: exit 2 before the device is opened."""
-    from stmflash.errors import UsageError
+    from stmflash.dfu.link import block2_fields_error
     from stmflash.ob_ops import values_for
 
-    second = device.option_bytes2
-    if second is None or _alt_names_block2(device):
+    if device.option_bytes2 is None or _alt_names_block2(device):
         return
     first = device.option_bytes.size
     beyond = [f.name for f in values_for(device, req, rdp2_confirmed=True) if f.offset >= first]
     if beyond:
-        what = "--ob-reset-defaults" if req.reset_defaults and not req.assignments else req.where
-        names = ", ".join(beyond[:4]) + (", ..." if len(beyond) > 4 else "")
-        raise UsageError(
-            f"{what} {names}: {device.short_name}'s second option-byte block at 0x{second.start:08X} "
-            "is not in its DFU option-bytes alt: write it over uart"
+        raise block2_fields_error(
+            device, beyond, "--ob-reset-defaults" if req.reset_defaults and not req.assignments else req.where
         )
 
 

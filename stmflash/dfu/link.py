@@ -38,6 +38,34 @@ REAPPEAR_S = 3.0  # after an unexpected disconnect: a glitch re-enumerates withi
 T = TypeVar("T")
 
 
+def block2_in_regions(device: Device, regions: Iterable[tuple[int, int]]) -> bool:
+    """Does one of an option-bytes alt's regions hold the part's second option-byte block
+    (F42x, L4+ and G47x ROMs name it; F469 and L47x/L49x as modelled do not)?"""
+    second = device.option_bytes2
+    return second is not None and any(a == second.start and b - a >= second.size for a, b in regions)
+
+
+def block2_wrp_error(device: Device) -> UsageError:
+    """Bank-2 write protection through an alt that does not name the second block."""
+    second = device.option_bytes2
+    return UsageError(
+        f"{device.short_name}: the DFU option-bytes alt does not name the bank-2 option bytes"
+        + (f" at 0x{second.start:08X}" if second is not None else "")
+        + "; protect those sectors over uart"
+    )
+
+
+def block2_fields_error(device: Device, names: Sequence[str], what: str = "") -> UsageError:
+    """Option fields of the second block through an alt that does not name it."""
+    second = device.option_bytes2
+    listed = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+    where = f" at 0x{second.start:08X}" if second is not None else ""
+    return UsageError(
+        f"{what + ' ' if what else ''}{listed}: {device.short_name}'s second option-byte block{where} "
+        "is not in its DFU option-bytes alt: write it over uart (--ob-reset-defaults includes it)"
+    )
+
+
 class DfuLink:
     """An opened, identified DfuSe device (implements :class:`stmflash.link.Link`)."""
 
@@ -423,19 +451,10 @@ class DfuLink:
         option-byte block when the alt does not name it (F469, L47x/L49x as modelled) - what
         reading or writing the area would refuse after flashing."""
         self._ob_geometry()  # an alt that is not the layout's area (G0B1), or none (L5)
-        second = self.device.option_bytes2
         first = self.device.option_bytes.size if self.device.option_bytes is not None else 0
-        beyond = [f for f in fields if f.offset >= first]
-        if second is None or not beyond:
-            return
-        try:
-            self._block2_region()
-        except UsageError:
-            names = ", ".join(f.name for f in beyond[:4]) + (", ..." if len(beyond) > 4 else "")
-            raise UsageError(
-                f"{names}: {self.device.short_name}'s second option-byte block at 0x{second.start:08X} "
-                "is not in its DFU option-bytes alt: write it over uart (--ob-reset-defaults includes it)"
-            ) from None
+        beyond = [f.name for f in fields if f.offset >= first]
+        if beyond and not block2_in_regions(self.device, self.option_bytes_alt().layout.regions()):
+            raise block2_fields_error(self.device, beyond)
 
     def _ob_geometry(self) -> tuple[int, int]:
         """(address, size of the layout's area) of the option-bytes alt, checked (no I/O)."""
@@ -579,13 +598,8 @@ class DfuLink:
         """The address of the second option-byte block (F42x bank 2) in the option-bytes alt,
         or UsageError when the alt does not name it (no I/O)."""
         second = self.device.option_bytes2
-        regions = self.option_bytes_alt().layout.regions()
-        if second is None or not any(a == second.start and b - a >= second.size for a, b in regions):
-            raise UsageError(
-                f"{self.device.short_name}: the DFU option-bytes alt does not name the bank-2 option bytes"
-                + (f" at 0x{second.start:08X}" if second is not None else "")
-                + "; protect those sectors over uart"
-            )
+        if second is None or not block2_in_regions(self.device, self.option_bytes_alt().layout.regions()):
+            raise block2_wrp_error(self.device)
         return second.start
 
     def _write_block2(self, change: Callable[[bytes], bytes]) -> bytes:

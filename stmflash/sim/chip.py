@@ -46,7 +46,8 @@ Parts with a second option-byte block (``option_bytes2``: F42x/F43x/F469 bank 2 
 RM0090 3.7.1) store it apart (:meth:`VirtualChip.option_bytes2`, changed only through
 ``_store_option_bytes2``): Read/Write Memory there, and the DfuSe alt region naming it, reach
 it; its nWRP bits (``ob_wrp2``) protect sectors 12-23, and AN3155 Write Unprotect clears them.
-L47x/L49x (0x1FFFF800, RM0351 3.4.1) and L4+ (0x1FF01000, RM0432 3.4.1) bank 2 is the same kind
+L47x/L49x (0x1FFFF800, RM0351 3.4.1), L4+ (0x1FF01000, RM0432 3.4.1) and G47x (0x1FFFF800,
+RM0440 3.4.1) bank 2 is the same kind
 of block with L4's value + complement slots: the complements are written by the flash interface
 (``normalize2``), loaded through the complement check (``loaded_view2``), and its WRP2A/WRP2B
 areas protect pages of bank 2.
@@ -525,7 +526,7 @@ class VirtualChip:
         (an erased 0xFF would read as level 1 while the chip acts unprotected)."""
         t = ob_fields.table_of(self.device)
         f = t.find("RDP") if t is not None else None
-        if f is None or f.offset + 4 > len(self._ob) or any(off == f.offset for off, _ in t.factory):
+        if f is None or f.offset + 4 > len(self._ob) or t.claims_default(f):
             return
         level0 = next((v for v, name, _ in f.values if name == "level0"), None)
         if level0 is not None:
