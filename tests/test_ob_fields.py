@@ -334,6 +334,20 @@ def test_g0_starts_with_the_rm0444_production_optr(name: str) -> None:
     assert all(r["is_default"] for r in ob_fields.decode(dev, area))
 
 
+# ---- L4 / G4: the PCROP1ER factory word -------------------------------------------------------------
+# RM0394 3.4.1 as quoted for an L422 (PCROP end 0xFFFF 0000: PCROP_RDP 1, end 0), RM0440 3.4.1 /
+# 4.4.1 / 5.4.1 (0x00FF 0000: PCROP_RDP 0); L4+ keeps 0 (RM0432's value not found)
+@pytest.mark.parametrize("name, word, pcrop_rdp", [("L476", 0xFFFF0000, 1), ("L412", 0xFFFF0000, 1), ("L496", 0xFFFF0000, 1),
+                                                   ("G431", 0x00FF0000, 0), ("G474", 0x00FF0000, 0), ("L4R5", 0, 0)])
+def test_l4_g4_pcrop1er_factory_word(name: str, word: int, pcrop_rdp: int) -> None:
+    dev = devices.find(name)
+    area = VirtualChip(dev).option_bytes()
+    assert int.from_bytes(area[0x10:0x14], "little") == word
+    rows = {r["field"]: r for r in ob_fields.decode(dev, area)}
+    assert rows["PCROP_RDP"]["value"] == pcrop_rdp and rows["PCROP_RDP"]["is_default"]
+    assert rows["PCROP1_END"]["value"] == 0
+
+
 # ---- G0 / C0: what a reset boots ----------------------------------------------------------------
 # RM0444 section 2.5 Table 8, RM0490 section 3.1 Table 9 and RM0503 section 2.5 Table 6
 # (identical): written out here from the manuals, independently of the data file's boot table.
