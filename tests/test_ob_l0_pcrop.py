@@ -107,3 +107,19 @@ def test_write_protect_in_pcrop_mode_is_not_done_and_not_reported_as_done(capsys
     assert code == 0, err
     rows = {r["field"]: r for r in result(out)["option_fields"]}
     assert rows["WPRMOD"]["value"] == 1 and not rows["WPRMOD"]["writable"]
+
+
+def test_write_unprotect_is_checked_by_reading_back(capsys: pytest.CaptureFixture[str]) -> None:
+    """The ROM ACKs Write Unprotect; whether the protection went is read back from the option
+    bytes. In PcROP mode it cannot go (RM0367 3.4.4), and exit 0 would be a false success."""
+    from stmflash.errors import EXIT_PROTECTED
+
+    chip = _chip(_area(wprmod=1, wrprot=0))  # every sector read-protected
+    registry.register("l0-pcrop-wu", chip)
+    code, _, err = cli(["uart", "sim://L053?chip=l0-pcrop-wu", "--write-unprotect"], capsys)
+    assert code == EXIT_PROTECTED and "still write-protected" in err
+    # plain write protection does go, and the read-back says so
+    chip = _chip(_area(wprmod=0, wrprot=0b11))
+    registry.register("l0-wrp-wu", chip)
+    code, _, err = cli(["uart", "sim://L053?chip=l0-wrp-wu", "--write-unprotect"], capsys)
+    assert code == 0 and not chip.wrp, err
