@@ -1,5 +1,5 @@
 """The option-byte loader's complement check where the reference manual gives word-wise
-forced values (RM0440 3.4.2, RM0490 Rev 5 4.4.2), the G4 and C0 production values those
+forced values (RM0440 3.4.2, RM0490 Rev 5 4.4.2; G0 as C0, RM0444 3.4.2's caution), the G4 and C0 production values those
 manuals print, RM0440's category-4 table and its boot table (Table 5, BOOT_LOCK)."""
 
 from __future__ import annotations
@@ -101,15 +101,19 @@ def test_c0_factory_words_are_rm0490s_table18() -> None:
     assert rows["SECURE_MUXING_EN"]["writable"] and not rows["FDCAN_BL_CK"]["writable"]
 
 
-def test_c0_word_mismatch_forces_rm0490s_values_and_boot_lock() -> None:
+@pytest.mark.parametrize("name", ["C031", "G071", "G0B1"])
+def test_c0_word_mismatch_forces_rm0490s_values_and_boot_lock(name: str) -> None:
     """RM0490 Rev 5 4.4.2: USR OPT all ones but BOR_EN 0, RDP level 1, WRP no protection,
     PCROP all memory, BOOT_LOCK 'boot forced from main flash memory' - so a part whose SECR
-    programming was interrupted no longer reaches its ROM, whatever BOOT0 says."""
-    chip = VirtualChip(C031)
-    t = ob_fields.table_of(C031)
+    programming was interrupted no longer reaches its ROM, whatever BOOT0 says. G0: the same
+    flash interface; RM0444 3.4.2 warns that the mismatch values 'force a secure configuration
+    that might permanently lock the device'."""
+    dev = devices.find(name)
+    chip = VirtualChip(dev)
+    t = ob_fields.table_of(dev)
     chip.reset("bootloader")
     assert chip.boots == "system"
-    ob = obl.normalize(C031, bytes(chip.option_bytes()))
+    ob = obl.normalize(dev, bytes(chip.option_bytes()))
     chip.store_raw_option_bytes(_bad_complement(ob, 0x70))
     chip.reset("bootloader")
     view = chip.loaded_ob_view()
@@ -118,7 +122,7 @@ def test_c0_word_mismatch_forces_rm0490s_values_and_boot_lock() -> None:
     # the OPTR word: BOR_EN 0 and level 1, the boot fields all ones
     bad = bytearray(ob)
     bad[1] |= 0x01  # BOR_EN = 1 written ...
-    chip.store_raw_option_bytes(_bad_complement(obl.normalize(C031, bytes(bad)), 0x00))  # ... complement damaged
+    chip.store_raw_option_bytes(_bad_complement(obl.normalize(dev, bytes(bad)), 0x00))  # ... complement damaged
     chip.reset("bootloader")
     view = chip.loaded_ob_view()
     assert chip.rdp_level == 1 and t.find("BOR_EN").get(view) == 0
