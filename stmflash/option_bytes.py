@@ -152,10 +152,50 @@ def _complement_checked(device: Device, stored: bytes) -> bytes:
         for base in sorted(_failing_words(layout, stored)):
             out[base : base + 4] = forced.get(base, 0xFFFFFFFF).to_bytes(4, "little")
         return bytes(out)
-    for value, comp in _complement_pairs(layout, len(out)):
-        if out[value] ^ out[comp] != 0xFF and not (out[value] == out[comp] == 0xFF):
-            out[value] = 0xFF
+    failed = _failing_bytes(layout, stored)
+    for value in failed:
+        out[value] = 0xFF
+    wrp = layout.get("wrp") or {}
+    if wrp.get("pcrop_mode") and len(out) > max(int(b) for b in wrp["bytes"]):  # the first block's rule
+        _pcrop_mode_mismatch(wrp, out, failed)
     return bytes(out)
+
+
+def _failing_bytes(layout: Layout, block: bytes) -> list[int]:
+    """Offsets of the value bytes whose complement byte does not match (both erased,
+    0xFF/0xFF, is not a failure)."""
+    return [
+        value
+        for value, comp in _complement_pairs(layout, len(block))
+        if block[value] ^ block[comp] != 0xFF and not (block[value] == block[comp] == 0xFF)
+    ]
+
+
+def _pcrop_mode(wrp: Layout, ob: bytes) -> bool:
+    """Whether the protection-mode bit (``pcrop_mode = [byte, bit]``: L0's WPRMOD, FLASH_OPTR
+    bit 8) selects proprietary-code protection. RM0367 3.4.4: with WPRMOD = 1 a WRPROT bit
+    at 0 protects its sector from read as well as write, and protection can then be added
+    (0 written) but not removed, except by the mass erase of an RDP level 1 to 0 regression."""
+    at = wrp.get("pcrop_mode")
+    return bool(at) and bool(ob[int(at[0])] >> int(at[1]) & 1)
+
+
+def _pcrop_mode_mismatch(wrp: Layout, out: bytearray, failed: list[int]) -> None:
+    """RM0367 3.8.2 "Mismatch when loading protection flags": a mismatch on WPRMOD loads its
+    default (1, read protection; the byte rule gives that) and loads WRPROT with zeros, so
+    every sector is read-protected; a mismatch on WRPROT alone protects the sectors of the
+    failing byte in the mode that loaded (3.4.4: "a mismatch concerns all write-protected
+    sectors" with PcROP off, "all read- and write-protected sectors" with it on)."""
+    mode_byte = int(wrp["pcrop_mode"][0])
+    wrp_bytes = [int(b) for b in wrp["bytes"]]
+    if mode_byte in failed:
+        for off in wrp_bytes:
+            out[off] = 0x00
+        return
+    protecting = 0xFF if int(wrp.get("protected", 0)) ^ _pcrop_mode(wrp, out) else 0x00
+    for off in wrp_bytes:
+        if off in failed:
+            out[off] = protecting
 
 
 def _failing_words(layout: Layout, block: bytes) -> set[int]:
@@ -192,7 +232,8 @@ def complement_mismatches(device: Device, view: bytes) -> list[int]:
             out += [base + off for off in _failing_words(device.ob_layout, bytes(block))]
         else:
             loaded = _complement_checked(device, bytes(block))
-            out += [base + i for i, (a, b) in enumerate(zip(block, loaded, strict=True)) if a != b]
+            failed = set(_failing_bytes(device.ob_layout, bytes(block)))
+            out += [base + i for i, (a, b) in enumerate(zip(block, loaded, strict=True)) if a != b and i in failed]
     return sorted(out)
 
 
@@ -252,6 +293,19 @@ def _set_rdp(device: Device, layout: Layout, ob: bytearray, level: int) -> bytea
         raise UsageError(f"{device.short_name} has no RDP level 2")
     ob[int(layout["rdp"])] = int(layout[f"rdp{level}"])
     return _normalize(layout, ob)
+
+
+def rdp_regressed(device: Device, ob: bytes) -> bytes:
+    """The area after an RDP level 1 to 0 regression (AN3155 Readout Unprotect): RDP level 0,
+    and where the layout has a protection-mode bit (L0's WPRMOD) that bit cleared - RM0367
+    3.4.4: the regression's mass erase "deletes the PcROP field too"; the WRPROT words stay
+    ("a mass erase does not delete the third word of the Option bytes")."""
+    layout = layout_of(device)
+    out = _check(device, ob)
+    at = (layout.get("wrp") or {}).get("pcrop_mode")
+    if at:
+        out[int(at[0])] &= ~(1 << int(at[1])) & 0xFF
+    return bytes(_set_rdp(device, layout, out, 0))
 
 
 def rdp_level(device: Device, ob: bytes) -> int:
@@ -355,7 +409,7 @@ def _wrp_units(device: Device, layout: Layout, ob: bytes) -> set[int]:
     if wrp["kind"] == "areas":
         return _area_units(wrp, ob, [u.index for u in device.bank_units(1)])
     value = _bits_value(wrp, ob)
-    want = int(wrp.get("protected", 0))
+    want = int(wrp.get("protected", 0)) ^ _pcrop_mode(wrp, ob)
     out: set[int] = set()
     for bit, members in enumerate(_bit_units(device, wrp)):
         if (value >> bit & 1) == want:
@@ -397,6 +451,12 @@ def _set_codes(device: Device, layout: Layout, ob: bytearray, codes: list[int]) 
         raise UsageError(f"{device.short_name}: write protection is not in the option-byte table")
     if wrp["kind"] == "areas":
         return _normalize(layout, _write_areas(wrp, ob, _area_runs(device, wrp, codes, bank=1)))
+    if _pcrop_mode(wrp, ob):
+        raise UsageError(
+            f"{device.short_name}: the option bytes select proprietary-code protection (WPRMOD = 1): "
+            "the sector bits then read-protect, and only the mass erase of an RDP level 1 to 0 "
+            "regression removes them (RM0367 3.4.4); stmflash does not change them"
+        )
     nbits = len(_bit_units(device, wrp))
     bad = [c for c in codes if not 0 <= c < nbits]
     if bad:

@@ -195,7 +195,7 @@ DFU_DEVS = _dfu_devices()
 
 
 def test_dfu_families_are_covered() -> None:
-    assert {"F4", "L47", "G4", "H7", "F7", "F76x", "U5", "U53", "U59", "L1"} <= {d.ob_fields for d in DFU_DEVS}
+    assert {"F4", "L47", "G43", "G47", "H7", "F7", "F76x", "U5", "U53", "U59", "L1"} <= {d.ob_fields for d in DFU_DEVS}
 
 
 @pytest.fixture
@@ -315,6 +315,37 @@ def test_f1_wrong_rdp_complement_means_readout_protection(capsys: pytest.Capture
     assert chip.rdp_level == 1
     code, _, err = cli(["uart", url, "--ob-show"], capsys)
     assert code == 4 and "read-protected" in err
+
+
+# ---- G0: RM0444 / RM0454 3.4.1 production value -------------------------------------------------
+@pytest.mark.parametrize("name", ["G071", "G031", "G0B1"])
+def test_g0_starts_with_the_rm0444_production_optr(name: str) -> None:
+    """FLASH_OPTR 'Reset value: 0xDFFF E1AA (ST production value)' (RM0444/RM0454 3.4.1),
+    written out here: BOR on at both level-0 thresholds, IRHEN 0, everything else 1; a
+    factory part boots main flash by the nBOOT_SEL/nBOOT0 option bits (the BOOT0 pin ignored)."""
+    dev = devices.find(name)
+    chip = VirtualChip(dev)
+    area = chip.option_bytes()
+    assert int.from_bytes(area[:4], "little") == 0xDFFFE1AA
+    assert int.from_bytes(area[4:8], "little") == 0x20001E55  # its complement
+    rows = {r["field"]: r["value"] for r in ob_fields.decode(dev, area)}
+    assert (rows["BOR_EN"], rows["BORR_LEV"], rows["BORF_LEV"], rows["IRHEN"]) == (1, 0, 0, 0)
+    assert (rows["nBOOT_SEL"], rows["nBOOT0"], rows["nBOOT1"], rows["NRST_MODE"]) == (1, 1, 1, 3)
+    assert all(r["is_default"] for r in ob_fields.decode(dev, area))
+
+
+# ---- L4 / G4: the PCROP1ER factory word -------------------------------------------------------------
+# RM0394 3.4.1 as quoted for an L422 (PCROP end 0xFFFF 0000: PCROP_RDP 1, end 0), RM0440 3.4.1 /
+# 4.4.1 / 5.4.1 (0x00FF 0000: PCROP_RDP 0); L4+ keeps 0 (RM0432's value not found)
+@pytest.mark.parametrize("name, word, pcrop_rdp", [("L476", 0xFFFF0000, 1), ("L412", 0xFFFF0000, 1), ("L496", 0xFFFF0000, 1),
+                                                   ("G431", 0x00FF0000, 0), ("G474", 0x00FF0000, 0), ("L4R5", 0, 0)])
+def test_l4_g4_pcrop1er_factory_word(name: str, word: int, pcrop_rdp: int) -> None:
+    dev = devices.find(name)
+    area = VirtualChip(dev).option_bytes()
+    assert int.from_bytes(area[0x10:0x14], "little") == word
+    rows = {r["field"]: r for r in ob_fields.decode(dev, area)}
+    assert rows["PCROP_RDP"]["value"] == pcrop_rdp and rows["PCROP_RDP"]["is_default"]
+    assert rows["PCROP1_END"]["value"] == 0
 
 
 # ---- G0 / C0: what a reset boots ----------------------------------------------------------------

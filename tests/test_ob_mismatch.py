@@ -1,5 +1,5 @@
 """The option-byte loader's complement check where the reference manual gives word-wise
-forced values (RM0440 3.4.2, RM0490 Rev 5 4.4.2), the G4 and C0 production values those
+forced values (RM0440 3.4.2, RM0490 Rev 5 4.4.2; G0 as C0, RM0444 3.4.2's caution), the G4 and C0 production values those
 manuals print, RM0440's category-4 table and its boot table (Table 5, BOOT_LOCK)."""
 
 from __future__ import annotations
@@ -101,15 +101,19 @@ def test_c0_factory_words_are_rm0490s_table18() -> None:
     assert rows["SECURE_MUXING_EN"]["writable"] and not rows["FDCAN_BL_CK"]["writable"]
 
 
-def test_c0_word_mismatch_forces_rm0490s_values_and_boot_lock() -> None:
+@pytest.mark.parametrize("name", ["C031", "G071", "G0B1"])
+def test_c0_word_mismatch_forces_rm0490s_values_and_boot_lock(name: str) -> None:
     """RM0490 Rev 5 4.4.2: USR OPT all ones but BOR_EN 0, RDP level 1, WRP no protection,
     PCROP all memory, BOOT_LOCK 'boot forced from main flash memory' - so a part whose SECR
-    programming was interrupted no longer reaches its ROM, whatever BOOT0 says."""
-    chip = VirtualChip(C031)
-    t = ob_fields.table_of(C031)
+    programming was interrupted no longer reaches its ROM, whatever BOOT0 says. G0: the same
+    flash interface; RM0444 3.4.2 warns that the mismatch values 'force a secure configuration
+    that might permanently lock the device'."""
+    dev = devices.find(name)
+    chip = VirtualChip(dev)
+    t = ob_fields.table_of(dev)
     chip.reset("bootloader")
     assert chip.boots == "system"
-    ob = obl.normalize(C031, bytes(chip.option_bytes()))
+    ob = obl.normalize(dev, bytes(chip.option_bytes()))
     chip.store_raw_option_bytes(_bad_complement(ob, 0x70))
     chip.reset("bootloader")
     view = chip.loaded_ob_view()
@@ -118,7 +122,7 @@ def test_c0_word_mismatch_forces_rm0490s_values_and_boot_lock() -> None:
     # the OPTR word: BOR_EN 0 and level 1, the boot fields all ones
     bad = bytearray(ob)
     bad[1] |= 0x01  # BOR_EN = 1 written ...
-    chip.store_raw_option_bytes(_bad_complement(obl.normalize(C031, bytes(bad)), 0x00))  # ... complement damaged
+    chip.store_raw_option_bytes(_bad_complement(obl.normalize(dev, bytes(bad)), 0x00))  # ... complement damaged
     chip.reset("bootloader")
     view = chip.loaded_ob_view()
     assert chip.rdp_level == 1 and t.find("BOR_EN").get(view) == 0
@@ -144,6 +148,36 @@ def test_g49x_follows_rm0440_chapter_4() -> None:
     assert ob_fields.table_of(G474).find("PCROP1_STRT").width == 15  # category 3
 
 
+def test_g43x_follows_rm0440_chapter_5(capsys) -> None:
+    """Category 2 (G431/G441, 64 pages of 2 KiB): OPTR bits 22:20 reserved (no DBANK, BFB2 or
+    PB4_PUPEN), PCROP1 14 bits, WRP page fields 6 bits, SEC_SIZE1 7 bits (RM0440 5.4.1); the
+    WRP fields reach the last page and no further, over the field and --write-protect."""
+    from tests.clirun import result
+    from tests.clirun import run_cli as cli
+
+    dev = devices.find("G431")
+    t = ob_fields.table_of(dev)
+    names = {f.name for f in t.fields}
+    assert not {"DBANK", "BFB2", "PB4_PUPEN"} & names
+    widths = {n: t.find(n).width for n in ("PCROP1_STRT", "PCROP1_END", "WRP1A_STRT", "WRP1B_END", "SEC_SIZE1")}
+    assert widths == {"PCROP1_STRT": 14, "PCROP1_END": 14, "WRP1A_STRT": 6, "WRP1B_END": 6, "SEC_SIZE1": 7}
+    chip = VirtualChip(dev)
+    assert all(r["is_default"] for r in ob_fields.decode(dev, chip.loaded_ob_view()))
+    assert int.from_bytes(chip.option_bytes()[0x18:0x1C], "little") == 0xFF00FFFF
+    # the last page (63) is the largest a 6-bit field names; 64 is refused before the port opens
+    code, _, err = cli(["uart", "/dev/nonexistent-g431", "--device", "G431", "--ob", "WRP1A_STRT=64"], capsys)
+    assert code == 2 and "WRP1A_STRT" in err
+    from stmflash.sim import registry
+
+    registry.register("g431-wrp", chip)
+    code, _, err = cli(["uart", "sim://G431?chip=g431-wrp", "--write-protect", "63", "-q"], capsys)
+    assert code == 0, err
+    code, out, err = cli(["uart", "sim://G431?chip=g431-wrp", "--ob-show", "--json"], capsys)
+    assert code == 0 and result(out)["wrp_units"] == [63] and chip.wrp == {63}, err
+    view = chip.loaded_ob_view()
+    assert (t.find("WRP1A_STRT").get(view), t.find("WRP1A_END").get(view)) == (63, 63)
+
+
 # RM0440 2.6.1 Table 5: (BOOT_LOCK, nBOOT1, nBOOT0, BOOT0 pin, nSWBOOT0) -> boot area; None = X
 G4_BOOT_TABLE = [
     (1, None, None, None, None, "flash"),
@@ -156,7 +190,7 @@ G4_BOOT_TABLE = [
 ]
 
 
-@pytest.mark.parametrize("name", ["G474", "G491"])
+@pytest.mark.parametrize("name", ["G431", "G474", "G491"])
 def test_g4_boot_table_walk(name: str) -> None:
     """Every combination of the RM0440 Table 5 inputs boots what the table says (BFB2 = 0,
     flash programmed: the empty check is not in RM0440's table)."""

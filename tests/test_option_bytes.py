@@ -67,7 +67,7 @@ def test_unknown_layouts_refuse_instead_of_guessing(name: str) -> None:
         (F0, "aa55ff00ff00ff00ff00ff00ff00ff00"),  # RM0091: ST production value 0x00FF55AA
         (F3, "aa55ff00ff00ff00ff00ff00ff00ff00"),
         (F4, "ecaaffffffffffffff0fffffffffffff"),  # USER, RDP; nWRP bits 0-11 set
-        (G0, "aafeffff55010000"),  # OPTR 0xFFFFFEAA (RM0444 production value), then its complement
+        (G0, "aae1ffdf551e0020"),  # OPTR 0xDFFFE1AA (RM0444 3.4.1 ST production value), then its complement
         (L0, "aa0055ff"),  # RDP, then nRDP in the upper half-word (RM0367 xx55xxAA)
         # RM0385 FLASH_OPTCR reset 0xC0FFAAFD: USER 0xFC, RDP 0xAA at 0x1FFF0000; nWRP 0xFF,
         # IWDG_STDBY/IWDG_STOP set at 0x1FFF0008; OPTCR1 0x00400080: BOOT_ADD0 0x0080, BOOT_ADD1 0x0040

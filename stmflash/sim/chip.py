@@ -640,7 +640,7 @@ class VirtualChip:
             self._set_fixture_rdp(0)
             self.reset()
             return
-        self._store_option_bytes(obl.set_rdp(self.device, bytes(self._ob), 0), reload=True)
+        self._store_option_bytes(obl.rdp_regressed(self.device, bytes(self._ob)), reload=True)
 
     @property
     def wrp(self) -> frozenset[int]:
@@ -697,7 +697,13 @@ class VirtualChip:
             return
         if self._ob2:
             self._store_option_bytes2(obl.clear_wrp2(self.device, bytes(self._ob2)), reload=False)
-        self.write_protect_groups([], reset=reset)
+        try:
+            self.write_protect_groups([], reset=reset)
+        except AccessError:
+            # L0 with WPRMOD = 1: protection cannot be removed (RM0367 3.4.4); what the ROM's
+            # Write Unprotect then does is not documented - modelled as changing nothing
+            if reset:
+                self.reset()
 
     # ---- what a reset boots ------------------------------------------------------------
     def _latch_empty(self) -> None:

@@ -281,10 +281,37 @@ class UartLink:
             if missing:
                 raise ProtectionError(f"units {sorted(missing)} are not write-protected after writing")
         if first or not second:
-            self.bl.write_protect(obl.wrp_codes(self.device, first))
+            codes = obl.wrp_codes(self.device, first)
+            self.bl.write_protect(codes)
+            got = self._protected_after("Write Protect", bank=1)
+            want = obl.units_for_codes(self.device, codes)
+            if got is not None and got != want:
+                raise ProtectionError(
+                    f"after Write Protect the option bytes protect units {_units(got)}, not {_units(want)}"
+                )
 
     def write_unprotect(self) -> None:
+        """AN3155 Write Unprotect, then the option bytes read back: an ACK alone does not say
+        the protection went (an L0 in PcROP mode keeps it, RM0367 3.4.4)."""
         self.bl.write_unprotect()
+        got = self._protected_after("Write Unprotect")
+        if got:
+            raise ProtectionError(f"after Write Unprotect units {_units(got)} are still write-protected")
+
+    def _protected_after(self, what: str, *, bank: int | None = None) -> set[int] | None:
+        """The erase units the option bytes protect, read back after ``what`` and the ROM's
+        reset (``bank`` 1: the first block's only); None where the table has no layout to
+        decode them with."""
+        from stmflash import option_bytes as obl
+
+        dev = self.device
+        if not obl.supported(dev) or dev.option_bytes is None:
+            return None
+        units = set(obl.wrp_units(dev, self.read_option_bytes()))
+        if bank is None and dev.option_bytes2 is not None and dev.ob_wrp2:
+            block2 = self.bl.read(dev.option_bytes2.start, dev.option_bytes2.size)
+            units |= obl.wrp2_units(dev, block2)
+        return units
 
     # ---- extras used by the uart command --------------------------------------------------
     @property
@@ -350,3 +377,7 @@ def connect(
     except BaseException:
         ser.close()
         raise
+
+
+def _units(units: set[int]) -> str:
+    return ",".join(map(str, sorted(units))) or "none"
