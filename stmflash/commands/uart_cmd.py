@@ -352,6 +352,10 @@ def _session(
         link.bl.readout_unprotect()
         _reidentify(link)
         device, info = link.device, link.info
+        if info.read_protected:  # the ACKs are not the proof: the identified chip still refuses Read Memory
+            from stmflash.errors import ProtectionError
+
+            raise ProtectionError(f"after Readout Unprotect the chip on {link.port_name} is still read-protected")
         reporter.info("readout protection removed (flash mass-erased)")
         did = True
     if kw["write_unprotect"]:

@@ -680,6 +680,19 @@ class DfuLink:
 
         self._retry("Read Unprotect", op)
         self.reconnect(self._mass_deadline() + REENUMERATE_S)
+        from stmflash import option_bytes as obl
+
+        # the re-enumeration is not the proof: where the table decodes the option bytes, level 0
+        # is read back (the alt is readable at level 0 only)
+        if not obl.supported(self.device):
+            return
+        try:
+            self._ob_geometry()  # an option-bytes alt over the area the table decodes
+        except UsageError:
+            return
+        level, _ = self.protection()
+        if level != 0:
+            raise ProtectionError(f"{self.info.path}: RDP level is {level} after Read Unprotect")
 
     def reconnect(self, timeout_s: float = REENUMERATE_S) -> None:
         """Wait for the device to come back on the same port after a reset, and reopen it."""

@@ -247,6 +247,13 @@ class UartLink:
 
         if level == 1:
             self.bl.readout_protect()
+            # the ACKs say the ROM took the command, not that level 1 loaded: after the reset a
+            # level-1 ROM refuses Read Memory (AN3155 3.7; probed six times, not once)
+            if not self.bl.probe_read_protected():
+                raise ProtectionError(
+                    f"after Readout Protect the chip on {self.bl.name} still answers Read Memory: "
+                    "RDP level 1 did not take"
+                )
             return
         if level != 2:
             raise UsageError(f"RDP level {level}: only 1 or 2 can be set")
