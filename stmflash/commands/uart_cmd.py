@@ -601,7 +601,7 @@ def _decode_ob(device: Any, ob: bytes, ob2: bytes | None = None) -> dict[str, An
 
     if not obl.supported(device) or len(ob) != device.option_bytes.size:
         return {}
-    units = set(obl.wrp_units(device, ob)) | (obl.wrp2_units(device, ob2) if ob2 else set())
+    units = set(obl.wrp_units(device, ob)) | (obl.wrp2_units(device, ob2, ob) if ob2 else set())
     return {"rdp_level": obl.rdp_level(device, ob), "wrp_units": sorted(units)}
 
 
