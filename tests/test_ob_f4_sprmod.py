@@ -31,22 +31,27 @@ def _sprmod(chip: VirtualChip, nwrp: int = 0xFFF) -> None:
     chip.reset()
 
 
-def test_sprmod_turns_the_nwrp_bits_round_in_both_banks(capsys: pytest.CaptureFixture[str]) -> None:
-    chip = VirtualChip(F429)
+@pytest.mark.parametrize("name", ["F429", "F446", "F411"])
+def test_sprmod_turns_the_nwrp_bits_round_in_both_banks(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    dev = devices.find(name)
+    every = set(range(len(dev.erase_units)))  # F429: sectors 0-23, bank 2's nWRP at 0x1FFEC008 too
+    chip = VirtualChip(dev)
     assert not chip.wrp
-    _sprmod(chip)  # factory nWRP/nWRP2: all ones
-    assert chip.wrp == set(range(24))
-    registry.register("f4-sprmod", chip)
-    code, out, err = cli(["uart", "sim://F429?chip=f4-sprmod", "--ob-show", "--json"], capsys)
+    _sprmod(chip)  # factory nWRP (and nWRP2): all ones
+    assert chip.wrp == every
+    registry.register(f"f4-sprmod-{name}", chip)
+    code, out, err = cli(["uart", f"sim://{name}?chip=f4-sprmod-{name}", "--ob-show", "--json"], capsys)
     assert code == 0, err
     res = result(out)
-    assert res["wrp_units"] == list(range(24))
+    assert res["wrp_units"] == sorted(every)
     rows = {r["field"]: r for r in res["option_fields"]}
     assert rows["SPRMOD"]["value"] == 1 and not rows["SPRMOD"]["writable"]
     # an nWRP bit at 0 leaves its sector out of PCROP
-    chip2 = VirtualChip(F429)
+    chip2 = VirtualChip(dev)
     _sprmod(chip2, nwrp=0xFFE)
-    assert chip2.wrp == set(range(1, 24))
+    assert chip2.wrp == every - {0}
+    # a factory area decodes SPRMOD 0 and the bits as write protection: nothing protected
+    assert ob_fields.table_of(dev).find("SPRMOD").get(VirtualChip(dev).option_bytes()) == 0
 
 
 def test_sprmod_is_refused_and_wrp_is_not_changed_under_it(capsys: pytest.CaptureFixture[str]) -> None:
