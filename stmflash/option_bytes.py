@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from stmflash.devices import Device
-from stmflash.errors import UsageError
+from stmflash.errors import ProtectionError, UsageError
 
 __all__ = [
     "check_wrp_units",
@@ -156,8 +156,8 @@ def _complement_checked(device: Device, stored: bytes) -> bytes:
     for value in failed:
         out[value] = 0xFF
     wrp = layout.get("wrp") or {}
-    if wrp.get("pcrop_mode") and len(out) > max(int(b) for b in wrp["bytes"]):  # the first block's rule
-        _pcrop_mode_mismatch(wrp, out, failed)
+    if (wrp.get("pcrop_mode") or {}).get("mismatch") and len(out) > max(int(b) for b in wrp["bytes"]):
+        _pcrop_mode_mismatch(wrp, out, failed)  # the first block's rule (RM0367 3.8.2)
     return bytes(out)
 
 
@@ -172,12 +172,33 @@ def _failing_bytes(layout: Layout, block: bytes) -> list[int]:
 
 
 def _pcrop_mode(wrp: Layout, ob: bytes) -> bool:
-    """Whether the protection-mode bit (``pcrop_mode = [byte, bit]``: L0's WPRMOD, FLASH_OPTR
-    bit 8) selects proprietary-code protection. RM0367 3.4.4: with WPRMOD = 1 a WRPROT bit
-    at 0 protects its sector from read as well as write, and protection can then be added
-    (0 written) but not removed, except by the mass erase of an RDP level 1 to 0 regression."""
-    at = wrp.get("pcrop_mode")
-    return bool(at) and bool(ob[int(at[0])] >> int(at[1]) & 1)
+    """Whether the protection-mode bit (``pcrop_mode = { at = [byte, bit], field, source }``)
+    selects proprietary-code protection, which turns the WRP bits' polarity round: L0's
+    WPRMOD (RM0367 3.4.4: a WRPROT bit at 0 then read-protects its sector; protection can be
+    added, not removed, except by the mass erase of an RDP level 1 to 0 regression) and
+    F42x's SPRMOD (RM0090 3.7.5: an nWRP bit at 1 then makes its sector PCROP; SPRMOD is
+    cleared only together with an RDP level 1 to 0 regression)."""
+    mode = wrp.get("pcrop_mode")
+    if not mode or len(ob) <= int(mode["at"][0]):
+        return False
+    byte, bit = (int(x) for x in mode["at"])
+    return bool(ob[byte] >> bit & 1)
+
+
+def pcrop_mode_error(device: Device, ob: bytes) -> str:
+    """Why write protection cannot be changed with these option bytes ("" when it can): the
+    protection-mode bit selects proprietary-code protection (:func:`_pcrop_mode`)."""
+    if not supported(device):
+        return ""
+    wrp = device.ob_layout.get("wrp") or {}
+    if not _pcrop_mode(wrp, ob):
+        return ""
+    mode = wrp["pcrop_mode"]
+    return (
+        f"{device.short_name}: the option bytes select proprietary-code protection ({mode['field']} = 1): "
+        f"the sector bits then mean read protection, which only an RDP level 1 to 0 regression removes "
+        f"({mode['source']}); stmflash does not change them"
+    )
 
 
 def _pcrop_mode_mismatch(wrp: Layout, out: bytearray, failed: list[int]) -> None:
@@ -186,7 +207,7 @@ def _pcrop_mode_mismatch(wrp: Layout, out: bytearray, failed: list[int]) -> None
     every sector is read-protected; a mismatch on WRPROT alone protects the sectors of the
     failing byte in the mode that loaded (3.4.4: "a mismatch concerns all write-protected
     sectors" with PcROP off, "all read- and write-protected sectors" with it on)."""
-    mode_byte = int(wrp["pcrop_mode"][0])
+    mode_byte = int(wrp["pcrop_mode"]["at"][0])
     wrp_bytes = [int(b) for b in wrp["bytes"]]
     if mode_byte in failed:
         for off in wrp_bytes:
@@ -302,9 +323,10 @@ def rdp_regressed(device: Device, ob: bytes) -> bytes:
     ("a mass erase does not delete the third word of the Option bytes")."""
     layout = layout_of(device)
     out = _check(device, ob)
-    at = (layout.get("wrp") or {}).get("pcrop_mode")
-    if at:
-        out[int(at[0])] &= ~(1 << int(at[1])) & 0xFF
+    mode = (layout.get("wrp") or {}).get("pcrop_mode")
+    if mode and mode.get("regression_clears"):
+        byte, bit = (int(x) for x in mode["at"])
+        out[byte] &= ~(1 << bit) & 0xFF
     return bytes(_set_rdp(device, layout, out, 0))
 
 
@@ -451,12 +473,9 @@ def _set_codes(device: Device, layout: Layout, ob: bytearray, codes: list[int]) 
         raise UsageError(f"{device.short_name}: write protection is not in the option-byte table")
     if wrp["kind"] == "areas":
         return _normalize(layout, _write_areas(wrp, ob, _area_runs(device, wrp, codes, bank=1)))
-    if _pcrop_mode(wrp, ob):
-        raise UsageError(
-            f"{device.short_name}: the option bytes select proprietary-code protection (WPRMOD = 1): "
-            "the sector bits then read-protect, and only the mass erase of an RDP level 1 to 0 "
-            "regression removes them (RM0367 3.4.4); stmflash does not change them"
-        )
+    why = pcrop_mode_error(device, bytes(ob))
+    if why:
+        raise ProtectionError(why)
     nbits = len(_bit_units(device, wrp))
     bad = [c for c in codes if not 0 <= c < nbits]
     if bad:
@@ -575,7 +594,7 @@ def _bank2_pages(device: Device, wrp: Layout) -> list[int]:
     return [u.index for u in device.bank_units(2)[: mask + 1]]
 
 
-def wrp2_units(device: Device, block: bytes) -> frozenset[int]:
+def wrp2_units(device: Device, block: bytes, area: bytes | None = None) -> frozenset[int]:
     """Erase units the second block write-protects (``ob_wrp2``). Bits: bit n protects unit
     ``first_unit + n`` (F42x nWRP of sectors 12-23 at 0x1FFEC008, RM0090 3.7.1). Areas: each
     word's start..end pages of bank 2, active when start <= end (L4 WRP2AR/WRP2BR, RM0351
@@ -586,7 +605,8 @@ def wrp2_units(device: Device, block: bytes) -> frozenset[int]:
     if _is_areas(wrp):
         return frozenset(_area_units(wrp, loaded_view2(device, block), _bank2_pages(device, wrp)))
     value = _wrp2_bits(device, wrp, block)
-    want = int(wrp.get("protected", 0))
+    # the first block's protection-mode bit (F42x SPRMOD) turns bank 2's nWRP round too
+    want = int(wrp.get("protected", 0)) ^ (area is not None and _pcrop_mode(device.ob_layout.get("wrp") or {}, area))
     first, n = int(wrp["first_unit"]), len(device.erase_units)
     return frozenset(
         first + b for b in range(int(wrp["max_bits"])) if (value >> b & 1) == want and first + b < n

@@ -96,30 +96,36 @@ def test_rdp_regression_clears_wprmod_and_keeps_wrprot(capsys: pytest.CaptureFix
 
 
 def test_write_protect_in_pcrop_mode_is_not_done_and_not_reported_as_done(capsys: pytest.CaptureFixture[str]) -> None:
+    """The option bytes are read before Write Protect is sent: in PcROP mode the bits mean
+    read protection, so nothing is sent (exit 4, the reason named)."""
+    from stmflash.errors import EXIT_PROTECTED
+
     chip = _chip(_area(wprmod=1, wrprot=0xFFFFFFFF))  # PcROP mode, nothing protected yet
     registry.register("l0-pcrop", chip)
     url = "sim://L053?chip=l0-pcrop"
     before = chip.option_bytes()
-    code, _, err = cli(["uart", url, "--write-protect", "0"], capsys)
-    assert code != 0 and err
-    assert chip.option_bytes() == before and not chip.wrp
+    for args in (["--write-protect", "0"], ["--write-unprotect"]):
+        code, _, err = cli(["uart", url, *args], capsys)
+        assert code == EXIT_PROTECTED and "WPRMOD = 1" in err and "RM0367 3.4.4" in err, args
+        assert chip.option_bytes() == before and not chip.wrp
     code, out, err = cli(["uart", url, "--ob-show", "--json"], capsys)
     assert code == 0, err
     rows = {r["field"]: r for r in result(out)["option_fields"]}
     assert rows["WPRMOD"]["value"] == 1 and not rows["WPRMOD"]["writable"]
 
 
-def test_write_unprotect_is_checked_by_reading_back(capsys: pytest.CaptureFixture[str]) -> None:
+def test_write_unprotect_is_checked_by_reading_back(capsys: pytest.CaptureFixture[str],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """The ROM ACKs Write Unprotect; whether the protection went is read back from the option
-    bytes. In PcROP mode it cannot go (RM0367 3.4.4), and exit 0 would be a false success."""
+    bytes: a ROM that ACKs and changes nothing (injected) is exit 4, not a success."""
     from stmflash.errors import EXIT_PROTECTED
 
-    chip = _chip(_area(wprmod=1, wrprot=0))  # every sector read-protected
-    registry.register("l0-pcrop-wu", chip)
-    code, _, err = cli(["uart", "sim://L053?chip=l0-pcrop-wu", "--write-unprotect"], capsys)
-    assert code == EXIT_PROTECTED and "still write-protected" in err
-    # plain write protection does go, and the read-back says so
     chip = _chip(_area(wprmod=0, wrprot=0b11))
     registry.register("l0-wrp-wu", chip)
-    code, _, err = cli(["uart", "sim://L053?chip=l0-wrp-wu", "--write-unprotect"], capsys)
+    url = "sim://L053?chip=l0-wrp-wu"
+    monkeypatch.setattr(chip, "write_unprotect", lambda *, reset=True: chip.reset())
+    code, _, err = cli(["uart", url, "--write-unprotect"], capsys)
+    assert code == EXIT_PROTECTED and "still write-protected" in err and chip.wrp
+    monkeypatch.undo()
+    code, _, err = cli(["uart", url, "--write-unprotect"], capsys)  # the real thing passes
     assert code == 0 and not chip.wrp, err

@@ -105,7 +105,7 @@ def run_ob_actions(link: Any, req: ObRequest | None, kw: dict[str, Any], reporte
             if dev.ob_layout.get("wrp"):
                 units = set(obl.wrp_units(dev, area[:first]))
                 if len(area) > first:  # the second block (F42x bank 2 nWRP, sectors 12-23)
-                    units |= obl.wrp2_units(dev, area[first:])
+                    units |= obl.wrp2_units(dev, area[first:], area[:first])
                 fields["wrp_units"] = sorted(units)
     return did, rows
 

@@ -352,6 +352,10 @@ def _session(
         link.bl.readout_unprotect()
         _reidentify(link)
         device, info = link.device, link.info
+        if info.read_protected:  # the ACKs are not the proof: the identified chip still refuses Read Memory
+            from stmflash.errors import ProtectionError
+
+            raise ProtectionError(f"after Readout Unprotect the chip on {link.port_name} is still read-protected")
         reporter.info("readout protection removed (flash mass-erased)")
         did = True
     if kw["write_unprotect"]:
@@ -597,7 +601,7 @@ def _decode_ob(device: Any, ob: bytes, ob2: bytes | None = None) -> dict[str, An
 
     if not obl.supported(device) or len(ob) != device.option_bytes.size:
         return {}
-    units = set(obl.wrp_units(device, ob)) | (obl.wrp2_units(device, ob2) if ob2 else set())
+    units = set(obl.wrp_units(device, ob)) | (obl.wrp2_units(device, ob2, ob) if ob2 else set())
     return {"rdp_level": obl.rdp_level(device, ob), "wrp_units": sorted(units)}
 
 

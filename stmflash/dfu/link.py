@@ -624,6 +624,10 @@ class DfuLink:
 
         _, _, wrp_units, set_wrp = self._ob_rules()
         dev = self.device
+        if (dev.ob_layout.get("wrp") or {}).get("pcrop_mode"):  # read before anything is written
+            why = obl.pcrop_mode_error(dev, self.ob_area_read())
+            if why:
+                raise ProtectionError(why)
         first, second = obl.split_wrp(dev, sorted(set(units)))
         if second:
             back2 = self._write_block2(lambda b: obl.set_wrp2(dev, b, second))
@@ -664,7 +668,7 @@ class DfuLink:
         units = set(wrp_units(self.device, area[:size]))
         block2 = self._ob_block2(regions)
         if block2 is not None:
-            units |= obl.wrp2_units(self.device, block2)
+            units |= obl.wrp2_units(self.device, block2, area[:size])
         return rdp_level(self.device, area[:size]), units
 
     def read_unprotect(self) -> None:
@@ -680,6 +684,19 @@ class DfuLink:
 
         self._retry("Read Unprotect", op)
         self.reconnect(self._mass_deadline() + REENUMERATE_S)
+        from stmflash import option_bytes as obl
+
+        # the re-enumeration is not the proof: where the table decodes the option bytes, level 0
+        # is read back (the alt is readable at level 0 only)
+        if not obl.supported(self.device):
+            return
+        try:
+            self._ob_geometry()  # an option-bytes alt over the area the table decodes
+        except UsageError:
+            return
+        level, _ = self.protection()
+        if level != 0:
+            raise ProtectionError(f"{self.info.path}: RDP level is {level} after Read Unprotect")
 
     def reconnect(self, timeout_s: float = REENUMERATE_S) -> None:
         """Wait for the device to come back on the same port after a reset, and reopen it."""

@@ -651,7 +651,7 @@ class VirtualChip:
             else:
                 self._wrp_cache = frozenset(obl.wrp_units(self.device, self.loaded_option_bytes()))
             if self.layout_known and self._ob2:
-                self._wrp_cache = self._wrp_cache | obl.wrp2_units(self.device, bytes(self._ob2))
+                self._wrp_cache = self._wrp_cache | obl.wrp2_units(self.device, bytes(self._ob2), self.loaded_option_bytes())
         return self._wrp_cache
 
     @property

@@ -247,6 +247,13 @@ class UartLink:
 
         if level == 1:
             self.bl.readout_protect()
+            # the ACKs say the ROM took the command, not that level 1 loaded: after the reset a
+            # level-1 ROM refuses Read Memory (AN3155 3.7; probed six times, not once)
+            if not self.bl.probe_read_protected():
+                raise ProtectionError(
+                    f"after Readout Protect the chip on {self.bl.name} still answers Read Memory: "
+                    "RDP level 1 did not take"
+                )
             return
         if level != 2:
             raise UsageError(f"RDP level {level}: only 1 or 2 can be set")
@@ -269,6 +276,7 @@ class UartLink:
         are named."""
         from stmflash import option_bytes as obl
 
+        self._refuse_in_pcrop_mode()
         first, second = obl.split_wrp(self.device, units)
         if second:
             block2 = self.device.option_bytes2
@@ -292,7 +300,10 @@ class UartLink:
 
     def write_unprotect(self) -> None:
         """AN3155 Write Unprotect, then the option bytes read back: an ACK alone does not say
-        the protection went (an L0 in PcROP mode keeps it, RM0367 3.4.4)."""
+        the protection went (an L0 in PcROP mode keeps it, RM0367 3.4.4). In that mode it is not
+        sent at all: what the ROM writes then (WRPROT zeros would read-protect every L0 sector)
+        is not documented."""
+        self._refuse_in_pcrop_mode()
         self.bl.write_unprotect()
         got = self._protected_after("Write Unprotect")
         if got:
@@ -307,11 +318,24 @@ class UartLink:
         dev = self.device
         if not obl.supported(dev) or dev.option_bytes is None:
             return None
-        units = set(obl.wrp_units(dev, self.read_option_bytes()))
+        area = self.read_option_bytes()
+        units = set(obl.wrp_units(dev, area))
         if bank is None and dev.option_bytes2 is not None and dev.ob_wrp2:
             block2 = self.bl.read(dev.option_bytes2.start, dev.option_bytes2.size)
-            units |= obl.wrp2_units(dev, block2)
+            units |= obl.wrp2_units(dev, block2, area)
         return units
+
+    def _refuse_in_pcrop_mode(self) -> None:
+        """Write protection is not changed while the option bytes select proprietary-code
+        protection (L0 WPRMOD, F42x SPRMOD): the read happens before anything is written."""
+        from stmflash import option_bytes as obl
+
+        dev = self.device
+        if not obl.supported(dev) or dev.option_bytes is None or not (dev.ob_layout.get("wrp") or {}).get("pcrop_mode"):
+            return
+        why = obl.pcrop_mode_error(dev, self.read_option_bytes())
+        if why:
+            raise ProtectionError(why)
 
     # ---- extras used by the uart command --------------------------------------------------
     @property
