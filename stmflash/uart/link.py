@@ -171,7 +171,8 @@ class UartLink:
         ``data`` covers the area from its start (usually all of it). Complement bytes are
         rewritten by the chip, so the read-back is compared with the family encoding of
         ``data``. Data that sets RDP level 2 needs ``confirm_permanent``; data that sets
-        level 1 cannot be read back (the ROM refuses reads then) and is not verified.
+        level 1 cannot be read back (the ROM refuses reads then): that the ROM now refuses
+        Read Memory is checked instead.
         """
         from stmflash import option_bytes as obl
         from stmflash.errors import VerifyError
@@ -189,8 +190,17 @@ class UartLink:
         self._write_ob_chunks(
             region.start, data, current=current if expect is not None else None, final_silent=level in (2, -1)
         )
+        if level == 1:
+            # the bytes cannot be read back at level 1, but level 1 itself can be checked: the
+            # ROM refuses Read Memory now (AN3155 3.7)
+            if not self.bl.probe_read_protected():
+                raise ProtectionError(
+                    f"after writing option bytes that set RDP level 1 the chip on {self.bl.name} still "
+                    "answers Read Memory: they did not take"
+                )
+            return True
         if level != 0:
-            return level == 1  # False: silent now (level 2, or a layout nobody can decode)
+            return False  # silent now (level 2, or a layout nobody can decode)
         back = self.bl.read(region.start, len(data))
         want = expect[: len(data)] if expect is not None else data
         if back != want:
