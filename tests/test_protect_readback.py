@@ -76,3 +76,19 @@ def test_dfu_read_unprotect_is_read_back(f407, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(chip, "readout_unprotect", real)
     link.read_unprotect()
     assert chip.rdp_level == 0 and link.protection()[0] == 0
+
+
+def test_uart_raw_option_bytes_setting_level_1_are_checked(capsys: pytest.CaptureFixture[str],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """--write-option-bytes whose RDP byte sets level 1 cannot be read back; that the ROM now
+    refuses Read Memory is checked instead."""
+    from stmflash import option_bytes as obl
+
+    chip, url = _uart_chip("F103", "raw-rdp1-nop")
+    rdp1 = obl.set_rdp(chip.device, chip.option_bytes(), 1)
+    monkeypatch.setattr(chip, "write_option_bytes", lambda data: chip.reset())  # ACKed, nothing changed
+    code, _, err = cli(["uart", url, "--write-option-bytes", rdp1.hex()], capsys)
+    assert code == EXIT_PROTECTED and "did not take" in err and chip.rdp_level == 0
+    monkeypatch.undo()
+    code, _, err = cli(["uart", url, "--write-option-bytes", rdp1.hex()], capsys)
+    assert code == 0 and chip.rdp_level == 1, err

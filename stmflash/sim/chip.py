@@ -700,8 +700,9 @@ class VirtualChip:
         try:
             self.write_protect_groups([], reset=reset)
         except AccessError:
-            # L0 with WPRMOD = 1: protection cannot be removed (RM0367 3.4.4); what the ROM's
-            # Write Unprotect then does is not documented - modelled as changing nothing
+            # proprietary-code mode (L0 WPRMOD, F42x SPRMOD): protection cannot be removed
+            # (RM0367 3.4.4, RM0090 3.7.5); what the ROM's Write Unprotect then does is not
+            # documented - modelled as changing nothing (stmflash does not send it then)
             if reset:
                 self.reset()
 
