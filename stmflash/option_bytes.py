@@ -28,8 +28,12 @@ __all__ = [
     "default_ob2",
     "as_stored",
     "encode_layout",
+    "loaded_protection",
     "loaded_view",
     "loaded_view2",
+    "pcrop_mode_error",
+    "pcrop_mode_note",
+    "rdp_regressed",
     "normalize2",
     "reload_registers",
     "rom_written",
@@ -185,9 +189,9 @@ def _pcrop_mode(wrp: Layout, ob: bytes) -> bool:
     return bool(ob[byte] >> bit & 1)
 
 
-def pcrop_mode_error(device: Device, ob: bytes) -> str:
-    """Why write protection cannot be changed with these option bytes ("" when it can): the
-    protection-mode bit selects proprietary-code protection (:func:`_pcrop_mode`)."""
+def pcrop_mode_note(device: Device, ob: bytes) -> str:
+    """What the protection-mode bit means when these option bytes set it ("" when they do
+    not, or the layout has none): the sector bits are proprietary-code protection."""
     if not supported(device):
         return ""
     wrp = device.ob_layout.get("wrp") or {}
@@ -195,10 +199,15 @@ def pcrop_mode_error(device: Device, ob: bytes) -> str:
         return ""
     mode = wrp["pcrop_mode"]
     return (
-        f"{device.short_name}: the option bytes select proprietary-code protection ({mode['field']} = 1): "
-        f"the sector bits then mean read protection, which only an RDP level 1 to 0 regression removes "
-        f"({mode['source']}); stmflash does not change them"
+        f"the option bytes select proprietary-code protection ({mode['field']} = 1): the sector bits "
+        f"then mean read protection, which only an RDP level 1 to 0 regression removes ({mode['source']})"
     )
+
+
+def pcrop_mode_error(device: Device, ob: bytes) -> str:
+    """Why write protection cannot be changed with these option bytes ("" when it can)."""
+    note = pcrop_mode_note(device, ob)
+    return f"{device.short_name}: {note}; stmflash does not change them" if note else ""
 
 
 def _pcrop_mode_mismatch(wrp: Layout, out: bytearray, failed: list[int]) -> None:
@@ -328,6 +337,18 @@ def rdp_regressed(device: Device, ob: bytes) -> bytes:
         byte, bit = (int(x) for x in mode["at"])
         out[byte] &= ~(1 << bit) & 0xFF
     return bytes(_set_rdp(device, layout, out, 0))
+
+
+def loaded_protection(device: Device, area: bytes, block2: bytes | None = None) -> tuple[int, set[int]]:
+    """(RDP level, write-protected units) the chip runs with: decoded from what the option-
+    byte loader takes from ``area`` (and the second block), complement check applied - on F1
+    a bad RDP complement is level 1 whatever the byte says, on L0 a bad WPRMOD complement
+    read-protects every sector. Decoding the stored bytes would report what is not in force."""
+    loaded = loaded_view(device, _check(device, area))
+    units = _wrp_units(device, layout_of(device), loaded)
+    if block2 is not None and device.option_bytes2 is not None and len(block2) >= device.option_bytes2.size:
+        units |= wrp2_units(device, loaded_view2(device, block2), loaded)
+    return _rdp_level(layout_of(device), loaded), units
 
 
 def rdp_level(device: Device, ob: bytes) -> int:

@@ -129,3 +129,20 @@ def test_write_unprotect_is_checked_by_reading_back(capsys: pytest.CaptureFixtur
     monkeypatch.undo()
     code, _, err = cli(["uart", url, "--write-unprotect"], capsys)  # the real thing passes
     assert code == 0 and not chip.wrp, err
+
+
+def test_ob_show_decodes_what_the_loader_takes(capsys: pytest.CaptureFixture[str]) -> None:
+    """--ob-show reports the protection the chip runs with: with WPRMOD's complement damaged
+    the stored byte says 0, the loader takes 1 and WRPROT zeros - every sector protected, and
+    the warning says why."""
+    bad = bytearray(_area(wprmod=0, wrprot=0))
+    bad[3] ^= 0x01
+    chip = _chip(bytes(bad))
+    registry.register("l0-show-loaded", chip)
+    code, out, err = cli(["uart", "sim://L053?chip=l0-show-loaded", "--ob-show", "--json"], capsys)
+    assert code == 0, err
+    res = result(out)
+    assert res["wrp_units"] == list(range(len(L053.erase_units))) and res["rdp_level"] == 0
+    assert res["option_bytes_complement_mismatch"] == ["0x1FF80001"]
+    code, _, err = cli(["uart", "sim://L053?chip=l0-show-loaded", "--ob-show"], capsys)
+    assert code == 0 and "WPRMOD = 1" in err and "proprietary-code protection" in err

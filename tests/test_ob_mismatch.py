@@ -256,3 +256,28 @@ def test_ob_show_names_a_bank2_mismatch_at_its_own_address(capsys) -> None:
     code, out, err = cli(["uart", "sim://G474?chip=mm-g474-b2", "--ob-show", "--json"], capsys)
     assert code == 0, err
     assert result(out)["option_bytes_complement_mismatch"] == ["0x1FFFF818"]
+
+
+def test_ob_show_reports_the_protection_the_loader_takes(capsys) -> None:
+    """--ob-show and --read-option-bytes decode what the option-byte loader takes, not the
+    stored bytes: a G4 WRP area whose complement is damaged loads as no protection (RM0440
+    3.4.2), and an F1 RDP byte with a damaged complement is level 1 (RM0008 OPTERR: 0xFF)."""
+    from stmflash.sim import registry
+    from tests.clirun import result
+    from tests.clirun import run_cli as cli
+
+    chip = VirtualChip(G474)
+    ob = obl.set_wrp(G474, chip.option_bytes(), [2, 3])
+    bad = _bad_complement(ob, 0x18)
+    chip.store_raw_option_bytes(bad)
+    chip.reset()
+    registry.register("g4-wrp-mm", chip)
+    assert obl.wrp_units(G474, bad) == {2, 3}  # what the stored bytes say
+    for args in (["--ob-show", "--json"], ["--read-option-bytes", "--json"]):
+        code, out, err = cli(["uart", "sim://G474?chip=g4-wrp-mm", *args], capsys)
+        assert code == 0, err
+        assert result(out)["wrp_units"] == [] and not chip.wrp, args
+    f103 = devices.find("F103")
+    area = bytearray(VirtualChip(f103).option_bytes())
+    area[1] ^= 0x01  # nRDP no longer the complement of RDP 0xA5
+    assert obl.rdp_level(f103, bytes(area)) == 0 and obl.loaded_protection(f103, bytes(area))[0] == 1

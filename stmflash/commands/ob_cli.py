@@ -101,12 +101,14 @@ def run_ob_actions(link: Any, req: ObRequest | None, kw: dict[str, Any], reporte
             )
         if obl.supported(dev):
             first = dev.option_bytes.size if dev.option_bytes is not None else len(area)
-            fields["rdp_level"] = obl.rdp_level(dev, area[:first])
+            # what the chip runs with (complement check applied), the second block included
+            level, units = obl.loaded_protection(dev, area[:first], area[first:] if len(area) > first else None)
+            fields["rdp_level"] = level
             if dev.ob_layout.get("wrp"):
-                units = set(obl.wrp_units(dev, area[:first]))
-                if len(area) > first:  # the second block (F42x bank 2 nWRP, sectors 12-23)
-                    units |= obl.wrp2_units(dev, area[first:], area[:first])
                 fields["wrp_units"] = sorted(units)
+            note = obl.pcrop_mode_note(dev, obl.loaded_view(dev, area[:first]))
+            if note:  # the protected units above are counted that way
+                reporter.warn(note)
     return did, rows
 
 

@@ -601,8 +601,8 @@ def _decode_ob(device: Any, ob: bytes, ob2: bytes | None = None) -> dict[str, An
 
     if not obl.supported(device) or len(ob) != device.option_bytes.size:
         return {}
-    units = set(obl.wrp_units(device, ob)) | (obl.wrp2_units(device, ob2, ob) if ob2 else set())
-    return {"rdp_level": obl.rdp_level(device, ob), "wrp_units": sorted(units)}
+    level, units = obl.loaded_protection(device, ob, ob2)  # what the chip runs with
+    return {"rdp_level": level, "wrp_units": sorted(units)}
 
 
 def _rdp_error(link: Any) -> Exception:
