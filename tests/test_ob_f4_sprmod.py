@@ -92,3 +92,17 @@ def test_dfu_decodes_sprmod_and_refuses_wrp_changes_under_it(f429_dfu) -> None:
         link.write_unprotect()
     assert chip.option_bytes() == before
     assert ob_fields.table_of(F429).find("SPRMOD").readonly
+
+
+def test_raw_option_bytes_that_set_sprmod_are_said(capsys: pytest.CaptureFixture[str]) -> None:
+    """--write-option-bytes that turn SPRMOD on are written (the mode is not permanent: an RDP
+    regression removes it), and the warning says what they do: every sector with its nWRP
+    bit at 1 - all of them here - becomes PCROP."""
+    chip = VirtualChip(F429)
+    registry.register("f4-raw-sprmod", chip)
+    area = bytearray(chip.option_bytes())
+    area[9] |= 0x80
+    code, _, err = cli(["uart", "sim://F429?chip=f4-raw-sprmod", "--write-option-bytes", area.hex()], capsys)
+    assert code == 0, err
+    assert "SPRMOD = 1" in err and "every sector" in err
+    assert chip.wrp == set(range(24))  # bank 2's nWRP (its own block, all ones) turns round too

@@ -522,7 +522,8 @@ def _session(
 
 def _check_option_bytes(device: Any, data: bytes, reporter: Any) -> None:
     """--write-option-bytes takes the whole area (as the README says): a part of it would
-    leave the rest to whatever the chip held; and a value that sets RDP level 1 is said."""
+    leave the rest to whatever the chip held; and a value that sets RDP level 1, or a
+    proprietary-code mode bit (L0 WPRMOD, F4 SPRMOD), is said."""
     from stmflash import option_bytes as obl
     from stmflash.errors import UsageError
 
@@ -539,6 +540,9 @@ def _check_option_bytes(device: Any, data: bytes, reporter: Any) -> None:
             "these option bytes set RDP level 1 (readout protection): the flash becomes unreadable "
             "over the bootloader, and removing it later mass-erases the flash"
         )
+    note = obl.pcrop_mode_note(device, obl.normalize(device, data)) if obl.supported(device) else ""
+    if note:  # L0 WPRMOD / F4 SPRMOD = 1: on a factory part every sector becomes read-protected
+        reporter.warn(f"{note}; on a factory part that is every sector")
 
 
 def _after(link: Any, kw: dict[str, Any], image: Any, device: Any) -> None:
