@@ -137,7 +137,7 @@ def loaded_view(device: Device, stored: bytes) -> bytes:
     return _complement_checked(device, stored)
 
 
-def _complement_checked(device: Device, stored: bytes) -> bytes:
+def _complement_checked(device: Device, stored: bytes, *, first_block: bool = True) -> bytes:
     """The complement check of the option-byte loader. By default byte by byte: a value
     byte whose complement does not match loads as 0xFF (RM0008 / RM0091 OPTERR). With the
     layout's ``mismatch = { words = true, forced = [[offset, word], ...], together = [[a, b]] }``
@@ -160,7 +160,7 @@ def _complement_checked(device: Device, stored: bytes) -> bytes:
     for value in failed:
         out[value] = 0xFF
     wrp = layout.get("wrp") or {}
-    if (wrp.get("pcrop_mode") or {}).get("mismatch") and len(out) > max(int(b) for b in wrp["bytes"]):
+    if first_block and (wrp.get("pcrop_mode") or {}).get("mismatch"):
         _pcrop_mode_mismatch(wrp, out, failed)  # the first block's rule (RM0367 3.8.2)
     return bytes(out)
 
@@ -261,9 +261,8 @@ def complement_mismatches(device: Device, view: bytes) -> list[int]:
         if (device.ob_layout.get("mismatch") or {}).get("words"):
             out += [base + off for off in _failing_words(device.ob_layout, bytes(block))]
         else:
-            loaded = _complement_checked(device, bytes(block))
-            failed = set(_failing_bytes(device.ob_layout, bytes(block)))
-            out += [base + i for i, (a, b) in enumerate(zip(block, loaded, strict=True)) if a != b and i in failed]
+            loaded = _complement_checked(device, bytes(block), first_block=base == 0)
+            out += [base + i for i in _failing_bytes(device.ob_layout, bytes(block)) if block[i] != loaded[i]]
     return sorted(out)
 
 
@@ -346,8 +345,8 @@ def loaded_protection(device: Device, area: bytes, block2: bytes | None = None) 
     read-protects every sector. Decoding the stored bytes would report what is not in force."""
     loaded = loaded_view(device, _check(device, area))
     units = _wrp_units(device, layout_of(device), loaded)
-    if block2 is not None and device.option_bytes2 is not None and len(block2) >= device.option_bytes2.size:
-        units |= wrp2_units(device, loaded_view2(device, block2), loaded)
+    if block2 is not None:  # wrp2_units applies the second block's complement check itself
+        units |= wrp2_units(device, block2, loaded)
     return _rdp_level(layout_of(device), loaded), units
 
 
@@ -598,7 +597,7 @@ def loaded_view2(device: Device, stored: bytes) -> bytes:
     """The second block as the option-byte loader takes it: the complement check of
     :func:`loaded_view` (byte-wise, or the layout's word-wise ``mismatch`` rule, whose
     offsets name the same slots in both blocks)."""
-    return _complement_checked(device, stored)
+    return _complement_checked(device, stored, first_block=False)
 
 
 def _wrp2_bits(device: Device, wrp: Layout, block: bytes) -> int:

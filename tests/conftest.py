@@ -25,3 +25,21 @@ def usb(tmp_path, monkeypatch):
 
     yield make
     usb_backend.forget()
+
+
+@pytest.fixture
+def dfu_link(usb):
+    """``dfu_link("F407")``: (its virtual chip, a DfuLink opened on it), the chip alone on the
+    virtual USB bus; the links are closed afterwards."""
+    from stmflash.dfu.link import connect
+
+    links = []
+
+    def make(spec: str):
+        dev = usb(spec)
+        links.append(connect())
+        return dev.chip, links[-1]
+
+    yield make
+    for link in links:
+        link.close()

@@ -7,15 +7,11 @@ write protection while it is set."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from stmflash import devices, ob_fields
-from stmflash.dfu.link import DfuLink, connect
 from stmflash.errors import EXIT_PROTECTED, ProtectionError
-from stmflash.sim import registry, usb_backend
+from stmflash.sim import registry
 from stmflash.sim.chip import VirtualChip
 from tests.clirun import result
 from tests.clirun import run_cli as cli
@@ -67,21 +63,8 @@ def test_sprmod_is_refused_and_wrp_is_not_changed_under_it(capsys: pytest.Captur
         assert chip.option_bytes() == before
 
 
-@pytest.fixture
-def f429_dfu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[VirtualChip, DfuLink]]:
-    monkeypatch.setenv("STMFLASH_USB_SIM", f"F429={tmp_path / 'p.img'}")
-    usb_backend.forget()
-    dev = usb_backend.bus_from_env().snapshot()[0]
-    link = connect()
-    try:
-        yield dev.chip, link
-    finally:
-        link.close()
-        usb_backend.forget()
-
-
-def test_dfu_decodes_sprmod_and_refuses_wrp_changes_under_it(f429_dfu) -> None:
-    chip, link = f429_dfu
+def test_dfu_decodes_sprmod_and_refuses_wrp_changes_under_it(dfu_link) -> None:
+    chip, link = dfu_link("F429")
     _sprmod(chip)
     level, units = link.protection()
     assert level == 0 and units == set(range(24))

@@ -6,15 +6,11 @@ which is probed; over DFU the option bytes' RDP level is read back."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from stmflash import devices
-from stmflash.dfu.link import DfuLink, connect
 from stmflash.errors import EXIT_PROTECTED, ProtectionError
-from stmflash.sim import registry, usb_backend
+from stmflash.sim import registry
 from stmflash.sim.chip import VirtualChip
 from tests.clirun import run_cli as cli
 
@@ -52,21 +48,8 @@ def test_uart_unprotect_that_did_not_take_is_exit_4(name: str, capsys: pytest.Ca
     assert code == 0 and chip.rdp_level == 0, err
 
 
-@pytest.fixture
-def f407(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[VirtualChip, DfuLink]]:
-    monkeypatch.setenv("STMFLASH_USB_SIM", f"F407={tmp_path / 'p.img'}")
-    usb_backend.forget()
-    dev = usb_backend.bus_from_env().snapshot()[0]
-    link = connect()
-    try:
-        yield dev.chip, link
-    finally:
-        link.close()
-        usb_backend.forget()
-
-
-def test_dfu_read_unprotect_is_read_back(f407, monkeypatch: pytest.MonkeyPatch) -> None:
-    chip, link = f407
+def test_dfu_read_unprotect_is_read_back(dfu_link, monkeypatch: pytest.MonkeyPatch) -> None:
+    chip, link = dfu_link("F407")
     link.readout_protect()
     assert chip.rdp_level == 1
     real = chip.readout_unprotect

@@ -535,12 +535,15 @@ def _check_option_bytes(device: Any, data: bytes, reporter: Any) -> None:
             f"--write-option-bytes: {len(data)} bytes given; {device.short_name} takes the whole area, "
             f"{area.size} bytes at 0x{area.start:08X} (read it with --read-option-bytes, edit, write back)"
         )
-    if obl.supported(device) and obl.rdp_level(device, obl.normalize(device, data)) == 1:
+    if not obl.supported(device):
+        return
+    written = obl.normalize(device, data)
+    if obl.rdp_level(device, written) == 1:
         reporter.warn(
             "these option bytes set RDP level 1 (readout protection): the flash becomes unreadable "
             "over the bootloader, and removing it later mass-erases the flash"
         )
-    note = obl.pcrop_mode_note(device, obl.normalize(device, data)) if obl.supported(device) else ""
+    note = obl.pcrop_mode_note(device, written)
     if note:  # L0 WPRMOD / F4 SPRMOD = 1: on a factory part every sector becomes read-protected
         reporter.warn(f"{note}; on a factory part that is every sector")
 

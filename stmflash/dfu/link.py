@@ -661,15 +661,11 @@ class DfuLink:
         """(RDP level, write-protected unit indices) as the option bytes say."""
         from stmflash import option_bytes as obl
 
-        rdp_level, _, wrp_units, _ = self._ob_rules()
+        self._ob_rules()  # the layout's, or the UsageError naming the device
         _, size = self._ob_geometry()
         regions = self.read_option_bytes()
-        area = regions[0][1]
-        units = set(wrp_units(self.device, area[:size]))
-        block2 = self._ob_block2(regions)
-        if block2 is not None:
-            units |= obl.wrp2_units(self.device, block2, area[:size])
-        return rdp_level(self.device, area[:size]), units
+        # what the chip runs with: the loader's complement check applied, both blocks
+        return obl.loaded_protection(self.device, regions[0][1][:size], self._ob_block2(regions))
 
     def read_unprotect(self) -> None:
         """Remove readout protection: the ROM mass-erases the flash and resets.

@@ -649,9 +649,10 @@ class VirtualChip:
             if not self.layout_known or not self.device.ob_layout.get("wrp"):
                 self._wrp_cache = frozenset()
             else:
-                self._wrp_cache = frozenset(obl.wrp_units(self.device, self.loaded_option_bytes()))
-            if self.layout_known and self._ob2:
-                self._wrp_cache = self._wrp_cache | obl.wrp2_units(self.device, bytes(self._ob2), self.loaded_option_bytes())
+                loaded = self.loaded_option_bytes()
+                self._wrp_cache = frozenset(obl.wrp_units(self.device, loaded))
+                if self._ob2:  # bank 2, its bits read in the first block's protection mode
+                    self._wrp_cache |= obl.wrp2_units(self.device, bytes(self._ob2), loaded)
         return self._wrp_cache
 
     @property

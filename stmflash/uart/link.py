@@ -329,11 +329,10 @@ class UartLink:
         if not obl.supported(dev) or dev.option_bytes is None:
             return None
         area = self.read_option_bytes()
-        units = set(obl.wrp_units(dev, area))
+        block2 = None
         if bank is None and dev.option_bytes2 is not None and dev.ob_wrp2:
             block2 = self.bl.read(dev.option_bytes2.start, dev.option_bytes2.size)
-            units |= obl.wrp2_units(dev, block2, area)
-        return units
+        return obl.loaded_protection(dev, area, block2)[1]  # what the chip runs with
 
     def _refuse_in_pcrop_mode(self) -> None:
         """Write protection is not changed while the option bytes select proprietary-code
